@@ -1,0 +1,21 @@
+.PHONY: install demo test test-fast bench clean
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+
+test-fast: install
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+bench: install
+	.venv/bin/python bench/instance_create.py
+	.venv/bin/python bench/list_instances.py
+	.venv/bin/python bench/idle_memory.py
+
+clean:
+	-.venv/bin/cloudlet down --purge

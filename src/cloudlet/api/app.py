@@ -1,0 +1,87 @@
+"""cloudletd's HTTP API (FastAPI). Routes are thin: they parse, call a domain service, shape the reply.
+
+Errors: every CloudletError becomes {"error": {"code", "message"}} with its status in one handler here;
+request validation errors become 400/422 with a message naming the field to fix.
+"""
+
+from __future__ import annotations
+
+__all__ = ["create_app"]
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.errors import CloudletError, Unauthorized
+
+ERROR_SCHEMA = {"description": "Error", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "object", "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}}}}}}}}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    parts = []
+    status = 422
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body",)]
+        if err.get("type") == "json_invalid":
+            return 400, f"malformed JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        if err.get("type") == "missing" and not loc:
+            return 400, "request body is missing; send a JSON object"
+        field = ".".join(loc) or "body"
+        parts.append(f"{field}: {err.get('msg')}")
+    return status, "invalid request: " + "; ".join(parts[:5])
+
+
+def create_app(cloud: Cloud) -> FastAPI:
+    from cloudlet.api.routes import compute, events, images, networks, system
+
+    app = FastAPI(
+        title="cloudlet", version="0.1.0", description="cloudlet control plane API",
+        responses={400: ERROR_SCHEMA, 401: ERROR_SCHEMA, 404: ERROR_SCHEMA, 409: ERROR_SCHEMA, 422: ERROR_SCHEMA},
+    )
+    app.state.cloud = cloud
+
+    @app.exception_handler(CloudletError)
+    async def _cloudlet_error(_: Request, exc: CloudletError) -> JSONResponse:
+        return _error(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(exc)
+        return _error(status, "bad_request" if status == 400 else "invalid_spec", message)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for module in (system, images, networks, compute, events):
+        app.include_router(module.router, dependencies=[Depends(caller)])
+    return app
+
+
+def get_cloud(request: Request) -> Cloud:
+    cloud: Cloud = request.app.state.cloud
+    return cloud
+
+
+def caller(request: Request) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' (see admin.token)")
+    found = get_cloud(request).store.lookup_token(token.strip())
+    if found is None:
+        raise Unauthorized("unknown token; use the admin token or one from 'cloudlet tenant create'")
+    return Caller(*found)
+
+
+def page(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"items": items, "count": len(items)}

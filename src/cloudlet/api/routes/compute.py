@@ -1,0 +1,63 @@
+"""Instances: launch, list, show, actions, exec, console, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.compute import instances
+from cloudlet.compute.placement import Placement
+from cloudlet.core.context import Caller, Cloud
+
+router = APIRouter(prefix="/v1/instances", tags=["instances"])
+
+
+def get_placement(request: Request) -> Placement:
+    placement: Placement = request.app.state.cloud.extras["placement"]
+    return placement
+
+
+@router.get("")
+def list_instances(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([instances.instance_view(r) for r in cloud.store.list(instances.KIND, tenant=who.tenant)])
+
+
+@router.post("", status_code=202)
+def launch(body: instances.InstanceCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+           placement: Placement = Depends(get_placement)) -> dict[str, Any]:
+    return instances.instance_view(instances.launch(cloud, who, body, placement))
+
+
+@router.get("/{name}")
+def show_instance(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    res = cloud.store.get(instances.KIND, who.tenant, name)
+    view = instances.instance_view(res)
+    view["stats"] = cloud.compute.stats(res.id) if res.status.get("state") == "running" else {}
+    return view
+
+
+@router.post("/{name}/actions", status_code=202)
+def act(name: str, body: instances.InstanceAction, cloud: Cloud = Depends(get_cloud),
+        who: Caller = Depends(caller)) -> dict[str, Any]:
+    return instances.instance_view(instances.act(cloud, who, name, body.action))
+
+
+@router.post("/{name}/exec")
+def exec_in(name: str, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud),
+            who: Caller = Depends(caller)) -> dict[str, Any]:
+    result = instances.exec_in(cloud, who, name, body)
+    return {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+
+
+@router.get("/{name}/console")
+def console(name: str, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), cloud: Cloud = Depends(get_cloud),
+            who: Caller = Depends(caller)) -> dict[str, Any]:
+    res = cloud.store.get(instances.KIND, who.tenant, name)
+    return {"name": name, "output": cloud.compute.console_log(res.id, tail)}
+
+
+@router.delete("/{name}", status_code=202)
+def delete(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return instances.instance_view(instances.delete_instance(cloud, who, name))

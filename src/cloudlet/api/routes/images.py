@@ -1,0 +1,44 @@
+"""Images: list, show, build (debootstrap, async), import (raw tarball body)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.compute import images
+from cloudlet.core.context import Caller, Cloud
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+
+
+@router.get("")
+def list_images(cloud: Cloud = Depends(get_cloud)) -> dict[str, Any]:
+    return page([images.image_view(r) for r in cloud.store.list(images.KIND)])
+
+
+@router.get("/{name}")
+def show_image(name: str, cloud: Cloud = Depends(get_cloud)) -> dict[str, Any]:
+    return images.image_view(images.get_image(cloud, name))
+
+
+@router.post("", status_code=202)
+def build_image(body: images.ImageBuild, cloud: Cloud = Depends(get_cloud),
+                who: Caller = Depends(caller)) -> dict[str, Any]:
+    return images.image_view(images.request_build(cloud, who, body))
+
+
+@router.put("/{name}/rootfs", status_code=201,
+            openapi_extra={"requestBody": {"content": {"application/x-tar": {"schema": {
+                "type": "string", "format": "binary"}}}, "required": True}})
+async def import_image(name: str, request: Request, cloud: Cloud = Depends(get_cloud),
+                       who: Caller = Depends(caller)) -> dict[str, Any]:
+    chunks = []
+    async for chunk in request.stream():
+        chunks.append(chunk)
+    res = await run_in_threadpool(images.import_image, cloud, who, name, iter(chunks))
+    return images.image_view(res)
+
+

@@ -1,0 +1,34 @@
+"""Networks: create, list, show, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.core.context import Caller, Cloud
+from cloudlet.network import networks
+
+router = APIRouter(prefix="/v1/networks", tags=["networks"])
+
+
+@router.get("")
+def list_networks(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([networks.network_view(r) for r in cloud.store.list(networks.KIND, tenant=who.tenant)])
+
+
+@router.post("", status_code=201)
+def create_network(body: networks.NetworkCreate, cloud: Cloud = Depends(get_cloud),
+                   who: Caller = Depends(caller)) -> dict[str, Any]:
+    return networks.network_view(networks.create_network(cloud, who, body.name, body.subnet))
+
+
+@router.get("/{name}")
+def show_network(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return networks.network_view(cloud.store.get(networks.KIND, who.tenant, name))
+
+
+@router.delete("/{name}", status_code=202)
+def delete_network(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return networks.network_view(networks.delete_network(cloud, who, name))

@@ -1,0 +1,171 @@
+"""Instance commands, at the top level as in incus: launch, list, show, start, stop, restart, delete, exec,
+console, events."""
+
+from __future__ import annotations
+
+__all__ = ["register"]
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cloudlet.cli.client import Client, connect
+from cloudlet.cli.output import Format, OutputOpt, console, emit, say
+from cloudlet.core.errors import CloudletError, NotFound
+
+COLUMNS = ["name", "state", "image", "network", "ip", "dns_name", "host", "zone", "cpus", "memory_mib"]
+Wait = Annotated[bool, typer.Option("--wait", help="wait until done")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q")]
+TERMINAL = {"running", "exited", "failed", "unschedulable", "stopped"}
+
+
+def wait_for(client: Client, name: str, want: set[str], timeout: float = 180.0, gone: bool = False) -> dict[str, Any]:
+    """Polls the instance, showing its state, until it reaches one of `want` (or disappears, with gone)."""
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = {}
+    with console.status(f"{name}: waiting", spinner="dots") as status:
+        while time.monotonic() < deadline:
+            try:
+                view = client.get(f"/v1/instances/{name}")
+            except NotFound:
+                if gone:
+                    return {}
+                raise
+            status.update(f"{name}: {view['state']} {view.get('message') or ''}")
+            if not gone and view["state"] in want and view["observed_generation"] == view["generation"]:
+                return view
+            time.sleep(0.1)
+    raise CloudletError(f"timed out after {timeout:.0f} s waiting for {name} (last state {view.get('state')})")
+
+
+def _check_reached(view: dict[str, Any], want: str) -> None:
+    if view["state"] != want:
+        raise CloudletError(f"instance {view['name']} is {view['state']}: {view.get('message') or 'see events'}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def launch(
+        image: str, name: str,
+        network: Annotated[str, typer.Option(help="network to attach to")] = "default",
+        cpus: Annotated[float, typer.Option(help="CPU limit (cores)")] = 1.0,
+        memory: Annotated[int, typer.Option(help="memory limit in MiB")] = 256,
+        restart: Annotated[str, typer.Option(help="always or never")] = "always",
+        command: Annotated[str | None, typer.Option(help="shell command to run instead of the image's")] = None,
+        zone: Annotated[str | None, typer.Option(help="place only in this zone")] = None,
+        wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
+        output: OutputOpt = Format.table,
+    ) -> None:
+        """Launch an instance of IMAGE named NAME."""
+        client = connect()
+        body = {"name": name, "image": image, "network": network, "cpus": cpus, "memory_mib": memory,
+                "restart": restart, "zone": zone, "command": ["/bin/sh", "-c", command] if command else None}
+        view = client.post("/v1/instances", body)
+        if wait:
+            view = wait_for(client, name, TERMINAL)
+            _check_reached(view, "running")
+        if output == Format.table:
+            say(f"Instance {name} {'running at ' + str(view['ip']) if view['state'] == 'running' else 'created'}")
+        else:
+            emit(view, output)
+
+    @app.command("list")
+    def list_(output: OutputOpt = Format.table) -> None:
+        """List instances."""
+        emit(connect().get("/v1/instances")["items"], output, COLUMNS)
+
+    app.command("ls", hidden=True)(list_)
+
+    @app.command()
+    def show(name: str, output: OutputOpt = Format.table) -> None:
+        """Show one instance."""
+        emit(connect().get(f"/v1/instances/{name}"), output)
+
+    def _action(action: str, names: list[str], wait: bool, quiet: bool, want: str, output: Format) -> None:
+        client = connect()
+        failures, views = [], []
+        for name in names:
+            try:
+                view = client.post(f"/v1/instances/{name}/actions", {"action": action})
+                if wait:
+                    view = wait_for(client, name, TERMINAL)
+                    _check_reached(view, want)
+                views.append(view)
+                say(f"Instance {name} {action} {'done' if wait else 'requested'}", quiet or output != Format.table)
+            except CloudletError as exc:
+                failures.append(f"{name}: {exc.message}")
+        if output != Format.table:
+            emit(views, output)
+        if failures:
+            raise CloudletError("; ".join(failures))
+
+    @app.command()
+    def start(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
+        """Start stopped instances."""
+        _action("start", names, wait, quiet, "running", output)
+
+    @app.command()
+    def stop(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
+        """Stop instances (their files are kept)."""
+        _action("stop", names, wait, quiet, "stopped", output)
+
+    @app.command()
+    def restart(names: list[str], wait: Wait = False, quiet: Quiet = False,
+                output: OutputOpt = Format.table) -> None:
+        """Restart instances."""
+        _action("restart", names, wait, quiet, "running", output)
+
+    @app.command()
+    def delete(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
+        """Delete instances and everything they own; carries on past failures and reports them all."""
+        client = connect()
+        failures, views = [], []
+        for name in names:
+            try:
+                views.append(client.delete(f"/v1/instances/{name}"))
+                if wait:
+                    wait_for(client, name, set(), gone=True)
+                say(f"Instance {name} deleted", quiet or output != Format.table)
+            except CloudletError as exc:
+                failures.append(f"{name}: {exc.message}")
+        if output != Format.table:
+            emit(views, output)
+        if failures:
+            raise CloudletError("; ".join(failures))
+
+    app.command("rm", hidden=True)(delete)
+
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def exec(name: str, command: Annotated[list[str], typer.Argument(help="command after --")],
+             timeout: Annotated[float, typer.Option(help="seconds before giving up")] = 60.0,
+             output: OutputOpt = Format.table) -> None:
+        """Run a command in an instance: cloudlet exec NAME -- CMD...; its exit code passes through."""
+        result = connect().post(f"/v1/instances/{name}/exec", {"command": command, "timeout": timeout})
+        if output != Format.table:
+            emit(result, output)
+        else:
+            sys.stdout.write(result["stdout"])
+            sys.stderr.write(result["stderr"])
+        raise typer.Exit(result["exit_code"])
+
+    @app.command("console")
+    def console_(name: str, output: OutputOpt = Format.table) -> None:
+        """Show the instance's console output."""
+        result = connect().get(f"/v1/instances/{name}/console")
+        if output == Format.table:
+            sys.stdout.write(result["output"])
+        else:
+            emit(result, output)
+
+    @app.command()
+    def events(name: Annotated[str | None, typer.Argument()] = None,
+               limit: Annotated[int, typer.Option(help="most recent N")] = 50,
+               output: OutputOpt = Format.table) -> None:
+        """Show what happened, and why (all resources, or one by NAME)."""
+        params: dict[str, Any] = {"limit": limit}
+        if name:
+            params["name"] = name
+        emit(connect().get("/v1/events", params=params)["items"], output,
+             ["time", "kind", "name", "type", "reason", "message"])

@@ -1,0 +1,64 @@
+"""cloudlet network create|list|show|delete."""
+
+from __future__ import annotations
+
+__all__ = ["app"]
+
+from typing import Annotated
+
+import typer
+
+from cloudlet.cli.client import connect
+from cloudlet.cli.output import Format, OutputOpt, emit, say
+from cloudlet.core.errors import CloudletError
+
+app = typer.Typer(help="Tenant networks: a bridge, a subnet from 10.240.0.0/12, DNS on the gateway.",
+                  no_args_is_help=True)
+COLUMNS = ["name", "subnet", "gateway", "zone", "state"]
+
+
+@app.command()
+def create(name: str, subnet: Annotated[str | None, typer.Option(help="CIDR inside 10.240.0.0/12")] = None,
+           output: OutputOpt = Format.table) -> None:
+    """Create a network."""
+    view = connect().post("/v1/networks", {"name": name, "subnet": subnet})
+    if output == Format.table:
+        say(f"Network {name} created with subnet {view['subnet']}")
+    else:
+        emit(view, output)
+
+
+@app.command("list")
+def list_(output: OutputOpt = Format.table) -> None:
+    """List networks."""
+    emit(connect().get("/v1/networks")["items"], output, COLUMNS)
+
+
+app.command("ls", hidden=True)(list_)
+
+
+@app.command()
+def show(name: str, output: OutputOpt = Format.table) -> None:
+    """Show one network."""
+    emit(connect().get(f"/v1/networks/{name}"), output)
+
+
+@app.command()
+def delete(names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+           output: OutputOpt = Format.table) -> None:
+    """Delete networks (refused while instances use them)."""
+    client = connect()
+    failures, views = [], []
+    for name in names:
+        try:
+            views.append(client.delete(f"/v1/networks/{name}"))
+            say(f"Network {name} deleted", quiet or output != Format.table)
+        except CloudletError as exc:
+            failures.append(f"{name}: {exc.message}")
+    if output != Format.table:
+        emit(views, output)
+    if failures:
+        raise CloudletError("; ".join(failures))
+
+
+app.command("rm", hidden=True)(delete)

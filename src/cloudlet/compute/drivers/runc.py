@@ -1,0 +1,345 @@
+"""runc container driver: an OCI bundle per instance, rootfs an overlay of its image, init = tini.
+
+Artefacts of instance <id>, all named from the id so repair can match them to records:
+  $CLOUDLET_HOME/instances/<id>/{config.json,rootfs,upper,work,etc,console.log,runc.log}
+  runc container cl-<id> under the runc root $CLOUDLET_HOME/runc
+  cgroup /cloudlet-<cloud>/<id> in every v1 controller (and the unified tree, for PSI)
+"""
+
+from __future__ import annotations
+
+__all__ = ["RuncDriver"]
+
+import json
+import logging
+import os
+import selectors
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloudlet.compute.drivers.base import (
+    Capabilities, ComputeDriver, ExecResult, InstanceInfo, InstanceState, LaunchSpec,
+)
+from cloudlet.core.errors import Conflict, DriverError, translate_errors
+
+log = logging.getLogger("cloudlet.runc")
+
+STATE_MAP = {
+    "running": InstanceState.RUNNING,
+    "created": InstanceState.STOPPED,
+    "stopped": InstanceState.STOPPED,
+    "paused": InstanceState.PAUSED,
+    "pausing": InstanceState.PAUSED,
+}
+INIT = "/sbin/cloudlet-init"
+TINI = "/usr/bin/tini-static"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+
+def _mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+class RuncDriver(ComputeDriver):
+    name = "runc"
+    capabilities = Capabilities(exec=True, console=True, real_processes=True)
+
+    def __init__(self, home: Path, cloud_id: str) -> None:
+        self.home = home
+        self.cloud_id = cloud_id
+        self.dir = home / "instances"
+        self.root = home / "runc"
+        self.cgroup_parent = f"cloudlet-{cloud_id}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._watch: dict[int, str] = {}
+        self._watched: dict[str, int] = {}
+        self._sel: selectors.BaseSelector | None = None
+        self._on_exit: Callable[[str], None] | None = None
+        self._lock = threading.Lock()
+
+    # interface, in base-class order
+    def create_instance(self, spec: LaunchSpec) -> InstanceInfo:
+        with translate_errors(f"preparing instance {spec.id}"):
+            self._prepare(spec)
+        info = self.get_instance(spec.id)
+        if info.state == InstanceState.RUNNING:
+            return info
+        return self.start_instance(spec)
+
+    def start_instance(self, spec: LaunchSpec) -> InstanceInfo:
+        d = self.dir / spec.id
+        self._prepare(spec)
+        self._runc("delete", "--force", self._cid(spec.id), check=False)
+        with open(d / "console.log", "ab") as console:
+            proc = subprocess.run(
+                ["runc", "--root", str(self.root), "--log", str(d / "runc.log"), "run", "-d",
+                 "--pid-file", str(d / "init.pid"), "-b", str(d), self._cid(spec.id)],
+                stdin=subprocess.DEVNULL, stdout=console, stderr=console, timeout=60,
+            )
+        if proc.returncode != 0:
+            raise DriverError(f"runc could not start instance {spec.id}: {self._last_runc_error(d)}")
+        return self.get_instance(spec.id)
+
+    def stop_instance(self, iid: str, timeout: float = 5.0) -> None:
+        cid = self._cid(iid)
+        if self.get_instance(iid).state == InstanceState.RUNNING:
+            self._runc("kill", cid, "TERM", check=False)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.get_instance(iid).state == InstanceState.RUNNING:
+                time.sleep(0.02)
+            self._runc("kill", "--all", cid, "KILL", check=False)
+        self._runc("delete", "--force", cid, check=False)
+
+    def delete_instance(self, iid: str) -> None:
+        d = self.dir / iid
+        self._runc("delete", "--force", self._cid(iid), check=False)
+        self._unmount(iid)
+        shutil.rmtree(d, ignore_errors=True)
+        self._remove_cgroups(iid)
+
+    def get_instance(self, iid: str) -> InstanceInfo:
+        proc = self._runc("state", self._cid(iid), check=False)
+        if proc.returncode != 0:
+            state = InstanceState.STOPPED if (self.dir / iid).exists() else InstanceState.MISSING
+            return InstanceInfo(iid, state)
+        data = json.loads(proc.stdout)
+        state = STATE_MAP.get(data.get("status", ""), InstanceState.STOPPED)
+        pid = int(data.get("pid") or 0) or None
+        if state == InstanceState.RUNNING and pid:
+            self._track(iid, pid)
+        return InstanceInfo(iid, state, pid if state == InstanceState.RUNNING else None,
+                            {"runc_status": data.get("status")})
+
+    def list_instances(self) -> set[str]:
+        ids = {p.name for p in self.dir.iterdir() if p.is_dir()}
+        if self.root.exists():
+            ids |= {p.name[3:] for p in self.root.iterdir() if p.name.startswith("cl-")}
+        return ids
+
+    def exec_instance(self, iid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+        if self.get_instance(iid).state != InstanceState.RUNNING:
+            raise Conflict("instance is not running; start it first")
+        try:
+            proc = subprocess.run(
+                ["runc", "--root", str(self.root), "exec", self._cid(iid), *argv],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DriverError(f"command did not finish within {timeout:.0f} s") from exc
+        out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        return ExecResult(proc.returncode, out, err)
+
+    def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
+        path = self.dir / iid / "console.log"
+        if not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - tail_bytes))
+            return f.read().decode(errors="replace")
+
+    def stats(self, iid: str) -> dict[str, Any]:
+        cg = f"{self.cgroup_parent}/{iid}"
+        out: dict[str, Any] = {}
+        for key, path in (
+            ("memory_bytes", CGROUP_ROOT / "memory" / cg / "memory.usage_in_bytes"),
+            ("memory_limit_bytes", CGROUP_ROOT / "memory" / cg / "memory.limit_in_bytes"),
+            ("cpu_ns", CGROUP_ROOT / "cpuacct" / cg / "cpuacct.usage"),
+            ("cpu_quota_us", CGROUP_ROOT / "cpu" / cg / "cpu.cfs_quota_us"),
+            ("pids", CGROUP_ROOT / "pids" / cg / "pids.current"),
+        ):
+            try:
+                out[key] = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        for res in ("cpu", "memory", "io"):
+            try:
+                line = (CGROUP_ROOT / "unified" / cg / f"{res}.pressure").read_text().splitlines()[0]
+                out[f"{res}_pressure_avg10"] = float(line.split()[1].split("=")[1])
+            except (OSError, ValueError, IndexError):
+                pass
+        return out
+
+    def watch(self, on_exit: Callable[[str], None]) -> None:
+        self._on_exit = on_exit
+        self._sel = selectors.DefaultSelector()
+        threading.Thread(target=self._watch_loop, name="runc-watch", daemon=True).start()
+
+    def shutdown(self) -> None:
+        for iid in self.list_instances():
+            self.stop_instance(iid)
+            self._unmount(iid)
+            self._remove_cgroups(iid)
+        self._remove_cgroup_parent()
+
+    def teardown(self) -> None:
+        for iid in self.list_instances():
+            self.delete_instance(iid)
+        self._remove_cgroup_parent()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _remove_cgroup_parent(self) -> None:
+        for ctrl in self._cgroup_controllers():
+            try:
+                (ctrl / self.cgroup_parent).rmdir()
+            except OSError:
+                pass
+
+    # private helpers
+    def _cid(self, iid: str) -> str:
+        return f"cl-{iid}"
+
+    def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["runc", "--root", str(self.root), *args], capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise DriverError(f"runc {args[0]} failed: {proc.stderr.strip()}")
+        return proc
+
+    def _last_runc_error(self, d: Path) -> str:
+        try:
+            lines = (d / "runc.log").read_text().strip().splitlines()
+            return str(json.loads(lines[-1]).get("msg", lines[-1]))
+        except (OSError, ValueError, IndexError):
+            return "see runc.log"
+
+    def _prepare(self, spec: LaunchSpec) -> None:
+        """Idempotent: files, overlay rootfs and config.json; each step skips what already exists."""
+        d = self.dir / spec.id
+        for sub in ("rootfs", "upper", "work", "etc"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "etc" / "hostname").write_text(spec.hostname + "\n")
+        (d / "etc" / "hosts").write_text(spec.hosts)
+        (d / "etc" / "resolv.conf").write_text(spec.resolv_conf)
+        if spec.rootfs is None or not spec.rootfs.exists():
+            raise DriverError(f"image root filesystem {spec.rootfs} is missing; rebuild the image")
+        rootfs = d / "rootfs"
+        if not _mounted(rootfs):
+            subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o",
+                 f"lowerdir={spec.rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(rootfs)],
+                check=True, capture_output=True,
+            )
+        tmp = d / "config.json.tmp"
+        tmp.write_text(json.dumps(self._oci_config(spec, d), indent=1))
+        os.replace(tmp, d / "config.json")
+
+    def _oci_config(self, spec: LaunchSpec, d: Path) -> dict[str, Any]:
+        def bind(src: str | Path, dst: str, ro: bool = True) -> dict[str, Any]:
+            return {"destination": dst, "type": "bind", "source": str(src),
+                    "options": ["rbind", "ro" if ro else "rw", "nosuid", "nodev"]}
+
+        return {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": [INIT, "--", *spec.command],
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        f"HOSTNAME={spec.hostname}", "HOME=/root", "TERM=xterm"],
+                "cwd": "/",
+                "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}],
+                "noNewPrivileges": True,
+            },
+            "root": {"path": str(d / "rootfs"), "readonly": False},
+            "hostname": spec.hostname,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
+                bind(TINI, INIT),
+                bind(d / "etc" / "hostname", "/etc/hostname"),
+                bind(d / "etc" / "hosts", "/etc/hosts"),
+                bind(d / "etc" / "resolv.conf", "/etc/resolv.conf"),
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                               {"type": "network", "path": spec.netns}],
+                "cgroupsPath": f"/{self.cgroup_parent}/{spec.id}",
+                "resources": {
+                    "devices": [{"allow": False, "access": "rwm"}],
+                    "memory": {"limit": spec.memory_mib * 1024 * 1024},
+                    "cpu": {"quota": int(spec.cpus * 100000), "period": 100000},
+                    "pids": {"limit": 1024},
+                },
+                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                                "/proc/scsi"],
+                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                                  "/proc/sysrq-trigger"],
+            },
+        }
+
+    def _unmount(self, iid: str) -> None:
+        rootfs = self.dir / iid / "rootfs"
+        with translate_errors(f"unmounting the root filesystem of instance {iid}"):
+            if _mounted(rootfs):
+                subprocess.run(["umount", str(rootfs)], check=True, capture_output=True)
+        if _mounted(rootfs):
+            raise DriverError(f"root filesystem of instance {iid} is still mounted")
+
+    def _cgroup_controllers(self) -> list[Path]:
+        if not CGROUP_ROOT.exists():
+            return []
+        return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
+
+    def _remove_cgroups(self, iid: str) -> None:
+        for ctrl in self._cgroup_controllers():
+            try:
+                (ctrl / self.cgroup_parent / iid).rmdir()
+            except OSError:
+                pass
+
+    def _track(self, iid: str, pid: int) -> None:
+        if self._sel is None:
+            return
+        with self._lock:
+            if self._watched.get(iid) == pid:
+                return
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                return
+            self._watch[fd] = iid
+            self._watched[iid] = pid
+            self._sel.register(fd, selectors.EVENT_READ)
+
+    def _watch_loop(self) -> None:
+        assert self._sel is not None
+        while True:
+            if not self._watch:
+                time.sleep(0.05)
+                continue
+            for key, _ in self._sel.select(timeout=0.2):
+                with self._lock:
+                    fd = int(key.fd)  # type: ignore[arg-type]
+                    iid = self._watch.pop(fd, "")
+                    self._watched.pop(iid, None)
+                    self._sel.unregister(fd)
+                    os.close(fd)
+                log.info("init of instance %s exited", iid)
+                if self._on_exit and iid:
+                    self._on_exit(iid)
+
+

@@ -1,0 +1,228 @@
+"""Image kind: root filesystems instances boot from, content-addressed under $CLOUDLET_HOME/images/<digest>.
+
+Sources: `busybox` (always present, from Debian's busybox-static), `debootstrap` (Debian from the mirror apt
+already uses, cached by suite+packages+mirror), `import` (a rootfs tarball). Images are public: every tenant
+can launch them. Builds run in the Image reconciler; a half-built tree never carries the `.complete` mark.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KIND", "BUSYBOX_COMMAND", "ensure_busybox", "request_build", "import_image", "image_view",
+           "ImageReconciler", "rootfs_of", "get_image", "ImageBuild"]
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud
+from cloudlet.core.errors import BadRequest, Conflict, DriverError, InvalidSpec, NotFound, TerminalError
+from cloudlet.core.reconcile import Result
+from cloudlet.core.records import Resource, check_name
+
+KIND = "Image"
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_COMMAND = [
+    "/bin/sh", "-c",
+    'mkdir -p /var/www && echo "hello from $(hostname)" > /var/www/index.html && exec httpd -f -p 80 -h /var/www',
+]
+DEBIAN_COMMAND = ["/bin/sh", "-c", "exec sleep infinity"]
+SUITES = {"debian-12": "bookworm"}
+_lock = threading.Lock()
+
+
+class ImageBuild(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    packages: list[str] = []
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p or not all(c.isalnum() or c in "+-.:" for c in p):
+                raise ValueError(f"package name {p!r} is not a valid Debian package name")
+        return sorted(set(v))
+
+
+def images_dir(cloud: Cloud) -> Path:
+    return cloud.config.home / "images"
+
+
+def rootfs_of(cloud: Cloud, image: Resource) -> Path:
+    return images_dir(cloud) / image.spec["digest"] / "rootfs"
+
+
+def _complete(path: Path) -> bool:
+    return (path / ".complete").exists()
+
+
+def _mark_complete(tmp: Path, final: Path) -> None:
+    (tmp / ".complete").write_text("")
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+
+
+def _record(cloud: Cloud, name: str, spec: dict[str, object], phase: str) -> Resource:
+    res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase)
+    cloud.store.create(res)
+    cloud.store.add_event(res, "Created", f"image {name} from {spec['source']}")
+    return res
+
+
+def ensure_busybox(cloud: Cloud) -> Resource:
+    digest = "busybox-" + hashlib.sha256(BUSYBOX.read_bytes()).hexdigest()[:16]
+    final = images_dir(cloud) / digest
+    if not _complete(final):
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        root = tmp / "rootfs"
+        for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "var/www", "proc", "sys", "dev"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(BUSYBOX, root / "bin/busybox")
+        applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout
+        for applet in applets.split():
+            link = root / applet
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to("/bin/busybox")
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+        (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+        os.chmod(root / "tmp", 0o1777)
+        _mark_complete(tmp, final)
+    spec = {"source": "busybox", "digest": digest, "command": BUSYBOX_COMMAND}
+    with _lock:
+        for res in cloud.store.list(KIND, name="busybox"):
+            if res.spec.get("digest") != digest:
+                cloud.store.update_spec(res.id, spec)
+            return res
+        return _record(cloud, "busybox", spec, "ready")
+
+
+def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
+    check_name("image", req.name)
+    base = req.name if req.name in SUITES else "debian-12"
+    suite = SUITES[base]
+    mirror = cloud.config.debian_mirror
+    key = json.dumps({"suite": suite, "packages": req.packages, "mirror": mirror}, sort_keys=True)
+    digest = f"{base}-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    spec = {"source": "debootstrap", "suite": suite, "packages": req.packages, "mirror": mirror,
+            "digest": digest, "command": DEBIAN_COMMAND}
+    for res in cloud.store.list(KIND, name=req.name):
+        if res.spec.get("digest") == digest and res.phase != "failed":
+            return res  # same content: the build is cached
+        return cloud.store.update_spec(res.id, spec)
+    return _record(cloud, req.name, spec, "pending")
+
+
+def import_image(cloud: Cloud, caller: Caller, name: str, chunks: Iterable[bytes]) -> Resource:
+    """Stores a rootfs tarball, then unpacks it; the digest is the tarball's sha256."""
+    check_name("image", name)
+    if cloud.store.list(KIND, name=name):
+        raise Conflict(f"image {name!r} already exists; import under another name")
+    images_dir(cloud).mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    tar_tmp = images_dir(cloud) / f".upload-{os.getpid()}-{threading.get_ident()}.tar"
+    try:
+        with open(tar_tmp, "wb") as out:
+            for chunk in chunks:
+                h.update(chunk)
+                out.write(chunk)
+        digest = "import-" + h.hexdigest()[:16]
+        final = images_dir(cloud) / digest
+        if not _complete(final):
+            tmp = final.with_name(final.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "rootfs").mkdir(parents=True)
+            try:
+                with tarfile.open(tar_tmp) as tf:
+                    tf.extractall(tmp / "rootfs", filter="tar")
+            except (tarfile.TarError, OSError) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise BadRequest(f"could not unpack the image: {exc}; give a rootfs .tar (optionally gzip)") from exc
+            if not (tmp / "rootfs/bin/sh").exists() and not (tmp / "rootfs/bin").is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise InvalidSpec("the tarball has no /bin/sh; an image must be a root filesystem")
+            _mark_complete(tmp, final)
+    finally:
+        tar_tmp.unlink(missing_ok=True)
+    return _record(cloud, name, {"source": "import", "digest": digest, "command": DEBIAN_COMMAND}, "ready")
+
+
+def get_image(cloud: Cloud, name: str) -> Resource:
+    try:
+        return cloud.store.get(KIND, PUBLIC_TENANT, name)
+    except NotFound:
+        names = ", ".join(sorted(r.name for r in cloud.store.list(KIND))) or "none"
+        raise NotFound(f"image {name!r} not found; available images: {names}") from None
+
+
+def image_view(res: Resource) -> dict[str, object]:
+    return {"id": res.id, "name": res.name, "source": res.spec.get("source"), "digest": res.spec.get("digest"),
+            "packages": res.spec.get("packages", []), "state": res.phase, "message": res.status.get("message", ""),
+            "size_mib": res.status.get("size_mib"), "created_at": res.created_at}
+
+
+class ImageReconciler:
+    kind = KIND
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+
+    def reconcile(self, rid: str) -> Result:
+        store = self.cloud.store
+        res = store.get_by_id(rid)
+        if res is None or res.spec.get("source") != "debootstrap":
+            return Result()
+        final = images_dir(self.cloud) / res.spec["digest"]
+        if _complete(final):
+            if res.phase != "ready" or res.observed_generation != res.generation:
+                store.update_status(rid, phase="ready", observed_generation=res.generation,
+                                    status={"size_mib": _size_mib(final)})
+                store.add_event(res, "Ready", "image is ready")
+            return Result()
+        if res.phase == "failed" and res.observed_generation == res.generation:
+            return Result()
+        store.update_status(rid, phase="building", status={"message": "debootstrap running"})
+        store.add_event(res, "Building", f"debootstrap {res.spec['suite']} with {res.spec['packages'] or 'minbase'}")
+        try:
+            self._debootstrap(res, final)
+        except DriverError as exc:
+            store.update_status(rid, phase="failed", observed_generation=res.generation,
+                                status={"message": exc.message})
+            store.add_event(res, "Failed", exc.message, "Warning")
+            raise TerminalError(exc.message) from exc
+        return self.reconcile(rid)
+
+    def _debootstrap(self, res: Resource, final: Path) -> None:
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rootfs").mkdir(parents=True)
+        cmd = ["debootstrap", "--variant=minbase"]
+        if res.spec["packages"]:
+            cmd.append("--include=" + ",".join(res.spec["packages"]))
+        cmd += [res.spec["suite"], str(tmp / "rootfs"), res.spec["mirror"]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise DriverError("debootstrap failed: " + " | ".join(tail))
+        (tmp / "rootfs/etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
+        _mark_complete(tmp, final)
+
+
+def _size_mib(path: Path) -> int:
+    out = subprocess.run(["du", "-sm", str(path)], capture_output=True, text=True)
+    try:
+        return int(out.stdout.split()[0])
+    except (ValueError, IndexError):
+        return 0

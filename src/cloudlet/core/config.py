@@ -1,0 +1,93 @@
+"""Where cloudlet keeps its state and how it is reached; everything comes from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Config", "load_config"]
+
+TENANT_SPACE = "10.240.0.0/12"
+
+
+def _default_home() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/cloudlet")
+    return Path.home() / ".local/share/cloudlet"
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    db_url: str
+    compute_driver: str
+    api_host: str
+    api_port: int
+    dns_port: int
+    host: str
+    zone: str
+    debian_mirror: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "cloudletd.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "cloudletd.log"
+
+    @property
+    def endpoint_file(self) -> Path:
+        return self.home / "endpoint.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "admin.token"
+
+    def cloud_id(self) -> str:
+        """Short random id of this cloud, part of every host-wide artefact name so two clouds never collide."""
+        path = self.home / "cloud.id"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(2))
+            os.replace(tmp, path)
+        return path.read_text().strip()
+
+    def endpoint(self) -> dict[str, object]:
+        try:
+            data: dict[str, object] = json.loads(self.endpoint_file.read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+
+def _apt_mirror() -> str:
+    for src in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+        try:
+            text = src.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            for word in line.split():
+                if word.startswith("http") and "security" not in word:
+                    return word
+    return "http://deb.debian.org/debian"
+
+
+def load_config() -> Config:
+    home = Path(os.environ.get("CLOUDLET_HOME") or _default_home())
+    return Config(
+        home=home,
+        db_url=os.environ.get("CLOUDLET_DB_URL") or f"sqlite:///{home / 'state.db'}",
+        compute_driver=os.environ.get("CLOUDLET_COMPUTE_DRIVER", "runc"),
+        api_host="127.0.0.1",
+        api_port=int(os.environ.get("CLOUDLET_API_PORT", "8470")),
+        dns_port=int(os.environ.get("CLOUDLET_DNS_PORT", "8053")),
+        host=os.environ.get("CLOUDLET_HOST", "local"),
+        zone=os.environ.get("CLOUDLET_ZONE", "zone-a"),
+        debian_mirror=os.environ.get("CLOUDLET_DEBIAN_MIRROR") or _apt_mirror(),
+    )

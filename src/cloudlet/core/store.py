@@ -1,0 +1,222 @@
+"""Persistence of resource records, events, tokens and IP allocations (SQLite by default, PostgreSQL by URL).
+
+Spec and status are written by different parties (API and reconcilers) through separate UPDATEs of disjoint
+columns, so neither can overwrite the other's work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Engine
+
+from cloudlet.core.errors import Conflict, NotFound
+from cloudlet.core.records import Event, Resource
+from cloudlet.core.tables import events, ip_allocations, resources, tokens
+
+__all__ = ["Store"]
+
+_COLUMNS = [f.name for f in dataclasses.fields(Resource)]
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _row_to_resource(row: Any) -> Resource:
+    return Resource(**{c: getattr(row, c) for c in _COLUMNS})
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            self.engine: Engine = sa.create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+        self.listeners: list[Callable[[Resource], None]] = []
+
+    def migrate(self) -> None:
+        cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _notify(self, res: Resource) -> None:
+        for listener in self.listeners:
+            listener(res)
+
+    # resources
+    def create(self, res: Resource) -> Resource:
+        values = dataclasses.asdict(res)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(resources.insert().values(**values))
+        except sa.exc.IntegrityError as exc:
+            raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
+        self._notify(res)
+        return res
+
+    def get(self, kind: str, tenant: str | None, name: str, parent: str = "") -> Resource:
+        q = resources.select().where(resources.c.kind == kind, resources.c.name == name, resources.c.parent == parent)
+        if tenant is not None:
+            q = q.where(resources.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            raise NotFound(f"{kind} {name!r} not found")
+        return _row_to_resource(row)
+
+    def get_by_id(self, rid: str) -> Resource | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(resources.select().where(resources.c.id == rid)).first()
+        return _row_to_resource(row) if row else None
+
+    def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> list[Resource]:
+        q = resources.select()
+        if kind is not None:
+            q = q.where(resources.c.kind == kind)
+        if tenant is not None:
+            q = q.where(resources.c.tenant == tenant)
+        for col, value in filters.items():
+            q = q.where(resources.c[col] == value)
+        with self.engine.connect() as conn:
+            return [_row_to_resource(r) for r in conn.execute(q.order_by(resources.c.id))]
+
+    def count(self, kind: str, **filters: Any) -> int:
+        q = sa.select(sa.func.count()).select_from(resources).where(resources.c.kind == kind)
+        for col, value in filters.items():
+            q = q.where(resources.c[col] == value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def sum_by_host(self, kind: str, json_key: str) -> dict[str, tuple[int, int]]:
+        """Per host: (count, sum of spec[json_key]) of live records; placement's view of used capacity."""
+        out: dict[str, tuple[int, int]] = {}
+        q = sa.select(resources.c.host, resources.c.spec).where(
+            resources.c.kind == kind, resources.c.host.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            for host, spec in conn.execute(q):
+                n, total = out.get(host, (0, 0))
+                out[host] = (n + 1, total + int(spec.get(json_key, 0)))
+        return out
+
+    def update_spec(self, rid: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> Resource:
+        values: dict[str, Any] = {"spec": spec, "generation": resources.c.generation + 1, "updated_at": time.time()}
+        if labels is not None:
+            values["labels"] = labels
+        return self._update(rid, values)
+
+    def update_status(self, rid: str, **values: Any) -> Resource:
+        values["updated_at"] = time.time()
+        return self._update(rid, values, notify=False)
+
+    def mark_deleted(self, rid: str) -> Resource:
+        return self._update(rid, {"deleted_at": time.time(), "updated_at": time.time()})
+
+    def _update(self, rid: str, values: dict[str, Any], notify: bool = True) -> Resource:
+        with self.engine.begin() as conn:
+            result = conn.execute(resources.update().where(resources.c.id == rid).values(**values))
+            if result.rowcount == 0:
+                raise NotFound(f"resource {rid} not found")
+            row = conn.execute(resources.select().where(resources.c.id == rid)).one()
+        res = _row_to_resource(row)
+        if notify:
+            self._notify(res)
+        return res
+
+    def purge(self, rid: str) -> None:
+        """Removes the record for good: only once its finalizers are done."""
+        with self.engine.begin() as conn:
+            conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == rid))
+            conn.execute(resources.delete().where(resources.c.id == rid))
+
+    # events
+    def add_event(self, res: Resource, reason: str, message: str, type_: str = "Normal") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(events.insert().values(
+                resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=time.time(),
+                type=type_, reason=reason, message=message,
+            ))
+
+    def list_events(self, tenant: str | None = None, name: str | None = None, limit: int = 200) -> list[Event]:
+        q = events.select()
+        if tenant is not None:
+            q = q.where(events.c.tenant == tenant)
+        if name is not None:
+            q = q.where(events.c.name == name)
+        q = q.order_by(events.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        return [Event(**{k: getattr(r, k) for k in (
+            "resource_id", "kind", "tenant", "name", "time", "type", "reason", "message")}) for r in reversed(rows)]
+
+    # tokens
+    def add_token(self, token: str, tenant: str, role: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(tokens.insert().values(
+                token_hash=hash_token(token), tenant=tenant, role=role, created_at=time.time()))
+
+    def lookup_token(self, token: str) -> tuple[str, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(tokens.select().where(tokens.c.token_hash == hash_token(token))).first()
+        return (row.tenant, row.role) if row else None
+
+    def has_tenant(self, tenant: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(tokens.select().where(tokens.c.tenant == tenant)).first() is not None
+
+    # IP allocations
+    def allocate_ip(self, network_id: str, owner_id: str, candidates: Iterable[str]) -> str:
+        """First free candidate address; the primary key makes two owners of one address impossible."""
+        with self.engine.begin() as conn:
+            row = conn.execute(ip_allocations.select().where(
+                ip_allocations.c.network_id == network_id, ip_allocations.c.owner_id == owner_id)).first()
+            if row:
+                return str(row.address)
+            used = {r.address for r in conn.execute(
+                sa.select(ip_allocations.c.address).where(ip_allocations.c.network_id == network_id))}
+        for addr in candidates:
+            if addr in used:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(ip_allocations.insert().values(network_id=network_id, address=addr, owner_id=owner_id))
+                return addr
+            except sa.exc.IntegrityError:
+                continue
+        raise Conflict("network has no free addresses left; create a network with a larger --subnet")
+
+    def release_ips(self, owner_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == owner_id))
+
+    def ip_owners(self, network_id: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return {r.address: r.owner_id for r in conn.execute(
+                ip_allocations.select().where(ip_allocations.c.network_id == network_id))}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

@@ -1,0 +1,101 @@
+"""Network kind: tenant networks (a bridge per network, gateway .1, subnet from 10.240.0.0/12)."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+from pydantic import BaseModel, ConfigDict
+
+from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.errors import Conflict
+from cloudlet.core.reconcile import Result
+from cloudlet.core.records import FINALIZER, Resource, check_name
+from cloudlet.network import ipam
+
+__all__ = ["KIND", "NetworkCreate", "create_network", "ensure_default_network", "delete_network",
+           "NetworkReconciler", "network_view"]
+
+KIND = "Network"
+DEFAULT = "default"
+_create_lock = threading.Lock()
+
+
+class NetworkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    subnet: str | None = None
+
+
+def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None = None) -> Resource:
+    check_name("network", name)
+    with _create_lock:
+        taken = [n.spec["subnet"] for n in cloud.store.list(KIND)]
+        if subnet:
+            net = ipam.parse_subnet(subnet)
+            ipam.check_free(net, taken)
+        else:
+            net = ipam.pick_subnet(taken)
+        res = Resource(
+            kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, finalizers=[FINALIZER],
+            spec={"subnet": str(net), "gateway": ipam.gateway_of(net)},
+        )
+        cloud.store.create(res)
+    cloud.store.add_event(res, "Created", f"network {name} {net} created")
+    return res
+
+
+def ensure_default_network(cloud: Cloud, tenant: str) -> Resource:
+    for res in cloud.store.list(KIND, tenant=tenant, name=DEFAULT):
+        return res
+    try:
+        return create_network(cloud, Caller(tenant), DEFAULT)
+    except Conflict:
+        return cloud.store.get(KIND, tenant, DEFAULT)
+
+
+def delete_network(cloud: Cloud, caller: Caller, name: str) -> Resource:
+    res = cloud.store.get(KIND, caller.tenant, name)
+    users = [i.name for i in cloud.store.list("Instance", tenant=caller.tenant)
+             if i.spec.get("network_id") == res.id and not i.deleting]
+    if users:
+        raise Conflict(f"network {name} is used by instances {', '.join(sorted(users))}; delete them first")
+    if not res.deleting:
+        res = cloud.store.mark_deleted(res.id)
+        cloud.store.add_event(res, "Deleting", f"network {name} marked for deletion")
+    return res
+
+
+def network_view(res: Resource) -> dict[str, object]:
+    return {
+        "id": res.id, "name": res.name, "tenant": res.tenant, "subnet": res.spec["subnet"],
+        "gateway": res.spec["gateway"], "zone": res.zone, "state": "deleting" if res.deleting else res.phase,
+        "created_at": res.created_at,
+    }
+
+
+class NetworkReconciler:
+    kind = KIND
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+
+    def reconcile(self, rid: str) -> Result:
+        store = self.cloud.store
+        res = store.get_by_id(rid)
+        if res is None:
+            return Result()
+        if res.deleting:
+            if any(i.spec.get("network_id") == rid for i in store.list("Instance", tenant=res.tenant)):
+                return Result(requeue_after=1.0)  # instances still being torn down
+            self.cloud.net.delete_network(rid)
+            store.add_event(res, "Deleted", f"network {res.name} removed")
+            store.purge(rid)
+            return Result()
+        prefix = ipaddress.ip_network(res.spec["subnet"]).prefixlen
+        self.cloud.net.ensure_network(rid, res.spec["gateway"], prefix)
+        if res.phase != "ready":
+            store.update_status(rid, phase="ready", observed_generation=res.generation,
+                                status={"bridge": f"br{rid[-10:]}"})
+            store.add_event(res, "Ready", f"bridge for {res.spec['subnet']} is up")
+        return Result()

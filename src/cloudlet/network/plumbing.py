@@ -1,0 +1,280 @@
+"""Network plumbing drivers: where networks and instance ports become real (or simulated) artefacts.
+
+The Linux driver keeps every cloudlet interface inside one "hub" network namespace per cloud
+(`cl-<cloud>-hub`): one bridge per network holding the gateway address, no uplink, forwarding off and an nft
+table that drops forwarded packets. So instances reach their own network and the gateway (DNS) and nothing
+else: not other networks, not the machine's uplink. Each instance gets its own netns `cl-<cloud>-i-<id>` with
+a veth `eth0` whose peer sits on the network's bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cloudlet.core.errors import translate_errors
+
+__all__ = ["PortSpec", "NetworkDriver", "LinuxNetworkDriver", "FakeNetworkDriver", "run_in_netns"]
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    instance_id: str
+    network_id: str
+    address: str
+    prefixlen: int
+    gateway: str
+
+
+class NetworkDriver(ABC):
+    """Networks (bridges) and ports (an instance's netns and its link to the bridge)."""
+
+    @abstractmethod
+    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None: ...
+
+    @abstractmethod
+    def delete_network(self, network_id: str) -> None: ...
+
+    @abstractmethod
+    def list_networks(self) -> set[str]:
+        """Short ids (bridge suffixes) of the networks that exist as artefacts."""
+
+    @abstractmethod
+    def ensure_port(self, port: PortSpec) -> str:
+        """Creates the instance's netns and link if missing; returns the netns path."""
+
+    @abstractmethod
+    def delete_port(self, instance_id: str) -> None: ...
+
+    @abstractmethod
+    def port_exists(self, instance_id: str) -> bool: ...
+
+    @abstractmethod
+    def list_ports(self) -> set[str]:
+        """Instance ids that have a netns."""
+
+    def hub_netns(self) -> str | None:
+        return None
+
+    def teardown(self) -> None:
+        """Removes everything the driver ever created for this cloud."""
+
+
+def short(rid: str) -> str:
+    return rid[-10:]
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def run_in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Runs fn in a fresh thread switched into netns `name`; sockets it creates stay in that netns."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with open(os.path.join(NETNS_DIR, name)) as f:
+                if _libc().setns(f.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+            out["value"] = fn()
+        except BaseException as exc:  # handed back to the caller's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=target, name=f"netns-{name}")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]  # type: ignore[no-any-return]
+
+
+HUB_NFT = """
+table inet cloudlet
+delete table inet cloudlet
+table inet cloudlet {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+    }
+}
+"""
+
+
+class LinuxNetworkDriver(NetworkDriver):
+    def __init__(self, cloud_id: str) -> None:
+        self.cloud_id = cloud_id
+        self.hub = f"cl-{cloud_id}-hub"
+        self.port_prefix = f"cl-{cloud_id}-i-"
+        self._lock = threading.Lock()
+
+    def hub_netns(self) -> str:
+        return self.hub
+
+    @contextlib.contextmanager
+    def _ns(self, name: str) -> Iterator[Any]:
+        from pyroute2 import NetNS
+
+        ns = NetNS(name)
+        try:
+            yield ns
+        finally:
+            ns.close()
+
+    def ensure_hub(self) -> None:
+        from pyroute2 import netns
+
+        with self._lock, translate_errors("creating the hub network namespace"):
+            if self.hub in netns.listnetns():
+                return
+            netns.create(self.hub)
+            with self._ns(self.hub) as ns:
+                ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            # br_netfilter would send bridged frames through the inet forward hook below; same-network traffic
+            # is plain L2 and must not be, routed traffic (there should be none) is dropped there.
+            subprocess.run(["ip", "netns", "exec", self.hub, "sysctl", "-qw", "net.ipv4.ip_forward=0",
+                            "net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0"],
+                           check=True, capture_output=True)
+            subprocess.run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], input=HUB_NFT.encode(),
+                           check=True, capture_output=True)
+
+    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
+        self.ensure_hub()
+        br = f"br{short(network_id)}"
+        with translate_errors(f"creating bridge {br}"), self._ns(self.hub) as ns:
+            idx = ns.link_lookup(ifname=br)
+            if not idx:
+                ns.link("add", ifname=br, kind="bridge")
+                idx = ns.link_lookup(ifname=br)
+            addrs = {a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=idx[0])}
+            if gateway not in addrs:
+                ns.addr("add", index=idx[0], address=gateway, prefixlen=prefixlen)
+            ns.link("set", index=idx[0], state="up")
+
+    def delete_network(self, network_id: str) -> None:
+        from pyroute2 import netns
+
+        if self.hub not in netns.listnetns():
+            return
+        br = f"br{short(network_id)}"
+        with translate_errors(f"deleting bridge {br}"), self._ns(self.hub) as ns:
+            idx = ns.link_lookup(ifname=br)
+            if idx:
+                ns.link("del", index=idx[0])
+
+    def list_networks(self) -> set[str]:
+        from pyroute2 import netns
+
+        if self.hub not in netns.listnetns():
+            return set()
+        with self._ns(self.hub) as ns:
+            names = [link.get_attr("IFLA_IFNAME") for link in ns.get_links()]
+        return {n[2:] for n in names if n.startswith("br")}
+
+    def _port_ns(self, instance_id: str) -> str:
+        return self.port_prefix + instance_id
+
+    def ensure_port(self, port: PortSpec) -> str:
+        from pyroute2 import netns
+
+        self.ensure_hub()
+        name = self._port_ns(port.instance_id)
+        veth, peer = f"v{short(port.instance_id)}", f"p{short(port.instance_id)}"
+        br = f"br{short(port.network_id)}"
+        with translate_errors(f"plumbing instance {port.instance_id}"):
+            if name not in netns.listnetns():
+                netns.create(name)
+            with self._ns(self.hub) as hub, self._ns(name) as inst:
+                bridge = hub.link_lookup(ifname=br)
+                if not bridge:
+                    raise RuntimeError(f"bridge {br} of network {port.network_id} does not exist yet")
+                if not inst.link_lookup(ifname="eth0"):
+                    if hub.link_lookup(ifname=veth):
+                        hub.link("del", index=hub.link_lookup(ifname=veth)[0])
+                    hub.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": name})
+                    p = inst.link_lookup(ifname=peer)[0]
+                    inst.link("set", index=p, ifname="eth0")
+                v = hub.link_lookup(ifname=veth)[0]
+                hub.link("set", index=v, master=bridge[0], state="up")
+                eth0 = inst.link_lookup(ifname="eth0")[0]
+                addrs = {a.get_attr("IFA_ADDRESS") for a in inst.get_addr(index=eth0)}
+                if port.address not in addrs:
+                    inst.addr("add", index=eth0, address=port.address, prefixlen=port.prefixlen)
+                inst.link("set", index=eth0, state="up")
+                inst.link("set", index=inst.link_lookup(ifname="lo")[0], state="up")
+                if not any(r.get_attr("RTA_GATEWAY") for r in inst.get_default_routes()):
+                    inst.route("add", dst="default", gateway=port.gateway)
+        return os.path.join(NETNS_DIR, name)
+
+    def delete_port(self, instance_id: str) -> None:
+        from pyroute2 import netns
+
+        name = self._port_ns(instance_id)
+        with translate_errors(f"removing network of instance {instance_id}"):
+            if self.hub in netns.listnetns():
+                with self._ns(self.hub) as hub:
+                    idx = hub.link_lookup(ifname=f"v{short(instance_id)}")
+                    if idx:
+                        hub.link("del", index=idx[0])
+            if name in netns.listnetns():
+                netns.remove(name)
+
+    def port_exists(self, instance_id: str) -> bool:
+        return os.path.exists(os.path.join(NETNS_DIR, self._port_ns(instance_id)))
+
+    def list_ports(self) -> set[str]:
+        from pyroute2 import netns
+
+        return {n[len(self.port_prefix):] for n in netns.listnetns() if n.startswith(self.port_prefix)}
+
+    def teardown(self) -> None:
+        from pyroute2 import netns
+
+        for iid in self.list_ports():
+            self.delete_port(iid)
+        if self.hub in netns.listnetns():
+            netns.remove(self.hub)
+
+
+class FakeNetworkDriver(NetworkDriver):
+    """In-memory plumbing for simulations: same contract, no kernel objects."""
+
+    def __init__(self) -> None:
+        self.networks: set[str] = set()
+        self.ports: dict[str, PortSpec] = {}
+
+    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
+        self.networks.add(short(network_id))
+
+    def delete_network(self, network_id: str) -> None:
+        self.networks.discard(short(network_id))
+
+    def list_networks(self) -> set[str]:
+        return set(self.networks)
+
+    def ensure_port(self, port: PortSpec) -> str:
+        self.ports[port.instance_id] = port
+        return f"fake://{port.instance_id}"
+
+    def delete_port(self, instance_id: str) -> None:
+        self.ports.pop(instance_id, None)
+
+    def port_exists(self, instance_id: str) -> bool:
+        return instance_id in self.ports
+
+    def list_ports(self) -> set[str]:
+        return set(self.ports)
+
+    def teardown(self) -> None:
+        self.networks.clear()
+        self.ports.clear()

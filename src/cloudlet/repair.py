@@ -1,0 +1,71 @@
+"""Repair: match real artefacts to records. Orphans are artefacts with no live record; missing are records
+whose artefacts vanished. `check` only reports; `fix` removes orphans and requeues records with missing parts.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Finding", "scan", "fix"]
+
+from dataclasses import asdict, dataclass
+
+from cloudlet.compute.drivers.base import InstanceState
+from cloudlet.core.context import Cloud
+
+
+@dataclass(frozen=True)
+class Finding:
+    problem: str  # "orphan" | "missing"
+    kind: str
+    id: str
+    name: str
+    artefact: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def scan(cloud: Cloud) -> list[Finding]:
+    store, compute, net = cloud.store, cloud.compute, cloud.net
+    found: list[Finding] = []
+    instances = {r.id: r for r in store.list("Instance")}
+    for iid in sorted(compute.list_instances() - instances.keys()):
+        found.append(Finding("orphan", "Instance", iid, "", "container", "container files with no instance record"))
+    for iid in sorted(net.list_ports() - instances.keys()):
+        found.append(Finding("orphan", "Instance", iid, "", "netns", "network namespace with no instance record"))
+    for res in instances.values():
+        if res.deleting or res.spec.get("state") != "running" or res.status.get("state") in ("exited", None):
+            continue
+        if res.status.get("run_nonce") is None:
+            continue  # never started yet: not missing, just pending
+        info = compute.get_instance(res.id)
+        if info.state == InstanceState.MISSING:
+            found.append(Finding("missing", "Instance", res.id, res.name, "container", "instance has no container"))
+        elif info.state not in (InstanceState.RUNNING, InstanceState.STARTING):
+            found.append(Finding("missing", "Instance", res.id, res.name, "process", "instance is not running"))
+        if not net.port_exists(res.id):
+            found.append(Finding("missing", "Instance", res.id, res.name, "netns", "instance has no network namespace"))
+    nets = {r.id[-10:]: r for r in store.list("Network")}
+    bridges = net.list_networks()
+    for short in sorted(bridges - nets.keys()):
+        found.append(Finding("orphan", "Network", short, "", "bridge", "bridge with no network record"))
+    for short, res in nets.items():
+        if not res.deleting and res.phase == "ready" and short not in bridges:
+            found.append(Finding("missing", "Network", res.id, res.name, "bridge", "network has no bridge"))
+    return found
+
+
+def fix(cloud: Cloud, findings: list[Finding]) -> list[str]:
+    done: list[str] = []
+    for f in findings:
+        if f.problem == "orphan" and f.kind == "Instance":
+            cloud.compute.delete_instance(f.id)
+            cloud.net.delete_port(f.id)
+            done.append(f"removed orphan {f.artefact} of instance {f.id}")
+        elif f.problem == "orphan" and f.kind == "Network":
+            cloud.net.delete_network(f.id)
+            done.append(f"removed orphan bridge br{f.id}")
+        else:
+            cloud.manager.enqueue(f.kind, f.id)
+            done.append(f"requeued {f.kind.lower()} {f.name} to recreate its {f.artefact}")
+    return done
