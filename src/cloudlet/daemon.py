@@ -73,8 +73,7 @@ def bootstrap(cloud: Cloud) -> str:
         os.replace(tmp, cfg.token_file)
     cpus, memory = _host_capacity()
     register_host(cloud.store, cfg.host, cfg.zone, cpus, memory)
-    if cloud.compute.capabilities.real_processes:
-        images.ensure_busybox(cloud)
+    images.ensure_busybox(cloud)
     networks.ensure_default_network(cloud, ADMIN_TENANT)
     return token
 

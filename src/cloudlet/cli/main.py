@@ -88,12 +88,16 @@ def down(purge: Annotated[bool, typer.Option("--purge", help="also delete all st
     cfg = load_config()
     pid = _daemon_pid(cfg)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while _daemon_pid(cfg) == pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
+        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not Path(f"/proc/{pid}").exists():
+                break
     shutdown_artefacts(cfg, purge)
     result = {"stopped": pid is not None, "purged": purge, "home": str(cfg.home)}
     if output == Format.table:
@@ -138,3 +142,7 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -2,7 +2,7 @@
 
 The Linux driver keeps every cloudlet interface inside one "hub" network namespace per cloud
 (`cl-<cloud>-hub`): one bridge per network holding the gateway address, no uplink, forwarding off and an nft
-table that drops forwarded packets. So instances reach their own network and the gateway (DNS) and nothing
+table that drops forwarded packets and packets for a gateway address of another bridge than they came in on. So instances reach their own network and the gateway (DNS) and nothing
 else: not other networks, not the machine's uplink. Each instance gets its own netns `cl-<cloud>-i-<id>` with
 a veth `eth0` whose peer sits on the network's bridge.
 """
@@ -104,6 +104,10 @@ HUB_NFT = """
 table inet cloudlet
 delete table inet cloudlet
 table inet cloudlet {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        fib daddr . iif type != local drop
+    }
     chain forward {
         type filter hook forward priority 0; policy drop;
     }

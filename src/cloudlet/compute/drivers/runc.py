@@ -99,12 +99,15 @@ class RuncDriver(ComputeDriver):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.get_instance(iid).state == InstanceState.RUNNING:
                 time.sleep(0.02)
+            pid = self.get_instance(iid).pid
             self._runc("kill", "--all", cid, "KILL", check=False)
+            while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline + 5:
+                time.sleep(0.01)  # the kernel kills the rest of the pid namespace with its init
         self._runc("delete", "--force", cid, check=False)
 
     def delete_instance(self, iid: str) -> None:
         d = self.dir / iid
-        self._runc("delete", "--force", self._cid(iid), check=False)
+        self.stop_instance(iid, timeout=0)
         self._unmount(iid)
         shutil.rmtree(d, ignore_errors=True)
         self._remove_cgroups(iid)
