@@ -93,3 +93,13 @@ def test_openapi_is_served(api: tuple[TestClient, dict[str, str]]) -> None:
     client, _ = api
     spec = client.get("/openapi.json").json()
     assert "/v1/instances" in spec["paths"] and "/v1/networks/{name}" in spec["paths"]
+
+
+def test_instance_list_pages(api: tuple[TestClient, dict[str, str]]) -> None:
+    client, admin = api
+    for i in range(3):
+        client.post("/v1/instances", json={"name": f"p-{i}", "image": "busybox"}, headers=admin)
+    first = client.get("/v1/instances?limit=2", headers=admin).json()
+    assert [i["name"] for i in first["items"]] == ["p-0", "p-1"] and first["next"]
+    rest = client.get(f"/v1/instances?limit=2&after={first['next']}", headers=admin).json()
+    assert [i["name"] for i in rest["items"]] == ["p-2"] and rest["next"] is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from hypothesis import HealthCheck, settings
 from cloudlet.api.app import create_app
 from tests.helpers import fake_cloud
 
-_cloud, _token = fake_cloud(Path(tempfile.mkdtemp(prefix="cloudlet-st-")))
+_home = Path(tempfile.mkdtemp(prefix="cloudlet-st-"))
+atexit.register(shutil.rmtree, _home, True)
+_cloud, _token = fake_cloud(_home)
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_cloud))
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 __all__ = ["create_app"]
 
+import json
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, Unauthorized
@@ -53,6 +55,12 @@ def create_app(cloud: Cloud) -> FastAPI:
     async def _cloudlet_error(_: Request, exc: CloudletError) -> JSONResponse:
         return _error(exc.status_code, exc.code, exc.message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+        message = "malformed request body: send JSON" if exc.status_code == 400 else str(exc.detail)
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         status, message = _validation_message(exc)
@@ -85,3 +93,9 @@ def caller(request: Request) -> Caller:
 
 def page(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"items": items, "count": len(items)}
+
+
+def paged(items: list[dict[str, Any]], limit: int) -> Response:
+    """A page of a list as ready JSON (no re-encoding pass); `next` is the id to pass as `after`, if any."""
+    body = {"items": items, "count": len(items), "next": items[-1]["id"] if len(items) == limit else None}
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")

@@ -72,7 +72,7 @@ def import_(file: Annotated[Path, typer.Argument(help="rootfs tarball (.tar or .
                 yield block
 
     view = connect().request("PUT", f"/v1/images/{name}/rootfs", content=chunks(),
-                             headers={"Content-Type": "application/x-tar"})
+                             headers={"Content-Type": "application/octet-stream"})
     if output == Format.table:
         say(f"Image {name} imported")
     else:

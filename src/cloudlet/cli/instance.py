@@ -74,7 +74,16 @@ def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_(output: OutputOpt = Format.table) -> None:
         """List instances."""
-        emit(connect().get("/v1/instances")["items"], output, COLUMNS)
+        client = connect()
+        items: list[dict[str, Any]] = []
+        after = None
+        while True:
+            resp = client.get("/v1/instances", params={"after": after} if after else {})
+            items += resp["items"]
+            after = resp.get("next")
+            if not after:
+                break
+        emit(items, output, COLUMNS)
 
     app.command("ls", hidden=True)(list_)
 

@@ -25,11 +25,12 @@ from cloudlet.core.tables import events, ip_allocations, resources, tokens
 __all__ = ["Store"]
 
 _COLUMNS = [f.name for f in dataclasses.fields(Resource)]
+_SELECT = sa.select(*[resources.c[c] for c in _COLUMNS])  # in dataclass order, so rows map positionally
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _row_to_resource(row: Any) -> Resource:
-    return Resource(**{c: getattr(row, c) for c in _COLUMNS})
+    return Resource(*row)
 
 
 def hash_token(token: str) -> str:
@@ -74,7 +75,7 @@ class Store:
         return res
 
     def get(self, kind: str, tenant: str | None, name: str, parent: str = "") -> Resource:
-        q = resources.select().where(resources.c.kind == kind, resources.c.name == name, resources.c.parent == parent)
+        q = _SELECT.where(resources.c.kind == kind, resources.c.name == name, resources.c.parent == parent)
         if tenant is not None:
             q = q.where(resources.c.tenant == tenant)
         with self.engine.connect() as conn:
@@ -85,11 +86,17 @@ class Store:
 
     def get_by_id(self, rid: str) -> Resource | None:
         with self.engine.connect() as conn:
-            row = conn.execute(resources.select().where(resources.c.id == rid)).first()
+            row = conn.execute(_SELECT.where(resources.c.id == rid)).first()
         return _row_to_resource(row) if row else None
 
-    def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> list[Resource]:
-        q = resources.select()
+    def list(self, kind: str | None = None, tenant: str | None = None, limit: int | None = None,
+             after: str | None = None, **filters: Any) -> list[Resource]:
+        """Records ordered by id (creation order); `after` an id and `limit` page through them."""
+        q = _SELECT
+        if after is not None:
+            q = q.where(resources.c.id > after)
+        if limit is not None:
+            q = q.limit(limit)
         if kind is not None:
             q = q.where(resources.c.kind == kind)
         if tenant is not None:
@@ -136,7 +143,7 @@ class Store:
             result = conn.execute(resources.update().where(resources.c.id == rid).values(**values))
             if result.rowcount == 0:
                 raise NotFound(f"resource {rid} not found")
-            row = conn.execute(resources.select().where(resources.c.id == rid)).one()
+            row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
         res = _row_to_resource(row)
         if notify:
             self._notify(res)

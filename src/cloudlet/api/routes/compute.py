@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
-from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.app import caller, get_cloud, paged
 from cloudlet.compute import instances
 from cloudlet.compute.placement import Placement
 from cloudlet.core.context import Caller, Cloud
@@ -19,9 +20,11 @@ def get_placement(request: Request) -> Placement:
     return placement
 
 
-@router.get("")
-def list_instances(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([instances.instance_view(r) for r in cloud.store.list(instances.KIND, tenant=who.tenant)])
+@router.get("", response_class=Response)
+def list_instances(limit: int = Query(1000, ge=1, le=100_000), after: str | None = Query(None, max_length=26),
+                   cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> Response:
+    records = cloud.store.list(instances.KIND, tenant=who.tenant, limit=limit, after=after)
+    return paged([instances.instance_view(r) for r in records], limit)
 
 
 @router.post("", status_code=202)

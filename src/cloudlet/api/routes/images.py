@@ -31,7 +31,7 @@ def build_image(body: images.ImageBuild, cloud: Cloud = Depends(get_cloud),
 
 
 @router.put("/{name}/rootfs", status_code=201,
-            openapi_extra={"requestBody": {"content": {"application/x-tar": {"schema": {
+            openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
                 "type": "string", "format": "binary"}}}, "required": True}})
 async def import_image(name: str, request: Request, cloud: Cloud = Depends(get_cloud),
                        who: Caller = Depends(caller)) -> dict[str, Any]:
