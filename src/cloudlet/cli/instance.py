@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cloudlet.cli.client import Client, connect
-from cloudlet.cli.output import Format, OutputOpt, console, emit, say
+from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
 from cloudlet.core.errors import CloudletError, NotFound
 
 COLUMNS = ["name", "state", "image", "network", "ip", "dns_name", "host", "zone", "cpus", "memory_mib"]
@@ -94,21 +94,15 @@ def register(app: typer.Typer) -> None:
 
     def _action(action: str, names: list[str], wait: bool, quiet: bool, want: str, output: Format) -> None:
         client = connect()
-        failures, views = [], []
-        for name in names:
-            try:
-                view = client.post(f"/v1/instances/{name}/actions", {"action": action})
-                if wait:
-                    view = wait_for(client, name, TERMINAL)
-                    _check_reached(view, want)
-                views.append(view)
-                say(f"Instance {name} {action} {'done' if wait else 'requested'}", quiet or output != Format.table)
-            except CloudletError as exc:
-                failures.append(f"{name}: {exc.message}")
-        if output != Format.table:
-            emit(views, output)
-        if failures:
-            raise CloudletError("; ".join(failures))
+
+        def one(name: str) -> dict[str, Any]:
+            view: dict[str, Any] = client.post(f"/v1/instances/{name}/actions", {"action": action})
+            if wait:
+                view = wait_for(client, name, TERMINAL)
+                _check_reached(view, want)
+            return view
+
+        bulk(names, one, lambda n: f"Instance {n} {action} {'done' if wait else 'requested'}", quiet, output)
 
     @app.command()
     def start(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
@@ -130,19 +124,14 @@ def register(app: typer.Typer) -> None:
     def delete(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
         """Delete instances and everything they own; carries on past failures and reports them all."""
         client = connect()
-        failures, views = [], []
-        for name in names:
-            try:
-                views.append(client.delete(f"/v1/instances/{name}"))
-                if wait:
-                    wait_for(client, name, set(), gone=True)
-                say(f"Instance {name} deleted", quiet or output != Format.table)
-            except CloudletError as exc:
-                failures.append(f"{name}: {exc.message}")
-        if output != Format.table:
-            emit(views, output)
-        if failures:
-            raise CloudletError("; ".join(failures))
+
+        def one(name: str) -> dict[str, Any]:
+            view: dict[str, Any] = client.delete(f"/v1/instances/{name}")
+            if wait:
+                wait_for(client, name, set(), gone=True)
+            return view
+
+        bulk(names, one, lambda n: f"Instance {n} deleted", quiet, output)
 
     app.command("rm", hidden=True)(delete)
 

@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from cloudlet.cli.client import connect
-from cloudlet.cli.output import Format, OutputOpt, emit, say
-from cloudlet.core.errors import CloudletError
+from cloudlet.cli.output import Format, OutputOpt, bulk, emit, say
 
 app = typer.Typer(help="Tenant networks: a bridge, a subnet from 10.240.0.0/12, DNS on the gateway.",
                   no_args_is_help=True)
@@ -48,17 +47,7 @@ def delete(names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q"
            output: OutputOpt = Format.table) -> None:
     """Delete networks (refused while instances use them)."""
     client = connect()
-    failures, views = [], []
-    for name in names:
-        try:
-            views.append(client.delete(f"/v1/networks/{name}"))
-            say(f"Network {name} deleted", quiet or output != Format.table)
-        except CloudletError as exc:
-            failures.append(f"{name}: {exc.message}")
-    if output != Format.table:
-        emit(views, output)
-    if failures:
-        raise CloudletError("; ".join(failures))
+    bulk(names, lambda n: client.delete(f"/v1/networks/{n}"), lambda n: f"Network {n} deleted", quiet, output)
 
 
 app.command("rm", hidden=True)(delete)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["OutputOpt", "emit", "say"]
+__all__ = ["OutputOpt", "emit", "say", "bulk"]
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 
@@ -14,6 +15,8 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+from cloudlet.core.errors import CloudletError
 
 
 class Format(str, Enum):
@@ -57,3 +60,19 @@ def emit(data: Any, fmt: Format, columns: list[str] | None = None) -> None:
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         console.print(message, highlight=False)
+
+
+def bulk(names: list[str], op: Callable[[str], dict[str, Any]], done: Callable[[str], str], quiet: bool,
+         fmt: Format) -> None:
+    """Applies op to every name, carrying on past failures; reports each success, then all failures at once."""
+    failures, views = [], []
+    for name in names:
+        try:
+            views.append(op(name))
+            say(done(name), quiet or fmt != Format.table)
+        except CloudletError as exc:
+            failures.append(f"{name}: {exc.message}")
+    if fmt != Format.table:
+        emit(views, fmt)
+    if failures:
+        raise CloudletError("; ".join(failures))

@@ -72,6 +72,8 @@ def _apt_mirror() -> str:
         except OSError:
             continue
         for line in text.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
             for word in line.split():
                 if word.startswith("http") and "security" not in word:
                     return word
