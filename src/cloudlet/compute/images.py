@@ -74,8 +74,7 @@ def _mark_complete(tmp: Path, final: Path) -> None:
 
 def _record(cloud: Cloud, name: str, spec: dict[str, object], phase: str) -> Resource:
     res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase)
-    cloud.store.create(res)
-    cloud.store.add_event(res, "Created", f"image {name} from {spec['source']}")
+    cloud.store.create(res, created=f"image {name} from {spec['source']}")
     return res
 
 

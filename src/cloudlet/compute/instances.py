@@ -78,8 +78,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, placement: Placeme
     }
     res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER],
                    status={"state": "pending"})
-    cloud.store.create(res)
-    cloud.store.add_event(res, "Created", f"instance {req.name} of image {image.name} on network {net.name}")
+    cloud.store.create(res, created=f"instance {req.name} of image {image.name} on network {net.name}")
     return res
 
 

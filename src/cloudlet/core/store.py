@@ -64,11 +64,17 @@ class Store:
             listener(res)
 
     # resources
-    def create(self, res: Resource) -> Resource:
+    def create(self, res: Resource, created: str | None = None) -> Resource:
+        """Inserts the record and, with `created`, its Created event in the same transaction, before any
+        reconciler hears of it (so events read in cause-and-effect order)."""
         values = dataclasses.asdict(res)
         try:
             with self.engine.begin() as conn:
                 conn.execute(resources.insert().values(**values))
+                if created is not None:
+                    conn.execute(events.insert().values(
+                        resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=time.time(),
+                        type="Normal", reason="Created", message=created))
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
         self._notify(res)

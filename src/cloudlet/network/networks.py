@@ -40,8 +40,7 @@ def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None =
             kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, finalizers=[FINALIZER],
             spec={"subnet": str(net), "gateway": ipam.gateway_of(net)},
         )
-        cloud.store.create(res)
-    cloud.store.add_event(res, "Created", f"network {name} {net} created")
+        cloud.store.create(res, created=f"network {name} {net} created")
     return res
 
 

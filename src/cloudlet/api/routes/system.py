@@ -42,9 +42,9 @@ def create_tenant(body: TenantCreate, cloud: Cloud = Depends(get_cloud),
     if body.name in RESERVED or cloud.store.has_tenant(body.name):
         raise Conflict(f"tenant {body.name!r} already exists")
     token = secrets.token_urlsafe(32)
-    res = cloud.store.create(Resource(kind="Tenant", tenant=body.name, name=body.name, spec={}, phase="ready"))
+    cloud.store.create(Resource(kind="Tenant", tenant=body.name, name=body.name, spec={}, phase="ready"),
+                       created=f"tenant {body.name} created")
     cloud.store.add_token(token, body.name, "member")
-    cloud.store.add_event(res, "Created", f"tenant {body.name} created")
     return {"name": body.name, "token": token}
 
 
