@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.compute.drivers.base import ExecResult, InstanceState, LaunchSpec
+from cloudlet.compute.drivers.base import ExecResult, InstanceInfo, InstanceState, LaunchSpec
 from cloudlet.compute.images import get_image, rootfs_of
 from cloudlet.compute.placement import Placement
 from cloudlet.core.context import Caller, Cloud
@@ -120,7 +120,7 @@ def instance_view(res: Resource) -> dict[str, Any]:
         "cpus": res.spec["cpus"], "memory_mib": res.spec["memory_mib"], "restart": res.spec["restart"],
         "desired_state": res.spec["state"], "restarts": st.get("restarts", 0), "message": st.get("message", ""),
         "generation": res.generation, "observed_generation": res.observed_generation,
-        "created_at": res.created_at, "placement": st.get("placement"),
+        "created_at": res.created_at, "started_at": st.get("started_at"), "placement": st.get("placement"),
     }
 
 
@@ -161,7 +161,7 @@ class InstanceReconciler:
         info = self.cloud.compute.get_instance(rid)
         if res.spec["state"] == "stopped":
             return self._converge_stopped(res, info.state)
-        return self._converge_running(res, launch, net, ip, info.state, info.extra)
+        return self._converge_running(res, launch, net, ip, info)
 
     def _schedule(self, res: Resource) -> Resource:
         try:
@@ -189,51 +189,46 @@ class InstanceReconciler:
             host=res.host or self.cloud.config.host,
         )
 
-    def _start(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str, fresh: bool) -> LaunchSpec:
+    def _start(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str, fresh: bool) -> InstanceInfo:
         prefix = ipaddress.ip_network(net.spec["subnet"]).prefixlen
         netns = self.cloud.net.ensure_port(PortSpec(res.id, net.id, ip, prefix, net.spec["gateway"]))
         launch = LaunchSpec(**{**launch.__dict__, "netns": netns})
         if fresh:
-            self.cloud.compute.create_instance(launch)
-        else:
-            self.cloud.compute.start_instance(launch)
-        return launch
+            return self.cloud.compute.create_instance(launch)
+        return self.cloud.compute.start_instance(launch)
 
     def _converge_running(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str,
-                          state: InstanceState, extra: dict[str, Any]) -> Result:
-        store, st = self.cloud.store, res.status
+                          observed: InstanceInfo) -> Result:
+        store, st, state = self.cloud.store, res.status, observed.state
         nonce = int(res.spec.get("run_nonce", 1))
         done = st.get("run_nonce")
         restarts = int(st.get("restarts", 0))
-        if state == InstanceState.STARTING:
-            self._set(res, "starting", ip=ip, run_nonce=nonce)
-            return Result(requeue_after=max(0.01, float(extra.get("ready_at", 0)) - self.cloud.clock.now()))
+        info = observed
         if state == InstanceState.RUNNING and done is not None and done != nonce:
             self.cloud.compute.stop_instance(res.id)
-            self._start(res, launch, net, ip, fresh=False)
+            info = self._start(res, launch, net, ip, fresh=False)
             store.add_event(res, "Restarted", "instance restarted on request")
         elif state == InstanceState.RUNNING:
             if not self.cloud.net.port_exists(res.id):
                 self.cloud.compute.stop_instance(res.id)
-                self._start(res, launch, net, ip, fresh=False)
+                info = self._start(res, launch, net, ip, fresh=False)
                 store.add_event(res, "Replumbed", "network namespace was missing; restarted", "Warning")
         elif state == InstanceState.MISSING:
-            self._start(res, launch, net, ip, fresh=True)
+            info = self._start(res, launch, net, ip, fresh=True)
             store.add_event(res, "Started", f"instance running with address {ip}")
         elif done == nonce and st.get("state") in ("running", "starting"):
             store.add_event(res, "Exited", "instance init exited unexpectedly", "Warning")
             if res.spec["restart"] != "always":
                 self._set(res, "exited", pid=None, message="init exited; restart policy is never")
                 return Result()
-            self._start(res, launch, net, ip, fresh=False)
+            info = self._start(res, launch, net, ip, fresh=False)
             restarts += 1
             store.add_event(res, "Restarted", f"restart policy always (restart #{restarts})")
         elif done == nonce and st.get("state") == "exited":
             return Result()
         else:
-            self._start(res, launch, net, ip, fresh=False)
+            info = self._start(res, launch, net, ip, fresh=False)
             store.add_event(res, "Started", f"instance running with address {ip}")
-        info = self.cloud.compute.get_instance(res.id)
         if info.state == InstanceState.STARTING:
             self._set(res, "starting", ip=ip, run_nonce=nonce, restarts=restarts)
             return Result(requeue_after=max(0.01, float(info.extra.get("ready_at", 0)) - self.cloud.clock.now()))

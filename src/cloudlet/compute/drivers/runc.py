@@ -71,17 +71,15 @@ class RuncDriver(ComputeDriver):
 
     # interface, in base-class order
     def create_instance(self, spec: LaunchSpec) -> InstanceInfo:
-        with translate_errors(f"preparing instance {spec.id}"):
-            self._prepare(spec)
         info = self.get_instance(spec.id)
-        if info.state == InstanceState.RUNNING:
-            return info
-        return self.start_instance(spec)
+        return info if info.state == InstanceState.RUNNING else self.start_instance(spec)
 
     def start_instance(self, spec: LaunchSpec) -> InstanceInfo:
         d = self.dir / spec.id
-        self._prepare(spec)
-        self._runc("delete", "--force", self._cid(spec.id), check=False)
+        with translate_errors(f"preparing instance {spec.id}"):
+            self._prepare(spec)
+        if self._known_to_runc(spec.id):
+            self._runc("delete", "--force", self._cid(spec.id), check=False)
         with open(d / "console.log", "ab") as console:
             proc = subprocess.run(
                 ["runc", "--root", str(self.root), "--log", str(d / "runc.log"), "run", "-d",
@@ -94,6 +92,8 @@ class RuncDriver(ComputeDriver):
 
     def stop_instance(self, iid: str, timeout: float = 5.0) -> None:
         cid = self._cid(iid)
+        if not self._known_to_runc(iid):
+            return
         if self.get_instance(iid).state == InstanceState.RUNNING:
             self._runc("kill", cid, "TERM", check=False)
             deadline = time.monotonic() + timeout
@@ -113,8 +113,8 @@ class RuncDriver(ComputeDriver):
         self._remove_cgroups(iid)
 
     def get_instance(self, iid: str) -> InstanceInfo:
-        proc = self._runc("state", self._cid(iid), check=False)
-        if proc.returncode != 0:
+        proc = self._runc("state", self._cid(iid), check=False) if self._known_to_runc(iid) else None
+        if proc is None or proc.returncode != 0:
             state = InstanceState.STOPPED if (self.dir / iid).exists() else InstanceState.MISSING
             return InstanceInfo(iid, state)
         data = json.loads(proc.stdout)
@@ -202,6 +202,10 @@ class RuncDriver(ComputeDriver):
     # private helpers
     def _cid(self, iid: str) -> str:
         return f"cl-{iid}"
+
+    def _known_to_runc(self, iid: str) -> bool:
+        """runc keeps a state directory per container; without one, asking runc is a wasted process start."""
+        return (self.root / self._cid(iid)).exists()
 
     def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["runc", "--root", str(self.root), *args], capture_output=True, text=True, timeout=60)
