@@ -8,7 +8,7 @@ can launch them. Builds run in the Image reconciler; a half-built tree never car
 from __future__ import annotations
 
 __all__ = ["KIND", "BUSYBOX_COMMAND", "ensure_busybox", "request_build", "import_image", "image_view",
-           "ImageReconciler", "rootfs_of", "get_image", "ImageBuild"]
+           "ImageReconciler", "rootfs_of", "get_image", "ImageBuild", "images_dir"]
 
 import hashlib
 import json
@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import tarfile
 import threading
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -53,7 +53,9 @@ class ImageBuild(BaseModel):
 
 
 def images_dir(cloud: Cloud) -> Path:
-    return cloud.config.home / "images"
+    path = cloud.config.home / "images"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def rootfs_of(cloud: Cloud, image: Resource) -> Path:
@@ -72,7 +74,7 @@ def _mark_complete(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def _record(cloud: Cloud, name: str, spec: dict[str, object], phase: str) -> Resource:
+def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str) -> Resource:
     res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase)
     cloud.store.create(res, created=f"image {name} from {spec['source']}")
     return res
@@ -125,37 +127,31 @@ def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
     return _record(cloud, req.name, spec, "pending")
 
 
-def import_image(cloud: Cloud, caller: Caller, name: str, chunks: Iterable[bytes]) -> Resource:
-    """Stores a rootfs tarball, then unpacks it; the digest is the tarball's sha256."""
+def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Resource:
+    """Unpacks a rootfs tarball; the image's digest is the tarball's sha256."""
     check_name("image", name)
     if cloud.store.list(KIND, name=name):
         raise Conflict(f"image {name!r} already exists; import under another name")
-    images_dir(cloud).mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    tar_tmp = images_dir(cloud) / f".upload-{os.getpid()}-{threading.get_ident()}.tar"
-    try:
-        with open(tar_tmp, "wb") as out:
-            for chunk in chunks:
-                h.update(chunk)
-                out.write(chunk)
-        digest = "import-" + h.hexdigest()[:16]
-        final = images_dir(cloud) / digest
-        if not _complete(final):
-            tmp = final.with_name(final.name + ".partial")
+    with open(tarball, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    digest = "import-" + h.hexdigest()[:16]
+    final = images_dir(cloud) / digest
+    if not _complete(final):
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rootfs").mkdir(parents=True)
+        try:
+            with tarfile.open(tarball) as tf:
+                tf.extractall(tmp / "rootfs", filter="tar")
+        except (tarfile.TarError, OSError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / "rootfs").mkdir(parents=True)
-            try:
-                with tarfile.open(tar_tmp) as tf:
-                    tf.extractall(tmp / "rootfs", filter="tar")
-            except (tarfile.TarError, OSError) as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise BadRequest(f"could not unpack the image: {exc}; give a rootfs .tar (optionally gzip)") from exc
-            if not (tmp / "rootfs/bin/sh").exists() and not (tmp / "rootfs/bin").is_symlink():
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise InvalidSpec("the tarball has no /bin/sh; an image must be a root filesystem")
-            _mark_complete(tmp, final)
-    finally:
-        tar_tmp.unlink(missing_ok=True)
+            raise BadRequest(f"could not unpack the image: {exc}; give a rootfs .tar (optionally gzip)") from exc
+        if not (tmp / "rootfs/bin/sh").exists() and not (tmp / "rootfs/bin").is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InvalidSpec("the tarball has no /bin/sh; an image must be a root filesystem")
+        _mark_complete(tmp, final)
     return _record(cloud, name, {"source": "import", "digest": digest, "command": DEBIAN_COMMAND}, "ready")
 
 

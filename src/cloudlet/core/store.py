@@ -6,6 +6,7 @@ columns, so neither can overwrite the other's work.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import time
@@ -169,7 +170,8 @@ class Store:
                 type=type_, reason=reason, message=message,
             ))
 
-    def list_events(self, tenant: str | None = None, name: str | None = None, limit: int = 200) -> list[Event]:
+    def list_events(self, tenant: str | None = None, name: str | None = None, limit: int = 200
+                    ) -> builtins.list[Event]:
         q = events.select()
         if tenant is not None:
             q = q.where(events.c.tenant == tenant)

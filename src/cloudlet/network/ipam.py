@@ -10,7 +10,7 @@ from cloudlet.core.errors import Conflict, InvalidSpec
 
 __all__ = ["parse_subnet", "pick_subnet", "gateway_of", "host_addresses"]
 
-SPACE = ipaddress.ip_network(TENANT_SPACE)
+SPACE = ipaddress.IPv4Network(TENANT_SPACE)
 
 
 def parse_subnet(cidr: str) -> ipaddress.IPv4Network:
@@ -32,7 +32,7 @@ def check_free(net: ipaddress.IPv4Network, taken: Iterable[str]) -> None:
 
 
 def pick_subnet(taken: Iterable[str], prefix: int = 24) -> ipaddress.IPv4Network:
-    used = [ipaddress.ip_network(t) for t in taken]
+    used = [ipaddress.IPv4Network(t) for t in taken]
     for cand in SPACE.subnets(new_prefix=prefix):
         if not any(cand.overlaps(u) for u in used):
             return cand

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -35,10 +38,13 @@ def build_image(body: images.ImageBuild, cloud: Cloud = Depends(get_cloud),
                 "type": "string", "format": "binary"}}}, "required": True}})
 async def import_image(name: str, request: Request, cloud: Cloud = Depends(get_cloud),
                        who: Caller = Depends(caller)) -> dict[str, Any]:
-    chunks = []
-    async for chunk in request.stream():
-        chunks.append(chunk)
-    res = await run_in_threadpool(images.import_image, cloud, who, name, iter(chunks))
+    """The body is streamed to a file next to the images, never held in memory whole."""
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=images.images_dir(cloud))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                out.write(chunk)
+        res = await run_in_threadpool(images.import_image, cloud, who, name, Path(tmp))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return images.image_view(res)
-
-
