@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,25 @@ def test_instance_list_pages(api: tuple[TestClient, dict[str, str]]) -> None:
     assert [i["name"] for i in first["items"]] == ["p-0", "p-1"] and first["next"]
     rest = client.get(f"/v1/instances?limit=2&after={first['next']}", headers=admin).json()
     assert [i["name"] for i in rest["items"]] == ["p-2"] and rest["next"] is None
+
+
+def test_instance_list_is_never_stale(api: tuple[TestClient, dict[str, str]]) -> None:
+    """The list's render cache must follow every write: status, spec, deletion."""
+    client, admin = api
+    client.post("/v1/instances", json={"name": "s-1", "image": "busybox"}, headers=admin)
+    store = client.app.state.cloud.store  # type: ignore[attr-defined]
+
+    def listed() -> dict[str, dict[str, object]]:
+        return {i["name"]: i for i in client.get("/v1/instances", headers=admin).json()["items"]}
+
+    deadline = time.monotonic() + 10
+    while listed()["s-1"]["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)  # let the reconciler finish, so the marker below is the last status write
+    rid = listed()["s-1"]["id"]
+    store.update_status(rid, status={"state": "marker-1"}, phase="marker-1")
+    assert listed()["s-1"]["state"] == "marker-1"
+    assert client.post("/v1/instances/s-1/actions", json={"action": "stop"}, headers=admin).status_code == 202
+    assert listed()["s-1"]["desired_state"] == "stopped"
+    client.delete("/v1/instances/s-1", headers=admin)
+    store.purge(rid)
+    assert "s-1" not in listed()

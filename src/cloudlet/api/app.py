@@ -8,12 +8,11 @@ from __future__ import annotations
 
 __all__ = ["create_app"]
 
-import json
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudlet.core.context import Caller, Cloud
@@ -43,13 +42,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 
 def create_app(cloud: Cloud) -> FastAPI:
+    from cloudlet.api.listcache import RenderCache
     from cloudlet.api.routes import compute, events, images, networks, system
+    from cloudlet.compute import instances
 
     app = FastAPI(
         title="cloudlet", version="0.1.0", description="cloudlet control plane API",
         responses={400: ERROR_SCHEMA, 401: ERROR_SCHEMA, 404: ERROR_SCHEMA, 409: ERROR_SCHEMA, 422: ERROR_SCHEMA},
     )
     app.state.cloud = cloud
+    app.state.instance_list = RenderCache(cloud.store, instances.KIND, instances.instance_view)
 
     @app.exception_handler(CloudletError)
     async def _cloudlet_error(_: Request, exc: CloudletError) -> JSONResponse:
@@ -93,9 +95,3 @@ def caller(request: Request) -> Caller:
 
 def page(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"items": items, "count": len(items)}
-
-
-def paged(items: list[dict[str, Any]], limit: int) -> Response:
-    """A page of a list as ready JSON (no re-encoding pass); `next` is the id to pass as `after`, if any."""
-    body = {"items": items, "count": len(items), "next": items[-1]["id"] if len(items) == limit else None}
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")

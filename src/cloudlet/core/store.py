@@ -113,6 +113,27 @@ class Store:
         with self.engine.connect() as conn:
             return [_row_to_resource(r) for r in conn.execute(q.order_by(resources.c.id))]
 
+    def versions(self, kind: str, tenant: str | None, limit: int | None = None,
+                 after: str | None = None) -> builtins.list[tuple[str, float]]:
+        """(id, updated_at) of records in id order: what a cached rendering needs to know it is still fresh."""
+        q = sa.select(resources.c.id, resources.c.updated_at).where(resources.c.kind == kind)
+        if tenant is not None:
+            q = q.where(resources.c.tenant == tenant)
+        if after is not None:
+            q = q.where(resources.c.id > after)
+        q = q.order_by(resources.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(q)]
+
+    def get_many(self, ids: builtins.list[str]) -> builtins.list[Resource]:
+        out: builtins.list[Resource] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                out += [_row_to_resource(r) for r in conn.execute(_SELECT.where(resources.c.id.in_(ids[i:i + 500])))]
+        return out
+
     def count(self, kind: str, **filters: Any) -> int:
         q = sa.select(sa.func.count()).select_from(resources).where(resources.c.kind == kind)
         for col, value in filters.items():

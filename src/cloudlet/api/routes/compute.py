@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from cloudlet.api.app import caller, get_cloud, paged
+from cloudlet.api.app import caller, get_cloud
+from cloudlet.api.listcache import RenderCache
 from cloudlet.compute import instances
 from cloudlet.compute.placement import Placement
 from cloudlet.core.context import Caller, Cloud
@@ -21,10 +22,10 @@ def get_placement(request: Request) -> Placement:
 
 
 @router.get("", response_class=Response)
-def list_instances(limit: int = Query(1000, ge=1, le=100_000), after: str | None = Query(None, max_length=26),
-                   cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> Response:
-    records = cloud.store.list(instances.KIND, tenant=who.tenant, limit=limit, after=after)
-    return paged([instances.instance_view(r) for r in records], limit)
+def list_instances(request: Request, limit: int = Query(1000, ge=1, le=100_000),
+                   after: str | None = Query(None, max_length=26), who: Caller = Depends(caller)) -> Response:
+    cache: RenderCache = request.app.state.instance_list
+    return Response(cache.page(who.tenant, limit, after), media_type="application/json")
 
 
 @router.post("", status_code=202)
