@@ -96,14 +96,9 @@ class Store:
             row = conn.execute(_SELECT.where(resources.c.id == rid)).first()
         return _row_to_resource(row) if row else None
 
-    def list(self, kind: str | None = None, tenant: str | None = None, limit: int | None = None,
-             after: str | None = None, **filters: Any) -> list[Resource]:
-        """Records ordered by id (creation order); `after` an id and `limit` page through them."""
+    def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> list[Resource]:
+        """Records in id (creation) order."""
         q = _SELECT
-        if after is not None:
-            q = q.where(resources.c.id > after)
-        if limit is not None:
-            q = q.limit(limit)
         if kind is not None:
             q = q.where(resources.c.kind == kind)
         if tenant is not None:
