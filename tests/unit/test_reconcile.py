@@ -45,3 +45,14 @@ def test_backoff_grows_and_resets() -> None:
     key = q.pop_ready()
     q.done(key, requeue_after=2.0)  # type: ignore[arg-type]
     assert q.next_due() == clock.now() + 2.0
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    from cloudlet.core.conditions import set_condition
+
+    c = set_condition(None, "Ready", False, "Pending", "", 1)
+    t0 = c[0]["last_transition_time"]
+    c = set_condition(c, "Ready", False, "Pending", "still", 2)
+    assert c[0]["last_transition_time"] == t0 and c[0]["observed_generation"] == 2
+    c = set_condition(c, "Ready", True, "Running", "", 2)
+    assert c[0]["status"] is True and c[0]["last_transition_time"] >= t0 and len(c) == 1

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloudlet.compute.drivers.base import ExecResult, InstanceInfo, InstanceState, LaunchSpec
 from cloudlet.compute.images import get_image, rootfs_of
 from cloudlet.compute.placement import Placement
+from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound, TerminalError
 from cloudlet.core.reconcile import Result
@@ -29,6 +30,7 @@ from cloudlet.network.dns import DOMAIN, dns_name
 from cloudlet.network.plumbing import PortSpec
 
 KIND = "Instance"
+READY = "Ready"
 
 
 class InstanceCreate(BaseModel):
@@ -121,6 +123,7 @@ def instance_view(res: Resource) -> dict[str, Any]:
         "desired_state": res.spec["state"], "restarts": st.get("restarts", 0), "message": st.get("message", ""),
         "generation": res.generation, "observed_generation": res.observed_generation,
         "created_at": res.created_at, "started_at": st.get("started_at"), "placement": st.get("placement"),
+        "conditions": st.get("conditions", []),
     }
 
 
@@ -257,5 +260,8 @@ class InstanceReconciler:
 
     def _set(self, res: Resource, state: str, **fields: Any) -> None:
         status = {**res.status, **fields, "state": state}
+        message = str(status.get("message") or "")
+        status["conditions"] = set_condition(res.status.get("conditions"), READY, state == "running",
+                                             state.capitalize(), message, res.generation)
         if status != res.status or res.phase != state or res.observed_generation != res.generation:
             self.cloud.store.update_status(res.id, status=status, phase=state, observed_generation=res.generation)

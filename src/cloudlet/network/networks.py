@@ -7,6 +7,7 @@ import threading
 
 from pydantic import BaseModel, ConfigDict
 
+from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import Conflict
 from cloudlet.core.reconcile import Result
@@ -94,7 +95,9 @@ class NetworkReconciler:
         prefix = ipaddress.ip_network(res.spec["subnet"]).prefixlen
         self.cloud.net.ensure_network(rid, res.spec["gateway"], prefix)
         if res.phase != "ready":
+            conditions = set_condition(res.status.get("conditions"), "Ready", True, "BridgeUp",
+                                       f"bridge br{rid[-10:]} holds {res.spec['gateway']}", res.generation)
             store.update_status(rid, phase="ready", observed_generation=res.generation,
-                                status={"bridge": f"br{rid[-10:]}"})
+                                status={"bridge": f"br{rid[-10:]}", "conditions": conditions})
             store.add_event(res, "Ready", f"bridge for {res.spec['subnet']} is up")
         return Result()
