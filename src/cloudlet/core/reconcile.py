@@ -119,14 +119,6 @@ class WorkQueue:
         if delay is not None:
             self.add(key, delay)
 
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._due) + len(self._processing)
-
-    def idle(self) -> bool:
-        with self._cond:
-            return not self._processing and not self._due
-
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()

@@ -129,13 +129,6 @@ class Store:
                 out += [_row_to_resource(r) for r in conn.execute(_SELECT.where(resources.c.id.in_(ids[i:i + 500])))]
         return out
 
-    def count(self, kind: str, **filters: Any) -> int:
-        q = sa.select(sa.func.count()).select_from(resources).where(resources.c.kind == kind)
-        for col, value in filters.items():
-            q = q.where(resources.c[col] == value)
-        with self.engine.connect() as conn:
-            return int(conn.execute(q).scalar_one())
-
     def sum_by_host(self, kind: str, json_key: str) -> dict[str, tuple[int, int]]:
         """Per host: (count, sum of spec[json_key]) of live records; placement's view of used capacity."""
         out: dict[str, tuple[int, int]] = {}
@@ -238,11 +231,6 @@ class Store:
     def release_ips(self, owner_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == owner_id))
-
-    def ip_owners(self, network_id: str) -> dict[str, str]:
-        with self.engine.connect() as conn:
-            return {r.address: r.owner_id for r in conn.execute(
-                ip_allocations.select().where(ip_allocations.c.network_id == network_id))}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
