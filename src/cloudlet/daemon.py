@@ -25,6 +25,7 @@ from cloudlet.core.reconcile import Manager
 from cloudlet.core.store import Store
 from cloudlet.network import networks
 from cloudlet.network.plumbing import FakeNetworkDriver, LinuxNetworkDriver, NetworkDriver
+from cloudlet.storage.pools import get_pool
 
 log = logging.getLogger("cloudlet.daemon")
 
@@ -40,11 +41,14 @@ def build_cloud(config: Config, clock: Clock | None = None, **driver_args: objec
     if config.compute_driver == "fake":
         compute = get_driver("fake", clock=clock, **driver_args)
         net = FakeNetworkDriver()
+        pool = get_pool("memory", config.home)
     else:
         compute = get_driver(config.compute_driver, home=config.home, cloud_id=cloud_id, **driver_args)
         net = LinuxNetworkDriver(cloud_id)
+        pool = get_pool(config.storage_pool, config.home)
+    pool.setup()
     manager = Manager(store, clock)
-    cloud = Cloud(config, store, compute, net, clock, manager)
+    cloud = Cloud(config, store, compute, net, pool, clock, manager)
     placement = Placement(store, clock)
     cloud.extras["placement"] = placement
     manager.register(networks.NetworkReconciler(cloud))
@@ -126,6 +130,8 @@ def shutdown_artefacts(config: Config, purge: bool) -> None:
     try:
         if purge:
             cloud.compute.teardown()
+            for name in cloud.pool.list("disks/"):
+                cloud.pool.delete(name)
         else:
             cloud.compute.shutdown()
             for res in cloud.store.list(instances.KIND):
@@ -133,6 +139,7 @@ def shutdown_artefacts(config: Config, purge: bool) -> None:
                     status = {**res.status, "state": "stopped", "run_nonce": None, "pid": None}
                     cloud.store.update_status(res.id, status=status, phase="stopped")
         cloud.net.teardown()
+        cloud.pool.teardown(purge)
     finally:
         cloud.store.close()
     if purge:

@@ -33,6 +33,8 @@ def scan(cloud: Cloud) -> list[Finding]:
         found.append(Finding("orphan", "Instance", iid, "", "container", "container files with no instance record"))
     for iid in sorted(net.list_ports() - instances.keys()):
         found.append(Finding("orphan", "Instance", iid, "", "netns", "network namespace with no instance record"))
+    for iid in sorted({d.removeprefix("disks/") for d in cloud.pool.list("disks/")} - instances.keys()):
+        found.append(Finding("orphan", "Instance", iid, "", "disk", "root disk with no instance record"))
     for res in instances.values():
         if res.deleting or res.spec.get("state") != "running" or res.status.get("state") in ("exited", None):
             continue
@@ -61,6 +63,7 @@ def fix(cloud: Cloud, findings: list[Finding]) -> list[str]:
         if f.problem == "orphan" and f.kind == "Instance":
             cloud.compute.delete_instance(f.id)
             cloud.net.delete_port(f.id)
+            cloud.pool.delete(f"disks/{f.id}")
             done.append(f"removed orphan {f.artefact} of instance {f.id}")
         elif f.problem == "orphan" and f.kind == "Network":
             cloud.net.delete_network(f.id)

@@ -1,14 +1,14 @@
-"""Image kind: root filesystems instances boot from, content-addressed under $CLOUDLET_HOME/images/<digest>.
+"""Image kind: root filesystems instances boot from, content-addressed by digest.
 
 Sources: `busybox` (always present, from Debian's busybox-static), `debootstrap` (Debian from the mirror apt
 already uses, cached by suite+packages+mirror), `import` (a rootfs tarball). Images are public: every tenant
-can launch them. Builds run in the Image reconciler; a half-built tree never carries the `.complete` mark.
+can launch them. Each image is a read-only pool volume `images/<digest>`; instance root disks are its clones.
 """
 
 from __future__ import annotations
 
 __all__ = ["KIND", "BUSYBOX_COMMAND", "ensure_busybox", "request_build", "import_image", "image_view",
-           "ImageReconciler", "rootfs_of", "get_image", "ImageBuild", "images_dir"]
+           "ImageReconciler", "rootfs_of", "volume_of", "get_image", "ImageBuild", "images_dir"]
 
 import hashlib
 import json
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +54,50 @@ class ImageBuild(BaseModel):
 
 
 def images_dir(cloud: Cloud) -> Path:
-    path = cloud.config.home / "images"
+    """Where uploads wait before they are unpacked into the pool."""
+    path = cloud.config.home / "uploads"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def volume_of(image: Resource) -> str:
+    return f"images/{image.spec['digest']}"
+
+
 def rootfs_of(cloud: Cloud, image: Resource) -> Path:
-    return images_dir(cloud) / image.spec["digest"] / "rootfs"
+    return cloud.pool.path(volume_of(image))
 
 
-def _complete(path: Path) -> bool:
-    return (path / ".complete").exists()
+def _fill(cloud: Cloud, digest: str, fill: Callable[[Path], None]) -> None:
+    """Builds an image volume: fill a writable `.partial` volume, then seal it read-only under its digest,
+    so a crash mid-build never leaves something that looks finished."""
+    final = f"images/{digest}"
+    if cloud.pool.exists(final):
+        return
+    partial = final + ".partial"
+    cloud.pool.delete(partial)
+    root = cloud.pool.create_volume(partial)
+    try:
+        fill(root)
+    except BaseException:
+        cloud.pool.delete(partial)
+        raise
+    cloud.pool.seal(partial, final)
 
 
-def _mark_complete(tmp: Path, final: Path) -> None:
-    (tmp / ".complete").write_text("")
-    if final.exists():
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, final)
+def _busybox_tree(root: Path) -> None:
+    for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "var/www", "proc", "sys", "dev"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        link = root / applet
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    os.chmod(root / "tmp", 0o1777)
 
 
 def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str) -> Resource:
@@ -84,24 +110,8 @@ def ensure_busybox(cloud: Cloud) -> Resource:
     """The built-in image; simulated clouds get the record only, their fake driver reads no files."""
     real = cloud.compute.capabilities.real_processes
     digest = "busybox-" + (hashlib.sha256(BUSYBOX.read_bytes()).hexdigest()[:16] if real else "sim")
-    final = images_dir(cloud) / digest
-    if real and not _complete(final):
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        root = tmp / "rootfs"
-        for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "var/www", "proc", "sys", "dev"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(BUSYBOX, root / "bin/busybox")
-        applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout
-        for applet in applets.split():
-            link = root / applet
-            if not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to("/bin/busybox")
-        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
-        (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
-        os.chmod(root / "tmp", 0o1777)
-        _mark_complete(tmp, final)
+    if real:
+        _fill(cloud, digest, _busybox_tree)
     spec = {"source": "busybox", "digest": digest, "command": BUSYBOX_COMMAND}
     with _lock:
         for res in cloud.store.list(KIND, name="busybox"):
@@ -137,21 +147,17 @@ def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Reso
         while block := f.read(1 << 20):
             h.update(block)
     digest = "import-" + h.hexdigest()[:16]
-    final = images_dir(cloud) / digest
-    if not _complete(final):
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "rootfs").mkdir(parents=True)
+
+    def unpack(root: Path) -> None:
         try:
             with tarfile.open(tarball) as tf:
-                tf.extractall(tmp / "rootfs", filter="tar")
+                tf.extractall(root, filter="tar")
         except (tarfile.TarError, OSError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise BadRequest(f"could not unpack the image: {exc}; give a rootfs .tar (optionally gzip)") from exc
-        if not (tmp / "rootfs/bin/sh").exists() and not (tmp / "rootfs/bin").is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "bin/sh").exists() and not (root / "bin").is_symlink():
             raise InvalidSpec("the tarball has no /bin/sh; an image must be a root filesystem")
-        _mark_complete(tmp, final)
+
+    _fill(cloud, digest, unpack)
     return _record(cloud, name, {"source": "import", "digest": digest, "command": DEBIAN_COMMAND}, "ready")
 
 
@@ -180,11 +186,12 @@ class ImageReconciler:
         res = store.get_by_id(rid)
         if res is None or res.spec.get("source") != "debootstrap":
             return Result()
-        final = images_dir(self.cloud) / res.spec["digest"]
-        if _complete(final):
+        volume = volume_of(res)
+        if self.cloud.pool.exists(volume):
             if res.phase != "ready" or res.observed_generation != res.generation:
+                size = self.cloud.pool.usage(volume).logical_bytes >> 20
                 store.update_status(rid, phase="ready", observed_generation=res.generation,
-                                    status={"size_mib": _size_mib(final)})
+                                    status={"size_mib": size})
                 store.add_event(res, "Ready", "image is ready")
             return Result()
         if res.phase == "failed" and res.observed_generation == res.generation:
@@ -192,7 +199,7 @@ class ImageReconciler:
         store.update_status(rid, phase="building", status={"message": "debootstrap running"})
         store.add_event(res, "Building", f"debootstrap {res.spec['suite']} with {res.spec['packages'] or 'minbase'}")
         try:
-            self._debootstrap(res, final)
+            _fill(self.cloud, res.spec["digest"], lambda root: _debootstrap(res, root))
         except DriverError as exc:
             store.update_status(rid, phase="failed", observed_generation=res.generation,
                                 status={"message": exc.message})
@@ -200,26 +207,13 @@ class ImageReconciler:
             raise TerminalError(exc.message) from exc
         return self.reconcile(rid)
 
-    def _debootstrap(self, res: Resource, final: Path) -> None:
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "rootfs").mkdir(parents=True)
-        cmd = ["debootstrap", "--variant=minbase"]
-        if res.spec["packages"]:
-            cmd.append("--include=" + ",".join(res.spec["packages"]))
-        cmd += [res.spec["suite"], str(tmp / "rootfs"), res.spec["mirror"]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            raise DriverError("debootstrap failed: " + " | ".join(tail))
-        (tmp / "rootfs/etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
-        _mark_complete(tmp, final)
 
-
-def _size_mib(path: Path) -> int:
-    out = subprocess.run(["du", "-sm", str(path)], capture_output=True, text=True)
-    try:
-        return int(out.stdout.split()[0])
-    except (ValueError, IndexError):
-        return 0
+def _debootstrap(res: Resource, root: Path) -> None:
+    cmd = ["debootstrap", "--variant=minbase"]
+    if res.spec["packages"]:
+        cmd.append("--include=" + ",".join(res.spec["packages"]))
+    cmd += [res.spec["suite"], str(root), res.spec["mirror"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise DriverError("debootstrap failed: " + " | ".join(tail))

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.drivers.base import ExecResult, InstanceInfo, InstanceState, LaunchSpec
-from cloudlet.compute.images import get_image, rootfs_of
+from cloudlet.compute.images import get_image, volume_of
 from cloudlet.compute.placement import Placement
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud
@@ -31,6 +31,11 @@ from cloudlet.network.plumbing import PortSpec
 
 KIND = "Instance"
 READY = "Ready"
+
+
+def disk_of(instance_id: str) -> str:
+    """Pool volume holding the instance's root disk, a writable clone of its image."""
+    return f"disks/{instance_id}"
 
 
 class InstanceCreate(BaseModel):
@@ -183,7 +188,7 @@ class InstanceReconciler:
         zone = res.zone or self.cloud.config.zone
         fqdn = dns_name(res.name, net.name, zone)
         return LaunchSpec(
-            id=res.id, hostname=res.name, rootfs=rootfs_of(self.cloud, image),
+            id=res.id, hostname=res.name, rootfs=self.cloud.pool.path(disk_of(res.id)),
             command=res.spec.get("command") or image.spec["command"],
             cpus=float(res.spec["cpus"]), memory_mib=int(res.spec["memory_mib"]), netns="",
             hosts=f"127.0.0.1\tlocalhost\n{ip}\t{fqdn} {res.name}\n",
@@ -193,6 +198,10 @@ class InstanceReconciler:
         )
 
     def _start(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str, fresh: bool) -> InstanceInfo:
+        image = self.cloud.store.get_by_id(res.spec["image_id"])
+        if image is None:
+            raise TerminalError(f"image {res.spec['image']} of instance {res.name} is gone")
+        self.cloud.pool.snapshot(volume_of(image), disk_of(res.id), readonly=False)
         prefix = ipaddress.ip_network(net.spec["subnet"]).prefixlen
         netns = self.cloud.net.ensure_port(PortSpec(res.id, net.id, ip, prefix, net.spec["gateway"]))
         launch = LaunchSpec(**{**launch.__dict__, "netns": netns})
@@ -253,6 +262,7 @@ class InstanceReconciler:
     def _finalize(self, res: Resource) -> Result:
         self.cloud.compute.delete_instance(res.id)
         self.cloud.net.delete_port(res.id)
+        self.cloud.pool.delete(disk_of(res.id))
         self.cloud.store.add_event(res, "Deleted", "instance and its artefacts removed")
         self.cloud.store.purge(res.id)
         self.placement.invalidate()

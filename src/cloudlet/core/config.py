@@ -24,6 +24,7 @@ class Config:
     home: Path
     db_url: str
     compute_driver: str
+    storage_pool: str
     api_host: str
     api_port: int
     dns_port: int
@@ -86,6 +87,7 @@ def load_config() -> Config:
         home=home,
         db_url=os.environ.get("CLOUDLET_DB_URL") or f"sqlite:///{home / 'state.db'}",
         compute_driver=os.environ.get("CLOUDLET_COMPUTE_DRIVER", "runc"),
+        storage_pool=os.environ.get("CLOUDLET_STORAGE_POOL", "auto"),
         api_host="127.0.0.1",
         api_port=int(os.environ.get("CLOUDLET_API_PORT", "8470")),
         dns_port=int(os.environ.get("CLOUDLET_DNS_PORT", "8053")),

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from cloudlet.compute.drivers.base import ComputeDriver
     from cloudlet.core.reconcile import Manager
     from cloudlet.network.plumbing import NetworkDriver
+    from cloudlet.storage.pools.base import StoragePool
 
 __all__ = ["Cloud", "Caller", "ADMIN_TENANT", "PUBLIC_TENANT", "SYSTEM_TENANT"]
 
@@ -42,6 +43,7 @@ class Cloud:
     store: Store
     compute: ComputeDriver
     net: NetworkDriver
+    pool: StoragePool
     clock: Clock
     manager: Manager
     extras: dict[str, object] = field(default_factory=dict)

@@ -1,7 +1,8 @@
-"""runc container driver: an OCI bundle per instance, rootfs an overlay of its image, init = tini.
+"""runc container driver: an OCI bundle per instance whose root is the instance's root disk (a pool clone of
+its image, made by the caller), init = tini.
 
 Artefacts of instance <id>, all named from the id so repair can match them to records:
-  $CLOUDLET_HOME/instances/<id>/{config.json,rootfs,upper,work,etc,console.log,runc.log}
+  $CLOUDLET_HOME/instances/<id>/{config.json,etc,console.log,runc.log}
   runc container cl-<id> under the runc root $CLOUDLET_HOME/runc
   cgroup /cloudlet-<cloud>/<id> in every v1 controller (and the unified tree, for PSI)
 """
@@ -44,12 +45,6 @@ CAPS = [
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
-
-
-def _mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 class RuncDriver(ComputeDriver):
@@ -108,7 +103,6 @@ class RuncDriver(ComputeDriver):
     def delete_instance(self, iid: str) -> None:
         d = self.dir / iid
         self.stop_instance(iid, timeout=0)
-        self._unmount(iid)
         shutil.rmtree(d, ignore_errors=True)
         self._remove_cgroups(iid)
 
@@ -182,7 +176,6 @@ class RuncDriver(ComputeDriver):
     def shutdown(self) -> None:
         for iid in self.list_instances():
             self.stop_instance(iid)
-            self._unmount(iid)
             self._remove_cgroups(iid)
         self._remove_cgroup_parent()
 
@@ -221,22 +214,14 @@ class RuncDriver(ComputeDriver):
             return "see runc.log"
 
     def _prepare(self, spec: LaunchSpec) -> None:
-        """Idempotent: files, overlay rootfs and config.json; each step skips what already exists."""
+        """Idempotent: per-instance files and config.json."""
         d = self.dir / spec.id
-        for sub in ("rootfs", "upper", "work", "etc"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "etc").mkdir(parents=True, exist_ok=True)
         (d / "etc" / "hostname").write_text(spec.hostname + "\n")
         (d / "etc" / "hosts").write_text(spec.hosts)
         (d / "etc" / "resolv.conf").write_text(spec.resolv_conf)
         if spec.rootfs is None or not spec.rootfs.exists():
-            raise DriverError(f"image root filesystem {spec.rootfs} is missing; rebuild the image")
-        rootfs = d / "rootfs"
-        if not _mounted(rootfs):
-            subprocess.run(
-                ["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={spec.rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(rootfs)],
-                check=True, capture_output=True,
-            )
+            raise DriverError(f"root disk {spec.rootfs} of instance {spec.id} is missing")
         tmp = d / "config.json.tmp"
         tmp.write_text(json.dumps(self._oci_config(spec, d), indent=1))
         os.replace(tmp, d / "config.json")
@@ -259,7 +244,7 @@ class RuncDriver(ComputeDriver):
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}],
                 "noNewPrivileges": True,
             },
-            "root": {"path": str(d / "rootfs"), "readonly": False},
+            "root": {"path": str(spec.rootfs), "readonly": False},
             "hostname": spec.hostname,
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -297,14 +282,6 @@ class RuncDriver(ComputeDriver):
                                   "/proc/sysrq-trigger"],
             },
         }
-
-    def _unmount(self, iid: str) -> None:
-        rootfs = self.dir / iid / "rootfs"
-        with translate_errors(f"unmounting the root filesystem of instance {iid}"):
-            if _mounted(rootfs):
-                subprocess.run(["umount", str(rootfs)], check=True, capture_output=True)
-        if _mounted(rootfs):
-            raise DriverError(f"root filesystem of instance {iid} is still mounted")
 
     def _cgroup_controllers(self) -> list[Path]:
         if not CGROUP_ROOT.exists():

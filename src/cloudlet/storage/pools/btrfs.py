@@ -1,0 +1,126 @@
+"""btrfs pool: a sparse image file under $CLOUDLET_HOME, loop-mounted at $CLOUDLET_HOME/pool. Every volume is a
+subvolume; snapshot and clone are subvolume snapshots (O(1)); size limits are qgroup limits on referenced bytes."""
+
+from __future__ import annotations
+
+__all__ = ["BtrfsPool"]
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from cloudlet.core.errors import DriverError, translate_errors
+from cloudlet.storage.pools.base import PoolCapabilities, StoragePool, Usage
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def _run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+class BtrfsPool(StoragePool):
+    name = "btrfs"
+    capabilities = PoolCapabilities(cow=True, quotas=True)
+
+    def __init__(self, home: Path, size_bytes: int = 20 << 30) -> None:
+        self.image = home / "pool.img"
+        self.root = home / "pool"
+        self.size_bytes = size_bytes
+
+    def setup(self) -> None:
+        with translate_errors("setting up the btrfs pool"):
+            if _mounted(self.root):
+                return
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.image.exists():
+                tmp = self.image.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    f.truncate(self.size_bytes)
+                _run("mkfs.btrfs", "-q", str(tmp))
+                os.replace(tmp, self.image)
+            _run("mount", "-o", "loop", str(self.image), str(self.root))
+            _run("btrfs", "quota", "enable", str(self.root))
+
+    def teardown(self, purge: bool) -> None:
+        with translate_errors("unmounting the btrfs pool"):
+            if _mounted(self.root):
+                _run("umount", str(self.root))  # the loop device goes with it (autoclear)
+        if purge:
+            self.image.unlink(missing_ok=True)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_dir()
+
+    def create_volume(self, name: str, size_bytes: int | None = None) -> Path:
+        p = self.path(name)
+        with translate_errors(f"creating volume {name}"):
+            if not p.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                _run("btrfs", "subvolume", "create", str(p))
+            if size_bytes:
+                self.set_limit(name, size_bytes)
+        return p
+
+    def snapshot(self, src: str, dst: str, readonly: bool = True) -> Path:
+        p = self.path(dst)
+        with translate_errors(f"snapshotting {src} to {dst}"):
+            if not p.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                _run("btrfs", "subvolume", "snapshot", *(["-r"] if readonly else []), str(self.path(src)), str(p))
+        return p
+
+    def delete(self, name: str) -> None:
+        p = self.path(name)
+        if not p.exists():
+            return
+        with translate_errors(f"deleting volume {name}"):
+            qgroup = self._qgroup(p)
+            _run("btrfs", "subvolume", "delete", str(p))
+            if qgroup:
+                subprocess.run(["btrfs", "qgroup", "destroy", qgroup, str(self.root)], capture_output=True)
+
+    def list(self, prefix: str) -> set[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return set()
+        return {prefix + p.name for p in base.iterdir() if p.is_dir() and not p.name.endswith(".partial")}
+
+    def usage(self, name: str) -> Usage:
+        qgroup = self._qgroup(self.path(name))
+        for line in _run("btrfs", "qgroup", "show", "--raw", "--sync", str(self.root)).splitlines():
+            parts = line.split()
+            if parts and parts[0] == qgroup:
+                return Usage(int(parts[1]), int(parts[2]))
+        raise DriverError(f"no qgroup for volume {name}")
+
+    def set_limit(self, name: str, size_bytes: int) -> None:
+        with translate_errors(f"limiting volume {name}"):
+            _run("btrfs", "qgroup", "limit", str(size_bytes), str(self.path(name)))
+
+    def total(self) -> Usage:
+        out = _run("btrfs", "filesystem", "usage", "-b", str(self.root))
+        used = int(re.search(r"Used:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+        logical = 0
+        for line in _run("btrfs", "qgroup", "show", "--raw", str(self.root)).splitlines()[2:]:
+            parts = line.split()
+            if parts and parts[0].startswith("0/") and parts[0] != "0/5":
+                logical += int(parts[1])
+        return Usage(logical, used)
+
+    def _qgroup(self, p: Path) -> str | None:
+        try:
+            out = _run("btrfs", "subvolume", "show", str(p))
+        except subprocess.CalledProcessError:
+            return None
+        m = re.search(r"Subvolume ID:\s+(\d+)", out)
+        return f"0/{m.group(1)}" if m else None
