@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +67,21 @@ def leaks(cloud_id: str, home: Path) -> list[str]:
     found += [f"netns {line.split()[0]}" for line in netns.splitlines() if f"cl-{cloud_id}-" in line]
     with open("/proc/mounts") as f:
         found += [f"mount {line.split()[1]}" for line in f if str(home) in line]
+    losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [f"loop device {line.split(':')[0]}" for line in losetup.splitlines() if str(home) in line]
     for ctrl in Path("/sys/fs/cgroup").iterdir():
         if (ctrl / f"cloudlet-{cloud_id}").exists():
             found.append(f"cgroup {ctrl.name}/cloudlet-{cloud_id}")
     return found
 
 
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[CloudCLI]:
+@contextmanager
+def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]:
+    """A real cloud in a fresh home; purged afterwards, and failing if anything of it is left."""
     if not (IS_ROOT and HAVE_RUNC):
         pytest.skip("needs root and runc")
     home = Path(tempfile.mkdtemp(prefix="cloudlet-test-"))
-    cli = CloudCLI(home)
+    cli = CloudCLI(home, extra_env)
     cli.run("up")
     cid = cli.cloud_id()
     try:
@@ -90,3 +94,9 @@ def cloud() -> Iterator[CloudCLI]:
             left.append(f"cloudletd process {pid}")
         shutil.rmtree(home, ignore_errors=True)
         assert not left, f"cloud leaked: {left}"
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[CloudCLI]:
+    with running_cloud() as cli:
+        yield cli

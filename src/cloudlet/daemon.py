@@ -25,6 +25,7 @@ from cloudlet.core.reconcile import Manager
 from cloudlet.core.store import Store
 from cloudlet.network import networks
 from cloudlet.network.plumbing import FakeNetworkDriver, LinuxNetworkDriver, NetworkDriver
+from cloudlet.storage import volumes
 from cloudlet.storage.pools import get_pool
 
 log = logging.getLogger("cloudlet.daemon")
@@ -54,6 +55,8 @@ def build_cloud(config: Config, clock: Clock | None = None, **driver_args: objec
     manager.register(networks.NetworkReconciler(cloud))
     manager.register(images.ImageReconciler(cloud))
     manager.register(instances.InstanceReconciler(cloud, placement))
+    manager.register(volumes.VolumeReconciler(cloud))
+    manager.register(volumes.SnapshotReconciler(cloud))
     return cloud
 
 
@@ -130,8 +133,6 @@ def shutdown_artefacts(config: Config, purge: bool) -> None:
     try:
         if purge:
             cloud.compute.teardown()
-            for name in cloud.pool.list("disks/"):
-                cloud.pool.delete(name)
         else:
             cloud.compute.shutdown()
             for res in cloud.store.list(instances.KIND):

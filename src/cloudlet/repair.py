@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from cloudlet.compute.drivers.base import InstanceState
 from cloudlet.core.context import Cloud
+from cloudlet.storage.names import disk_of
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def scan(cloud: Cloud) -> list[Finding]:
         found.append(Finding("orphan", "Instance", iid, "", "container", "container files with no instance record"))
     for iid in sorted(net.list_ports() - instances.keys()):
         found.append(Finding("orphan", "Instance", iid, "", "netns", "network namespace with no instance record"))
-    for iid in sorted({d.removeprefix("disks/") for d in cloud.pool.list("disks/")} - instances.keys()):
+    for iid in sorted({d.removeprefix(disk_of("")) for d in cloud.pool.list(disk_of(""))} - instances.keys()):
         found.append(Finding("orphan", "Instance", iid, "", "disk", "root disk with no instance record"))
     for res in instances.values():
         if res.deleting or res.spec.get("state") != "running" or res.status.get("state") in ("exited", None):
@@ -63,7 +64,7 @@ def fix(cloud: Cloud, findings: list[Finding]) -> list[str]:
         if f.problem == "orphan" and f.kind == "Instance":
             cloud.compute.delete_instance(f.id)
             cloud.net.delete_port(f.id)
-            cloud.pool.delete(f"disks/{f.id}")
+            cloud.pool.delete(disk_of(f.id))
             done.append(f"removed orphan {f.artefact} of instance {f.id}")
         elif f.problem == "orphan" and f.kind == "Network":
             cloud.net.delete_network(f.id)

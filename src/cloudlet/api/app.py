@@ -43,7 +43,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 def create_app(cloud: Cloud) -> FastAPI:
     from cloudlet.api.listcache import RenderCache
-    from cloudlet.api.routes import compute, events, images, networks, system
+    from cloudlet.api.routes import compute, events, images, networks, storage, system
     from cloudlet.compute import instances
 
     app = FastAPI(
@@ -72,7 +72,7 @@ def create_app(cloud: Cloud) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (system, images, networks, compute, events):
+    for module in (system, images, networks, compute, storage, events):
         app.include_router(module.router, dependencies=[Depends(caller)])
     return app
 

@@ -48,7 +48,9 @@ def _check_reached(view: dict[str, Any], want: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def launch(
-        image: str, name: str,
+        image: Annotated[str, typer.Argument(help="image to boot (or, with --from-snapshot, the NAME)")],
+        name: Annotated[str | None, typer.Argument()] = None,
+        from_snapshot: Annotated[str | None, typer.Option(help="boot a copy of this instance snapshot")] = None,
         network: Annotated[str, typer.Option(help="network to attach to")] = "default",
         cpus: Annotated[float, typer.Option(help="CPU limit (cores)")] = 1.0,
         memory: Annotated[int, typer.Option(help="memory limit in MiB")] = 256,
@@ -58,9 +60,17 @@ def register(app: typer.Typer) -> None:
         wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
         output: OutputOpt = Format.table,
     ) -> None:
-        """Launch an instance of IMAGE named NAME."""
+        """Launch an instance of IMAGE named NAME, or a copy of a snapshot: launch --from-snapshot SNAP NAME."""
+        if from_snapshot:
+            if name is not None:
+                raise CloudletError("with --from-snapshot give only the new instance's NAME")
+            name, image_name = image, None
+        elif name is None:
+            raise CloudletError("missing NAME: cloudlet launch IMAGE NAME")
+        else:
+            image_name = image
         client = connect()
-        body = {"name": name, "image": image, "network": network, "cpus": cpus, "memory_mib": memory,
+        body = {"name": name, "image": image_name, "from_snapshot": from_snapshot, "network": network, "cpus": cpus, "memory_mib": memory,
                 "restart": restart, "zone": zone, "command": ["/bin/sh", "-c", command] if command else None}
         view = client.post("/v1/instances", body)
         if wait:
@@ -121,12 +131,14 @@ def register(app: typer.Typer) -> None:
         _action("restart", names, wait, quiet, "running", output)
 
     @app.command()
-    def delete(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
+    def delete(names: list[str], wait: Wait = False, quiet: Quiet = False,
+               cascade: Annotated[bool, typer.Option("--cascade", help="also its snapshots and their clones")] = False,
+               output: OutputOpt = Format.table) -> None:
         """Delete instances and everything they own; carries on past failures and reports them all."""
         client = connect()
 
         def one(name: str) -> dict[str, Any]:
-            view: dict[str, Any] = client.delete(f"/v1/instances/{name}")
+            view: dict[str, Any] = client.request("DELETE", f"/v1/instances/{name}", params={"cascade": cascade})
             if wait:
                 wait_for(client, name, set(), gone=True)
             return view

@@ -15,7 +15,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from cloudlet.cli import image, instance, network, tenant
+from cloudlet.cli import image, instance, network, snapshot, storage, tenant, volume
 from cloudlet.cli.client import connect
 from cloudlet.cli.output import Format, OutputOpt, emit, say
 from cloudlet.core.config import Config, load_config
@@ -26,6 +26,9 @@ app = typer.Typer(help="cloudlet: a cloud in a box. Start with 'cloudlet up'.", 
 app.add_typer(network.app, name="network")
 app.add_typer(image.app, name="image")
 app.add_typer(tenant.app, name="tenant")
+app.add_typer(volume.app, name="volume")
+app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(storage.app, name="storage")
 instance.register(app)
 
 

@@ -28,20 +28,18 @@ from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.network import ipam, networks
 from cloudlet.network.dns import DOMAIN, dns_name
 from cloudlet.network.plumbing import PortSpec
+from cloudlet.storage.names import disk_of, snapshot_name
+from cloudlet.storage.volumes import delete_resource
 
 KIND = "Instance"
 READY = "Ready"
 
 
-def disk_of(instance_id: str) -> str:
-    """Pool volume holding the instance's root disk, a writable clone of its image."""
-    return f"disks/{instance_id}"
-
-
 class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="DNS label: lowercase letters, digits, '-'")
-    image: str
+    image: str | None = Field(None, description="image to boot; omit with from_snapshot")
+    from_snapshot: str | None = Field(None, description="instance snapshot to boot from instead of an image")
     network: str = networks.DEFAULT
     cpus: float = Field(1.0, gt=0, le=64)
     memory_mib: int = Field(256, ge=16, le=1024 * 1024)
@@ -63,7 +61,19 @@ class ExecRequest(BaseModel):
 
 def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, placement: Placement) -> Resource:
     check_name("instance", req.name)
-    image = get_image(cloud, req.image)
+    snapshot = None
+    if req.from_snapshot:
+        snapshot = cloud.store.get("Snapshot", caller.tenant, req.from_snapshot)
+        if snapshot.spec.get("source_kind") != KIND or snapshot.deleting:
+            raise InvalidSpec(f"snapshot {req.from_snapshot} is not a bootable instance snapshot")
+        found = cloud.store.get_by_id(snapshot.spec["image_id"])
+        if found is None:
+            raise InvalidSpec(f"the image snapshot {req.from_snapshot} was taken from no longer exists")
+        image = found
+    elif req.image:
+        image = get_image(cloud, req.image)
+    else:
+        raise InvalidSpec("give an image to launch, or --from-snapshot")
     if image.phase == "failed":
         raise InvalidSpec(f"image {req.image!r} failed to build: {image.status.get('message', '')}")
     if req.network == networks.DEFAULT:
@@ -82,6 +92,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, placement: Placeme
         "image": image.name, "image_id": image.id, "network": net.name, "network_id": net.id,
         "cpus": req.cpus, "memory_mib": req.memory_mib, "restart": req.restart,
         "command": req.command, "zone": req.zone, "state": "running", "run_nonce": 1,
+        "from_snapshot_id": snapshot.id if snapshot else None,
     }
     res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER],
                    status={"state": "pending"})
@@ -104,12 +115,8 @@ def act(cloud: Cloud, caller: Caller, name: str, action: str) -> Resource:
     return res
 
 
-def delete_instance(cloud: Cloud, caller: Caller, name: str) -> Resource:
-    res = cloud.store.get(KIND, caller.tenant, name)
-    if not res.deleting:
-        res = cloud.store.mark_deleted(res.id)
-        cloud.store.add_event(res, "Deleting", f"instance {name} marked for deletion")
-    return res
+def delete_instance(cloud: Cloud, caller: Caller, name: str, cascade: bool = False) -> list[Resource]:
+    return delete_resource(cloud, cloud.store.get(KIND, caller.tenant, name), cascade)
 
 
 def exec_in(cloud: Cloud, caller: Caller, name: str, req: ExecRequest) -> ExecResult:
@@ -201,7 +208,8 @@ class InstanceReconciler:
         image = self.cloud.store.get_by_id(res.spec["image_id"])
         if image is None:
             raise TerminalError(f"image {res.spec['image']} of instance {res.name} is gone")
-        self.cloud.pool.snapshot(volume_of(image), disk_of(res.id), readonly=False)
+        source = snapshot_name(res.spec["from_snapshot_id"]) if res.spec.get("from_snapshot_id") else volume_of(image)
+        self.cloud.pool.snapshot(source, disk_of(res.id), readonly=False)
         prefix = ipaddress.ip_network(net.spec["subnet"]).prefixlen
         netns = self.cloud.net.ensure_port(PortSpec(res.id, net.id, ip, prefix, net.spec["gateway"]))
         launch = LaunchSpec(**{**launch.__dict__, "netns": netns})

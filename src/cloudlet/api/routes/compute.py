@@ -63,5 +63,7 @@ def console(name: str, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), clou
 
 
 @router.delete("/{name}", status_code=202)
-def delete(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return instances.instance_view(instances.delete_instance(cloud, who, name))
+def delete(name: str, cascade: bool = Query(False, description="also delete its snapshots and their clones"),
+           cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    deleted = instances.delete_instance(cloud, who, name, cascade)
+    return {**instances.instance_view(deleted[-1]), "deleted": [{"kind": r.kind, "name": r.name} for r in deleted]}

@@ -89,6 +89,13 @@ class ComputeDriver(ABC):
     def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
         raise NotSupported(f"console not implemented for the {self.name} driver")
 
+    def pause_instance(self, iid: str) -> bool:
+        """Freezes every process of the instance (for consistent snapshots); False if it was not running."""
+        return False
+
+    def resume_instance(self, iid: str) -> None:
+        """Thaws what pause_instance froze."""
+
     def stats(self, iid: str) -> dict[str, Any]:
         return {}
 

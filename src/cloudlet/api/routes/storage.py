@@ -1,0 +1,99 @@
+"""Volumes, snapshots, clones, pool usage and garbage collection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict
+
+from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.core.context import Caller, Cloud
+from cloudlet.storage import usage, volumes
+from cloudlet.storage.names import volume_name
+
+router = APIRouter(prefix="/v1", tags=["storage"])
+Cascade = Query(False, description="also delete everything that depends on it")
+
+
+class CloneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    snapshot: str
+    name: str
+
+
+@router.get("/volumes")
+def list_volumes(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([volumes.volume_view(r) for r in cloud.store.list(volumes.VOLUME, tenant=who.tenant)])
+
+
+@router.post("/volumes", status_code=202)
+def create_volume(body: volumes.VolumeCreate, cloud: Cloud = Depends(get_cloud),
+                  who: Caller = Depends(caller)) -> dict[str, Any]:
+    return volumes.volume_view(volumes.create_volume(cloud, who, body))
+
+
+@router.post("/volumes/clone", status_code=202)
+def clone_volume(body: CloneRequest, cloud: Cloud = Depends(get_cloud),
+                 who: Caller = Depends(caller)) -> dict[str, Any]:
+    return volumes.volume_view(volumes.clone_volume(cloud, who, body.snapshot, body.name))
+
+
+@router.get("/volumes/{name}")
+def show_volume(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    res = cloud.store.get(volumes.VOLUME, who.tenant, name)
+    view = {**volumes.volume_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
+    if res.phase == "ready":
+        used = cloud.pool.usage(volume_name(res.id))
+        view.update(logical_bytes=used.logical_bytes, exclusive_bytes=used.exclusive_bytes)
+    return view
+
+
+@router.delete("/volumes/{name}", status_code=202)
+def delete_volume(name: str, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
+                  who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([{"kind": r.kind, "name": r.name} for r in volumes.delete_volume(cloud, who, name, cascade)])
+
+
+@router.get("/snapshots")
+def list_snapshots(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([volumes.snapshot_view(r) for r in cloud.store.list(volumes.SNAPSHOT, tenant=who.tenant)])
+
+
+@router.post("/snapshots", status_code=202)
+def create_snapshot(body: volumes.SnapshotCreate, cloud: Cloud = Depends(get_cloud),
+                    who: Caller = Depends(caller)) -> dict[str, Any]:
+    return volumes.snapshot_view(volumes.create_snapshot(cloud, who, body))
+
+
+@router.get("/snapshots/{name}")
+def show_snapshot(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    res = cloud.store.get(volumes.SNAPSHOT, who.tenant, name)
+    return {**volumes.snapshot_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
+
+
+@router.delete("/snapshots/{name}", status_code=202)
+def delete_snapshot(name: str, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
+                    who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([{"kind": r.kind, "name": r.name} for r in volumes.delete_snapshot(cloud, who, name, cascade)])
+
+
+@router.get("/storage/usage")
+def storage_usage(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    report = usage.usage_report(cloud)
+    if not who.is_admin:
+        report["volumes"] = [v for v in report["volumes"] if v["tenant"] == who.tenant]
+        report["tenants"] = [t for t in report["tenants"] if t["tenant"] == who.tenant]
+    return report
+
+
+@router.get("/storage/gc")
+def gc_check(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    who.require_admin("storage gc")
+    return page(usage.garbage(cloud))
+
+
+@router.post("/storage/gc")
+def gc_collect(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    who.require_admin("storage gc")
+    return page(usage.collect(cloud))

@@ -1,0 +1,77 @@
+"""cloudlet volume create|list|show|delete|clone."""
+
+from __future__ import annotations
+
+__all__ = ["app"]
+
+from typing import Annotated, Any
+
+import typer
+
+from cloudlet.cli.client import Client, connect
+from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
+from cloudlet.core.errors import CloudletError
+
+app = typer.Typer(help="Volumes: pool-backed disks with a size limit; snapshot and clone them.", no_args_is_help=True)
+COLUMNS = ["name", "size_gib", "state", "source_snapshot_id"]
+Cascade = Annotated[bool, typer.Option("--cascade", help="also delete what depends on it")]
+
+
+def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    """Polls a volume or snapshot until it is ready; ready means the pool volume exists for real."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with console.status(f"{name}: waiting"):
+        while time.monotonic() < deadline:
+            view: dict[str, Any] = client.get(f"{path}/{name}")
+            if view["state"] in ("ready", "lost"):
+                return view
+            time.sleep(0.05)
+    raise CloudletError(f"timed out waiting for {name}")
+
+
+@app.command()
+def create(name: str, size: Annotated[int, typer.Option("--size", help="size in GiB")],
+           output: OutputOpt = Format.table) -> None:
+    """Create an empty volume of SIZE GiB."""
+    client = connect()
+    client.post("/v1/volumes", {"name": name, "size_gib": size})
+    view = wait_ready(client, "/v1/volumes", name)
+    say(f"Volume {name} created ({size} GiB)") if output == Format.table else emit(view, output)
+
+
+@app.command()
+def clone(snapshot: str, new_name: str, output: OutputOpt = Format.table) -> None:
+    """Create volume NEW_NAME as a copy-on-write clone of SNAPSHOT."""
+    client = connect()
+    client.post("/v1/volumes/clone", {"snapshot": snapshot, "name": new_name})
+    view = wait_ready(client, "/v1/volumes", new_name)
+    say(f"Volume {new_name} cloned from {snapshot}") if output == Format.table else emit(view, output)
+
+
+@app.command("list")
+def list_(output: OutputOpt = Format.table) -> None:
+    """List volumes."""
+    emit(connect().get("/v1/volumes")["items"], output, COLUMNS)
+
+
+app.command("ls", hidden=True)(list_)
+
+
+@app.command()
+def show(name: str, output: OutputOpt = Format.table) -> None:
+    """Show one volume and what depends on it."""
+    emit(connect().get(f"/v1/volumes/{name}"), output)
+
+
+@app.command()
+def delete(names: list[str], cascade: Cascade = False, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+           output: OutputOpt = Format.table) -> None:
+    """Delete volumes (refused while snapshots depend on them, unless --cascade)."""
+    client = connect()
+    bulk(names, lambda n: client.request("DELETE", f"/v1/volumes/{n}", params={"cascade": cascade}),
+         lambda n: f"Volume {n} deleted", quiet, output)
+
+
+app.command("rm", hidden=True)(delete)

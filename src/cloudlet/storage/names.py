@@ -1,0 +1,20 @@
+"""Pool volume names, derived from resource ids, so repair and gc can tell what owns each volume."""
+
+from __future__ import annotations
+
+__all__ = ["disk_of", "volume_name", "snapshot_name", "PREFIXES"]
+
+PREFIXES = ("images/", "disks/", "volumes/", "snapshots/")
+
+
+def disk_of(instance_id: str) -> str:
+    """An instance's root disk: a writable clone of its image (or of the snapshot it was launched from)."""
+    return f"disks/{instance_id}"
+
+
+def volume_name(volume_id: str) -> str:
+    return f"volumes/{volume_id}"
+
+
+def snapshot_name(snapshot_id: str) -> str:
+    return f"snapshots/{snapshot_id}"

@@ -1,0 +1,66 @@
+"""Accounting of the pool: logical vs physical bytes per volume and per tenant, and garbage (pool volumes that
+no record owns, and half-made `.partial` ones) for `storage gc`."""
+
+from __future__ import annotations
+
+__all__ = ["usage_report", "garbage", "collect"]
+
+from typing import Any
+
+from cloudlet.core.context import Cloud
+from cloudlet.storage.names import PREFIXES
+
+
+def _owners(cloud: Cloud) -> dict[str, tuple[str, str, str, bool]]:
+    """Pool volume name -> (kind, tenant, name, settled) of the record that owns it; not settled means work
+    on it may be in flight (a build, a copy), so its `.partial` is not garbage yet."""
+    out: dict[str, tuple[str, str, str, bool]] = {}
+    for img in cloud.store.list("Image"):
+        out[f"images/{img.spec['digest']}"] = ("Image", img.tenant, img.name, img.phase in ("ready", "failed"))
+    for kind, prefix in (("Instance", "disks/"), ("Volume", "volumes/"), ("Snapshot", "snapshots/")):
+        for res in cloud.store.list(kind):
+            out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))
+    return out
+
+
+def usage_report(cloud: Cloud) -> dict[str, Any]:
+    owners = _owners(cloud)
+    rows: list[dict[str, Any]] = []
+    tenants: dict[str, dict[str, Any]] = {}
+    for prefix in PREFIXES:
+        for vol in sorted(cloud.pool.list(prefix)):
+            kind, tenant, name, _ = owners.get(vol, ("-", "-", "-", True))
+            u = cloud.pool.usage(vol)
+            rows.append({"volume": vol, "kind": kind, "tenant": tenant, "name": name,
+                         "logical_bytes": u.logical_bytes, "exclusive_bytes": u.exclusive_bytes})
+            t = tenants.setdefault(tenant, {"tenant": tenant, "logical_bytes": 0, "exclusive_bytes": 0})
+            t["logical_bytes"] += u.logical_bytes
+            t["exclusive_bytes"] += u.exclusive_bytes
+    total = cloud.pool.total()
+    return {"pool": cloud.pool.name, "logical_bytes": total.logical_bytes, "physical_bytes": total.exclusive_bytes,
+            "volumes": rows, "tenants": sorted(tenants.values(), key=lambda t: str(t["tenant"]))}
+
+
+def garbage(cloud: Cloud) -> list[dict[str, Any]]:
+    """Pool volumes held by nothing; each with the bytes deleting it would free."""
+    owners = _owners(cloud)
+    found = []
+    for prefix in PREFIXES:
+        base = cloud.pool.path(prefix)
+        names = set(cloud.pool.list(prefix))
+        if base.is_dir():
+            names |= {prefix + p.name for p in base.iterdir() if p.name.endswith(".partial")}
+        for vol in sorted(names):
+            partial = vol.endswith(".partial")
+            owner = owners.get(vol.removesuffix(".partial"))
+            if owner is None or (partial and owner[3]):
+                found.append({"volume": vol, "bytes": cloud.pool.usage(vol).exclusive_bytes,
+                              "reason": "half-made" if partial else "no record owns it"})
+    return found
+
+
+def collect(cloud: Cloud) -> list[dict[str, Any]]:
+    found = garbage(cloud)
+    for item in found:
+        cloud.pool.delete(item["volume"])
+    return found

@@ -1,0 +1,91 @@
+"""Volumes, snapshots, clones and the copy-on-write graph, on the btrfs pool and on the dir pool alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import CloudCLI, running_cloud
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module", params=["btrfs", "dir"])
+def pcloud(request: pytest.FixtureRequest) -> Iterator[CloudCLI]:
+    with running_cloud({"CLOUDLET_STORAGE_POOL": request.param}) as cli:
+        cli.pool = request.param  # type: ignore[attr-defined]
+        yield cli
+
+
+def test_pool_kind_and_root_disks_are_clones(pcloud: CloudCLI) -> None:
+    pcloud.run("launch", "busybox", "r-1", "--wait")
+    pcloud.run("launch", "busybox", "r-2", "--wait")
+    report = pcloud.json("storage", "usage")
+    assert report["pool"] == pcloud.pool  # type: ignore[attr-defined]
+    disks = [v for v in report["volumes"] if v["kind"] == "Instance"]
+    image = next(v for v in report["volumes"] if v["kind"] == "Image")
+    assert len(disks) == 2 and all(d["logical_bytes"] >= image["logical_bytes"] // 2 for d in disks)
+    if pcloud.pool == "btrfs":  # type: ignore[attr-defined]
+        assert all(d["exclusive_bytes"] < 1 << 20 for d in disks), disks  # clones share the image's blocks
+    # instances write to their own disk only
+    pcloud.run("exec", "r-1", "--", "sh", "-c", "echo mine > /etc/only-r1")
+    assert pcloud.run("exec", "r-2", "--", "cat", "/etc/only-r1", check=False).returncode != 0
+
+
+def test_instance_snapshot_boots_with_its_contents(pcloud: CloudCLI) -> None:
+    pcloud.run("exec", "r-1", "--", "sh", "-c", "echo before > /root/state")
+    snap = pcloud.json("snapshot", "create", "r-1", "--name", "r1-snap")
+    assert snap["state"] == "ready" and snap["frozen"] is True  # the instance was frozen while copied
+    pcloud.run("exec", "r-1", "--", "sh", "-c", "echo after > /root/state")
+    pcloud.run("launch", "--from-snapshot", "r1-snap", "r-3", "--wait")
+    assert pcloud.run("exec", "r-3", "--", "cat", "/root/state").stdout == "before\n"
+    assert pcloud.json("show", "r-1")["state"] == "running"  # thawed
+
+
+def test_volume_snapshot_clone_and_graph(pcloud: CloudCLI) -> None:
+    pcloud.run("volume", "create", "data", "--size", "1")
+    path = pcloud.json("volume", "show", "data")
+    assert path["state"] == "ready" and path["size_gib"] == 1
+    pcloud.run("snapshot", "create", "data", "--name", "d-snap")
+    pcloud.run("volume", "clone", "d-snap", "data-copy")
+    refused = pcloud.run("volume", "delete", "data", check=False)
+    assert refused.returncode == 1 and "snapshot d-snap" in refused.stderr
+    refused = pcloud.run("snapshot", "delete", "d-snap", check=False)
+    assert refused.returncode == 1 and "volume data-copy" in refused.stderr
+    refused = pcloud.run("delete", "r-1", check=False)
+    assert refused.returncode == 1 and "snapshot r1-snap" in refused.stderr
+    deleted = pcloud.json("volume", "delete", "data", "--cascade")[0]["items"]
+    assert [d["name"] for d in deleted] == ["data-copy", "d-snap", "data"]  # deepest dependents first
+
+
+def test_bad_storage_input(pcloud: CloudCLI) -> None:
+    for args, needle in ((["volume", "create", "Bad", "--size", "1"], "invalid volume name"),
+                         (["volume", "create", "v", "--size", "0"], "size_gib"),
+                         (["volume", "clone", "nope", "x"], "not found"),
+                         (["snapshot", "create", "ghost"], "no volume or instance named"),
+                         (["launch", "--from-snapshot", "nope", "x"], "not found")):
+        proc = pcloud.run(*args, check=False)
+        assert proc.returncode == 1 and needle in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
+
+
+def test_gc_finds_and_frees_space_held_by_nothing(pcloud: CloudCLI) -> None:
+    import time
+
+    deadline = time.monotonic() + 20
+    while pcloud.run("storage", "gc", "--check", check=False).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)  # deletions above finish in the background
+    assert pcloud.run("storage", "gc", "--check", check=False).returncode == 0
+    stray = pcloud.home / "pool" / "volumes" / "01straystraystraystraystra"
+    if pcloud.pool == "btrfs":  # type: ignore[attr-defined]
+        import subprocess
+
+        subprocess.run(["btrfs", "subvolume", "create", str(stray)], check=True, capture_output=True)
+    else:
+        stray.mkdir(parents=True)
+    (stray / "junk").write_bytes(b"x" * 100_000)
+    check = pcloud.run("storage", "gc", "--check", "-o", "json", check=False)
+    assert check.returncode == 1 and "01straystraystraystraystra" in check.stdout
+    pcloud.run("storage", "gc")
+    assert pcloud.run("storage", "gc", "--check", check=False).returncode == 0
+    assert pcloud.run("repair", "--check", check=False).returncode == 0
