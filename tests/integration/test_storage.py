@@ -59,6 +59,39 @@ def test_volume_snapshot_clone_and_graph(pcloud: CloudCLI) -> None:
     assert [d["name"] for d in deleted] == ["data-copy", "d-snap", "data"]  # deepest dependents first
 
 
+def test_attach_live_survives_restart_and_snapshots_with_instance(pcloud: CloudCLI) -> None:
+    pcloud.run("volume", "create", "vol-a", "--size", "1")
+    pcloud.run("volume", "attach", "vol-a", "r-2", "--path", "/srv/data")
+    pcloud.run("exec", "r-2", "--", "sh", "-c", "echo persisted > /srv/data/file")  # no restart needed
+    pcloud.run("restart", "r-2", "--wait")
+    assert pcloud.run("exec", "r-2", "--", "cat", "/srv/data/file").stdout == "persisted\n"
+    snap = pcloud.json("snapshot", "create", "r-2", "--name", "r2-full")
+    assert snap["volumes"] == ["vol-a"] and snap["frozen"] is True
+    refused = pcloud.run("volume", "delete", "vol-a", "--cascade", check=False)
+    assert refused.returncode == 1 and "detach it first" in refused.stderr
+    taken = pcloud.run("volume", "attach", "vol-a", "r-3", check=False)
+    assert taken.returncode == 1 and "attached to instance r-2" in taken.stderr
+    pcloud.run("volume", "detach", "vol-a")
+    assert pcloud.run("exec", "r-2", "--", "cat", "/srv/data/file", check=False).returncode != 0
+    pcloud.run("snapshot", "delete", "r2-full")
+    pcloud.run("volume", "delete", "vol-a")
+
+
+def test_tenant_quota_names_the_limit(pcloud: CloudCLI) -> None:
+    token = pcloud.run("tenant", "create", "small").stdout.strip().splitlines()[-1]
+    pcloud.run("tenant", "quota", "small", "--volumes", "1", "--gib", "3", "--snapshots", "1")
+    env = {"CLOUDLET_TOKEN": token}
+    pcloud.run("volume", "create", "q1", "--size", "2", env=env)
+    over = pcloud.run("volume", "create", "q2", "--size", "1", check=False, env=env)
+    assert over.returncode == 1 and "quota exceeded: volumes" in over.stderr
+    pcloud.run("snapshot", "create", "q1", "--name", "qs1", env=env)
+    over = pcloud.run("snapshot", "create", "q1", "--name", "qs2", check=False, env=env)
+    assert over.returncode == 1 and "quota exceeded: snapshots" in over.stderr
+    denied = pcloud.run("tenant", "quota", "small", "--volumes", "99", check=False, env=env)
+    assert denied.returncode == 1 and "admin" in denied.stderr
+    pcloud.run("volume", "delete", "q1", "--cascade", env=env)
+
+
 def test_bad_storage_input(pcloud: CloudCLI) -> None:
     for args, needle in ((["volume", "create", "Bad", "--size", "1"], "invalid volume name"),
                          (["volume", "create", "v", "--size", "0"], "size_gib"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = ["app"]
 
+from typing import Annotated
+
 import typer
 
 from cloudlet.cli.client import connect
@@ -21,6 +23,17 @@ def create(name: str, output: OutputOpt = Format.table) -> None:
         print(view["token"])
     else:
         emit(view, output)
+
+
+@app.command()
+def quota(name: str, volumes: Annotated[int | None, typer.Option(help="most volumes")] = None,
+          gib: Annotated[int | None, typer.Option(help="most GiB of volumes in all")] = None,
+          snapshots: Annotated[int | None, typer.Option(help="most snapshots")] = None,
+          output: OutputOpt = Format.table) -> None:
+    """Set a tenant's storage quota (admin); limits not given stay as they are."""
+    view = connect().request("PUT", f"/v1/tenants/{name}/quota",
+                             json={"volumes": volumes, "volume_gib": gib, "snapshots": snapshots})
+    emit(view["quota"], output) if output != Format.table else say(f"Tenant {name} quota: {view['quota']}")
 
 
 @app.command("list")

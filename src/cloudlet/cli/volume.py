@@ -13,7 +13,7 @@ from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
 from cloudlet.core.errors import CloudletError
 
 app = typer.Typer(help="Volumes: pool-backed disks with a size limit; snapshot and clone them.", no_args_is_help=True)
-COLUMNS = ["name", "size_gib", "state", "source_snapshot_id"]
+COLUMNS = ["name", "size_gib", "state", "attached_to", "path", "source_snapshot_id"]
 Cascade = Annotated[bool, typer.Option("--cascade", help="also delete what depends on it")]
 
 
@@ -48,6 +48,37 @@ def clone(snapshot: str, new_name: str, output: OutputOpt = Format.table) -> Non
     client.post("/v1/volumes/clone", {"snapshot": snapshot, "name": new_name})
     view = wait_ready(client, "/v1/volumes", new_name)
     say(f"Volume {new_name} cloned from {snapshot}") if output == Format.table else emit(view, output)
+
+
+def _wait_attached(client: Client, name: str, want: bool) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        view: dict[str, Any] = client.get(f"/v1/volumes/{name}")
+        if view["attached"] == want:
+            return view
+        time.sleep(0.05)
+    raise CloudletError(f"volume {name} did not {'attach' if want else 'detach'} within 30 s: see events")
+
+
+@app.command()
+def attach(name: str, instance: str, path: Annotated[str, typer.Option(help="mount point inside")] = "/data",
+           output: OutputOpt = Format.table) -> None:
+    """Attach a volume to an instance; a running instance sees it at once, and after every restart."""
+    client = connect()
+    client.post(f"/v1/volumes/{name}/attach", {"instance": instance, "path": path})
+    view = _wait_attached(client, name, True)
+    say(f"Volume {name} attached to {instance} at {path}") if output == Format.table else emit(view, output)
+
+
+@app.command()
+def detach(name: str, output: OutputOpt = Format.table) -> None:
+    """Detach a volume from its instance."""
+    client = connect()
+    client.post(f"/v1/volumes/{name}/detach")
+    view = _wait_attached(client, name, False)
+    say(f"Volume {name} detached") if output == Format.table else emit(view, output)
 
 
 @app.command("list")

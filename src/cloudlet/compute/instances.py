@@ -28,8 +28,8 @@ from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.network import ipam, networks
 from cloudlet.network.dns import DOMAIN, dns_name
 from cloudlet.network.plumbing import PortSpec
-from cloudlet.storage.names import disk_of, snapshot_name
-from cloudlet.storage.volumes import delete_resource
+from cloudlet.storage.names import disk_of, snapshot_name, volume_name
+from cloudlet.storage.volumes import attached_to, delete_resource
 
 KIND = "Instance"
 READY = "Ready"
@@ -202,6 +202,8 @@ class InstanceReconciler:
             resolv_conf=(f"nameserver {net.spec['gateway']}\nsearch {net.name}.{zone}.{DOMAIN}\n"
                          "options timeout:1 attempts:2\n"),
             host=res.host or self.cloud.config.host,
+            mounts=tuple((str(self.cloud.pool.path(volume_name(v.id))), v.spec["attachment"]["path"])
+                         for v in attached_to(self.cloud, res)),
         )
 
     def _start(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str, fresh: bool) -> InstanceInfo:
@@ -271,6 +273,8 @@ class InstanceReconciler:
         self.cloud.compute.delete_instance(res.id)
         self.cloud.net.delete_port(res.id)
         self.cloud.pool.delete(disk_of(res.id))
+        for vol in attached_to(self.cloud, res):  # volumes outlive their instance, detached
+            self.cloud.store.update_spec(vol.id, {**vol.spec, "attachment": None})
         self.cloud.store.add_event(res, "Deleted", "instance and its artefacts removed")
         self.cloud.store.purge(res.id)
         self.placement.invalidate()

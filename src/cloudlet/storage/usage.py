@@ -20,6 +20,8 @@ def _owners(cloud: Cloud) -> dict[str, tuple[str, str, str, bool]]:
     for kind, prefix in (("Instance", "disks/"), ("Volume", "volumes/"), ("Snapshot", "snapshots/")):
         for res in cloud.store.list(kind):
             out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))
+            for part in res.status.get("volumes", []):
+                out[part["pool"]] = (kind, res.tenant, f"{res.name}:{part['volume']}", True)
     return out
 
 

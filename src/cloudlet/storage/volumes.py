@@ -10,12 +10,13 @@ from __future__ import annotations
 
 __all__ = ["VOLUME", "SNAPSHOT", "VolumeCreate", "SnapshotCreate", "create_volume", "clone_volume",
            "create_snapshot", "delete_volume", "delete_snapshot", "delete_resource", "dependents", "volume_view", "snapshot_view",
-           "VolumeReconciler", "SnapshotReconciler", "check_quota"]
+           "VolumeReconciler", "SnapshotReconciler", "check_quota", "AttachRequest", "attach_volume", "detach_volume",
+           "attached_to", "quota_of"]
 
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud
@@ -33,6 +34,20 @@ class VolumeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     size_gib: int = Field(ge=1, le=16384)
+
+
+class AttachRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instance: str
+    path: str = Field("/data", max_length=255)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        parts = v.split("/")
+        if not v.startswith("/") or v == "/" or ".." in parts or parts[1] in ("proc", "sys", "dev", "etc"):
+            raise ValueError("path must be absolute, not /, without '..', and not under /proc, /sys, /dev or /etc")
+        return v.rstrip("/")
 
 
 class SnapshotCreate(BaseModel):
@@ -84,6 +99,38 @@ def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str) -> Reso
                 f"volume {name} cloned from snapshot {snapshot}")
 
 
+def attach_volume(cloud: Cloud, caller: Caller, name: str, req: AttachRequest) -> Resource:
+    vol = cloud.store.get(VOLUME, caller.tenant, name)
+    inst = cloud.store.get(INSTANCE, caller.tenant, req.instance)
+    if vol.deleting or inst.deleting:
+        raise Conflict("the volume or the instance is being deleted")
+    if vol.phase != "ready":
+        raise Conflict(f"volume {name} is {vol.phase}; attach it once it is ready")
+    current = vol.spec.get("attachment")
+    if current and current["instance_id"] != inst.id:
+        raise Conflict(f"volume {name} is attached to instance {current['instance']}; detach it first")
+    for other in attached_to(cloud, inst):
+        if other.id != vol.id and other.spec["attachment"]["path"] == req.path:
+            raise Conflict(f"instance {inst.name} already has volume {other.name} at {req.path}")
+    vol = cloud.store.update_spec(vol.id, {**vol.spec, "attachment": {
+        "instance_id": inst.id, "instance": inst.name, "path": req.path}})
+    cloud.store.add_event(vol, "AttachRequested", f"attach to {inst.name} at {req.path}")
+    return vol
+
+
+def detach_volume(cloud: Cloud, caller: Caller, name: str) -> Resource:
+    vol = cloud.store.get(VOLUME, caller.tenant, name)
+    if vol.spec.get("attachment"):
+        vol = cloud.store.update_spec(vol.id, {**vol.spec, "attachment": None})
+        cloud.store.add_event(vol, "DetachRequested", "detach requested")
+    return vol
+
+
+def attached_to(cloud: Cloud, instance: Resource) -> list[Resource]:
+    return [v for v in cloud.store.list(VOLUME, tenant=instance.tenant)
+            if (v.spec.get("attachment") or {}).get("instance_id") == instance.id and not v.deleting]
+
+
 def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resource:
     src: Resource | None = None
     for kind in (VOLUME, INSTANCE):
@@ -123,6 +170,9 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
 
 def delete_resource(cloud: Cloud, res: Resource, cascade: bool) -> list[Resource]:
     """Marks res for deletion unless something depends on it; with cascade, its dependents first."""
+    attachment = res.spec.get("attachment") if res.kind == VOLUME else None
+    if attachment:  # never cascaded: that would delete the instance using it
+        raise Conflict(f"volume {res.name} is attached to instance {attachment['instance']}; detach it first")
     deps = dependents(cloud, res)
     if deps and not cascade:
         names = ", ".join(f"{d.kind.lower()} {d.name}" for d in deps)
@@ -147,13 +197,16 @@ def delete_snapshot(cloud: Cloud, caller: Caller, name: str, cascade: bool = Fal
 def volume_view(res: Resource) -> dict[str, Any]:
     return {"id": res.id, "name": res.name, "tenant": res.tenant, "size_gib": res.spec["size_gib"],
             "state": "deleting" if res.deleting else res.phase, "source_snapshot_id": res.spec.get("source_snapshot_id"),
-            "message": res.status.get("message", ""), "created_at": res.created_at}
+            "attached_to": (res.spec.get("attachment") or {}).get("instance"),
+            "path": (res.spec.get("attachment") or {}).get("path"),
+            "attached": bool(res.status.get("attached")), "message": res.status.get("message", ""), "created_at": res.created_at}
 
 
 def snapshot_view(res: Resource) -> dict[str, Any]:
     return {"id": res.id, "name": res.name, "tenant": res.tenant, "source_kind": res.spec["source_kind"],
             "source": res.spec["source_name"], "state": "deleting" if res.deleting else res.phase,
             "frozen": res.status.get("frozen"), "took_ms": res.status.get("took_ms"),
+            "volumes": [p["volume"] for p in res.status.get("volumes", [])],
             "message": res.status.get("message", ""), "created_at": res.created_at}
 
 
@@ -178,6 +231,8 @@ class _PoolReconciler:
             return Result()
         if res.deleting:
             self.cloud.pool.delete(self.pool_name(res))
+            for part in res.status.get("volumes", []):
+                self.cloud.pool.delete(part["pool"])
             store.add_event(res, "Deleted", f"{res.kind.lower()} {res.name} removed")
             store.purge(rid)
             return Result()
@@ -186,7 +241,8 @@ class _PoolReconciler:
                 # never silently remade: a new snapshot or an empty volume would pass for the lost data
                 store.update_status(rid, phase="lost", status={**res.status, "message": "pool volume vanished"})
                 store.add_event(res, "Lost", f"the data of {res.kind.lower()} {res.name} is gone", "Warning")
-            return Result()
+                return Result()
+            return self.converge(res)
         if res.phase == "lost":
             return Result()
         extra = self.make(res)
@@ -194,6 +250,10 @@ class _PoolReconciler:
             res.status.get("conditions"), "Ready", True, "Created", "", res.generation)}
         store.update_status(rid, phase="ready", observed_generation=res.generation, status=status)
         store.add_event(res, "Ready", f"{res.kind.lower()} {res.name} is ready")
+        return Result()
+
+    def converge(self, res: Resource) -> Result:
+        """What a ready resource still has to converge on; nothing by default."""
         return Result()
 
 
@@ -214,6 +274,23 @@ class VolumeReconciler(_PoolReconciler):
             pool.set_limit(volume_name(res.id), size)
         return {"path": str(pool.path(volume_name(res.id)))}
 
+    def converge(self, res: Resource) -> Result:
+        """Live attach/detach: status.attached follows spec.attachment."""
+        want, have = res.spec.get("attachment"), res.status.get("attached")
+        key = (lambda a: (a["instance_id"], a["path"]) if a else None)
+        if key(want) == key(have):
+            return Result()
+        compute = self.cloud.compute
+        if have:
+            compute.detach_volume(have["instance_id"], have["path"])
+            self.cloud.store.add_event(res, "Detached", f"detached from {have['instance']}")
+        if want:
+            compute.attach_volume(want["instance_id"], self.cloud.pool.path(volume_name(res.id)), want["path"])
+            self.cloud.store.add_event(res, "Attached", f"attached to {want['instance']} at {want['path']}")
+        self.cloud.store.update_status(res.id, status={**res.status, "attached": want},
+                                       observed_generation=res.generation)
+        return Result()
+
 
 class SnapshotReconciler(_PoolReconciler):
     kind = SNAPSHOT
@@ -226,11 +303,19 @@ class SnapshotReconciler(_PoolReconciler):
         source = volume_name(src_id) if src_kind == VOLUME else disk_of(src_id)
         if not self.cloud.pool.exists(source):
             raise InvalidSpec(f"the {src_kind.lower()} {res.spec['source_name']} has no disk to snapshot yet")
+        parts = []
+        if src_kind == INSTANCE:
+            inst = self.cloud.store.get_by_id(src_id)
+            for vol in attached_to(self.cloud, inst) if inst else []:
+                parts.append({"volume": vol.name, "volume_id": vol.id, "path": vol.spec["attachment"]["path"],
+                              "pool": f"{snapshot_name(res.id)}.vol-{vol.id}"})
         frozen = src_kind == INSTANCE and self.cloud.compute.pause_instance(src_id)
         t = time.perf_counter()
-        try:
+        try:  # one frozen moment for the root disk and every attached volume
             self.cloud.pool.snapshot(source, snapshot_name(res.id), readonly=True)
+            for part in parts:
+                self.cloud.pool.snapshot(volume_name(part["volume_id"]), part["pool"], readonly=True)
         finally:
             if frozen:
                 self.cloud.compute.resume_instance(src_id)
-        return {"frozen": frozen, "took_ms": round((time.perf_counter() - t) * 1000, 2)}
+        return {"frozen": frozen, "took_ms": round((time.perf_counter() - t) * 1000, 2), "volumes": parts}

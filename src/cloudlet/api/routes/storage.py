@@ -39,6 +39,17 @@ def clone_volume(body: CloneRequest, cloud: Cloud = Depends(get_cloud),
     return volumes.volume_view(volumes.clone_volume(cloud, who, body.snapshot, body.name))
 
 
+@router.post("/volumes/{name}/attach", status_code=202)
+def attach(name: str, body: volumes.AttachRequest, cloud: Cloud = Depends(get_cloud),
+           who: Caller = Depends(caller)) -> dict[str, Any]:
+    return volumes.volume_view(volumes.attach_volume(cloud, who, name, body))
+
+
+@router.post("/volumes/{name}/detach", status_code=202)
+def detach(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return volumes.volume_view(volumes.detach_volume(cloud, who, name))
+
+
 @router.get("/volumes/{name}")
 def show_volume(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(volumes.VOLUME, who.tenant, name)

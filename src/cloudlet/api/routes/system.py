@@ -6,13 +6,14 @@ import secrets
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet import repair
 from cloudlet.api.app import caller, get_cloud, page
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
 from cloudlet.core.records import Resource, check_name
+from cloudlet.storage.volumes import quota_of
 
 router = APIRouter(prefix="/v1", tags=["system"])
 RESERVED = {ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT}
@@ -46,6 +47,24 @@ def create_tenant(body: TenantCreate, cloud: Cloud = Depends(get_cloud),
                        created=f"tenant {body.name} created")
     cloud.store.add_token(token, body.name, "member")
     return {"name": body.name, "token": token}
+
+
+class QuotaUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    volumes: int | None = Field(None, ge=0, le=1_000_000)
+    volume_gib: int | None = Field(None, ge=0, le=1_000_000_000)
+    snapshots: int | None = Field(None, ge=0, le=1_000_000)
+
+
+@router.put("/tenants/{name}/quota")
+def set_quota(name: str, body: QuotaUpdate, cloud: Cloud = Depends(get_cloud),
+              who: Caller = Depends(caller)) -> dict[str, Any]:
+    who.require_admin("setting quotas")
+    res = cloud.store.get("Tenant", name, name)
+    quota = {**res.spec.get("quota", {}), **body.model_dump(exclude_none=True)}
+    res = cloud.store.update_spec(res.id, {**res.spec, "quota": quota})
+    cloud.store.add_event(res, "QuotaSet", f"quota {quota}")
+    return {"name": name, "quota": quota_of(cloud, name)}
 
 
 @router.get("/tenants")

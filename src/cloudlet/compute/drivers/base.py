@@ -49,6 +49,7 @@ class LaunchSpec:
     hosts: str
     resolv_conf: str
     host: str = "local"
+    mounts: tuple[tuple[str, str], ...] = ()  # (host path, path inside): attached volumes
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,13 @@ class ComputeDriver(ABC):
 
     def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
         raise NotSupported(f"console not implemented for the {self.name} driver")
+
+    def attach_volume(self, iid: str, source: Path, path: str) -> None:
+        """Makes source visible at path inside the running instance."""
+        raise NotSupported(f"live volume attach not implemented for the {self.name} driver")
+
+    def detach_volume(self, iid: str, path: str) -> None:
+        raise NotSupported(f"live volume detach not implemented for the {self.name} driver")
 
     def pause_instance(self, iid: str) -> bool:
         """Freezes every process of the instance (for consistent snapshots); False if it was not running."""

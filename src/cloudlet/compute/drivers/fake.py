@@ -11,6 +11,7 @@ __all__ = ["FakeDriver"]
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloudlet.compute.drivers.base import (
     Capabilities, ComputeDriver, ExecResult, InstanceInfo, InstanceState, LaunchSpec,
@@ -37,6 +38,7 @@ class FakeDriver(ComputeDriver):
         self.crash_rate = crash_rate
         self.rng = random.Random(seed)
         self.instances: dict[str, _Fake] = {}
+        self.mounts: dict[str, dict[str, Path]] = {}
         self._next_pid = 1000
         self._on_exit: Callable[[str], None] | None = None
 
@@ -79,6 +81,12 @@ class FakeDriver(ComputeDriver):
 
     def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
         return f"fake console of {iid}\n" if iid in self.instances else ""
+
+    def attach_volume(self, iid: str, source: Path, path: str) -> None:
+        self.mounts.setdefault(iid, {})[path] = source
+
+    def detach_volume(self, iid: str, path: str) -> None:
+        self.mounts.get(iid, {}).pop(path, None)
 
     def watch(self, on_exit: Callable[[str], None]) -> None:
         self._on_exit = on_exit

@@ -17,6 +17,7 @@ import os
 import selectors
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -146,6 +147,21 @@ class RuncDriver(ComputeDriver):
             f.seek(max(0, path.stat().st_size - tail_bytes))
             return f.read().decode(errors="replace")
 
+    def attach_volume(self, iid: str, source: Path, path: str) -> None:
+        self._mountns("attach", iid, str(source), path)
+
+    def detach_volume(self, iid: str, path: str) -> None:
+        self._mountns("detach", iid, path)
+
+    def _mountns(self, verb: str, iid: str, *paths: str) -> None:
+        info = self.get_instance(iid)
+        if info.state != InstanceState.RUNNING or not info.pid:
+            return  # not running: config.json carries the mounts at the next start
+        proc = subprocess.run([sys.executable, "-m", "cloudlet.compute.drivers.mountns", verb, str(info.pid), *paths],
+                              capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise DriverError(f"could not {verb} a volume at {paths[-1]}: {proc.stderr.strip()}")
+
     def pause_instance(self, iid: str) -> bool:
         if self.get_instance(iid).state != InstanceState.RUNNING:
             return False
@@ -273,6 +289,7 @@ class RuncDriver(ComputeDriver):
                 bind(d / "etc" / "hostname", "/etc/hostname"),
                 bind(d / "etc" / "hosts", "/etc/hosts"),
                 bind(d / "etc" / "resolv.conf", "/etc/resolv.conf"),
+                *[bind(src, dst, ro=False) for src, dst in spec.mounts],
             ],
             "linux": {
                 "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
