@@ -16,6 +16,8 @@ bench: install
 	.venv/bin/python bench/instance_create.py
 	.venv/bin/python bench/list_instances.py
 	.venv/bin/python bench/idle_memory.py
+	.venv/bin/python bench/storage_cow.py
+	.venv/bin/python bench/debian_density.py
 
 clean:
 	-.venv/bin/cloudlet down --purge
