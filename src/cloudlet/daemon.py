@@ -25,7 +25,7 @@ from cloudlet.core.reconcile import Manager
 from cloudlet.core.store import Store
 from cloudlet.network import networks
 from cloudlet.network.plumbing import FakeNetworkDriver, LinuxNetworkDriver, NetworkDriver
-from cloudlet.storage import volumes
+from cloudlet.storage import backups, volumes
 from cloudlet.storage.pools import get_pool
 
 log = logging.getLogger("cloudlet.daemon")
@@ -55,8 +55,9 @@ def build_cloud(config: Config, clock: Clock | None = None, **driver_args: objec
     manager.register(networks.NetworkReconciler(cloud))
     manager.register(images.ImageReconciler(cloud))
     manager.register(instances.InstanceReconciler(cloud, placement))
-    manager.register(volumes.VolumeReconciler(cloud))
-    manager.register(volumes.SnapshotReconciler(cloud))
+    manager.register(volumes.VolumeReconciler(cloud, restore=backups.restore_into))
+    manager.register(volumes.SnapshotReconciler(cloud, restore=backups.restore_into))
+    manager.register(backups.BackupReconciler(cloud))
     return cloud
 
 

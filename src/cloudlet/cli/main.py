@@ -15,7 +15,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from cloudlet.cli import image, instance, network, snapshot, storage, tenant, volume
+from cloudlet.cli import backup, image, instance, network, snapshot, storage, tenant, volume
 from cloudlet.cli.client import connect
 from cloudlet.cli.output import Format, OutputOpt, emit, say
 from cloudlet.core.config import Config, load_config
@@ -29,6 +29,7 @@ app.add_typer(tenant.app, name="tenant")
 app.add_typer(volume.app, name="volume")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(storage.app, name="storage")
+app.add_typer(backup.app, name="backup")
 instance.register(app)
 
 

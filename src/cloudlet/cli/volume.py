@@ -25,7 +25,7 @@ def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dic
     with console.status(f"{name}: waiting"):
         while time.monotonic() < deadline:
             view: dict[str, Any] = client.get(f"{path}/{name}")
-            if view["state"] in ("ready", "lost"):
+            if view["state"] in ("ready", "lost", "failed"):
                 return view
             time.sleep(0.05)
     raise CloudletError(f"timed out waiting for {name}")

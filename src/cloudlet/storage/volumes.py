@@ -14,13 +14,15 @@ __all__ = ["VOLUME", "SNAPSHOT", "VolumeCreate", "SnapshotCreate", "create_volum
            "attached_to", "quota_of"]
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
+from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
 from cloudlet.core.reconcile import Result
 from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
@@ -210,13 +212,41 @@ def snapshot_view(res: Resource) -> dict[str, Any]:
             "message": res.status.get("message", ""), "created_at": res.created_at}
 
 
+Restorer = Callable[[Cloud, str, Path], None]
+
+
 class _PoolReconciler:
-    """Shared shape: deletion removes the pool volume then the record; otherwise ensure it, mark ready."""
+    """Shared shape: deletion removes the pool volume then the record; otherwise ensure it, mark ready.
+    `restore` (injected: backups.restore_into) fills a volume or snapshot whose spec says restore_from."""
 
     kind = ""
 
-    def __init__(self, cloud: Cloud) -> None:
+    def __init__(self, cloud: Cloud, restore: Restorer | None = None) -> None:
         self.cloud = cloud
+        self.restore = restore
+
+    def restored(self, res: Resource, final: str, readonly: bool) -> bool:
+        """Fills final from the backup named in the spec, through a `.partial` volume, so that a crash or a
+        checksum mismatch never leaves a half-restored volume under the final name. False: not a restore."""
+        backup_id = res.spec.get("restore_from")
+        if not backup_id:
+            return False
+        if self.restore is None:
+            raise NotSupported("restoring from backups is not configured")
+        pool = self.cloud.pool
+        if not pool.exists(final):
+            partial = final + ".partial"
+            pool.delete(partial)
+            try:
+                self.restore(self.cloud, backup_id, pool.create_volume(partial))
+            except DriverError as exc:
+                pool.delete(partial)
+                self.cloud.store.update_status(res.id, phase="failed", status={**res.status, "message": exc.message})
+                self.cloud.store.add_event(res, "RestoreFailed", exc.message, "Warning")
+                raise TerminalError(exc.message) from exc
+            pool.snapshot(partial, final, readonly=readonly)
+            pool.delete(partial)
+        return True
 
     def pool_name(self, res: Resource) -> str:
         raise NotImplementedError
@@ -243,7 +273,7 @@ class _PoolReconciler:
                 store.add_event(res, "Lost", f"the data of {res.kind.lower()} {res.name} is gone", "Warning")
                 return Result()
             return self.converge(res)
-        if res.phase == "lost":
+        if res.phase in ("lost", "failed"):
             return Result()
         extra = self.make(res)
         status = {**res.status, **extra, "conditions": set_condition(
@@ -266,7 +296,9 @@ class VolumeReconciler(_PoolReconciler):
     def make(self, res: Resource) -> dict[str, Any]:
         pool, size = self.cloud.pool, int(res.spec["size_gib"]) * GIB
         src = res.spec.get("source_snapshot_id")
-        if src:
+        if self.restored(res, volume_name(res.id), readonly=False):
+            pass
+        elif src:
             pool.snapshot(snapshot_name(src), volume_name(res.id), readonly=False)
         else:
             pool.create_volume(volume_name(res.id))
@@ -299,6 +331,8 @@ class SnapshotReconciler(_PoolReconciler):
         return snapshot_name(res.id)
 
     def make(self, res: Resource) -> dict[str, Any]:
+        if self.restored(res, snapshot_name(res.id), readonly=True):
+            return {"frozen": False, "restored": True}
         src_kind, src_id = res.spec["source_kind"], res.spec["source_id"]
         source = volume_name(src_id) if src_kind == VOLUME else disk_of(src_id)
         if not self.cloud.pool.exists(source):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cloudlet.api.app import caller, get_cloud, page
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.storage import usage, volumes
+from cloudlet.storage import backups, usage, volumes
 from cloudlet.storage.names import volume_name
 
 router = APIRouter(prefix="/v1", tags=["storage"])
@@ -108,3 +108,42 @@ def gc_check(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -
 def gc_collect(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("storage gc")
     return page(usage.collect(cloud))
+
+
+@router.get("/backup-targets")
+def list_targets(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([backups.target_view(r) for r in cloud.store.list(backups.TARGET, tenant=who.tenant)])
+
+
+@router.post("/backup-targets", status_code=201)
+def add_target(body: backups.TargetCreate, cloud: Cloud = Depends(get_cloud),
+               who: Caller = Depends(caller)) -> dict[str, Any]:
+    return backups.target_view(backups.add_target(cloud, who, body))
+
+
+@router.get("/backups")
+def list_backups(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([backups.backup_view(r) for r in cloud.store.list(backups.BACKUP, tenant=who.tenant)])
+
+
+@router.post("/backups", status_code=202)
+def create_backup(body: backups.BackupCreate, cloud: Cloud = Depends(get_cloud),
+                  who: Caller = Depends(caller)) -> dict[str, Any]:
+    return backups.backup_view(backups.create_backup(cloud, who, body))
+
+
+@router.get("/backups/{name}")
+def show_backup(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return backups.backup_view(cloud.store.get(backups.BACKUP, who.tenant, name))
+
+
+@router.post("/backups/{name}/restore", status_code=202)
+def restore_backup(name: str, body: backups.RestoreRequest, cloud: Cloud = Depends(get_cloud),
+                   who: Caller = Depends(caller)) -> dict[str, Any]:
+    res = backups.restore_backup(cloud, who, name, body)
+    return volumes.volume_view(res) if res.kind == volumes.VOLUME else volumes.snapshot_view(res)
+
+
+@router.delete("/backups/{name}", status_code=202)
+def delete_backup(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return backups.backup_view(backups.delete_backup(cloud, who, name))

@@ -1,0 +1,100 @@
+"""cloudlet backup create|list|show|restore|delete and backup target add|list."""
+
+from __future__ import annotations
+
+__all__ = ["app"]
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cloudlet.cli.client import Client, connect
+from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
+from cloudlet.cli.volume import wait_ready
+from cloudlet.core.errors import CloudletError
+
+app = typer.Typer(help="Backups of snapshots, volumes and instances, shipped to S3-compatible storage.",
+                  no_args_is_help=True)
+target_app = typer.Typer(help="Where backups go: any S3-compatible endpoint.", no_args_is_help=True)
+app.add_typer(target_app, name="target")
+COLUMNS = ["name", "source_kind", "source", "target", "state", "bytes", "compressed_bytes", "seconds"]
+
+
+def _wait(client: Client, name: str, timeout: float = 3600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with console.status(f"{name}: waiting") as status:
+        while time.monotonic() < deadline:
+            view: dict[str, Any] = client.get(f"/v1/backups/{name}")
+            status.update(f"{name}: {view['state']} {view['message']}")
+            if view["state"] in ("ready", "failed"):
+                if view["state"] == "failed":
+                    raise CloudletError(f"backup {name} failed: {view['message']}")
+                return view
+            time.sleep(0.1)
+    raise CloudletError(f"timed out waiting for backup {name}")
+
+
+@target_app.command("add")
+def target_add(name: str, endpoint: Annotated[str, typer.Option(help="e.g. http://127.0.0.1:9000")],
+               bucket: Annotated[str, typer.Option()], access_key: Annotated[str, typer.Option()],
+               secret_key: Annotated[str, typer.Option()],
+               region: Annotated[str, typer.Option()] = "us-east-1", output: OutputOpt = Format.table) -> None:
+    """Add an S3-compatible backup target."""
+    view = connect().post("/v1/backup-targets", {"name": name, "endpoint": endpoint, "bucket": bucket,
+                                                  "access_key": access_key, "secret_key": secret_key,
+                                                  "region": region})
+    say(f"Backup target {name} added") if output == Format.table else emit(view, output)
+
+
+@target_app.command("list")
+def target_list(output: OutputOpt = Format.table) -> None:
+    """List backup targets (secrets are never shown)."""
+    emit(connect().get("/v1/backup-targets")["items"], output, ["name", "endpoint", "bucket", "access_key"])
+
+
+@app.command()
+def create(source: Annotated[str, typer.Argument(help="snapshot, volume or instance")],
+           target: Annotated[str | None, typer.Option(help="backup target (default: the only one)")] = None,
+           name: Annotated[str | None, typer.Option(help="backup name")] = None,
+           wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True, output: OutputOpt = Format.table) -> None:
+    """Back up a snapshot (a volume or instance is snapshotted first) to a target."""
+    client = connect()
+    view = client.post("/v1/backups", {"source": source, "target": target, "name": name})
+    if wait:
+        view = _wait(client, view["name"])
+    say(f"Backup {view['name']} {view['state']}") if output == Format.table else emit(view, output)
+
+
+@app.command("list")
+def list_(output: OutputOpt = Format.table) -> None:
+    """List backups."""
+    emit(connect().get("/v1/backups")["items"], output, COLUMNS)
+
+
+@app.command()
+def show(name: str, output: OutputOpt = Format.table) -> None:
+    """Show one backup."""
+    emit(connect().get(f"/v1/backups/{name}"), output)
+
+
+@app.command()
+def restore(name: str, new_name: Annotated[str, typer.Argument(help="volume (or bootable snapshot) to create")],
+            output: OutputOpt = Format.table) -> None:
+    """Restore a backup into a new volume, or a bootable snapshot for instance backups; checksum verified."""
+    client = connect()
+    view = client.post(f"/v1/backups/{name}/restore", {"name": new_name})
+    path = "/v1/snapshots" if "source_kind" in view else "/v1/volumes"
+    view = wait_ready(client, path, new_name, timeout=3600)
+    if view["state"] != "ready":
+        raise CloudletError(f"restore of {name} into {new_name} failed: {view['message']}")
+    kind = "snapshot" if path.endswith("snapshots") else "volume"
+    say(f"Backup {name} restored into {kind} {new_name}") if output == Format.table else emit(view, output)
+
+
+@app.command()
+def delete(names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+           output: OutputOpt = Format.table) -> None:
+    """Delete backups, from the target too."""
+    client = connect()
+    bulk(names, lambda n: client.delete(f"/v1/backups/{n}"), lambda n: f"Backup {n} deleted", quiet, output)

@@ -1,0 +1,91 @@
+"""Backups to a real S3-compatible server process, restored and compared by file hashes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from tests.conftest import CloudCLI
+from tests.s3 import s3_server
+
+pytestmark = pytest.mark.root
+HASH = "find /data -type f | sort | xargs sha256sum"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    with s3_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def bcloud(cloud: CloudCLI, s3: str) -> CloudCLI:
+    cloud.run("backup", "target", "add", "offsite", "--endpoint", s3, "--bucket", "cl-backups",
+              "--access-key", "test", "--secret-key", "test")
+    return cloud
+
+
+def _s3(url: str) -> object:
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id="test", aws_secret_access_key="test",
+                        region_name="us-east-1")
+
+
+def test_instance_backup_restores_into_a_new_instance(bcloud: CloudCLI) -> None:
+    bcloud.run("launch", "busybox", "b-1", "--wait")
+    bcloud.run("exec", "b-1", "--", "sh", "-c",
+               "mkdir -p /data/sub && head -c 3000000 /dev/urandom > /data/blob && echo hi > /data/sub/x")
+    want = bcloud.run("exec", "b-1", "--", "sh", "-c", HASH).stdout
+    backup = bcloud.json("backup", "create", "b-1", "--name", "b1-full")
+    assert backup["state"] == "ready" and len(backup["sha256"]) == 64 and backup["compressed_bytes"] > 3_000_000
+    bcloud.run("backup", "restore", "b1-full", "b1-restored")
+    bcloud.run("launch", "--from-snapshot", "b1-restored", "b-2", "--wait")
+    assert bcloud.run("exec", "b-2", "--", "sh", "-c", HASH).stdout == want
+
+
+def test_volume_backup_restores_into_a_volume(bcloud: CloudCLI, s3: str) -> None:
+    bcloud.run("volume", "create", "bv", "--size", "1")
+    bcloud.run("volume", "attach", "bv", "b-1", "--path", "/data")
+    bcloud.run("exec", "b-1", "--", "sh", "-c", "head -c 1000000 /dev/urandom > /data/v && echo x > /data/w")
+    want = bcloud.run("exec", "b-1", "--", "sh", "-c", HASH).stdout
+    bcloud.run("backup", "create", "bv", "--name", "bv-1")
+    bcloud.run("backup", "restore", "bv-1", "bv-copy")
+    bcloud.run("volume", "detach", "bv")
+    bcloud.run("volume", "attach", "bv-copy", "b-1", "--path", "/data")
+    assert bcloud.run("exec", "b-1", "--", "sh", "-c", HASH).stdout == want
+    bcloud.run("volume", "detach", "bv-copy")
+    keys = [o["Key"] for o in _s3(s3).list_objects_v2(Bucket="cl-backups")["Contents"]]  # type: ignore[attr-defined]
+    assert any(k.endswith("manifest.json") for k in keys) and any(k.endswith("data.tar.zst") for k in keys)
+
+
+def test_corrupt_backup_is_refused_and_leaves_nothing(bcloud: CloudCLI, s3: str) -> None:
+    backup = bcloud.json("backup", "show", "bv-1")
+    client = _s3(s3)
+    key = next(o["Key"] for o in client.list_objects_v2(Bucket="cl-backups")["Contents"]  # type: ignore[attr-defined]
+               if backup["id"] in o["Key"] and o["Key"].endswith("data.tar.zst"))
+    data = client.get_object(Bucket="cl-backups", Key=key)["Body"].read()  # type: ignore[attr-defined]
+    client.put_object(Bucket="cl-backups", Key=key, Body=data[:-10] + b"0123456789")  # type: ignore[attr-defined]
+    proc = bcloud.run("backup", "restore", "bv-1", "bv-bad", check=False)
+    assert proc.returncode == 1 and "corrupt" in proc.stderr
+    assert bcloud.run("storage", "gc", "--check", check=False).returncode == 0
+
+
+def test_delete_removes_objects_and_bad_input(bcloud: CloudCLI, s3: str) -> None:
+    bid = bcloud.json("backup", "show", "b1-full")["id"]
+    bcloud.run("backup", "delete", "b1-full")
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        objs = _s3(s3).list_objects_v2(Bucket="cl-backups").get("Contents", [])  # type: ignore[attr-defined]
+        if not any(bid in o["Key"] for o in objs):
+            break
+        time.sleep(0.1)
+    assert not any(bid in o["Key"] for o in objs)
+    for args, needle in ((["backup", "create", "ghost"], "no volume or instance named"),
+                         (["backup", "restore", "nope", "x"], "not found"),
+                         (["backup", "target", "add", "t2", "--endpoint", "ftp://x", "--bucket", "b",
+                           "--access-key", "a", "--secret-key", "s"], "endpoint")):
+        proc = bcloud.run(*args, check=False)
+        assert proc.returncode == 1 and needle in proc.stderr, (args, proc.stderr)
