@@ -25,7 +25,7 @@ from cloudlet.core.reconcile import Manager
 from cloudlet.core.store import Store
 from cloudlet.network import networks
 from cloudlet.network.plumbing import FakeNetworkDriver, LinuxNetworkDriver, NetworkDriver
-from cloudlet.storage import backups, volumes
+from cloudlet.storage import backups, policies, volumes
 from cloudlet.storage.pools import get_pool
 
 log = logging.getLogger("cloudlet.daemon")
@@ -58,6 +58,7 @@ def build_cloud(config: Config, clock: Clock | None = None, **driver_args: objec
     manager.register(volumes.VolumeReconciler(cloud, restore=backups.restore_into))
     manager.register(volumes.SnapshotReconciler(cloud, restore=backups.restore_into))
     manager.register(backups.BackupReconciler(cloud))
+    manager.register(policies.BackupPolicyReconciler(cloud))
     return cloud
 
 

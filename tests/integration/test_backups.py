@@ -89,3 +89,24 @@ def test_delete_removes_objects_and_bad_input(bcloud: CloudCLI, s3: str) -> None
                            "--access-key", "a", "--secret-key", "s"], "endpoint")):
         proc = bcloud.run(*args, check=False)
         assert proc.returncode == 1 and needle in proc.stderr, (args, proc.stderr)
+
+
+def test_policy_backs_up_on_schedule_and_expires_old_backups(bcloud: CloudCLI, s3: str) -> None:
+    import time
+
+    bcloud.run("volume", "create", "pv", "--size", "1")
+    bcloud.run("backup", "policy", "create", "every-sec", "--every", "1s", "--volume", "pv", "--keep-last", "2")
+    deadline = time.monotonic() + 40
+    made: set[str] = set()
+    while time.monotonic() < deadline:
+        items = [b for b in bcloud.json("backup", "list") if b["name"].startswith("every-sec-pv")]
+        made |= {b["name"] for b in items}
+        ready = [b for b in items if b["state"] == "ready"]
+        if len(made) >= 4 and len(ready) == 2 and len(items) <= 3:
+            break
+        time.sleep(0.5)
+    bcloud.run("backup", "policy", "delete", "every-sec")
+    assert len(made) >= 4, made  # it kept running on schedule
+    assert len(ready) == 2 and len(items) <= 3, items  # keep-last 2 (one more may be in flight)
+    snaps = [s["name"] for s in bcloud.json("snapshot", "list") if s["source"] == "pv"]
+    assert len(snaps) <= 1, snaps  # the policy's snapshots are dropped once their backup is offsite

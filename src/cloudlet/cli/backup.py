@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["app"]
 
+import re
 import time
 from typing import Annotated, Any
 
@@ -98,3 +99,48 @@ def delete(names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q"
     """Delete backups, from the target too."""
     client = connect()
     bulk(names, lambda n: client.delete(f"/v1/backups/{n}"), lambda n: f"Backup {n} deleted", quiet, output)
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise CloudletError(f"interval {text!r} is not a duration such as 30s, 15m, 6h, 1d or 1w")
+    return int(m.group(1)) * UNITS[m.group(2)]
+
+
+policy_app = typer.Typer(help="Scheduled backups with retention.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("create")
+def policy_create(name: str, every: Annotated[str, typer.Option(help="interval: 30s, 15m, 6h, 1d, 1w")],
+                  volume: Annotated[list[str] | None, typer.Option(help="volume to back up (repeatable)")] = None,
+                  instance: Annotated[list[str] | None, typer.Option(help="instance to back up (repeatable)")] = None,
+                  keep_last: Annotated[int, typer.Option(help="keep the newest N")] = 7,
+                  keep_daily: Annotated[int, typer.Option(help="and the newest of each of D days")] = 0,
+                  keep_weekly: Annotated[int, typer.Option(help="and the newest of each of W weeks")] = 0,
+                  target: Annotated[str | None, typer.Option(help="backup target")] = None,
+                  output: OutputOpt = Format.table) -> None:
+    """Back up volumes and instances every interval; older backups beyond the retention are deleted."""
+    body = {"name": name, "interval_seconds": parse_duration(every), "keep_last": keep_last,
+            "keep_daily": keep_daily, "keep_weekly": keep_weekly, "volumes": volume or [],
+            "instances": instance or [], "target": target}
+    view = connect().post("/v1/backup-policies", body)
+    say(f"Backup policy {name} created") if output == Format.table else emit(view, output)
+
+
+@policy_app.command("list")
+def policy_list(output: OutputOpt = Format.table) -> None:
+    """List backup policies."""
+    emit(connect().get("/v1/backup-policies")["items"], output,
+         ["name", "interval_seconds", "keep_last", "keep_daily", "keep_weekly", "volumes", "instances", "last_run"])
+
+
+@policy_app.command("delete")
+def policy_delete(name: str, output: OutputOpt = Format.table) -> None:
+    """Delete a policy (the backups it made are kept)."""
+    view = connect().delete(f"/v1/backup-policies/{name}")
+    say(f"Backup policy {name} deleted") if output == Format.table else emit(view, output)

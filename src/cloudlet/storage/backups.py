@@ -26,7 +26,9 @@ from cloudlet.core.errors import Conflict, DriverError, NotFound
 from cloudlet.core.reconcile import Result
 from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.storage.names import snapshot_name
-from cloudlet.storage.volumes import INSTANCE, SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
+from cloudlet.storage.volumes import (
+    INSTANCE, SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot, delete_resource, dependents,
+)
 
 TARGET, BACKUP = "BackupTarget", "Backup"
 CHUNK = 1 << 20
@@ -272,6 +274,8 @@ class BackupReconciler:
         store.update_status(rid, phase="ready", observed_generation=res.generation, status=done)
         store.add_event(res, "Ready", f"{done['compressed_bytes']} bytes in {done['seconds']} s, "
                                       f"sha256 {done['sha256'][:12]}…")
+        if res.spec.get("drop_snapshot") and not dependents(self.cloud, snap):
+            delete_resource(self.cloud, snap, cascade=False)  # the data is offsite now
         return Result()
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cloudlet.api.app import caller, get_cloud, page
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.storage import backups, usage, volumes
+from cloudlet.storage import backups, policies, usage, volumes
 from cloudlet.storage.names import volume_name
 
 router = APIRouter(prefix="/v1", tags=["storage"])
@@ -147,3 +147,20 @@ def restore_backup(name: str, body: backups.RestoreRequest, cloud: Cloud = Depen
 @router.delete("/backups/{name}", status_code=202)
 def delete_backup(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return backups.backup_view(backups.delete_backup(cloud, who, name))
+
+
+@router.get("/backup-policies")
+def list_policies(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return page([policies.policy_view(r) for r in cloud.store.list(policies.POLICY, tenant=who.tenant)])
+
+
+@router.post("/backup-policies", status_code=201)
+def create_policy(body: policies.PolicyCreate, cloud: Cloud = Depends(get_cloud),
+                  who: Caller = Depends(caller)) -> dict[str, Any]:
+    return policies.policy_view(policies.create_policy(cloud, who, body))
+
+
+@router.delete("/backup-policies/{name}", status_code=202)
+def delete_policy(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    res = cloud.store.get(policies.POLICY, who.tenant, name)
+    return policies.policy_view(res if res.deleting else cloud.store.mark_deleted(res.id))
