@@ -18,6 +18,7 @@ bench: install
 	.venv/bin/python bench/idle_memory.py
 	.venv/bin/python bench/storage_cow.py
 	.venv/bin/python bench/debian_density.py
+	.venv/bin/python bench/backup_throughput.py
 
 clean:
 	-.venv/bin/cloudlet down --purge

@@ -110,3 +110,28 @@ def test_policy_backs_up_on_schedule_and_expires_old_backups(bcloud: CloudCLI, s
     assert len(ready) == 2 and len(items) <= 3, items  # keep-last 2 (one more may be in flight)
     snaps = [s["name"] for s in bcloud.json("snapshot", "list") if s["source"] == "pv"]
     assert len(snaps) <= 1, snaps  # the policy's snapshots are dropped once their backup is offsite
+
+
+def test_kill9_during_backup_is_resumed(bcloud: CloudCLI, s3: str) -> None:
+    import os
+    import signal
+    import time
+
+    bcloud.run("volume", "create", "big", "--size", "2")
+    bcloud.run("volume", "attach", "big", "b-1", "--path", "/big")
+    bcloud.run("exec", "b-1", "--", "sh", "-c", "head -c 150000000 /dev/urandom > /big/blob", timeout=120)
+    bcloud.run("volume", "detach", "big")
+    bcloud.run("backup", "create", "big", "--name", "big-1", "--no-wait")
+    deadline = time.monotonic() + 20
+    while bcloud.json("backup", "show", "big-1")["state"] != "uploading" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(bcloud.daemon_pid(), signal.SIGKILL)  # mid-upload
+    bcloud.run("up")
+    deadline = time.monotonic() + 120
+    while (state := bcloud.json("backup", "show", "big-1")["state"]) not in ("ready", "failed"):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    assert state == "ready"
+    bcloud.run("backup", "restore", "big-1", "big-back")
+    assert bcloud.json("volume", "show", "big-back")["state"] == "ready"
+    assert bcloud.run("storage", "gc", "--check", check=False).returncode == 0

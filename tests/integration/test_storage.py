@@ -92,6 +92,21 @@ def test_tenant_quota_names_the_limit(pcloud: CloudCLI) -> None:
     pcloud.run("volume", "delete", "q1", "--cascade", env=env)
 
 
+def test_volume_size_limit_is_enforced(pcloud: CloudCLI) -> None:
+    if pcloud.pool != "btrfs":  # type: ignore[attr-defined]
+        pytest.skip("the dir pool does not enforce sizes (documented)")
+    pcloud.run("volume", "create", "small", "--size", "1")
+    pcloud.run("volume", "attach", "small", "r-3", "--path", "/small")
+    fill = pcloud.run("exec", "r-3", "--", "sh", "-c", "head -c 1200000000 /dev/zero > /small/fill", check=False,
+                      timeout=120)
+    assert fill.returncode != 0, fill.stderr  # EDQUOT, which busybox reports as an I/O error
+    written = int(pcloud.run("exec", "r-3", "--", "stat", "-c", "%s", "/small/fill").stdout)
+    assert written <= 1 << 30, written
+    pcloud.run("exec", "r-3", "--", "rm", "/small/fill")
+    pcloud.run("volume", "detach", "small")
+    pcloud.run("volume", "delete", "small")
+
+
 def test_bad_storage_input(pcloud: CloudCLI) -> None:
     for args, needle in ((["volume", "create", "Bad", "--size", "1"], "invalid volume name"),
                          (["volume", "create", "v", "--size", "0"], "size_gib"),
