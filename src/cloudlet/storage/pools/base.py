@@ -55,9 +55,12 @@ class StoragePool(ABC):
     def delete(self, name: str) -> None:
         """Removes the volume; succeeds if it is already gone."""
 
-    @abstractmethod
     def list(self, prefix: str) -> set[str]:
-        """Names of the volumes under prefix (e.g. "disks/")."""
+        """Names of the finished volumes under prefix (e.g. "disks/"); `.partial` ones are work in flight."""
+        base = self.path(prefix)
+        if not base.is_dir():
+            return set()
+        return {prefix + p.name for p in base.iterdir() if p.is_dir() and not p.name.endswith(".partial")}
 
     @abstractmethod
     def usage(self, name: str) -> Usage: ...

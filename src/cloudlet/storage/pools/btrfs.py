@@ -89,12 +89,6 @@ class BtrfsPool(StoragePool):
             if qgroup:
                 subprocess.run(["btrfs", "qgroup", "destroy", qgroup, str(self.root)], capture_output=True)
 
-    def list(self, prefix: str) -> set[str]:
-        base = self.root / prefix
-        if not base.is_dir():
-            return set()
-        return {prefix + p.name for p in base.iterdir() if p.is_dir() and not p.name.endswith(".partial")}
-
     def usage(self, name: str) -> Usage:
         qgroup = self._qgroup(self.path(name))
         for line in _run("btrfs", "qgroup", "show", "--raw", "--sync", str(self.root)).splitlines():

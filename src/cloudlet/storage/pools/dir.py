@@ -71,12 +71,6 @@ class DirPool(StoragePool):
     def delete(self, name: str) -> None:
         shutil.rmtree(self.path(name), ignore_errors=True)
 
-    def list(self, prefix: str) -> set[str]:
-        base = self.root / prefix
-        if not base.is_dir():
-            return set()
-        return {prefix + p.name for p in base.iterdir() if p.is_dir() and not p.name.endswith(".partial")}
-
     def usage(self, name: str) -> Usage:
         size = _du(self.path(name))
         return Usage(size, size)
