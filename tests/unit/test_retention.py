@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cloudlet.core.records import Resource
-from cloudlet.storage.policies import DAY, retained
+from cloudlet.storage.policies import DAY, WEEK, retained
 
 
 def _backups(times: list[float]) -> list[Resource]:
@@ -16,7 +16,7 @@ def test_keep_last_only() -> None:
 
 
 def test_daily_and_weekly_buckets_keep_the_newest_of_each() -> None:
-    start = 1000 * DAY  # a week boundary
+    start = 150 * WEEK  # a week boundary, so days 14-20 are one week and 7-13 the one before
     times = [start + d * DAY + h * 3600 for d in range(21) for h in (1, 13)]  # two backups a day, three weeks
     bs = _backups(times)
     kept = {b.created_at for b in bs if b.id in retained(bs, 1, 3, 2)}
