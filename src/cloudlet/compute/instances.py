@@ -11,8 +11,10 @@ from __future__ import annotations
 __all__ = ["KIND", "InstanceCreate", "InstanceAction", "ExecRequest", "launch", "instance_view", "act",
            "delete_instance", "exec_in", "InstanceReconciler"]
 
+import dataclasses
 import ipaddress
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,6 +141,17 @@ def instance_view(res: Resource) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one reconcile pass resolved for a running instance, handed to every step that starts it."""
+
+    launch: LaunchSpec
+    net: Resource
+    ip: str
+    fqdn: str
+    disk_source: str  # the pool volume its root disk is cloned from
+
+
 class InstanceReconciler:
     kind = KIND
 
@@ -172,11 +185,10 @@ class InstanceReconciler:
             self._set(res, "pending", message=f"waiting for image {res.spec['image']}")
             return Result(requeue_after=1.0)
         ip = store.allocate_ip(net.id, rid, ipam.host_addresses(net.spec["subnet"]))
-        launch = self._launch_spec(res, net, image, ip)
         info = self.cloud.compute.get_instance(rid)
         if res.spec["state"] == "stopped":
             return self._converge_stopped(res, info.state)
-        return self._converge_running(res, launch, net, ip, info)
+        return self._converge_running(res, self._plan(res, net, image, ip), info)
 
     def _schedule(self, res: Resource) -> Resource:
         try:
@@ -191,10 +203,11 @@ class InstanceReconciler:
         self.cloud.store.add_event(res, "Scheduled", f"placed on host {d.host} in {d.zone}")
         return res
 
-    def _launch_spec(self, res: Resource, net: Resource, image: Resource, ip: str) -> LaunchSpec:
+    def _plan(self, res: Resource, net: Resource, image: Resource, ip: str) -> _Plan:
         zone = res.zone or self.cloud.config.zone
         fqdn = dns_name(res.name, net.name, zone)
-        return LaunchSpec(
+        snapshot = res.spec.get("from_snapshot_id")
+        launch = LaunchSpec(
             id=res.id, hostname=res.name, rootfs=self.cloud.pool.path(disk_of(res.id)),
             command=res.spec.get("command") or image.spec["command"],
             cpus=float(res.spec["cpus"]), memory_mib=int(res.spec["memory_mib"]), netns="",
@@ -205,51 +218,48 @@ class InstanceReconciler:
             mounts=tuple((str(self.cloud.pool.path(volume_name(v.id))), v.spec["attachment"]["path"])
                          for v in attached_to(self.cloud, res)),
         )
+        return _Plan(launch, net, ip, fqdn, snapshot_name(snapshot) if snapshot else volume_of(image))
 
-    def _start(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str, fresh: bool) -> InstanceInfo:
-        image = self.cloud.store.get_by_id(res.spec["image_id"])
-        if image is None:
-            raise TerminalError(f"image {res.spec['image']} of instance {res.name} is gone")
-        source = snapshot_name(res.spec["from_snapshot_id"]) if res.spec.get("from_snapshot_id") else volume_of(image)
-        self.cloud.pool.snapshot(source, disk_of(res.id), readonly=False)
+    def _start(self, res: Resource, plan: _Plan, fresh: bool) -> InstanceInfo:
+        self.cloud.pool.snapshot(plan.disk_source, disk_of(res.id), readonly=False)
+        net = plan.net
         prefix = ipaddress.ip_network(net.spec["subnet"]).prefixlen
-        netns = self.cloud.net.ensure_port(PortSpec(res.id, net.id, ip, prefix, net.spec["gateway"]))
-        launch = LaunchSpec(**{**launch.__dict__, "netns": netns})
+        netns = self.cloud.net.ensure_port(PortSpec(res.id, net.id, plan.ip, prefix, net.spec["gateway"]))
+        launch = dataclasses.replace(plan.launch, netns=netns)
         if fresh:
             return self.cloud.compute.create_instance(launch)
         return self.cloud.compute.start_instance(launch)
 
-    def _converge_running(self, res: Resource, launch: LaunchSpec, net: Resource, ip: str,
-                          observed: InstanceInfo) -> Result:
-        store, st, state = self.cloud.store, res.status, observed.state
+    def _converge_running(self, res: Resource, plan: _Plan, observed: InstanceInfo) -> Result:
+        store, st, state, ip = self.cloud.store, res.status, observed.state, plan.ip
         nonce = int(res.spec.get("run_nonce", 1))
         done = st.get("run_nonce")
         restarts = int(st.get("restarts", 0))
         info = observed
         if state == InstanceState.RUNNING and done is not None and done != nonce:
             self.cloud.compute.stop_instance(res.id)
-            info = self._start(res, launch, net, ip, fresh=False)
+            info = self._start(res, plan, fresh=False)
             store.add_event(res, "Restarted", "instance restarted on request")
         elif state == InstanceState.RUNNING:
             if not self.cloud.net.port_exists(res.id):
                 self.cloud.compute.stop_instance(res.id)
-                info = self._start(res, launch, net, ip, fresh=False)
+                info = self._start(res, plan, fresh=False)
                 store.add_event(res, "Replumbed", "network namespace was missing; restarted", "Warning")
         elif state == InstanceState.MISSING:
-            info = self._start(res, launch, net, ip, fresh=True)
+            info = self._start(res, plan, fresh=True)
             store.add_event(res, "Started", f"instance running with address {ip}")
         elif done == nonce and st.get("state") in ("running", "starting"):
             store.add_event(res, "Exited", "instance init exited unexpectedly", "Warning")
             if res.spec["restart"] != "always":
                 self._set(res, "exited", pid=None, message="init exited; restart policy is never")
                 return Result()
-            info = self._start(res, launch, net, ip, fresh=False)
+            info = self._start(res, plan, fresh=False)
             restarts += 1
             store.add_event(res, "Restarted", f"restart policy always (restart #{restarts})")
         elif done == nonce and st.get("state") == "exited":
             return Result()
         else:
-            info = self._start(res, launch, net, ip, fresh=False)
+            info = self._start(res, plan, fresh=False)
             store.add_event(res, "Started", f"instance running with address {ip}")
         if info.state == InstanceState.STARTING:
             self._set(res, "starting", ip=ip, run_nonce=nonce, restarts=restarts)
@@ -257,8 +267,7 @@ class InstanceReconciler:
         if info.state != InstanceState.RUNNING:
             self._set(res, "starting", ip=ip, run_nonce=nonce, restarts=restarts, message="init exited at start")
             raise RuntimeError(f"instance {res.name} did not stay running")
-        fqdn = dns_name(res.name, net.name, res.zone or self.cloud.config.zone)
-        self._set(res, "running", ip=ip, pid=info.pid, run_nonce=nonce, restarts=restarts, dns_name=fqdn,
+        self._set(res, "running", ip=ip, pid=info.pid, run_nonce=nonce, restarts=restarts, dns_name=plan.fqdn,
                   message="", started_at=st.get("started_at") if st.get("state") == "running" else time.time())
         return Result()
 
