@@ -21,8 +21,6 @@ CLI = [sys.executable, "-m", "cloudlet.cli.main"]
 IS_ROOT = os.geteuid() == 0
 HAVE_RUNC = shutil.which("runc") is not None
 
-needs_root = pytest.mark.skipif(not (IS_ROOT and HAVE_RUNC), reason="needs root and runc")
-
 
 class CloudCLI:
     """Runs the real `cloudlet` command line against one cloud home."""

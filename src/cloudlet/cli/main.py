@@ -126,8 +126,10 @@ def repair(check: Annotated[bool, typer.Option("--check", help="only report; exi
     client = connect()
     if check:
         findings = client.get("/v1/repair")["items"]
-        emit(findings, output, ["problem", "kind", "name", "id", "artefact", "detail"]) if findings or \
-            output != Format.table else say("nothing to repair")
+        if findings or output != Format.table:
+            emit(findings, output, ["problem", "kind", "name", "id", "artefact", "detail"])
+        else:
+            say("nothing to repair")
         raise typer.Exit(1 if findings else 0)
     result = client.post("/v1/repair")
     if output == Format.table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["app"]
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -19,8 +20,6 @@ Cascade = Annotated[bool, typer.Option("--cascade", help="also delete what depen
 
 def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dict[str, Any]:
     """Polls a volume or snapshot until it is ready; ready means the pool volume exists for real."""
-    import time
-
     deadline = time.monotonic() + timeout
     with console.status(f"{name}: waiting"):
         while time.monotonic() < deadline:
@@ -51,8 +50,6 @@ def clone(snapshot: str, new_name: str, output: OutputOpt = Format.table) -> Non
 
 
 def _wait_attached(client: Client, name: str, want: bool) -> dict[str, Any]:
-    import time
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         view: dict[str, Any] = client.get(f"/v1/volumes/{name}")

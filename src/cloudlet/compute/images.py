@@ -8,7 +8,7 @@ can launch them. Each image is a read-only pool volume `images/<digest>`; instan
 from __future__ import annotations
 
 __all__ = ["KIND", "BUSYBOX_COMMAND", "ensure_busybox", "request_build", "import_image", "image_view",
-           "ImageReconciler", "rootfs_of", "volume_of", "get_image", "ImageBuild", "images_dir"]
+           "ImageReconciler", "rootfs_of", "volume_of", "get_image", "ImageBuild", "uploads_dir"]
 
 import hashlib
 import json
@@ -53,7 +53,7 @@ class ImageBuild(BaseModel):
         return sorted(set(v))
 
 
-def images_dir(cloud: Cloud) -> Path:
+def uploads_dir(cloud: Cloud) -> Path:
     """Where uploads wait before they are unpacked into the pool."""
     path = cloud.config.home / "uploads"
     path.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pyroute2 import NetNS, netns
+
 from cloudlet.core.errors import translate_errors
 
 __all__ = ["PortSpec", "NetworkDriver", "LinuxNetworkDriver", "FakeNetworkDriver", "run_in_netns"]
@@ -127,8 +129,6 @@ class LinuxNetworkDriver(NetworkDriver):
 
     @contextlib.contextmanager
     def _ns(self, name: str) -> Iterator[Any]:
-        from pyroute2 import NetNS
-
         ns = NetNS(name)
         try:
             yield ns
@@ -136,8 +136,6 @@ class LinuxNetworkDriver(NetworkDriver):
             ns.close()
 
     def ensure_hub(self) -> None:
-        from pyroute2 import netns
-
         with self._lock, translate_errors("creating the hub network namespace"):
             if self.hub in netns.listnetns():
                 return
@@ -166,8 +164,6 @@ class LinuxNetworkDriver(NetworkDriver):
             ns.link("set", index=idx[0], state="up")
 
     def delete_network(self, network_id: str) -> None:
-        from pyroute2 import netns
-
         if self.hub not in netns.listnetns():
             return
         br = f"br{short(network_id)}"
@@ -177,8 +173,6 @@ class LinuxNetworkDriver(NetworkDriver):
                 ns.link("del", index=idx[0])
 
     def list_networks(self) -> set[str]:
-        from pyroute2 import netns
-
         if self.hub not in netns.listnetns():
             return set()
         with self._ns(self.hub) as ns:
@@ -189,8 +183,6 @@ class LinuxNetworkDriver(NetworkDriver):
         return self.port_prefix + instance_id
 
     def ensure_port(self, port: PortSpec) -> str:
-        from pyroute2 import netns
-
         self.ensure_hub()
         name = self._port_ns(port.instance_id)
         veth, peer = f"v{short(port.instance_id)}", f"p{short(port.instance_id)}"
@@ -221,8 +213,6 @@ class LinuxNetworkDriver(NetworkDriver):
         return os.path.join(NETNS_DIR, name)
 
     def delete_port(self, instance_id: str) -> None:
-        from pyroute2 import netns
-
         name = self._port_ns(instance_id)
         with translate_errors(f"removing network of instance {instance_id}"):
             if self.hub in netns.listnetns():
@@ -237,13 +227,9 @@ class LinuxNetworkDriver(NetworkDriver):
         return os.path.exists(os.path.join(NETNS_DIR, self._port_ns(instance_id)))
 
     def list_ports(self) -> set[str]:
-        from pyroute2 import netns
-
         return {n[len(self.port_prefix):] for n in netns.listnetns() if n.startswith(self.port_prefix)}
 
     def teardown(self) -> None:
-        from pyroute2 import netns
-
         for iid in self.list_ports():
             self.delete_port(iid)
         if self.hub in netns.listnetns():

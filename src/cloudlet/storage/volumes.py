@@ -154,7 +154,7 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resour
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
-    """Live records that need res to stay: the edges of the copy-on-write graph."""
+    """Live records that need res to stay: the edges of the copy-on-write graph (images are never deleted yet)."""
     store = cloud.store
     if res.kind == VOLUME:
         out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if s.spec.get("source_id") == res.id]
@@ -163,8 +163,6 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
         out += [i for i in store.list(INSTANCE, tenant=res.tenant) if i.spec.get("from_snapshot_id") == res.id]
     elif res.kind == INSTANCE:
         out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if s.spec.get("source_id") == res.id]
-    elif res.kind == "Image":
-        out = [i for i in store.list(INSTANCE) if i.spec.get("image_id") == res.id]
     else:
         out = []
     return [d for d in out if not d.deleting]

@@ -39,7 +39,7 @@ def build_image(body: images.ImageBuild, cloud: Cloud = Depends(get_cloud),
 async def import_image(name: str, request: Request, cloud: Cloud = Depends(get_cloud),
                        who: Caller = Depends(caller)) -> dict[str, Any]:
     """The body is streamed to a file next to the images, never held in memory whole."""
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=images.images_dir(cloud))
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=images.uploads_dir(cloud))
     try:
         with os.fdopen(fd, "wb") as out:
             async for chunk in request.stream():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["get_pool", "btrfs_available"]
 
+import shutil
 from pathlib import Path
 
 from cloudlet.core.errors import InvalidSpec
@@ -15,8 +16,6 @@ def btrfs_available() -> bool:
         has_fs = "btrfs" in Path("/proc/filesystems").read_text()
     except OSError:
         return False
-    import shutil
-
     return has_fs and shutil.which("mkfs.btrfs") is not None
 
 

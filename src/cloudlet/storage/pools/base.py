@@ -28,6 +28,7 @@ class PoolCapabilities:
 class StoragePool(ABC):
     name = "base"
     capabilities = PoolCapabilities(cow=False, quotas=False)
+    root: Path  # where the pool's volumes are, for the pools that keep them in a directory tree
 
     @abstractmethod
     def setup(self) -> None:
@@ -37,11 +38,11 @@ class StoragePool(ABC):
     def teardown(self, purge: bool) -> None:
         """Unmounts the pool; with purge, destroys it."""
 
-    @abstractmethod
-    def path(self, name: str) -> Path: ...
+    def path(self, name: str) -> Path:
+        return self.root / name
 
-    @abstractmethod
-    def exists(self, name: str) -> bool: ...
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_dir()
 
     @abstractmethod
     def create_volume(self, name: str, size_bytes: int | None = None) -> Path:

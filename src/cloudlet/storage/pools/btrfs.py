@@ -55,12 +55,6 @@ class BtrfsPool(StoragePool):
             self.image.unlink(missing_ok=True)
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def exists(self, name: str) -> bool:
-        return (self.root / name).is_dir()
-
     def create_volume(self, name: str, size_bytes: int | None = None) -> Path:
         p = self.path(name)
         with translate_errors(f"creating volume {name}"):

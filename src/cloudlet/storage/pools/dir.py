@@ -39,12 +39,6 @@ class DirPool(StoragePool):
         if purge:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def exists(self, name: str) -> bool:
-        return (self.root / name).is_dir()
-
     def create_volume(self, name: str, size_bytes: int | None = None) -> Path:
         p = self.path(name)
         p.mkdir(parents=True, exist_ok=True)
