@@ -1,4 +1,4 @@
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 install:
 	@bash scripts/install.sh
@@ -6,7 +6,12 @@ install:
 demo: install
 	@bash scripts/demo.sh
 
-test: install
+lint: install
+	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
+	.venv/bin/mypy src
+
+test: lint
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: install
@@ -19,6 +24,7 @@ bench: install
 	.venv/bin/python bench/storage_cow.py
 	.venv/bin/python bench/debian_density.py
 	.venv/bin/python bench/backup_throughput.py
+	.venv/bin/python bench/cli_latency.py
 
 clean:
 	-.venv/bin/cloudlet down --purge

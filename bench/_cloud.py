@@ -15,7 +15,8 @@ import httpx
 
 
 @contextmanager
-def real_cloud() -> Iterator[httpx.Client]:
+def real_cloud_env() -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    """A real cloud, its API client and the environment a `cloudlet` command needs to reach it."""
     home = Path(tempfile.mkdtemp(prefix="cloudlet-bench-"))
     env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_API_PORT": "0", "CLOUDLET_DNS_PORT": "0"}
     cli = [sys.executable, "-m", "cloudlet.cli.main"]
@@ -24,11 +25,17 @@ def real_cloud() -> Iterator[httpx.Client]:
         url = json.loads((home / "endpoint.json").read_text())["url"]
         token = (home / "admin.token").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            yield client
+            yield client, env
     finally:
         subprocess.run([*cli, "down", "--purge"], env=env, capture_output=True)
 
 
+@contextmanager
+def real_cloud() -> Iterator[httpx.Client]:
+    with real_cloud_env() as (client, _):
+        yield client
+
+
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]

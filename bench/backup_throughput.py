@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _cloud import real_cloud  # noqa: E402
-from tests.s3 import s3_server  # noqa: E402
+from _cloud import real_cloud
+
+from tests.s3 import s3_server
 
 MIB = 1024
 

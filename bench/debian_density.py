@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import real_cloud  # noqa: E402
+from _cloud import real_cloud
 
 N = 50
 

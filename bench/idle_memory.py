@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import real_cloud  # noqa: E402
+from _cloud import real_cloud
 
 N = 20
 
 
 def used_kib() -> int:
-    info = {line.split(":")[0]: int(line.split()[1]) for line in open("/proc/meminfo")}
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) for line in f}
     return info["MemTotal"] - info["MemAvailable"]
 
 
@@ -25,9 +26,8 @@ def pss_kib(pid: int) -> int:
     while todo:
         p = todo.pop()
         try:
-            for line in open(f"/proc/{p}/smaps_rollup"):
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:

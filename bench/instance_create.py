@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import percentile, real_cloud  # noqa: E402
+from _cloud import percentile, real_cloud
 
 
 def wait_running(api: httpx.Client, names: list[str]) -> list[float]:

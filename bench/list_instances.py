@@ -11,13 +11,14 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cloudlet.api.app import create_app  # noqa: E402
-from cloudlet.core.records import Resource  # noqa: E402
-from tests.helpers import fake_cloud  # noqa: E402
+from cloudlet.api.app import create_app
+from cloudlet.core.records import Resource
+from tests.helpers import fake_cloud
 
 
 def main(n: int = 10_000) -> None:
-    cloud, token = fake_cloud(Path(tempfile.mkdtemp(prefix="cloudlet-bench-")))
+    sim = fake_cloud(Path(tempfile.mkdtemp(prefix="cloudlet-bench-")))
+    cloud, token = sim.cloud, sim.token
     spec = {"image": "busybox", "image_id": "x", "network": "default", "network_id": "x", "cpus": 1.0,
             "memory_mib": 64, "restart": "always", "command": None, "zone": None, "state": "running", "run_nonce": 1}
     from cloudlet.core.tables import resources

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
-from cloudlet.storage.pools.btrfs import BtrfsPool  # noqa: E402
+from cloudlet.storage.pools.btrfs import BtrfsPool
 
 
 def timed(fn: object, *args: object) -> float:

@@ -23,13 +23,28 @@ step "db-1 fetches a page from web-1 by its DNS name"
 echo '$ cloudlet exec db-1 -- wget -qO- http://web-1.shop.zone-a.cloudlet/'
 $C exec db-1 -- wget -qO- http://web-1.shop.zone-a.cloudlet/
 step "the host resolves the same name through cloudlet's DNS"
-port=$($C info -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["dns"]["port"])')
-.venv/bin/python - "$port" <<'PY'
+port=$($C info -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["ports"]["dns@local"])')
+resolve() {
+  .venv/bin/python - "$port" <<'PY'
 import sys
 from dnslib import DNSRecord
 q = DNSRecord.question("web-2.shop.zone-a.cloudlet")
 print("web-2.shop.zone-a.cloudlet ->", DNSRecord.parse(q.send("127.0.0.1", int(sys.argv[1]), timeout=2)).a.rdata)
 PY
+}
+resolve
+step "hosts: each runs its own agent (the data plane)"
+$C host list
+step "kill -9 the control plane: the data plane keeps serving"
+home=$($C info -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["home"])')
+kill -9 "$(cat "$home/cloudletd.pid")"
+echo '$ cloudlet list'
+$C list || true
+echo "names still resolve (the agent answers from its cache):"
+resolve
+step "cloudlet up: the control plane comes back, the agent resyncs"
+$C up
+$C list
 step "recent events"
 $C events --limit 6
 cat <<TXT

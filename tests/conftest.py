@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,23 @@ class CloudCLI:
     def daemon_pid(self) -> int:
         return int((self.home / "cloudletd.pid").read_text())
 
+    def agent_pid(self, host: str = "local") -> int:
+        return int((self.home / "agents" / host / "agent.pid").read_text())
+
+    def kill9(self, target: str) -> None:
+        """kill -9 of "cloudletd", "agent" or "both" (cloudletd first)."""
+        for what, pid in (("cloudletd", self.daemon_pid), ("agent", self.agent_pid)):
+            if target in (what, "both"):
+                try:
+                    os.kill(pid(), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass  # already gone
+
+    def runc(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """runc itself, beside cloudlet: what is really running, whatever the control plane believes."""
+        return subprocess.run(["runc", "--root", str(self.home / "runc"), *args], capture_output=True, text=True,
+                              timeout=60)
+
     def wait_state(self, name: str, state: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         view: dict[str, Any] = {}
@@ -85,11 +103,11 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
     try:
         yield cli
     finally:
-        pid = cli.daemon_pid() if (home / "cloudletd.pid").exists() else None
+        pids = {what: int(f.read_text()) for what, f in (("cloudletd", home / "cloudletd.pid"),
+                                                          ("agent", home / "agents/local/agent.pid")) if f.exists()}
         cli.run("down", "--purge", check=False)
         left = leaks(cid, home)
-        if pid and Path(f"/proc/{pid}").exists():
-            left.append(f"cloudletd process {pid}")
+        left += [f"{what} process {pid}" for what, pid in pids.items() if Path(f"/proc/{pid}").exists()]
         shutil.rmtree(home, ignore_errors=True)
         assert not left, f"cloud leaked: {left}"
 

@@ -1,20 +1,14 @@
-"""In-process clouds on the fake drivers: the real store, reconcilers and API, no kernel objects."""
+"""In-process clouds on the fake drivers: the real store, control plane, agents and API, no kernel objects."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
+from typing import Any
 
 from cloudlet.core.clock import Clock
-from cloudlet.core.config import load_config
-from cloudlet.core.context import Cloud
-from cloudlet.daemon import bootstrap, build_cloud
+from cloudlet.resilience.sim import SimCloud
 
 
-def fake_cloud(home: Path, clock: Clock | None = None, db_url: str | None = None, **driver_args: object
-               ) -> tuple[Cloud, str]:
-    cfg = dataclasses.replace(load_config(), home=home, compute_driver="fake",
-                              db_url=db_url or f"sqlite:///{home / 'state.db'}")
-    cloud = build_cloud(cfg, clock=clock, **driver_args)
-    token = bootstrap(cloud)
-    return cloud, token
+def fake_cloud(home: Path, clock: Clock | None = None, db_url: str | None = None, **driver_args: Any
+               ) -> SimCloud:
+    return SimCloud(home, clock=clock, db_url=db_url, **driver_args)

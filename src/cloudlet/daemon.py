@@ -1,75 +1,63 @@
-"""cloudletd: one process holding the API server, reconcilers, DNS server and the embedded host agent.
+"""cloudletd: the control plane. It holds the API server, the store, the scheduler and the cluster-wide
+controllers; it never touches runc, namespaces or a storage pool (each host's agent does, see agent/).
 
-`cloudlet up` starts it in the background; SIGTERM stops it. Instances keep running while it is down; the next
-start adopts them. `shutdown_artefacts` (used by `cloudlet down`) stops and removes what is running.
+`cloudlet up` starts it in the background beside the agent of host `local`; SIGTERM or POST /v1/shutdown
+stops it. Instances and name service keep running while it is down; agents resync when it is back.
 """
 
 from __future__ import annotations
 
-__all__ = ["build_cloud", "bootstrap", "serve", "shutdown_artefacts", "main"]
+__all__ = ["build_control_plane", "bootstrap", "serve", "main"]
 
 import json
 import logging
 import os
 import secrets
-import shutil
 import socket
+import threading
 
-from cloudlet.compute import images, instances
-from cloudlet.compute.drivers import get_driver
-from cloudlet.compute.placement import Placement, register_host
+from cloudlet.agent.client import HttpHosts
+from cloudlet.compute import images
+from cloudlet.compute.hosts import AgentService, host_token
+from cloudlet.compute.instances import KIND as INSTANCE
+from cloudlet.compute.placement import Placement
+from cloudlet.compute.scheduler import SchedulerReconciler, release
 from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.config import Config, load_config
-from cloudlet.core.context import ADMIN_TENANT, Cloud
+from cloudlet.core.context import ADMIN_TENANT, Cloud, HostDirectory
+from cloudlet.core.ports import choose_port
 from cloudlet.core.reconcile import Manager
+from cloudlet.core.records import Resource
 from cloudlet.core.store import Store
 from cloudlet.network import networks
-from cloudlet.network.plumbing import FakeNetworkDriver, LinuxNetworkDriver, NetworkDriver
-from cloudlet.storage import backups, policies, volumes
-from cloudlet.storage.pools import get_pool
+from cloudlet.storage import policies
 
 log = logging.getLogger("cloudlet.daemon")
 
 
-def build_cloud(config: Config, clock: Clock | None = None, **driver_args: object) -> Cloud:
+def build_control_plane(config: Config, clock: Clock | None = None, hosts: HostDirectory | None = None) -> Cloud:
     config.home.mkdir(parents=True, exist_ok=True)
     os.chmod(config.home, 0o700)
     clock = clock or RealClock()
     store = Store(config.db_url)
     store.migrate()
-    cloud_id = config.cloud_id()
-    net: NetworkDriver
-    if config.compute_driver == "fake":
-        compute = get_driver("fake", clock=clock, **driver_args)
-        net = FakeNetworkDriver()
-        pool = get_pool("memory", config.home)
-    else:
-        compute = get_driver(config.compute_driver, home=config.home, cloud_id=cloud_id, **driver_args)
-        net = LinuxNetworkDriver(cloud_id)
-        pool = get_pool(config.storage_pool, config.home)
-    pool.setup()
     manager = Manager(store, clock)
-    cloud = Cloud(config, store, compute, net, pool, clock, manager)
-    placement = Placement(store, clock)
-    cloud.extras["placement"] = placement
+    cloud = Cloud(config, store, clock, manager, Placement(store, clock), hosts or HttpHosts(store))
+
+    def on_purged(res: Resource) -> None:
+        if res.kind == INSTANCE:
+            release(cloud, res)
+
+    cloud.agent_api = AgentService(store, on_purged)
     manager.register(networks.NetworkReconciler(cloud))
-    manager.register(images.ImageReconciler(cloud))
-    manager.register(instances.InstanceReconciler(cloud, placement))
-    manager.register(volumes.VolumeReconciler(cloud, restore=backups.restore_into))
-    manager.register(volumes.SnapshotReconciler(cloud, restore=backups.restore_into))
-    manager.register(backups.BackupReconciler(cloud))
+    manager.register(SchedulerReconciler(cloud))
     manager.register(policies.BackupPolicyReconciler(cloud))
     return cloud
 
 
-def _host_capacity() -> tuple[int, int]:
-    with open("/proc/meminfo") as f:
-        total_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    return os.cpu_count() or 1, total_kib // 1024
-
-
 def bootstrap(cloud: Cloud) -> str:
-    """Idempotent first-start work: admin token, the local host, the busybox image, the default network."""
+    """Idempotent first-start work: admin token, the local host's agent token, the busybox image, the default
+    network."""
     cfg = cloud.config
     token = cfg.token_file.read_text().strip() if cfg.token_file.exists() else ""
     if not token or cloud.store.lookup_token(token) is None:
@@ -80,79 +68,58 @@ def bootstrap(cloud: Cloud) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
         os.replace(tmp, cfg.token_file)
-    cpus, memory = _host_capacity()
-    register_host(cloud.store, cfg.host, cfg.zone, cpus, memory)
+    host_token(cloud.store, cfg.host, cfg.host_token_file(cfg.host))
     images.ensure_busybox(cloud)
     networks.ensure_default_network(cloud, ADMIN_TENANT)
     return token
+
+
+def _compact(cloud: Cloud, stop: threading.Event) -> None:
+    while not stop.wait(60):
+        try:
+            cloud.store.compact_changes()
+        except Exception as exc:  # the next round tries again
+            log.warning("compacting the change log failed: %s", exc)
 
 
 def serve(cloud: Cloud) -> None:
     import uvicorn
 
     from cloudlet.api.app import create_app
-    from cloudlet.network.dns import DNSService, Resolver
 
     cfg = cloud.config
-    dns = DNSService(Resolver(cloud.store), cfg.dns_port)
-    cloud.extras["dns_port"] = dns.port
-    hub = cloud.net.hub_netns()
-    if hub and isinstance(cloud.net, LinuxNetworkDriver):
-        cloud.net.ensure_hub()
-        dns.serve_hub(hub)
-    cloud.compute.watch(lambda iid: cloud.manager.enqueue(instances.KIND, iid))
-    cloud.manager.start()
+    before = cfg.endpoint()
+    port = choose_port(int(str(before.get("port") or 0)), cfg.api_port, "CLOUDLET_API_PORT" in cfg.explicit_ports,
+                       "API", "CLOUDLET_API_PORT")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.api_host, cfg.api_port))
+    sock.bind((cfg.api_host, port))
     port = sock.getsockname()[1]
-    endpoint = {"url": f"http://{cfg.api_host}:{port}", "dns_port": dns.port, "pid": os.getpid()}
+    cloud.manager.start()
+    stop = threading.Event()
+    threading.Thread(target=_compact, args=(cloud, stop), name="compact", daemon=True).start()
+    endpoint = {"url": f"http://{cfg.api_host}:{port}", "port": port, "pid": os.getpid()}
     tmp = cfg.endpoint_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(endpoint))
     os.replace(tmp, cfg.endpoint_file)
     cfg.pid_file.write_text(f"{os.getpid()}\n")
-    log.info("cloudletd listening on %s, DNS on 127.0.0.1:%s", endpoint["url"], dns.port)
-    server = uvicorn.Server(uvicorn.Config(create_app(cloud), log_level="warning", timeout_graceful_shutdown=5))
+    log.info("cloudletd listening on %s", endpoint["url"])
+    app = create_app(cloud)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    app.state.shutdown = lambda: setattr(server, "should_exit", True)
     try:
         server.run(sockets=[sock])
     finally:
+        stop.set()
         cloud.manager.stop()
-        dns.stop()
-        for path in (cfg.pid_file, cfg.endpoint_file):
-            path.unlink(missing_ok=True)
+        cfg.pid_file.unlink(missing_ok=True)
         log.info("cloudletd stopped")
-
-
-def shutdown_artefacts(config: Config, purge: bool) -> None:
-    """Stops every instance and removes namespaces, bridges, mounts, cgroups and nft tables of this cloud.
-
-    Without purge, records and instance files stay and the next `up` starts the instances again; with purge,
-    the whole state directory goes too.
-    """
-    if not config.home.exists():
-        return
-    cloud = build_cloud(config)
-    try:
-        if purge:
-            cloud.compute.teardown()
-        else:
-            cloud.compute.shutdown()
-            for res in cloud.store.list(instances.KIND):
-                if res.status.get("state") in ("running", "starting"):
-                    status = {**res.status, "state": "stopped", "run_nonce": None, "pid": None}
-                    cloud.store.update_status(res.id, status=status, phase="stopped")
-        cloud.net.teardown()
-        cloud.pool.teardown(purge)
-    finally:
-        cloud.store.close()
-    if purge:
-        shutil.rmtree(config.home, ignore_errors=True)
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cloud = build_cloud(load_config())
+    cloud = build_control_plane(load_config())
     bootstrap(cloud)
     serve(cloud)
 

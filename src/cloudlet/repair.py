@@ -1,4 +1,4 @@
-"""Repair: match real artefacts to records. Orphans are artefacts with no live record; missing are records
+"""Repair, run by each host's agent: match the host's real artefacts to records. Orphans are artefacts with no live record; missing are records
 whose artefacts vanished. `check` only reports; `fix` removes orphans and requeues records with missing parts.
 """
 
@@ -9,7 +9,7 @@ __all__ = ["Finding", "scan", "fix"]
 from dataclasses import asdict, dataclass
 
 from cloudlet.compute.drivers.base import InstanceState
-from cloudlet.core.context import Cloud
+from cloudlet.core.context import HostContext
 from cloudlet.storage.names import disk_of
 
 
@@ -26,10 +26,10 @@ class Finding:
         return asdict(self)
 
 
-def scan(cloud: Cloud) -> list[Finding]:
+def scan(cloud: HostContext) -> list[Finding]:
     store, compute, net = cloud.store, cloud.compute, cloud.net
     found: list[Finding] = []
-    instances = {r.id: r for r in store.list("Instance")}
+    instances = {r.id: r for r in store.list("Instance", host=cloud.host)}
     for iid in sorted(compute.list_instances() - instances.keys()):
         found.append(Finding("orphan", "Instance", iid, "", "container", "container files with no instance record"))
     for iid in sorted(net.list_ports() - instances.keys()):
@@ -58,7 +58,7 @@ def scan(cloud: Cloud) -> list[Finding]:
     return found
 
 
-def fix(cloud: Cloud, findings: list[Finding]) -> list[str]:
+def fix(cloud: HostContext, findings: list[Finding]) -> list[str]:
     done: list[str] = []
     for f in findings:
         if f.problem == "orphan" and f.kind == "Instance":

@@ -113,8 +113,6 @@ def test_policy_backs_up_on_schedule_and_expires_old_backups(bcloud: CloudCLI, s
 
 
 def test_kill9_during_backup_is_resumed(bcloud: CloudCLI, s3: str) -> None:
-    import os
-    import signal
     import time
 
     bcloud.run("volume", "create", "big", "--size", "2")
@@ -125,7 +123,7 @@ def test_kill9_during_backup_is_resumed(bcloud: CloudCLI, s3: str) -> None:
     deadline = time.monotonic() + 20
     while bcloud.json("backup", "show", "big-1")["state"] != "uploading" and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.kill(bcloud.daemon_pid(), signal.SIGKILL)  # mid-upload
+    bcloud.kill9("agent")  # mid-upload: the agent is the one streaming
     bcloud.run("up")
     deadline = time.monotonic() + 120
     while (state := bcloud.json("backup", "show", "big-1")["state"]) not in ("ready", "failed"):

@@ -46,7 +46,7 @@ def test_instance_reaches_another_by_dns_name(web: CloudCLI) -> None:
 
 
 def test_dns_from_host_forward_and_reverse(web: CloudCLI) -> None:
-    port = web.json("info")["dns"]["port"]
+    port = web.json("info")["ports"]["dns@local"]
     ip = web.json("show", "web-1")["ip"]
     reply = _dig(port, "web-1.default.zone-a.cloudlet")
     assert [str(r.rdata) for r in reply.rr] == [ip]
@@ -174,8 +174,8 @@ def test_down_and_up_bring_instances_back(web: CloudCLI) -> None:
 
 
 def test_udp_dns_socket_is_loopback_only(web: CloudCLI) -> None:
-    port = web.json("info")["dns"]["port"]
+    port = web.json("info")["ports"]["dns@local"]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with pytest.raises(OSError):
-        s.bind(("127.0.0.1", port))  # held by cloudletd
+        s.bind(("127.0.0.1", port))  # held by the agent
     s.close()

@@ -1,4 +1,5 @@
-"""1,000 instances on 100 simulated hosts: the real reconcilers and placement, fake drivers, virtual clock."""
+"""1,000 instances on 100 simulated hosts: the real control plane, one real agent per host over the in-process
+transport, fake drivers, virtual clock."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 from cloudlet.compute import instances
-from cloudlet.compute.placement import register_host
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.context import Caller
 from cloudlet.network import networks
@@ -15,16 +15,16 @@ from tests.helpers import fake_cloud
 
 def test_thousand_instances_spread_and_run(tmp_path: Path) -> None:
     clock = VirtualClock()
-    cloud, _ = fake_cloud(tmp_path, clock=clock, boot_seconds=3.0)
+    sim = fake_cloud(tmp_path, clock=clock, boot_seconds=3.0)
+    cloud = sim.cloud
     for i in range(100):
-        register_host(cloud.store, f"sim-{i:03d}", f"zone-{'abc'[i % 3]}", 32, 64 * 1024)
-    placement = cloud.extras["placement"]
+        sim.add_host(f"sim-{i:03d}", f"zone-{'abc'[i % 3]}", 32, 64 * 1024)
     admin = Caller("admin", "admin")
     networks.create_network(cloud, admin, "big", "10.241.0.0/20")
     for i in range(1000):
         req = instances.InstanceCreate(name=f"vm-{i}", image="busybox", memory_mib=512, network="big")
-        instances.launch(cloud, admin, req, placement)  # type: ignore[arg-type]
-    cloud.manager.run_until_idle(until=clock.now() + 600)
+        instances.launch(cloud, admin, req)
+    sim.run_until_idle(until=clock.now() + 600)
     records = cloud.store.list(instances.KIND)
     assert len(records) == 1000
     states = Counter(r.status.get("state") for r in records)
@@ -32,7 +32,7 @@ def test_thousand_instances_spread_and_run(tmp_path: Path) -> None:
     per_host = Counter(r.host for r in records)
     # 'local' plus 100 simulated hosts: spread evenly, nobody above 10 (1000 / 101 rounds up to 10)
     assert max(per_host.values()) <= 10 and len(per_host) == 101, per_host
-    assert len(cloud.compute.list_instances()) == 1000
+    assert sum(len(a.ctx.compute.list_instances()) for a in sim.agents.values()) == 1000
     # every running instance holds a unique address
     ips = [r.status["ip"] for r in records]
     assert len(set(ips)) == 1000
@@ -40,16 +40,16 @@ def test_thousand_instances_spread_and_run(tmp_path: Path) -> None:
 
 def test_crashes_are_healed_by_restart_policy(tmp_path: Path) -> None:
     clock = VirtualClock()
-    cloud, _ = fake_cloud(tmp_path, clock=clock, boot_seconds=1.0)
-    cloud.compute.watch(lambda iid: cloud.manager.enqueue(instances.KIND, iid))
+    sim = fake_cloud(tmp_path, clock=clock, boot_seconds=1.0)
+    cloud = sim.cloud
     admin = Caller("admin", "admin")
     for i, policy in enumerate(["always"] * 5 + ["never"] * 5):
-        instances.launch(cloud, admin, instances.InstanceCreate(name=f"c-{i}", image="busybox", restart=policy),
-                         cloud.extras["placement"])  # type: ignore[arg-type]
-    cloud.manager.run_until_idle(until=clock.now() + 60)
+        instances.launch(cloud, admin, instances.InstanceCreate(name=f"c-{i}", image="busybox", restart=policy))
+    sim.run_until_idle(until=clock.now() + 60)
+    compute = sim.agents["local"].ctx.compute
     for r in cloud.store.list(instances.KIND):
-        cloud.compute.crash(r.id)  # type: ignore[attr-defined]
-    cloud.manager.run_until_idle(until=clock.now() + 60)
+        compute.crash(r.id)  # type: ignore[attr-defined]
+    sim.run_until_idle(until=clock.now() + 60)
     by_policy = Counter((r.spec["restart"], r.status["state"]) for r in cloud.store.list(instances.KIND))
     assert by_policy == {("always", "running"): 5, ("never", "exited"): 5}
     reasons = Counter(e.reason for e in cloud.store.list_events("admin", limit=1000))

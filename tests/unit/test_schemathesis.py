@@ -15,8 +15,9 @@ from tests.helpers import fake_cloud
 
 _home = Path(tempfile.mkdtemp(prefix="cloudlet-st-"))
 atexit.register(shutil.rmtree, _home, True)
-_cloud, _token = fake_cloud(_home)
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_cloud))
+_sim = fake_cloud(_home)
+_token = _sim.token
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_sim.cloud))
 
 
 @schema.parametrize()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.core.errors import Conflict, NotFound
-from cloudlet.core.records import Resource
+from cloudlet.core.records import FINALIZER, Resource
 from cloudlet.core.store import Store
 from tests.pg import pg_bin, postgres
 
@@ -32,18 +32,18 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def _res(name: str, tenant: str = "t1") -> Resource:
-    return Resource(kind="Thing", tenant=tenant, name=name, spec={"a": 1})
+    return Resource(kind="Instance", tenant=tenant, name=name, spec={"a": 1})
 
 
 def test_create_get_and_duplicate(store: Store) -> None:
     r = store.create(_res("one"))
-    got = store.get("Thing", "t1", "one")
+    got = store.get("Instance", "t1", "one")
     assert got.id == r.id and got.spec == {"a": 1} and got.generation == 1
     with pytest.raises(Conflict):
         store.create(_res("one"))
     store.create(_res("one", tenant="t2"))  # same name, other tenant
     with pytest.raises(NotFound):
-        store.get("Thing", "t3", "one")
+        store.get("Instance", "t3", "one")
 
 
 def test_spec_bumps_generation_status_does_not(store: Store) -> None:
@@ -55,14 +55,46 @@ def test_spec_bumps_generation_status_does_not(store: Store) -> None:
     assert store.update_spec(r.id, {"a": 3}).status == {"x": 1}  # spec writes never clobber status
 
 
-def test_events_and_purge(store: Store) -> None:
-    r = store.create(_res("ev"))
+def test_finalizer_gates_purge(store: Store) -> None:
+    r = _res("ev")
+    r.finalizers = [FINALIZER]
+    store.create(r)
     store.add_event(r, "Created", "made")
     store.mark_deleted(r.id)
     assert store.get_by_id(r.id).deleting  # type: ignore[union-attr]
-    store.purge(r.id)
+    with pytest.raises(Conflict):
+        store._purge(r.id)  # nothing may forget a record whose owner has not cleaned up
+    assert store.get_by_id(r.id) is not None
+    assert store.finalize(r.id)
     assert store.get_by_id(r.id) is None
     assert [e.reason for e in store.list_events("t1", "ev")] == ["Created"]
+    plain = store.create(_res("no-finalizer"))
+    store.mark_deleted(plain.id)
+    assert store.get_by_id(plain.id) is None
+
+
+def test_watch_resumes_without_missing_or_repeating(store: Store) -> None:
+    start = store.revision()
+    a, b = store.create(_res("wa")), store.create(_res("wb"))
+    store.update_status(a.id, status={"x": 1})
+    ids, rev = store.changed_since(start, ["Instance"], None)
+    assert ids == [b.id, a.id] and rev > start  # each once, in the order of its latest write
+    store.update_spec(b.id, {"a": 2})
+    ids2, rev2 = store.changed_since(rev, ["Instance"], None)
+    assert ids2 == [b.id] and rev2 > rev
+    assert store.changed_since(rev2, ["Instance"], None) == ([], rev2)
+    store.mark_deleted(b.id)
+    ids3, _ = store.changed_since(rev2, ["Instance"], None)
+    assert ids3 == [b.id] and store.get_by_id(b.id) is None  # a watcher sees the purge as a missing record
+    assert store.compact_changes() > 0
+    assert store.changed_since(start, ["Instance"], None)[0] == [a.id, b.id]
+
+
+def test_replayed_events_are_kept_once(store: Store) -> None:
+    r = store.create(_res("replay"))
+    for _ in range(2):
+        store.add_event(r, "Restarted", "restart policy always", uid="agent-op-1")
+    assert [e.reason for e in store.list_events("t1", "replay")] == ["Restarted"]
 
 
 def test_ip_allocation_is_unique_and_stable(store: Store) -> None:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import CloudletError, Unauthorized
+from cloudlet.core.errors import CloudletError, Forbidden, Unauthorized
 
 ERROR_SCHEMA = {"description": "Error", "content": {"application/json": {"schema": {
     "type": "object", "properties": {"error": {"type": "object", "properties": {
@@ -43,7 +43,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 def create_app(cloud: Cloud) -> FastAPI:
     from cloudlet.api.listcache import RenderCache
-    from cloudlet.api.routes import compute, events, images, networks, storage, system
+    from cloudlet.api.routes import compute, events, hosts, images, networks, storage, system
     from cloudlet.compute import instances
 
     app = FastAPI(
@@ -74,6 +74,7 @@ def create_app(cloud: Cloud) -> FastAPI:
 
     for module in (system, images, networks, compute, storage, events):
         app.include_router(module.router, dependencies=[Depends(caller)])
+    app.include_router(hosts.router)  # its routes take a user's or a host agent's token, each as it needs
     return app
 
 
@@ -82,7 +83,7 @@ def get_cloud(request: Request) -> Cloud:
     return cloud
 
 
-def caller(request: Request) -> Caller:
+def _token_owner(request: Request) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -90,7 +91,25 @@ def caller(request: Request) -> Caller:
     found = get_cloud(request).store.lookup_token(token.strip())
     if found is None:
         raise Unauthorized("unknown token; use the admin token or one from 'cloudlet tenant create'")
-    return Caller(*found)
+    tenant, role = found
+    if role.startswith("host:"):
+        return Caller(tenant, "host", host=role.removeprefix("host:"))
+    return Caller(tenant, role)
+
+
+def caller(request: Request) -> Caller:
+    """A user (admin or tenant member); a host agent's token opens only the agent API."""
+    who = _token_owner(request)
+    if who.host is not None:
+        raise Forbidden("a host token may only use the agent API")
+    return who
+
+
+def agent_caller(request: Request) -> Caller:
+    who = _token_owner(request)
+    if who.host is None:
+        raise Forbidden("this endpoint is for host agents; use their host token")
+    return who
 
 
 def page(items: list[dict[str, Any]]) -> dict[str, Any]:

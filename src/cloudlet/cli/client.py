@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from cloudlet.core.config import Config, load_config
-from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError
+from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError, Unreachable
 
 
 class Client:
@@ -22,7 +22,7 @@ class Client:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise CloudletError(f"cannot reach cloudletd at {self.url} ({exc}); start it with 'cloudlet up'") from exc
+            raise Unreachable(f"control plane unreachable at {self.url}; start it with 'cloudlet up'") from exc
         if resp.status_code >= 400:
             try:
                 err = resp.json()["error"]

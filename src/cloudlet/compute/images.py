@@ -2,13 +2,14 @@
 
 Sources: `busybox` (always present, from Debian's busybox-static), `debootstrap` (Debian from the mirror apt
 already uses, cached by suite+packages+mirror), `import` (a rootfs tarball). Images are public: every tenant
-can launch them. Each image is a read-only pool volume `images/<digest>`; instance root disks are its clones.
+can launch them. Each image is a read-only pool volume `images/<digest>` in every host's pool, made by that
+host's agent (an import is handed to the agents by the control plane); instance root disks are its clones.
 """
 
 from __future__ import annotations
 
 __all__ = ["KIND", "BUSYBOX_COMMAND", "ensure_busybox", "request_build", "import_image", "image_view",
-           "ImageReconciler", "rootfs_of", "volume_of", "get_image", "ImageBuild", "uploads_dir"]
+           "ImageReconciler", "volume_of", "get_image", "ImageBuild", "uploads_dir", "unpack_import"]
 
 import hashlib
 import json
@@ -23,9 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud
+from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import BadRequest, Conflict, DriverError, InvalidSpec, NotFound, TerminalError
-from cloudlet.core.reconcile import Result
+from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource, check_name
 
 KIND = "Image"
@@ -64,11 +65,7 @@ def volume_of(image: Resource) -> str:
     return f"images/{image.spec['digest']}"
 
 
-def rootfs_of(cloud: Cloud, image: Resource) -> Path:
-    return cloud.pool.path(volume_of(image))
-
-
-def _fill(cloud: Cloud, digest: str, fill: Callable[[Path], None]) -> None:
+def _fill(cloud: HostContext, digest: str, fill: Callable[[Path], None]) -> None:
     """Builds an image volume: fill a writable `.partial` volume, then seal it read-only under its digest,
     so a crash mid-build never leaves something that looks finished."""
     final = f"images/{digest}"
@@ -107,18 +104,17 @@ def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str) -> Resour
 
 
 def ensure_busybox(cloud: Cloud) -> Resource:
-    """The built-in image; simulated clouds get the record only, their fake driver reads no files."""
-    real = cloud.compute.capabilities.real_processes
+    """The built-in image's record; each agent fills it from its host's busybox-static (simulated hosts need no
+    files: their fake driver reads none)."""
+    real = cloud.config.compute_driver != "fake"
     digest = "busybox-" + (hashlib.sha256(BUSYBOX.read_bytes()).hexdigest()[:16] if real else "sim")
-    if real:
-        _fill(cloud, digest, _busybox_tree)
     spec = {"source": "busybox", "digest": digest, "command": BUSYBOX_COMMAND}
     with _lock:
         for res in cloud.store.list(KIND, name="busybox"):
             if res.spec.get("digest") != digest:
                 cloud.store.update_spec(res.id, spec)
             return res
-        return _record(cloud, "busybox", spec, "ready")
+        return _record(cloud, "busybox", spec, "pending")
 
 
 def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
@@ -138,7 +134,7 @@ def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
 
 
 def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Resource:
-    """Unpacks a rootfs tarball; the image's digest is the tarball's sha256."""
+    """Hands a rootfs tarball to every host's agent to unpack; the image's digest is the tarball's sha256."""
     check_name("image", name)
     if cloud.store.list(KIND, name=name):
         raise Conflict(f"image {name!r} already exists; import under another name")
@@ -147,6 +143,13 @@ def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Reso
         while block := f.read(1 << 20):
             h.update(block)
     digest = "import-" + h.hexdigest()[:16]
+    for host in cloud.store.list("Host"):
+        cloud.hosts.agent(host.name).import_image(digest, tarball)
+    return _record(cloud, name, {"source": "import", "digest": digest, "command": DEBIAN_COMMAND}, "ready")
+
+
+def unpack_import(ctx: HostContext, digest: str, tarball: Path) -> None:
+    """Agent side of an import: the tarball becomes the sealed pool volume of the image."""
 
     def unpack(root: Path) -> None:
         try:
@@ -157,8 +160,7 @@ def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Reso
         if not (root / "bin/sh").exists() and not (root / "bin").is_symlink():
             raise InvalidSpec("the tarball has no /bin/sh; an image must be a root filesystem")
 
-    _fill(cloud, digest, unpack)
-    return _record(cloud, name, {"source": "import", "digest": digest, "command": DEBIAN_COMMAND}, "ready")
+    _fill(ctx, digest, unpack)
 
 
 def get_image(cloud: Cloud, name: str) -> Resource:
@@ -175,37 +177,47 @@ def image_view(res: Resource) -> dict[str, object]:
             "size_mib": res.status.get("size_mib"), "created_at": res.created_at}
 
 
-class ImageReconciler:
+class ImageReconciler(KindReconciler):
+    """Agent: makes each image's volume in this host's pool and reports it ready."""
+
     kind = KIND
 
-    def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
+    def __init__(self, ctx: HostContext) -> None:
+        super().__init__(ctx.store)
+        self.ctx = ctx
 
-    def reconcile(self, rid: str) -> Result:
-        store = self.cloud.store
-        res = store.get_by_id(rid)
-        if res is None or res.spec.get("source") != "debootstrap":
-            return Result()
-        volume = volume_of(res)
-        if self.cloud.pool.exists(volume):
-            if res.phase != "ready" or res.observed_generation != res.generation:
-                size = self.cloud.pool.usage(volume).logical_bytes >> 20
-                store.update_status(rid, phase="ready", observed_generation=res.generation,
-                                    status={"size_mib": size})
-                store.add_event(res, "Ready", "image is ready")
-            return Result()
+    def _ready(self, res: Resource, volume: str | None) -> Result:
+        if res.phase != "ready" or res.observed_generation != res.generation:
+            size = self.ctx.pool.usage(volume).logical_bytes >> 20 if volume else 0
+            self.records.update_status(res.id, phase="ready", observed_generation=res.generation,
+                                       status={"size_mib": size})
+            self.records.add_event(res, "Ready", "image is ready")
+        return Result()
+
+    def converge(self, res: Resource) -> Result:
+        source, volume = res.spec.get("source"), volume_of(res)
+        if source == "busybox" and not self.ctx.compute.capabilities.real_processes:
+            return self._ready(res, None)
+        if self.ctx.pool.exists(volume):
+            return self._ready(res, volume)
+        if source == "busybox":
+            _fill(self.ctx, res.spec["digest"], _busybox_tree)
+            return self._ready(res, volume)
+        if source != "debootstrap":
+            return Result()  # an import is unpacked when it is made; nothing to rebuild it from
         if res.phase == "failed" and res.observed_generation == res.generation:
             return Result()
-        store.update_status(rid, phase="building", status={"message": "debootstrap running"})
-        store.add_event(res, "Building", f"debootstrap {res.spec['suite']} with {res.spec['packages'] or 'minbase'}")
+        self.records.update_status(res.id, phase="building", status={"message": "debootstrap running"})
+        self.records.add_event(res, "Building",
+                               f"debootstrap {res.spec['suite']} with {res.spec['packages'] or 'minbase'}")
         try:
-            _fill(self.cloud, res.spec["digest"], lambda root: _debootstrap(res, root))
+            _fill(self.ctx, res.spec["digest"], lambda root: _debootstrap(res, root))
         except DriverError as exc:
-            store.update_status(rid, phase="failed", observed_generation=res.generation,
-                                status={"message": exc.message})
-            store.add_event(res, "Failed", exc.message, "Warning")
+            self.records.update_status(res.id, phase="failed", observed_generation=res.generation,
+                                       status={"message": exc.message})
+            self.records.add_event(res, "Failed", exc.message, "Warning")
             raise TerminalError(exc.message) from exc
-        return self.reconcile(rid)
+        return self._ready(res, volume)
 
 
 def _debootstrap(res: Resource, root: Path) -> None:

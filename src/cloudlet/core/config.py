@@ -28,6 +28,7 @@ class Config:
     api_host: str
     api_port: int
     dns_port: int
+    explicit_ports: frozenset[str]  # CLOUDLET_API_PORT / CLOUDLET_DNS_PORT set by the user: never replaced
     host: str
     zone: str
     debian_mirror: str
@@ -48,6 +49,14 @@ class Config:
     def token_file(self) -> Path:
         return self.home / "admin.token"
 
+    def host_token_file(self, host: str) -> Path:
+        """The agent's credential for `host`, written by the control plane at its first start."""
+        return self.home / "hosts" / f"{host}.token"
+
+    def agent_dir(self, host: str) -> Path:
+        """The agent's own state: disk cache, pid, log and endpoint (URL, key, DNS port)."""
+        return self.home / "agents" / host
+
     def cloud_id(self) -> str:
         """Short random id of this cloud, part of every host-wide artefact name so two clouds never collide."""
         path = self.home / "cloud.id"
@@ -58,9 +67,10 @@ class Config:
             os.replace(tmp, path)
         return path.read_text().strip()
 
-    def endpoint(self) -> dict[str, object]:
+    def endpoint(self, path: Path | None = None) -> dict[str, object]:
+        """What a running process recorded about where it listens (cloudletd's, or an agent's with path)."""
         try:
-            data: dict[str, object] = json.loads(self.endpoint_file.read_text())
+            data: dict[str, object] = json.loads((path or self.endpoint_file).read_text())
             return data
         except (OSError, ValueError):
             return {}
@@ -91,6 +101,7 @@ def load_config() -> Config:
         api_host="127.0.0.1",
         api_port=int(os.environ.get("CLOUDLET_API_PORT", "8470")),
         dns_port=int(os.environ.get("CLOUDLET_DNS_PORT", "8053")),
+        explicit_ports=frozenset(k for k in ("CLOUDLET_API_PORT", "CLOUDLET_DNS_PORT") if os.environ.get(k)),
         host=os.environ.get("CLOUDLET_HOST", "local"),
         zone=os.environ.get("CLOUDLET_ZONE", "zone-a"),
         debian_mirror=os.environ.get("CLOUDLET_DEBIAN_MIRROR") or _apt_mirror(),

@@ -9,6 +9,7 @@
     ├── InvalidSpec (422, "invalid_spec")      well-formed but impossible (memory beyond any host)
     ├── NotSupported (501, "not_supported")    the driver cannot do this
     ├── DriverError (502, "driver_error")      a real component (runc, netlink, nft) failed
+    ├── Unreachable (503, "unreachable")       the control plane or a host's agent does not answer
     └── TerminalError (422, "terminal")        a reconciler gives up retrying: the spec can never converge
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 
 __all__ = [
     "CloudletError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "InvalidSpec",
-    "NotSupported", "DriverError", "TerminalError", "ERRORS_BY_CODE", "translate_errors",
+    "NotSupported", "DriverError", "Unreachable", "TerminalError", "ERRORS_BY_CODE", "translate_errors",
 ]
 
 
@@ -65,6 +66,10 @@ class DriverError(CloudletError):
     status_code, code = 502, "driver_error"
 
 
+class Unreachable(CloudletError):
+    status_code, code = 503, "unreachable"
+
+
 class TerminalError(CloudletError):
     status_code, code = 422, "terminal"
 
@@ -72,7 +77,7 @@ class TerminalError(CloudletError):
 ERRORS_BY_CODE: dict[str, type[CloudletError]] = {
     cls.code: cls
     for cls in (CloudletError, BadRequest, Unauthorized, Forbidden, NotFound, Conflict, InvalidSpec,
-                NotSupported, DriverError, TerminalError)
+                NotSupported, DriverError, Unreachable, TerminalError)
 }
 
 

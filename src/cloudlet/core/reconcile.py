@@ -3,6 +3,11 @@
 A key is (kind, id). At most one worker handles a key at a time; a key added while it is being handled is
 handled again afterwards. Errors retry with exponential backoff (5 ms to 60 s, jittered); Result.requeue_after
 polls again later. The same manager runs threaded with the real clock, or stepped by hand with a virtual clock.
+
+`KindReconciler` owns a record's life so that a kind writes only its converge and cleanup steps: load, skip
+records this process does not serve, on deletion clean up, record the Deleted event and only then drop the
+finalizer (a record whose finalizer is still there is never purged). Watches are declared, not polled: a
+reconciler maps a change of another kind to the keys of its own kind that depend on it.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cloudlet.core.clock import Clock
 from cloudlet.core.errors import TerminalError
-from cloudlet.core.records import Resource
-from cloudlet.core.store import Store
+from cloudlet.core.records import FINALIZER, Resource
 
-__all__ = ["Result", "Reconciler", "WorkQueue", "Manager"]
+if TYPE_CHECKING:
+    from cloudlet.core.context import Records
+
+__all__ = ["Result", "Reconciler", "KindReconciler", "WorkQueue", "Manager", "Watches"]
 
 log = logging.getLogger("cloudlet.reconcile")
 Key = tuple[str, str]
@@ -31,10 +38,46 @@ class Result:
     requeue_after: float | None = None
 
 
+Watches = dict[str, Callable[[Resource], list[str]]]  # other kind -> ids of ours to enqueue when one changes
+
+
 class Reconciler(Protocol):
     kind: str
+    watches: Watches
 
     def reconcile(self, rid: str) -> Result: ...
+
+
+class KindReconciler:
+    """Base of every kind's reconciler: subclasses set `kind` and write `converge` and `cleanup`."""
+
+    kind = ""
+
+    def __init__(self, store: Records) -> None:
+        self.records = store
+        self.watches: Watches = {}
+
+    def serves(self, res: Resource) -> bool:
+        """Whether this process realises res (an agent serves its own host's records)."""
+        return True
+
+    def converge(self, res: Resource) -> Result:
+        raise NotImplementedError
+
+    def cleanup(self, res: Resource) -> None:
+        """Removes every real artefact of res; raising keeps the finalizer, and the cleanup is retried."""
+
+    def reconcile(self, rid: str) -> Result:
+        res = self.records.get_by_id(rid)
+        if res is None or not self.serves(res):
+            return Result()
+        if res.deleting:
+            if FINALIZER in res.finalizers:
+                self.cleanup(res)
+                self.records.add_event(res, "Deleted", f"{res.kind.lower()} {res.name} and its artefacts removed")
+                self.records.finalize(rid)
+            return Result()
+        return self.converge(res)
 
 
 class WorkQueue:
@@ -125,7 +168,7 @@ class WorkQueue:
 
 
 class Manager:
-    def __init__(self, store: Store, clock: Clock, workers: int = 6, resync: float = 30.0) -> None:
+    def __init__(self, store: Records, clock: Clock, workers: int = 6, resync: float = 30.0) -> None:
         self.store = store
         self.clock = clock
         self.queue = WorkQueue(clock)
@@ -139,9 +182,16 @@ class Manager:
     def register(self, reconciler: Reconciler) -> None:
         self.reconcilers[reconciler.kind] = reconciler
 
-    def _on_write(self, res: Resource) -> None:
-        if res.kind in self.reconcilers:
+    def _on_write(self, res: Resource, spec_side: bool) -> None:
+        """A record's own reconciler runs again when its spec side changed (its own status writes would only
+        echo); the reconcilers watching its kind hear of every change."""
+        if spec_side and res.kind in self.reconcilers:
             self.queue.add((res.kind, res.id))
+        for kind, rec in self.reconcilers.items():
+            mapper = rec.watches.get(res.kind)
+            if mapper is not None:
+                for rid in mapper(res):
+                    self.queue.add((kind, rid))
 
     def enqueue(self, kind: str, rid: str, after: float = 0.0) -> None:
         self.queue.add((kind, rid), after)
@@ -195,19 +245,10 @@ class Manager:
                 log.warning("resync failed: %s", exc)
 
     # stepped mode, for simulations on a virtual clock
-    def run_until_idle(self, until: float | None = None, on_step: Callable[[], None] | None = None) -> int:
-        """Processes due keys, jumping the virtual clock to the next due time; returns keys processed."""
+    def run_ready(self) -> int:
+        """Processes every key due now, without moving the clock; returns how many."""
         steps = 0
-        advance = getattr(self.clock, "advance_to")
-        while True:
-            key = self.queue.pop_ready()
-            if key is None:
-                nd = self.queue.next_due()
-                if nd is None or (until is not None and nd > until):
-                    return steps
-                advance(nd)
-                continue
+        while (key := self.queue.pop_ready()) is not None:
             self.process(key)
             steps += 1
-            if on_step:
-                on_step()
+        return steps

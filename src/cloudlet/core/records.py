@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from ulid import ULID
 
 from cloudlet.core.errors import BadRequest
 
-__all__ = ["Resource", "Event", "new_id", "check_name", "FINALIZER"]
+__all__ = ["Resource", "Event", "new_id", "check_name", "FINALIZER", "to_wire", "from_wire"]
 
 FINALIZER = "cloudlet.io/artefacts"
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -67,3 +68,12 @@ class Event:
     type: str
     reason: str
     message: str
+
+
+def to_wire(res: Resource) -> dict[str, Any]:
+    """The record as JSON-ready data: how the watch API and an agent's disk cache carry it."""
+    return dataclasses.asdict(res)
+
+
+def from_wire(data: dict[str, Any]) -> Resource:
+    return Resource(**{f.name: data[f.name] for f in dataclasses.fields(Resource) if f.name in data})

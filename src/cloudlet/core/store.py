@@ -20,8 +20,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Engine
 
 from cloudlet.core.errors import Conflict, NotFound
-from cloudlet.core.records import Event, Resource
-from cloudlet.core.tables import events, ip_allocations, resources, tokens
+from cloudlet.core.records import FINALIZER, Event, Resource
+from cloudlet.core.tables import changes, events, ip_allocations, resources, tokens
 
 __all__ = ["Store"]
 
@@ -48,7 +48,9 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
-        self.listeners: list[Callable[[Resource], None]] = []
+        # every write: (record, whether spec, deletion or placement changed) - reconcilers and their watches
+        self.listeners: list[Callable[[Resource, bool], None]] = []
+        self.watchers: list[Callable[[int], None]] = []  # every write, with its revision: the watch API
 
     def migrate(self) -> None:
         cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))
@@ -60,9 +62,17 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _notify(self, res: Resource) -> None:
+    def _notify(self, res: Resource, rev: int, spec_side: bool = True) -> None:
         for listener in self.listeners:
-            listener(res)
+            listener(res, spec_side)
+        for watcher in self.watchers:
+            watcher(rev)
+
+    @staticmethod
+    def _changed(conn: sa.Connection, rid: str, kind: str, host: str | None) -> int:
+        """Records the write in the change log, in the writer's transaction; returns its revision."""
+        result = conn.execute(changes.insert().values(resource_id=rid, kind=kind, host=host))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     # resources
     def create(self, res: Resource, created: str | None = None) -> Resource:
@@ -72,13 +82,14 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 conn.execute(resources.insert().values(**values))
+                rev = self._changed(conn, res.id, res.kind, res.host)
                 if created is not None:
                     conn.execute(events.insert().values(
                         resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=time.time(),
                         type="Normal", reason="Created", message=created))
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
-        self._notify(res)
+        self._notify(res, rev)
         return res
 
     def get(self, kind: str, tenant: str | None, name: str, parent: str = "") -> Resource:
@@ -152,7 +163,24 @@ class Store:
         return self._update(rid, values, notify=False)
 
     def mark_deleted(self, rid: str) -> Resource:
-        return self._update(rid, {"deleted_at": time.time(), "updated_at": time.time()})
+        """Deletion is a request: the record stays until every finalizer is removed (at once if it has none)."""
+        res = self._update(rid, {"deleted_at": time.time(), "updated_at": time.time()})
+        if not res.finalizers:
+            self._purge(rid)
+        return res
+
+    def finalize(self, rid: str, finalizer: str = FINALIZER) -> bool:
+        """The owner of `finalizer` has cleaned up: drop it, and purge a deleting record that has none left.
+        True if the record is gone."""
+        res = self.get_by_id(rid)
+        if res is None:
+            return True
+        if finalizer in res.finalizers:
+            res = self._update(rid, {"finalizers": [f for f in res.finalizers if f != finalizer]}, notify=False)
+        if res.deleting and not res.finalizers:
+            self._purge(rid)
+            return True
+        return False
 
     def _update(self, rid: str, values: dict[str, Any], notify: bool = True) -> Resource:
         with self.engine.begin() as conn:
@@ -160,24 +188,61 @@ class Store:
             if result.rowcount == 0:
                 raise NotFound(f"resource {rid} not found")
             row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
-        res = _row_to_resource(row)
-        if notify:
-            self._notify(res)
+            res = _row_to_resource(row)
+            rev = self._changed(conn, rid, res.kind, res.host)
+        self._notify(res, rev, spec_side=notify)
         return res
 
-    def purge(self, rid: str) -> None:
-        """Removes the record for good: only once its finalizers are done."""
+    def _purge(self, rid: str) -> None:
+        """Removes the record for good; refused while any finalizer is left, so nothing real is forgotten."""
         with self.engine.begin() as conn:
+            row = conn.execute(_SELECT.where(resources.c.id == rid)).first()
+            if row is None:
+                return
+            res = _row_to_resource(row)
+            if res.finalizers:
+                raise Conflict(f"{res.kind} {rid} still has finalizers {res.finalizers}; it cannot be purged yet")
             conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == rid))
             conn.execute(resources.delete().where(resources.c.id == rid))
+            rev = self._changed(conn, rid, res.kind, res.host)
+        self._notify(res, rev)  # watchers of this kind learn it is gone
+
+    # the watch API's view of the change log
+    def revision(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
+
+    def changed_since(self, rev: int, kinds: Iterable[str], host: str | None) -> tuple[builtins.list[str], int]:
+        """Ids of records of `kinds` written after `rev` (for a host: its own and unplaced ones), in write order,
+        each once; and the revision they bring the watcher up to."""
+        q = (sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
+             .where(changes.c.rev > rev, changes.c.kind.in_(list(kinds))))
+        if host is not None:
+            q = q.where(sa.or_(changes.c.host == host, changes.c.host.is_(None)))
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
+            latest = int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
+        return [r.resource_id for r in rows], max(latest, rev)
+
+    def compact_changes(self) -> int:
+        """Drops change rows superseded by a later one of the same record; watchers only need the latest."""
+        latest = sa.select(sa.func.max(changes.c.rev)).group_by(changes.c.resource_id)
+        with self.engine.begin() as conn:
+            return int(conn.execute(changes.delete().where(changes.c.rev.not_in(latest))).rowcount)
 
     # events
-    def add_event(self, res: Resource, reason: str, message: str, type_: str = "Normal") -> None:
-        with self.engine.begin() as conn:
-            conn.execute(events.insert().values(
-                resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=time.time(),
-                type=type_, reason=reason, message=message,
-            ))
+    def add_event(self, res: Resource, reason: str, message: str, type_: str = "Normal", uid: str | None = None,
+                  at: float | None = None) -> None:
+        """With `uid` (an agent's replayed events), an event already stored is kept once."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(events.insert().values(
+                    resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=at or time.time(),
+                    type=type_, reason=reason, message=message, uid=uid,
+                ))
+        except sa.exc.IntegrityError:
+            if uid is None:
+                raise
 
     def list_events(self, tenant: str | None = None, name: str | None = None, limit: int = 200
                     ) -> builtins.list[Event]:

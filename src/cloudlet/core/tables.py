@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "resources", "events", "tokens", "ip_allocations"]
+__all__ = ["metadata", "resources", "events", "tokens", "ip_allocations", "changes"]
 
 metadata = sa.MetaData()
 
@@ -43,6 +43,16 @@ events = sa.Table(
     sa.Column("type", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
+    sa.Column("uid", sa.String(64), nullable=True, unique=True),
+)
+
+# One row per write to a record: its revision is what watchers resume from (DESIGN.md section 1).
+changes = sa.Table(
+    "changes", metadata,
+    sa.Column("rev", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("resource_id", sa.String(26), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("host", sa.String(64), nullable=True),
 )
 
 tokens = sa.Table(

@@ -1,7 +1,8 @@
 """Embedded DNS (dnslib): NAME.NETWORK.ZONE.cloudlet A records and their reverse PTRs.
 
-Served on 127.0.0.1 (for the operator) and on every network gateway inside the hub namespace (for instances).
-A query from an instance is answered from its own tenant's view; one from the host sees every tenant.
+Run by each host's agent from its cached records, so names keep resolving while cloudletd is down. Served on
+127.0.0.1 (for the operator) and on every network gateway inside the hub namespace (for instances). A query
+from an instance is answered from its own tenant's view; one from the host sees every tenant.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any
 from dnslib import PTR, QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from cloudlet.core.context import ADMIN_TENANT
-from cloudlet.core.store import Store
-from cloudlet.network.plumbing import run_in_netns
+from cloudlet.core.context import ADMIN_TENANT, Records
+from cloudlet.network.netns import run_in_netns
 
 __all__ = ["DOMAIN", "dns_name", "Resolver", "DNSService"]
 
@@ -38,7 +38,7 @@ class Entry:
 
 
 class Resolver(BaseResolver):  # type: ignore[misc]
-    def __init__(self, store: Store, max_age: float = 0.5) -> None:
+    def __init__(self, store: Records, max_age: float = 0.5) -> None:
         self.store = store
         self.max_age = max_age
         self._lock = threading.Lock()

@@ -8,14 +8,15 @@ import threading
 from pydantic import BaseModel, ConfigDict
 
 from cloudlet.core.conditions import set_condition
-from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict
-from cloudlet.core.reconcile import Result
+from cloudlet.core.reconcile import KindReconciler, Result, Watches
 from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.network import ipam
+from cloudlet.network.drivers.base import short
 
 __all__ = ["KIND", "NetworkCreate", "create_network", "ensure_default_network", "delete_network",
-           "NetworkReconciler", "network_view"]
+           "NetworkReconciler", "BridgeReconciler", "network_view"]
 
 KIND = "Network"
 DEFAULT = "default"
@@ -74,30 +75,47 @@ def network_view(res: Resource) -> dict[str, object]:
     }
 
 
-class NetworkReconciler:
+class NetworkReconciler(KindReconciler):
+    """Control plane: a network is ready once its addresses are allocated; it is collected only when no
+    instance uses it any more (an instance going away wakes it)."""
+
     kind = KIND
 
     def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
+        super().__init__(cloud.store)
+        self.watches = {"Instance": lambda inst: [inst.spec["network_id"]] if inst.deleting else []}
+
+    def converge(self, res: Resource) -> Result:
+        if res.phase != "ready":
+            conditions = set_condition(res.status.get("conditions"), "Ready", True, "Allocated",
+                                       f"{res.spec['subnet']} with gateway {res.spec['gateway']}", res.generation)
+            self.records.update_status(res.id, phase="ready", observed_generation=res.generation,
+                                       status={"bridge": f"br{short(res.id)}", "conditions": conditions})
+            self.records.add_event(res, "Ready", f"network {res.spec['subnet']} is ready")
+        return Result()
+
+    def cleanup(self, res: Resource) -> None:
+        users = [i.name for i in self.records.list("Instance", tenant=res.tenant)
+                 if i.spec.get("network_id") == res.id]
+        if users:
+            raise Conflict(f"network {res.name} still has instances {', '.join(users)} being removed")
+
+
+class BridgeReconciler:
+    """Agent: this host's bridge for every live network, removed when the network goes (even if the record is
+    already gone: the bridge's name comes from the network's id)."""
+
+    kind = KIND
+
+    def __init__(self, ctx: HostContext) -> None:
+        self.ctx = ctx
+        self.watches: Watches = {}
 
     def reconcile(self, rid: str) -> Result:
-        store = self.cloud.store
-        res = store.get_by_id(rid)
-        if res is None:
-            return Result()
-        if res.deleting:
-            if any(i.spec.get("network_id") == rid for i in store.list("Instance", tenant=res.tenant)):
-                return Result(requeue_after=1.0)  # instances still being torn down
-            self.cloud.net.delete_network(rid)
-            store.add_event(res, "Deleted", f"network {res.name} removed")
-            store.purge(rid)
+        res = self.ctx.store.get_by_id(rid)
+        if res is None or res.deleting:
+            self.ctx.net.delete_network(rid)
             return Result()
         prefix = ipaddress.ip_network(res.spec["subnet"]).prefixlen
-        self.cloud.net.ensure_network(rid, res.spec["gateway"], prefix)
-        if res.phase != "ready":
-            conditions = set_condition(res.status.get("conditions"), "Ready", True, "BridgeUp",
-                                       f"bridge br{rid[-10:]} holds {res.spec['gateway']}", res.generation)
-            store.update_status(rid, phase="ready", observed_generation=res.generation,
-                                status={"bridge": f"br{rid[-10:]}", "conditions": conditions})
-            store.add_event(res, "Ready", f"bridge for {res.spec['subnet']} is up")
+        self.ctx.net.ensure_network(rid, res.spec["gateway"], prefix)
         return Result()

@@ -21,14 +21,12 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, NotFound
-from cloudlet.core.reconcile import Result
+from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.storage.names import snapshot_name
-from cloudlet.storage.volumes import (
-    INSTANCE, SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot, delete_resource, dependents,
-)
+from cloudlet.storage.volumes import INSTANCE, SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
 
 TARGET, BACKUP = "BackupTarget", "Backup"
 CHUNK = 1 << 20
@@ -78,8 +76,9 @@ def _pick_target(cloud: Cloud, tenant: str, name: str | None) -> Resource:
     return targets[0]
 
 
-def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate) -> Resource:
-    """Backs up a snapshot; a volume or instance is snapshotted first, so the backup is of one moment."""
+def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: str | None = None) -> Resource:
+    """Backs up a snapshot; a volume or instance is snapshotted first, so the backup is of one moment. A policy's
+    backups drop the snapshot they took once the data is offsite."""
     target = _pick_target(cloud, caller.tenant, req.target)
     try:
         snap = cloud.store.get(SNAPSHOT, caller.tenant, req.source)
@@ -90,8 +89,9 @@ def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate) -> Resource:
     check_name("backup", name)
     spec = {"snapshot_id": snap.id, "snapshot": snap.name, "target_id": target.id, "target": target.name,
             "source_kind": snap.spec["source_kind"], "source": snap.spec["source_name"],
-            "image_id": snap.spec.get("image_id")}
-    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER])
+            "image_id": snap.spec.get("image_id"), "policy_id": policy_id, "drop_snapshot": policy_id is not None}
+    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER],
+                   host=snap.host, zone=snap.zone)
     return cloud.store.create(res, created=f"backup {name} of snapshot {snap.name} to {target.name}")
 
 
@@ -121,7 +121,7 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
                 "restore_from": backup.id}
         kind = VOLUME
     res = Resource(kind=kind, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER],
-                   zone=cloud.config.zone, host=cloud.config.host)
+                   zone=backup.zone, host=backup.host)
     return cloud.store.create(res, created=f"{kind.lower()} {req.name} restored from backup {name}")
 
 
@@ -173,7 +173,7 @@ def _tree_bytes(root: Path) -> int:
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
 
-def upload(cloud: Cloud, backup: Resource, target: Resource) -> dict[str, Any]:
+def upload(cloud: HostContext, backup: Resource, target: Resource) -> dict[str, Any]:
     source = cloud.pool.path(snapshot_name(backup.spec["snapshot_id"]))
     if not source.is_dir():
         raise DriverError(f"snapshot {backup.spec['snapshot']} has no data to back up")
@@ -202,7 +202,7 @@ def upload(cloud: Cloud, backup: Resource, target: Resource) -> dict[str, Any]:
             "size_gib": max(1, -(-raw_bytes // (1 << 30))), "seconds": round(time.perf_counter() - t, 3)}
 
 
-def restore_into(cloud: Cloud, backup_id: str, root: Path) -> None:
+def restore_into(cloud: HostContext, backup_id: str, root: Path) -> None:
     """Fills root from the backup; raises unless the data's sha256 matches the manifest."""
     backup = cloud.store.get_by_id(backup_id)
     if backup is None:
@@ -239,43 +239,41 @@ def restore_into(cloud: Cloud, backup_id: str, root: Path) -> None:
         raise DriverError(f"unpacking backup {backup.name} failed: {_tail(tar.stderr)}")
 
 
-class BackupReconciler:
+class BackupReconciler(KindReconciler):
+    """Agent: uploads the snapshot of each backup on this host; cleanup removes the objects from the target."""
+
     kind = BACKUP
 
-    def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
+    def __init__(self, ctx: HostContext) -> None:
+        super().__init__(ctx.store)
+        self.ctx = ctx
         self._uploads = threading.Semaphore(2)  # bounded: backups are bulk traffic
 
-    def reconcile(self, rid: str) -> Result:
-        store = self.cloud.store
-        res = store.get_by_id(rid)
-        if res is None:
-            return Result()
-        target = store.get_by_id(res.spec["target_id"])
-        if res.deleting:
-            if target is not None:
-                s3 = _s3(target)
-                for key in ("manifest.json", "data.tar.zst"):  # manifest first: never a manifest without data
-                    s3.delete_object(Bucket=target.spec["bucket"], Key=_prefix(res) + key)
-            store.add_event(res, "Deleted", f"backup {res.name} removed from {res.spec['target']}")
-            store.purge(rid)
-            return Result()
+    def serves(self, res: Resource) -> bool:
+        return res.host == self.ctx.host
+
+    def cleanup(self, res: Resource) -> None:
+        target = self.records.get_by_id(res.spec["target_id"])
+        if target is not None:
+            s3 = _s3(target)
+            for key in ("manifest.json", "data.tar.zst"):  # manifest first: never a manifest without data
+                s3.delete_object(Bucket=target.spec["bucket"], Key=_prefix(res) + key)
+
+    def converge(self, res: Resource) -> Result:
+        records, rid = self.records, res.id
         if res.phase in ("ready", "failed"):
             return Result()
+        target = records.get_by_id(res.spec["target_id"])
         if target is None:
-            store.update_status(rid, phase="failed", status={"message": "backup target is gone"})
+            records.update_status(rid, phase="failed", status={"message": "backup target is gone"})
             return Result()
-        snap = store.get_by_id(res.spec["snapshot_id"])
+        snap = records.get_by_id(res.spec["snapshot_id"])
         if snap is None or snap.phase != "ready":
             return Result(requeue_after=0.2)  # the snapshot is still being taken
-        store.update_status(rid, phase="uploading", status={"message": f"uploading to {res.spec['target']}"})
+        records.update_status(rid, phase="uploading", status={"message": f"uploading to {res.spec['target']}"})
         with self._uploads:
-            done = upload(self.cloud, res, target)
-        store.update_status(rid, phase="ready", observed_generation=res.generation, status=done)
-        store.add_event(res, "Ready", f"{done['compressed_bytes']} bytes in {done['seconds']} s, "
-                                      f"sha256 {done['sha256'][:12]}…")
-        if res.spec.get("drop_snapshot") and not dependents(self.cloud, snap):
-            delete_resource(self.cloud, snap, cascade=False)  # the data is offsite now
+            done = upload(self.ctx, res, target)
+        records.update_status(rid, phase="ready", observed_generation=res.generation, status=done)
+        records.add_event(res, "Ready", f"{done['compressed_bytes']} bytes in {done['seconds']} s, "
+                                        f"sha256 {done['sha256'][:12]}…")
         return Result()
-
-

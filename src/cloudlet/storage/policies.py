@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, InvalidSpec
-from cloudlet.core.reconcile import Result
+from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
+from cloudlet.storage.volumes import delete_resource, dependents
 
 POLICY = "BackupPolicy"
 DAY, WEEK = 86400, 7 * 86400
@@ -61,22 +62,20 @@ def retained(backups: list[Resource], keep_last: int, keep_daily: int, keep_week
     return keep
 
 
-class BackupPolicyReconciler:
+class BackupPolicyReconciler(KindReconciler):
+    """Control plane. Deleting a policy keeps the backups it made: they are the point of having had one."""
+
     kind = POLICY
 
     def __init__(self, cloud: Cloud) -> None:
+        super().__init__(cloud.store)
         self.cloud = cloud
+        self.watches = {BACKUP: lambda b: [b.spec["policy_id"]] if b.spec.get("policy_id") else []}
 
-    def reconcile(self, rid: str) -> Result:
-        store = self.cloud.store
-        res = store.get_by_id(rid)
-        if res is None:
-            return Result()
+    def converge(self, res: Resource) -> Result:
+        store, rid = self.cloud.store, res.id
         mine = [b for b in store.list(BACKUP, tenant=res.tenant) if b.spec.get("policy_id") == rid]
-        if res.deleting:  # the backups it made stay: they are the point of having had a policy
-            store.add_event(res, "Deleted", f"backup policy {res.name} removed; its backups are kept")
-            store.purge(rid)
-            return Result()
+        self._drop_shipped_snapshots(mine)
         spec, now = res.spec, time.time()
         due_in = float(res.status.get("last_run") or 0) + spec["interval_seconds"] - now
         if due_in > 0:
@@ -85,8 +84,8 @@ class BackupPolicyReconciler:
         for source in [*spec["volumes"], *spec["instances"]]:
             name = f"{res.name}-{source}-{time.strftime('%Y%m%d%H%M%S')}"
             try:
-                backup = create_backup(self.cloud, caller, BackupCreate(source=source, target=spec["target"], name=name))
-                store.update_spec(backup.id, {**backup.spec, "policy_id": rid, "drop_snapshot": True})
+                create_backup(self.cloud, caller, BackupCreate(source=source, target=spec["target"], name=name),
+                              policy_id=rid)
             except CloudletError as exc:
                 errors.append(f"{source}: {exc.message}")
         expired = 0
@@ -102,3 +101,12 @@ class BackupPolicyReconciler:
         if errors:
             store.add_event(res, "BackupFailed", message, "Warning")
         return Result(requeue_after=spec["interval_seconds"])
+
+    def _drop_shipped_snapshots(self, backups: list[Resource]) -> None:
+        """The snapshots the policy took are not needed once their data is offsite."""
+        for b in backups:
+            if b.phase != "ready" or not b.spec.get("drop_snapshot"):
+                continue
+            snap = self.cloud.store.get_by_id(b.spec["snapshot_id"])
+            if snap is not None and not snap.deleting and not dependents(self.cloud, snap):
+                delete_resource(self.cloud, snap, cascade=False)

@@ -7,11 +7,11 @@ __all__ = ["usage_report", "garbage", "collect"]
 
 from typing import Any
 
-from cloudlet.core.context import Cloud
+from cloudlet.core.context import HostContext
 from cloudlet.storage.names import PREFIXES
 
 
-def _owners(cloud: Cloud) -> dict[str, tuple[str, str, str, bool]]:
+def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
     """Pool volume name -> (kind, tenant, name, settled) of the record that owns it; not settled means work
     on it may be in flight (a build, a copy), so its `.partial` is not garbage yet."""
     out: dict[str, tuple[str, str, str, bool]] = {}
@@ -25,7 +25,7 @@ def _owners(cloud: Cloud) -> dict[str, tuple[str, str, str, bool]]:
     return out
 
 
-def usage_report(cloud: Cloud) -> dict[str, Any]:
+def usage_report(cloud: HostContext) -> dict[str, Any]:
     owners = _owners(cloud)
     rows: list[dict[str, Any]] = []
     tenants: dict[str, dict[str, Any]] = {}
@@ -43,7 +43,7 @@ def usage_report(cloud: Cloud) -> dict[str, Any]:
             "volumes": rows, "tenants": sorted(tenants.values(), key=lambda t: str(t["tenant"]))}
 
 
-def garbage(cloud: Cloud) -> list[dict[str, Any]]:
+def garbage(cloud: HostContext) -> list[dict[str, Any]]:
     """Pool volumes held by nothing; each with the bytes deleting it would free."""
     owners = _owners(cloud)
     found = []
@@ -61,7 +61,7 @@ def garbage(cloud: Cloud) -> list[dict[str, Any]]:
     return found
 
 
-def collect(cloud: Cloud) -> list[dict[str, Any]]:
+def collect(cloud: HostContext) -> list[dict[str, Any]]:
     found = garbage(cloud)
     for item in found:
         cloud.pool.delete(item["volume"])

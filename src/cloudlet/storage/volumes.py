@@ -11,7 +11,7 @@ from __future__ import annotations
 __all__ = ["VOLUME", "SNAPSHOT", "VolumeCreate", "SnapshotCreate", "create_volume", "clone_volume",
            "create_snapshot", "delete_volume", "delete_snapshot", "delete_resource", "dependents", "volume_view", "snapshot_view",
            "VolumeReconciler", "SnapshotReconciler", "check_quota", "AttachRequest", "attach_volume", "detach_volume",
-           "attached_to", "quota_of"]
+           "attached_to", "quota_of", "release_attachments"]
 
 import time
 from collections.abc import Callable
@@ -21,9 +21,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.core.conditions import set_condition
-from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
-from cloudlet.core.reconcile import Result
+from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Resource, check_name
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 
@@ -128,9 +128,15 @@ def detach_volume(cloud: Cloud, caller: Caller, name: str) -> Resource:
     return vol
 
 
-def attached_to(cloud: Cloud, instance: Resource) -> list[Resource]:
+def attached_to(cloud: Cloud | HostContext, instance: Resource) -> list[Resource]:
     return [v for v in cloud.store.list(VOLUME, tenant=instance.tenant)
             if (v.spec.get("attachment") or {}).get("instance_id") == instance.id and not v.deleting]
+
+
+def release_attachments(cloud: Cloud, instance: Resource) -> None:
+    """Volumes outlive the instance they were attached to, detached."""
+    for vol in attached_to(cloud, instance):
+        cloud.store.update_spec(vol.id, {**vol.spec, "attachment": None})
 
 
 def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resource:
@@ -161,6 +167,8 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
     elif res.kind == SNAPSHOT:
         out = [v for v in store.list(VOLUME, tenant=res.tenant) if v.spec.get("source_snapshot_id") == res.id]
         out += [i for i in store.list(INSTANCE, tenant=res.tenant) if i.spec.get("from_snapshot_id") == res.id]
+        out += [b for b in store.list("Backup", tenant=res.tenant)  # a backup in flight still reads it
+                if b.spec.get("snapshot_id") == res.id and b.phase not in ("ready", "failed")]
     elif res.kind == INSTANCE:
         out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if s.spec.get("source_id") == res.id]
     else:
@@ -210,18 +218,20 @@ def snapshot_view(res: Resource) -> dict[str, Any]:
             "message": res.status.get("message", ""), "created_at": res.created_at}
 
 
-Restorer = Callable[[Cloud, str, Path], None]
+Restorer = Callable[[HostContext, str, Path], None]
 
 
-class _PoolReconciler:
-    """Shared shape: deletion removes the pool volume then the record; otherwise ensure it, mark ready.
+class _PoolReconciler(KindReconciler):
+    """Agent, shared shape: ensure the pool volume and mark it ready; cleanup removes it.
     `restore` (injected: backups.restore_into) fills a volume or snapshot whose spec says restore_from."""
 
-    kind = ""
-
-    def __init__(self, cloud: Cloud, restore: Restorer | None = None) -> None:
-        self.cloud = cloud
+    def __init__(self, ctx: HostContext, restore: Restorer | None = None) -> None:
+        super().__init__(ctx.store)
+        self.cloud = ctx
         self.restore = restore
+
+    def serves(self, res: Resource) -> bool:
+        return res.host == self.cloud.host
 
     def restored(self, res: Resource, final: str, readonly: bool) -> bool:
         """Fills final from the backup named in the spec, through a `.partial` volume, so that a crash or a
@@ -252,25 +262,20 @@ class _PoolReconciler:
     def make(self, res: Resource) -> dict[str, Any]:
         raise NotImplementedError
 
-    def reconcile(self, rid: str) -> Result:
-        store = self.cloud.store
-        res = store.get_by_id(rid)
-        if res is None:
-            return Result()
-        if res.deleting:
-            self.cloud.pool.delete(self.pool_name(res))
-            for part in res.status.get("volumes", []):
-                self.cloud.pool.delete(part["pool"])
-            store.add_event(res, "Deleted", f"{res.kind.lower()} {res.name} removed")
-            store.purge(rid)
-            return Result()
+    def cleanup(self, res: Resource) -> None:
+        self.cloud.pool.delete(self.pool_name(res))
+        for part in res.status.get("volumes", []):
+            self.cloud.pool.delete(part["pool"])
+
+    def converge(self, res: Resource) -> Result:
+        store, rid = self.cloud.store, res.id
         if res.phase == "ready":
             if not self.cloud.pool.exists(self.pool_name(res)):
                 # never silently remade: a new snapshot or an empty volume would pass for the lost data
                 store.update_status(rid, phase="lost", status={**res.status, "message": "pool volume vanished"})
                 store.add_event(res, "Lost", f"the data of {res.kind.lower()} {res.name} is gone", "Warning")
                 return Result()
-            return self.converge(res)
+            return self.converge_ready(res)
         if res.phase in ("lost", "failed"):
             return Result()
         extra = self.make(res)
@@ -280,7 +285,7 @@ class _PoolReconciler:
         store.add_event(res, "Ready", f"{res.kind.lower()} {res.name} is ready")
         return Result()
 
-    def converge(self, res: Resource) -> Result:
+    def converge_ready(self, res: Resource) -> Result:
         """What a ready resource still has to converge on; nothing by default."""
         return Result()
 
@@ -304,11 +309,10 @@ class VolumeReconciler(_PoolReconciler):
             pool.set_limit(volume_name(res.id), size)
         return {"path": str(pool.path(volume_name(res.id)))}
 
-    def converge(self, res: Resource) -> Result:
+    def converge_ready(self, res: Resource) -> Result:
         """Live attach/detach: status.attached follows spec.attachment."""
         want, have = res.spec.get("attachment"), res.status.get("attached")
-        key = (lambda a: (a["instance_id"], a["path"]) if a else None)
-        if key(want) == key(have):
+        if _where(want) == _where(have):
             return Result()
         compute = self.cloud.compute
         if have:
@@ -320,6 +324,10 @@ class VolumeReconciler(_PoolReconciler):
         self.cloud.store.update_status(res.id, status={**res.status, "attached": want},
                                        observed_generation=res.generation)
         return Result()
+
+
+def _where(attachment: dict[str, Any] | None) -> tuple[str, str] | None:
+    return (attachment["instance_id"], attachment["path"]) if attachment else None
 
 
 class SnapshotReconciler(_PoolReconciler):

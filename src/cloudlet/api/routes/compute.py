@@ -10,15 +10,10 @@ from fastapi.responses import Response
 from cloudlet.api.app import caller, get_cloud
 from cloudlet.api.listcache import RenderCache
 from cloudlet.compute import instances
-from cloudlet.compute.placement import Placement
 from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.errors import CloudletError
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
-
-
-def get_placement(request: Request) -> Placement:
-    placement: Placement = request.app.state.cloud.extras["placement"]
-    return placement
 
 
 @router.get("", response_class=Response)
@@ -29,16 +24,21 @@ def list_instances(request: Request, limit: int = Query(1000, ge=1, le=100_000),
 
 
 @router.post("", status_code=202)
-def launch(body: instances.InstanceCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-           placement: Placement = Depends(get_placement)) -> dict[str, Any]:
-    return instances.instance_view(instances.launch(cloud, who, body, placement))
+def launch(body: instances.InstanceCreate, cloud: Cloud = Depends(get_cloud),
+           who: Caller = Depends(caller)) -> dict[str, Any]:
+    return instances.instance_view(instances.launch(cloud, who, body))
 
 
 @router.get("/{name}")
 def show_instance(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(instances.KIND, who.tenant, name)
     view = instances.instance_view(res)
-    view["stats"] = cloud.compute.stats(res.id) if res.status.get("state") == "running" else {}
+    view["stats"] = {}
+    if res.status.get("state") == "running" and res.host:
+        try:
+            view["stats"] = cloud.hosts.agent(res.host).stats(res.id)
+        except CloudletError as exc:  # the record is still worth showing
+            view["stats"] = {"error": exc.message}
     return view
 
 
@@ -51,15 +51,15 @@ def act(name: str, body: instances.InstanceAction, cloud: Cloud = Depends(get_cl
 @router.post("/{name}/exec")
 def exec_in(name: str, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud),
             who: Caller = Depends(caller)) -> dict[str, Any]:
-    result = instances.exec_in(cloud, who, name, body)
-    return {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+    return instances.exec_in(cloud, who, name, body)
 
 
 @router.get("/{name}/console")
 def console(name: str, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), cloud: Cloud = Depends(get_cloud),
             who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(instances.KIND, who.tenant, name)
-    return {"name": name, "output": cloud.compute.console_log(res.id, tail)}
+    output = cloud.hosts.agent(res.host).console_log(res.id, tail) if res.host else ""
+    return {"name": name, "output": output}
 
 
 @router.delete("/{name}", status_code=202)

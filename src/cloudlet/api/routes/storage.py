@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
 from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.routes.hosts import host_names
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.storage import backups, policies, usage, volumes
-from cloudlet.storage.names import volume_name
+from cloudlet.storage import backups, policies, volumes
 
 router = APIRouter(prefix="/v1", tags=["storage"])
 Cascade = Query(False, description="also delete everything that depends on it")
@@ -54,9 +54,8 @@ def detach(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(c
 def show_volume(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(volumes.VOLUME, who.tenant, name)
     view = {**volumes.volume_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
-    if res.phase == "ready":
-        used = cloud.pool.usage(volume_name(res.id))
-        view.update(logical_bytes=used.logical_bytes, exclusive_bytes=used.exclusive_bytes)
+    if res.phase == "ready" and res.host:
+        view.update(cloud.hosts.agent(res.host).volume_usage(res.id))
     return view
 
 
@@ -91,7 +90,11 @@ def delete_snapshot(name: str, cascade: bool = Cascade, cloud: Cloud = Depends(g
 
 @router.get("/storage/usage")
 def storage_usage(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    report = usage.usage_report(cloud)
+    reports = [cloud.hosts.agent(h).storage_report() for h in host_names(cloud)]
+    report: dict[str, Any] = {
+        "pool": ",".join(sorted({r["pool"] for r in reports})), "volumes": [v for r in reports for v in r["volumes"]],
+        "logical_bytes": sum(r["logical_bytes"] for r in reports),
+        "physical_bytes": sum(r["physical_bytes"] for r in reports), "tenants": _tenant_totals(reports)}
     if not who.is_admin:
         report["volumes"] = [v for v in report["volumes"] if v["tenant"] == who.tenant]
         report["tenants"] = [t for t in report["tenants"] if t["tenant"] == who.tenant]
@@ -101,13 +104,13 @@ def storage_usage(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(calle
 @router.get("/storage/gc")
 def gc_check(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("storage gc")
-    return page(usage.garbage(cloud))
+    return page([g for h in host_names(cloud) for g in cloud.hosts.agent(h).garbage(collect=False)])
 
 
 @router.post("/storage/gc")
 def gc_collect(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("storage gc")
-    return page(usage.collect(cloud))
+    return page([g for h in host_names(cloud) for g in cloud.hosts.agent(h).garbage(collect=True)])
 
 
 @router.get("/backup-targets")
@@ -164,3 +167,13 @@ def create_policy(body: policies.PolicyCreate, cloud: Cloud = Depends(get_cloud)
 def delete_policy(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(policies.POLICY, who.tenant, name)
     return policies.policy_view(res if res.deleting else cloud.store.mark_deleted(res.id))
+
+
+def _tenant_totals(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for t in report["tenants"]:
+            row = totals.setdefault(t["tenant"], {"tenant": t["tenant"], "logical_bytes": 0, "exclusive_bytes": 0})
+            row["logical_bytes"] += t["logical_bytes"]
+            row["exclusive_bytes"] += t["exclusive_bytes"]
+    return sorted(totals.values(), key=lambda t: str(t["tenant"]))

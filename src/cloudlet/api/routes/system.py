@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet import repair
 from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.routes.hosts import host_names
+from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
 from cloudlet.core.records import Resource, check_name
@@ -25,14 +27,32 @@ class TenantCreate(BaseModel):
 
 
 @router.get("/info")
-def info(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def info(request: Request, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    hosts = [host_view(h) for h in cloud.store.list(HOST_KIND)]
+    api_port = request.url.port
     return {
-        "version": "0.1.0", "cloud_id": cloud.config.cloud_id(), "tenant": who.tenant, "role": who.role,
-        "host": cloud.config.host, "zone": cloud.config.zone, "compute_driver": cloud.compute.name,
-        "dns": {"address": "127.0.0.1", "port": cloud.extras.get("dns_port")},
-        "home": str(cloud.config.home), "database": cloud.store.engine.url.get_backend_name(),
-        "hub_netns": cloud.net.hub_netns(),
+        "version": "0.2.0", "cloud_id": cloud.config.cloud_id(), "tenant": who.tenant, "role": who.role,
+        "api": str(request.base_url).rstrip("/"), "zone": cloud.config.zone,
+        "compute_driver": cloud.config.compute_driver, "home": str(cloud.config.home),
+        "database": cloud.store.engine.url.get_backend_name(),
+        "hosts": [{k: h[k] for k in ("name", "zone", "state", "endpoint", "dns_port")} for h in hosts],
+        "ports": {"api": api_port, **{f"dns@{h['name']}": h["dns_port"] for h in hosts},
+                  **{f"agent@{h['name']}": _port(h["endpoint"]) for h in hosts}},
     }
+
+
+def _port(url: str | None) -> int | None:
+    return int(url.rsplit(":", 1)[1]) if url and ":" in url.removeprefix("http://") else None
+
+
+@router.post("/shutdown", status_code=202)
+def shutdown(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Stops cloudletd (not the agents: `cloudlet down` stops those first, through their own API)."""
+    who.require_admin("shutting the control plane down")
+    stop = getattr(request.app.state, "shutdown", None)
+    if stop is not None:
+        threading.Timer(0.1, stop).start()  # answer first
+    return {"stopping": stop is not None}
 
 
 @router.post("/tenants", status_code=201)
@@ -75,12 +95,13 @@ def list_tenants(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller
 
 @router.get("/repair")
 def repair_check(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Each host's agent matches its artefacts to the records it serves."""
     who.require_admin("repair")
-    return page([f.as_dict() for f in repair.scan(cloud)])
+    return page([f for h in host_names(cloud) for f in cloud.hosts.agent(h).repair(fix=False)["findings"]])
 
 
 @router.post("/repair")
 def repair_fix(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("repair")
-    findings = repair.scan(cloud)
-    return {"findings": [f.as_dict() for f in findings], "actions": repair.fix(cloud, findings)}
+    results = [cloud.hosts.agent(h).repair(fix=True) for h in host_names(cloud)]
+    return {"findings": [f for r in results for f in r["findings"]], "actions": [a for r in results for a in r["actions"]]}

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.compute.drivers.base import (
-    Capabilities, ComputeDriver, ExecResult, InstanceInfo, InstanceState, LaunchSpec,
+    Capabilities,
+    ComputeDriver,
+    ExecResult,
+    InstanceInfo,
+    InstanceState,
+    LaunchSpec,
 )
 from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.errors import Conflict

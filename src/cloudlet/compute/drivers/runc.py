@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from cloudlet.compute.drivers.base import (
-    Capabilities, ComputeDriver, ExecResult, InstanceInfo, InstanceState, LaunchSpec,
+    Capabilities,
+    ComputeDriver,
+    ExecResult,
+    InstanceInfo,
+    InstanceState,
+    LaunchSpec,
 )
 from cloudlet.core.errors import Conflict, DriverError, translate_errors
 
@@ -343,7 +348,7 @@ class RuncDriver(ComputeDriver):
                 continue
             for key, _ in self._sel.select(timeout=0.2):
                 with self._lock:
-                    fd = int(key.fd)  # type: ignore[arg-type]
+                    fd = int(key.fd)
                     iid = self._watch.pop(fd, "")
                     self._watched.pop(iid, None)
                     self._sel.unregister(fd)

@@ -1,4 +1,4 @@
-"""Network plumbing drivers: where networks and instance ports become real (or simulated) artefacts.
+"""Linux network plumbing: kernel bridges, veths and namespaces (pyroute2) and nftables.
 
 The Linux driver keeps every cloudlet interface inside one "hub" network namespace per cloud
 (`cl-<cloud>-hub`): one bridge per network holding the gateway address, no uplink, forwarding off and an nft
@@ -9,98 +9,20 @@ a veth `eth0` whose peer sits on the network's bridge.
 
 from __future__ import annotations
 
+__all__ = ["LinuxNetworkDriver"]
+
 import contextlib
-import ctypes
 import os
 import subprocess
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from pyroute2 import NetNS, netns
 
 from cloudlet.core.errors import translate_errors
-
-__all__ = ["PortSpec", "NetworkDriver", "LinuxNetworkDriver", "FakeNetworkDriver", "run_in_netns"]
-
-T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
-
-
-@dataclass(frozen=True)
-class PortSpec:
-    instance_id: str
-    network_id: str
-    address: str
-    prefixlen: int
-    gateway: str
-
-
-class NetworkDriver(ABC):
-    """Networks (bridges) and ports (an instance's netns and its link to the bridge)."""
-
-    @abstractmethod
-    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None: ...
-
-    @abstractmethod
-    def delete_network(self, network_id: str) -> None: ...
-
-    @abstractmethod
-    def list_networks(self) -> set[str]:
-        """Short ids (bridge suffixes) of the networks that exist as artefacts."""
-
-    @abstractmethod
-    def ensure_port(self, port: PortSpec) -> str:
-        """Creates the instance's netns and link if missing; returns the netns path."""
-
-    @abstractmethod
-    def delete_port(self, instance_id: str) -> None: ...
-
-    @abstractmethod
-    def port_exists(self, instance_id: str) -> bool: ...
-
-    @abstractmethod
-    def list_ports(self) -> set[str]:
-        """Instance ids that have a netns."""
-
-    def hub_netns(self) -> str | None:
-        return None
-
-    def teardown(self) -> None:
-        """Removes everything the driver ever created for this cloud."""
-
-
-def short(rid: str) -> str:
-    return rid[-10:]
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def run_in_netns(name: str, fn: Callable[[], T]) -> T:
-    """Runs fn in a fresh thread switched into netns `name`; sockets it creates stay in that netns."""
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with open(os.path.join(NETNS_DIR, name)) as f:
-                if _libc().setns(f.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {name} failed")
-            out["value"] = fn()
-        except BaseException as exc:  # handed back to the caller's thread
-            out["error"] = exc
-
-    t = threading.Thread(target=target, name=f"netns-{name}")
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]  # type: ignore[no-any-return]
-
+from cloudlet.network.drivers.base import NetworkDriver, PortSpec, short
+from cloudlet.network.netns import NETNS_DIR
 
 HUB_NFT = """
 table inet cloudlet
@@ -234,37 +156,3 @@ class LinuxNetworkDriver(NetworkDriver):
             self.delete_port(iid)
         if self.hub in netns.listnetns():
             netns.remove(self.hub)
-
-
-class FakeNetworkDriver(NetworkDriver):
-    """In-memory plumbing for simulations: same contract, no kernel objects."""
-
-    def __init__(self) -> None:
-        self.networks: set[str] = set()
-        self.ports: dict[str, PortSpec] = {}
-
-    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
-        self.networks.add(short(network_id))
-
-    def delete_network(self, network_id: str) -> None:
-        self.networks.discard(short(network_id))
-
-    def list_networks(self) -> set[str]:
-        return set(self.networks)
-
-    def ensure_port(self, port: PortSpec) -> str:
-        self.ports[port.instance_id] = port
-        return f"fake://{port.instance_id}"
-
-    def delete_port(self, instance_id: str) -> None:
-        self.ports.pop(instance_id, None)
-
-    def port_exists(self, instance_id: str) -> bool:
-        return instance_id in self.ports
-
-    def list_ports(self) -> set[str]:
-        return set(self.ports)
-
-    def teardown(self) -> None:
-        self.networks.clear()
-        self.ports.clear()

@@ -1,0 +1,1 @@
+"""The host agent: one per host, the data plane (DESIGN.md section 1)."""

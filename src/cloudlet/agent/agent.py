@@ -1,0 +1,215 @@
+"""The host agent: everything host-local (runtime, plumbing, pool, DNS, restart policy) for one host.
+
+It lists and then watches the records of its host, keeps them on local disk, runs the host-local reconcilers
+over that cache and sends their writes back (see cache.py). With the control plane gone it goes on from the
+cache: instances keep running and resolving names, and crashed ones restart per their policy. Threaded with the
+real clock (`start`), or stepped by a simulation on a virtual clock (`sync` and the manager's `run_ready`).
+
+The control plane reaches it for what only the host can do (exec, console, stats, pool reports, repair,
+image imports): the methods below, over HTTP (server.py) or in-process.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Agent", "VERSION"]
+
+import logging
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+from cloudlet import repair
+from cloudlet.agent.cache import RecordCache
+from cloudlet.agent.transport import ControlPlane
+from cloudlet.compute import images
+from cloudlet.compute.drivers.base import ComputeDriver
+from cloudlet.compute.hosts import AGENT_KINDS
+from cloudlet.compute.instances import KIND as INSTANCE
+from cloudlet.compute.instances import set_state
+from cloudlet.compute.runtime import InstanceReconciler
+from cloudlet.core.clock import Clock
+from cloudlet.core.config import Config
+from cloudlet.core.context import HostContext
+from cloudlet.core.errors import CloudletError, NotFound
+from cloudlet.core.reconcile import Manager
+from cloudlet.network.drivers.base import NetworkDriver
+from cloudlet.network.networks import BridgeReconciler
+from cloudlet.storage import backups, usage, volumes
+from cloudlet.storage.names import volume_name
+from cloudlet.storage.pools.base import StoragePool
+
+log = logging.getLogger("cloudlet.agent")
+VERSION = "0.2.0"
+KINDS = list(AGENT_KINDS)
+
+
+class Agent:
+    def __init__(self, config: Config, cp: ControlPlane, host: str, zone: str, clock: Clock,
+                 compute: ComputeDriver, net: NetworkDriver, pool: StoragePool, state_dir: Path | None = None,
+                 capacity: tuple[int, int] = (1, 1024)) -> None:
+        self.cp = cp
+        self.state_dir = state_dir
+        self.capacity = capacity
+        self.cache = RecordCache(state_dir / "cache.json" if state_dir else None)
+        self.manager = Manager(self.cache, clock)
+        self.ctx = HostContext(config, self.cache, compute, net, pool, clock, self.manager, host, zone)
+        self.key = secrets.token_urlsafe(24)  # what the control plane must show to call this agent
+        self.endpoint = ""
+        self.dns_port: int | None = None
+        self.connected = False
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        for rec in (InstanceReconciler(self.ctx), BridgeReconciler(self.ctx), images.ImageReconciler(self.ctx),
+                    volumes.VolumeReconciler(self.ctx, restore=backups.restore_into),
+                    volumes.SnapshotReconciler(self.ctx, restore=backups.restore_into),
+                    backups.BackupReconciler(self.ctx)):
+            self.manager.register(rec)
+        compute.watch(lambda iid: self.manager.enqueue(INSTANCE, iid))
+
+    @property
+    def host(self) -> str:
+        return self.ctx.host
+
+    # talking to the control plane
+    def heartbeat(self) -> None:
+        cpus, memory = self.capacity
+        self.cp.heartbeat(self.host, {"zone": self.ctx.zone, "cpus": cpus, "memory_mib": memory, "version": VERSION,
+                                      "endpoint": self.endpoint, "key": self.key, "dns_port": self.dns_port})
+
+    def flush(self) -> None:
+        """Sends the outbox; raises Unreachable (and keeps it) when the control plane does not answer."""
+        ops = self.cache.pending_ops()
+        if ops:
+            self.cache.acknowledge(self.cp.push(ops))
+
+    def sync(self, timeout: float = 0.0) -> None:
+        """One round: send what we did, then take in what changed (a full listing the first time)."""
+        self.flush()
+        if not self.cache.listed:
+            records, rev = self.cp.list(KINDS)
+            self.cache.replace_all(records, rev)
+            return
+        changes, rev = self.cp.watch(self.cache.rev, KINDS, timeout)
+        self.cache.apply(changes, rev)
+
+    # threaded mode
+    def start(self) -> None:
+        resumed = self.cache.load()
+        log.info("agent %s starting (%s)", self.host, "resuming from its disk cache" if resumed else "no cache yet")
+        self.ctx.pool.setup()
+        try:
+            self.heartbeat()
+        except CloudletError as exc:
+            log.warning("first heartbeat failed: %s", exc)
+        self.manager.start()
+        for name, target in (("watch", self._watch_loop), ("outbox", self._outbox_loop),
+                             ("heartbeat", self._heartbeat_loop)):
+            t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.cache.outbox_ready:
+            self.cache.outbox_ready.notify_all()
+        self.manager.stop()
+        self.cache.save()
+
+    def _watch_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                if not self.cache.listed:
+                    self.sync()
+                changes, rev = self.cp.watch(self.cache.rev, KINDS, 20.0)
+                self.cache.apply(changes, rev)
+                if not self.connected:
+                    log.info("control plane reachable; in sync at revision %d", rev)
+                self.connected, backoff = True, 0.1
+            except CloudletError as exc:
+                if self.connected:
+                    log.warning("lost the control plane (%s); serving from the cache", exc)
+                self.connected = False
+                self._stop.wait(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    def _outbox_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            with self.cache.outbox_ready:
+                if not self.cache.pending_ops():
+                    self.cache.outbox_ready.wait(1.0)
+            try:
+                self.flush()
+                backoff = 0.1
+            except CloudletError:
+                self._stop.wait(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self.cache.save()
+            try:
+                self.heartbeat()
+            except CloudletError:
+                pass  # the watch loop reports the outage
+
+    # what the control plane asks of this host
+    def _instance(self, iid: str) -> str:
+        res = self.cache.get_by_id(iid)
+        if res is None or res.host != self.host:
+            raise NotFound(f"instance {iid} is not on host {self.host}")
+        return iid
+
+    def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, Any]:
+        result = self.ctx.compute.exec_instance(self._instance(iid), argv, timeout)
+        return {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+
+    def console_log(self, iid: str, tail: int) -> str:
+        return self.ctx.compute.console_log(self._instance(iid), tail)
+
+    def stats(self, iid: str) -> dict[str, Any]:
+        return self.ctx.compute.stats(self._instance(iid))
+
+    def volume_usage(self, vid: str) -> dict[str, int]:
+        res = self.cache.get_by_id(vid)
+        if res is None or res.host != self.host:
+            raise NotFound(f"volume {vid} is not on host {self.host}")
+        used = self.ctx.pool.usage(volume_name(vid))
+        return {"logical_bytes": used.logical_bytes, "exclusive_bytes": used.exclusive_bytes}
+
+    def storage_report(self) -> dict[str, Any]:
+        return usage.usage_report(self.ctx)
+
+    def garbage(self, collect: bool) -> list[dict[str, Any]]:
+        return usage.collect(self.ctx) if collect else usage.garbage(self.ctx)
+
+    def repair(self, fix: bool) -> dict[str, Any]:
+        findings = repair.scan(self.ctx)
+        actions = repair.fix(self.ctx, findings) if fix else []
+        return {"findings": [f.as_dict() for f in findings], "actions": actions}
+
+    def import_image(self, digest: str, tarball: Path) -> None:
+        images.unpack_import(self.ctx, digest, tarball)
+
+    def shutdown_host(self, purge: bool) -> None:
+        """`cloudlet down`: stop every instance (recording it, so the next start brings them back) and release
+        host resources; with purge, remove every artefact of this cloud on this host."""
+        self._stop.set()
+        self.manager.stop()  # nothing may restart what is being stopped
+        compute = self.ctx.compute
+        if purge:
+            compute.teardown()
+        else:
+            for res in self.cache.list(INSTANCE, host=self.host):
+                if res.status.get("state") in ("running", "starting"):
+                    set_state(self.cache, res, "stopped", run_nonce=None, pid=None, message="host shut down")
+            compute.shutdown()
+        self.ctx.net.teardown()
+        self.ctx.pool.teardown(purge)
+        try:
+            self.flush()
+        except CloudletError as exc:
+            log.warning("could not report the shutdown to the control plane (%s); it is kept for next time", exc)
+        self.cache.save()

@@ -1,0 +1,103 @@
+"""How the control plane reaches a host's agent: over HTTP with the key the agent reported in its heartbeat,
+or, for in-process (simulated) hosts, by calling the Agent object itself."""
+
+from __future__ import annotations
+
+__all__ = ["HostClient", "HttpHosts", "LocalHosts"]
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cloudlet.compute.hosts import HOST_KIND
+from cloudlet.core.context import SYSTEM_TENANT
+from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError, NotFound, Unreachable
+from cloudlet.core.store import Store
+
+
+class HostClient:
+    def __init__(self, host: str, url: str, key: str) -> None:
+        self.host = host
+        self.url = url
+        self.key = key
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    def _call(self, method: str, path: str, timeout: float = 30, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, timeout=timeout, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"the agent of host {self.host} is unreachable at {self.url}") from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise CloudletError(f"agent of {self.host} answered {resp.status_code}: {resp.text[:200]}") from None
+            raise ERRORS_BY_CODE.get(err["code"], CloudletError)(err["message"])
+        return resp.json()
+
+    def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/instances/{iid}/exec", timeout=timeout + 10,
+                                            json={"command": argv, "timeout": timeout})
+        return result
+
+    def console_log(self, iid: str, tail: int) -> str:
+        return str(self._call("GET", f"/instances/{iid}/console", params={"tail": tail})["output"])
+
+    def stats(self, iid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/instances/{iid}/stats", timeout=5)
+        return result
+
+    def volume_usage(self, vid: str) -> dict[str, int]:
+        result: dict[str, int] = self._call("GET", f"/volumes/{vid}/usage")
+        return result
+
+    def storage_report(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/storage/usage", timeout=120)
+        return result
+
+    def garbage(self, collect: bool) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("POST" if collect else "GET", "/storage/garbage", timeout=300)
+        return result
+
+    def repair(self, fix: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST" if fix else "GET", "/repair", timeout=300)
+        return result
+
+    def import_image(self, digest: str, tarball: Path) -> None:
+        with open(tarball, "rb") as f:
+            self._call("PUT", f"/images/{digest}", timeout=3600, content=f)
+
+
+class HttpHosts:
+    """Finds each host's agent from its Host record (endpoint and key come with its heartbeats)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._clients: dict[str, HostClient] = {}
+
+    def agent(self, host: str) -> HostClient:
+        try:
+            res = self.store.get(HOST_KIND, SYSTEM_TENANT, host)
+        except NotFound:
+            raise NotFound(f"host {host} is not registered") from None
+        url, key = res.status.get("endpoint"), res.status.get("key")
+        if not url or not key:
+            raise Unreachable(f"host {host} has not reported an agent endpoint yet")
+        client = self._clients.get(host)
+        if client is None or (client.url, client.key) != (url, key):
+            client = self._clients[host] = HostClient(host, str(url), str(key))
+        return client
+
+
+class LocalHosts:
+    """In-process agents by host name."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, Any] = {}
+
+    def agent(self, host: str) -> Any:
+        try:
+            return self.agents[host]
+        except KeyError:
+            raise Unreachable(f"host {host} has no agent") from None

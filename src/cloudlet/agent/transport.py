@@ -1,0 +1,101 @@
+"""How an agent talks to the control plane: over HTTP with its host token, or in-process (simulations)."""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = ["ControlPlane", "HttpControlPlane", "LocalControlPlane"]
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from cloudlet.agent.cache import Change
+from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError, Unreachable
+from cloudlet.core.records import Resource, from_wire
+
+if TYPE_CHECKING:
+    from cloudlet.compute.hosts import AgentService
+    from cloudlet.core.context import Caller
+
+
+def _changes(events: builtins.list[dict[str, Any]]) -> builtins.list[Change]:
+    return [(e["type"], e["id"], from_wire(e["object"]) if e["object"] else None) for e in events]
+
+
+class ControlPlane(ABC):
+    @abstractmethod
+    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
+        """Every record of kinds this host serves, and the revision the listing is current at."""
+
+    @abstractmethod
+    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
+        """Changes after rev (waiting up to timeout for one), and the revision to resume from."""
+
+    @abstractmethod
+    def push(self, ops: builtins.list[dict[str, Any]]) -> int:
+        """Applies outbox ops in order; returns the seq of the last one applied."""
+
+    @abstractmethod
+    def heartbeat(self, host: str, beat: dict[str, Any]) -> None: ...
+
+
+class HttpControlPlane(ControlPlane):
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def _call(self, method: str, path: str, timeout: float = 30, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, timeout=timeout, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"control plane unreachable at {self.url}") from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise CloudletError(f"control plane answered {resp.status_code}: {resp.text[:200]}") from None
+            raise ERRORS_BY_CODE.get(err["code"], CloudletError)(err["message"])
+        return resp.json()
+
+    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
+        data = self._call("GET", "/v1/agent/records", params={"kinds": ",".join(kinds)})
+        return [from_wire(d) for d in data["items"]], int(data["rev"])
+
+    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
+        data = self._call("GET", "/v1/agent/watch", timeout=timeout + 15,
+                          params={"rev": rev, "kinds": ",".join(kinds), "timeout": timeout})
+        return _changes(data["events"]), int(data["rev"])
+
+    def push(self, ops: builtins.list[dict[str, Any]]) -> int:
+        return int(self._call("POST", "/v1/agent/ops", json={"ops": ops})["applied"])
+
+    def heartbeat(self, host: str, beat: dict[str, Any]) -> None:
+        self._call("POST", f"/v1/hosts/{host}/heartbeat", timeout=5, json=beat)
+
+
+class LocalControlPlane(ControlPlane):
+    """The same service calls as the HTTP routes make, without sockets: simulated hosts use this."""
+
+    def __init__(self, service: AgentService, caller: Caller) -> None:
+        self.service = service
+        self.caller = caller
+
+    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
+        data = self.service.list(self.caller, kinds)
+        return [from_wire(d) for d in data["items"]], int(data["rev"])
+
+    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
+        data = self.service.wait(self.caller, rev, kinds, timeout)
+        return _changes(data["events"]), int(data["rev"])
+
+    def push(self, ops: builtins.list[dict[str, Any]]) -> int:
+        from cloudlet.compute.hosts import AgentOps
+
+        return self.service.apply(self.caller, AgentOps.model_validate({"ops": ops}))["applied"]
+
+    def heartbeat(self, host: str, beat: dict[str, Any]) -> None:
+        from cloudlet.compute.hosts import Heartbeat
+
+        self.service.heartbeat(self.caller, host, Heartbeat.model_validate(beat))

@@ -1,0 +1,58 @@
+"""The control plane's half of the Instance kind: place each new instance on a host, give it an address on
+its network, and collect the record once its host's agent has cleaned up (or at once, if it was never placed)."""
+
+from __future__ import annotations
+
+__all__ = ["SchedulerReconciler", "release"]
+
+from cloudlet.compute.instances import KIND, set_state
+from cloudlet.core.context import Cloud
+from cloudlet.core.errors import InvalidSpec, TerminalError
+from cloudlet.core.reconcile import KindReconciler, Result
+from cloudlet.core.records import Resource
+from cloudlet.network import ipam
+from cloudlet.storage.volumes import release_attachments
+
+
+class SchedulerReconciler(KindReconciler):
+    kind = KIND
+
+    def __init__(self, cloud: Cloud) -> None:
+        super().__init__(cloud.store)
+        self.cloud = cloud
+
+    def reconcile(self, rid: str) -> Result:
+        res = self.cloud.store.get_by_id(rid)
+        if res is None or res.host is not None:
+            return Result()  # placed: its agent owns it from here, deletion included
+        if res.deleting:
+            if self.cloud.store.finalize(rid):
+                release(self.cloud, res)
+            return Result()
+        return self.converge(res)
+
+    def converge(self, res: Resource) -> Result:
+        store = self.cloud.store
+        net = store.get_by_id(res.spec["network_id"])
+        if net is None or net.deleting:
+            set_state(store, res, "failed", message=f"network {res.spec['network']} no longer exists")
+            raise TerminalError(f"network of instance {res.name} is gone")
+        try:
+            d = self.cloud.placement.place(int(res.spec["memory_mib"]), res.spec.get("zone"))
+        except InvalidSpec as exc:
+            if res.status.get("message") != exc.message:
+                store.add_event(res, "NoValidHost", exc.message, "Warning")
+            set_state(store, res, "unschedulable", message=exc.message)
+            return Result(requeue_after=30.0)
+        ip = store.allocate_ip(net.id, res.id, ipam.host_addresses(net.spec["subnet"]))
+        res = store.update_status(res.id, host=d.host, zone=d.zone, phase="scheduled",
+                                  status={**res.status, "placement": d.record(), "state": "scheduled", "ip": ip})
+        store.add_event(res, "Scheduled", f"placed on host {d.host} in {d.zone} with address {ip}")
+        return Result()
+
+
+def release(cloud: Cloud, res: Resource) -> None:
+    """What the control plane does once an instance record is gone: its volumes stay, detached; its capacity
+    is free again."""
+    release_attachments(cloud, res)
+    cloud.placement.invalidate()

@@ -1,0 +1,63 @@
+"""The network plumbing interface: networks (a bridge each) and ports (an instance's netns and its link).
+
+Drivers: `linux` (kernel bridges, veths and namespaces through pyroute2, nftables) and `fake` (in memory, for
+simulations). Artefacts are named from resource ids, so repair can match them to records.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PortSpec", "NetworkDriver", "short"]
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    instance_id: str
+    network_id: str
+    address: str
+    prefixlen: int
+    gateway: str
+
+
+class NetworkDriver(ABC):
+    """Networks (bridges) and ports (an instance's netns and its link to the bridge)."""
+
+    @abstractmethod
+    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None: ...
+
+    @abstractmethod
+    def delete_network(self, network_id: str) -> None: ...
+
+    @abstractmethod
+    def list_networks(self) -> set[str]:
+        """Short ids (bridge suffixes) of the networks that exist as artefacts."""
+
+    @abstractmethod
+    def ensure_port(self, port: PortSpec) -> str:
+        """Creates the instance's netns and link if missing; returns the netns path."""
+
+    @abstractmethod
+    def delete_port(self, instance_id: str) -> None: ...
+
+    @abstractmethod
+    def port_exists(self, instance_id: str) -> bool: ...
+
+    @abstractmethod
+    def list_ports(self) -> set[str]:
+        """Instance ids that have a netns."""
+
+    def hub_netns(self) -> str | None:
+        """The namespace holding this host's bridges, where the agent serves DNS; None if there is none."""
+        return None
+
+    def ensure_hub(self) -> None:
+        """Creates the hub namespace if the driver has one (idempotent)."""
+
+    def teardown(self) -> None:
+        """Removes everything the driver ever created for this cloud."""
+
+
+def short(rid: str) -> str:
+    return rid[-10:]

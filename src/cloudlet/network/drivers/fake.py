@@ -1,0 +1,41 @@
+"""In-memory network plumbing for simulations: the same contract, no kernel objects."""
+
+from __future__ import annotations
+
+__all__ = ["FakeNetworkDriver"]
+
+from cloudlet.network.drivers.base import NetworkDriver, PortSpec, short
+
+
+class FakeNetworkDriver(NetworkDriver):
+    """In-memory plumbing for simulations: same contract, no kernel objects."""
+
+    def __init__(self) -> None:
+        self.networks: set[str] = set()
+        self.ports: dict[str, PortSpec] = {}
+
+    def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
+        self.networks.add(short(network_id))
+
+    def delete_network(self, network_id: str) -> None:
+        self.networks.discard(short(network_id))
+
+    def list_networks(self) -> set[str]:
+        return set(self.networks)
+
+    def ensure_port(self, port: PortSpec) -> str:
+        self.ports[port.instance_id] = port
+        return f"fake://{port.instance_id}"
+
+    def delete_port(self, instance_id: str) -> None:
+        self.ports.pop(instance_id, None)
+
+    def port_exists(self, instance_id: str) -> bool:
+        return instance_id in self.ports
+
+    def list_ports(self) -> set[str]:
+        return set(self.ports)
+
+    def teardown(self) -> None:
+        self.networks.clear()
+        self.ports.clear()
