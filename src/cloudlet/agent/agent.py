@@ -100,8 +100,10 @@ class Agent:
         self.ctx.pool.setup()
         try:
             self.heartbeat()
+            self.sync()  # catch up before acting on a cache that may be old
+            self.connected = True
         except CloudletError as exc:
-            log.warning("first heartbeat failed: %s", exc)
+            log.warning("control plane not reachable at start (%s); serving from the cache", exc)
         self.manager.start()
         for name, target in (("watch", self._watch_loop), ("outbox", self._outbox_loop),
                              ("heartbeat", self._heartbeat_loop)):
@@ -144,6 +146,7 @@ class Agent:
                 self.flush()
                 backoff = 0.1
             except CloudletError:
+                self.cache.save()  # what we did while alone must survive our own restart too
                 self._stop.wait(backoff)
                 backoff = min(2.0, backoff * 2)
 

@@ -24,7 +24,7 @@ COLUMNS = ["name", "source_kind", "source", "target", "state", "bytes", "compres
 
 def _wait(client: Client, name: str, timeout: float = 3600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    with console.status(f"{name}: waiting") as status:
+    with console().status(f"{name}: waiting") as status:
         while time.monotonic() < deadline:
             view: dict[str, Any] = client.get(f"/v1/backups/{name}")
             status.update(f"{name}: {view['state']} {view['message']}")

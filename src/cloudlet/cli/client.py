@@ -1,42 +1,77 @@
-"""HTTP client for cloudletd: turns {"error": ...} replies back into the matching CloudletError."""
+"""HTTP client for cloudletd (and, for `down`, an agent): turns {"error": ...} replies back into the matching
+CloudletError. Built on the standard library's http.client because every CLI command pays for the client's
+import: httpx alone took longer to import than cloudletd takes to answer a list."""
 
 from __future__ import annotations
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "connect", "call"]
 
+import http.client
+import json
 import os
+from collections.abc import Iterable
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode, urlsplit
 
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError, Unreachable
 
 
+def _encode(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def call(url: str, method: str, path: str, token: str = "", timeout: float = 120.0, params: dict[str, Any] | None = None,
+         json_body: Any = None, content: Iterable[bytes] | None = None, headers: dict[str, str] | None = None,
+         what: str = "control plane") -> Any:
+    """One request; raises Unreachable when nothing answers at url, the matching CloudletError on an error."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    query = {k: _encode(v) for k, v in (params or {}).items() if v is not None}
+    target = path + ("?" + urlencode(query) if query else "")
+    hdrs = {"Accept": "application/json", **(headers or {})}
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    body: Any = None
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        hdrs["Content-Type"] = "application/json"
+    elif content is not None:
+        body = content
+        hdrs["Transfer-Encoding"] = "chunked"
+    try:
+        conn.request(method, target, body=body, headers=hdrs, encode_chunked=content is not None)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as exc:
+        raise Unreachable(f"{what} unreachable at {url}; start it with 'cloudlet up'") from exc
+    finally:
+        conn.close()
+    if resp.status >= 400:
+        try:
+            err = json.loads(data)["error"]
+            cls = ERRORS_BY_CODE.get(err["code"], CloudletError)
+        except (ValueError, KeyError, TypeError):
+            raise CloudletError(f"{what} answered {resp.status}: {data[:200].decode(errors='replace')}") from None
+        raise cls(err["message"])
+    return json.loads(data) if data else None
+
+
 class Client:
     def __init__(self, url: str, token: str, timeout: float = 120.0) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+        self.token = token
+        self.timeout = timeout
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"control plane unreachable at {self.url}; start it with 'cloudlet up'") from exc
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                cls = ERRORS_BY_CODE.get(err["code"], CloudletError)
-                raise cls(err["message"])
-            except (ValueError, KeyError, TypeError):
-                raise CloudletError(f"cloudletd answered {resp.status_code}: {resp.text[:200]}") from None
-        return resp.json()
+    def request(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None,
+                content: Iterable[bytes] | None = None, headers: dict[str, str] | None = None) -> Any:
+        return call(self.url, method, path, self.token, self.timeout, params, json, content, headers)
 
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.request("GET", path, params=params)
 
-    def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
-        return self.request("POST", path, json=body, **kwargs)
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body)
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)

@@ -46,7 +46,7 @@ def build(name: Annotated[str, typer.Argument(help="image name, e.g. debian-12")
     view = client.post("/v1/images", {"name": name, "packages": pkgs})
     if wait:
         started = time.monotonic()
-        with console.status(f"{name}: {view['state']}") as status:
+        with console().status(f"{name}: {view['state']}") as status:
             while view["state"] not in ("ready", "failed"):
                 time.sleep(1)
                 view = client.get(f"/v1/images/{name}")

@@ -25,7 +25,7 @@ def wait_for(client: Client, name: str, want: set[str], timeout: float = 180.0, 
     """Polls the instance, showing its state, until it reaches one of `want` (or disappears, with gone)."""
     deadline = time.monotonic() + timeout
     view: dict[str, Any] = {}
-    with console.status(f"{name}: waiting", spinner="dots") as status:
+    with console().status(f"{name}: waiting", spinner="dots") as status:
         while time.monotonic() < deadline:
             try:
                 view = client.get(f"/v1/instances/{name}")

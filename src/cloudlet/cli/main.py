@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
 from cloudlet.cli import backup, host, image, instance, network, snapshot, storage, tenant, volume
-from cloudlet.cli.client import Client, connect
+from cloudlet.cli.client import Client, call, connect
 from cloudlet.cli.output import Format, OutputOpt, emit, say
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.errors import CloudletError
@@ -77,8 +76,8 @@ def _start_control_plane(cfg: Config) -> None:
         if not url or cfg.endpoint().get("pid") != proc.pid:
             return False
         try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
+            return bool(call(str(url), "GET", "/healthz", timeout=1))
+        except CloudletError:
             return False
 
     _wait_until(proc, "cloudletd", cfg.log_file, ready)
@@ -146,11 +145,11 @@ def _shutdown_agent(cfg: Config, purge: bool) -> None:
     endpoint = cfg.endpoint(adir / "endpoint.json")
     if pid is not None and endpoint.get("url"):
         try:
-            httpx.post(f"{endpoint['url']}/shutdown", json={"purge": purge}, timeout=120,
-                       headers={"Authorization": f"Bearer {endpoint['key']}"}).raise_for_status()
+            call(str(endpoint["url"]), "POST", "/shutdown", str(endpoint["key"]), json_body={"purge": purge},
+                 what=f"the agent of host {cfg.host}")
             _stop(pid if Path(f"/proc/{pid}").exists() else None)
             return
-        except httpx.HTTPError:
+        except CloudletError:
             _stop(pid)
     if not adir.exists():
         return
@@ -191,15 +190,15 @@ def down(purge: Annotated[bool, typer.Option("--purge", help="also delete all st
 def agent(host: Annotated[str, typer.Option(help="this host's name")] = "local",
           zone: Annotated[str, typer.Option(help="its zone")] = "zone-a",
           api: Annotated[str, typer.Option(help="the control plane's URL")] = "http://127.0.0.1:8470",
-          token_file: Annotated[Path, typer.Option(help="the host token (see $CLOUDLET_HOME/hosts/)")] = Path(
-              "/var/lib/cloudlet/hosts/local.token"),
+          token_file: Annotated[Path | None, typer.Option(
+              help="the host token [default: $CLOUDLET_HOME/hosts/HOST.token]")] = None,
           shutdown: Annotated[bool, typer.Option("--shutdown", help="stop this host's instances and exit")] = False,
           purge: Annotated[bool, typer.Option("--purge", help="with --shutdown: remove every artefact")] = False,
           ) -> None:
     """Run a host agent in the foreground: the data plane of one host."""
     from cloudlet.agent.main import run_agent
 
-    run_agent(host, zone, api, token_file, shutdown=shutdown, purge=purge)
+    run_agent(host, zone, api, token_file or load_config().host_token_file(host), shutdown=shutdown, purge=purge)
 
 
 @app.command()

@@ -1,22 +1,24 @@
-"""Rendering for every command: -o table (default), json or yaml."""
+"""Rendering for every command: -o table (default), json or yaml. rich and yaml are imported only when a
+command renders with them: most commands print one line or JSON, and imports are most of a CLI's latency."""
 
 from __future__ import annotations
 
-__all__ = ["OutputOpt", "emit", "say", "bulk"]
+__all__ = ["OutputOpt", "emit", "say", "bulk", "console"]
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
-from rich.table import Table
 
 from cloudlet.core.errors import CloudletError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Format(str, Enum):
@@ -26,7 +28,11 @@ class Format(str, Enum):
 
 
 OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]
-console = Console(width=None if sys.stdout.isatty() else 200)
+@functools.cache
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _cell(value: Any) -> str:
@@ -42,24 +48,30 @@ def _cell(value: Any) -> str:
 def emit(data: Any, fmt: Format, columns: list[str] | None = None) -> None:
     if fmt == Format.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    elif fmt == Format.yaml:
+        return
+    if fmt == Format.yaml:
+        import yaml
+
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
-    elif isinstance(data, list):
+        return
+    from rich.table import Table
+
+    if isinstance(data, list):
         cols = columns or (list(data[0]) if data else [])
         table = Table(*[c.upper() for c in cols], box=None, pad_edge=False)
         for row in data:
             table.add_row(*[_cell(row.get(c)) for c in cols])
-        console.print(table)
+        console().print(table)
     else:
         table = Table(box=None, show_header=False, pad_edge=False)
         for key in columns or list(data):
             table.add_row(key, _cell(data.get(key)))
-        console.print(table)
+        console().print(table)
 
 
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
-        console.print(message, highlight=False)
+        print(message, flush=True)
 
 
 def bulk(names: list[str], op: Callable[[str], dict[str, Any]], done: Callable[[str], str], quiet: bool,

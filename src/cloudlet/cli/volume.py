@@ -21,7 +21,7 @@ Cascade = Annotated[bool, typer.Option("--cascade", help="also delete what depen
 def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dict[str, Any]:
     """Polls a volume or snapshot until it is ready; ready means the pool volume exists for real."""
     deadline = time.monotonic() + timeout
-    with console.status(f"{name}: waiting"):
+    with console().status(f"{name}: waiting"):
         while time.monotonic() < deadline:
             view: dict[str, Any] = client.get(f"{path}/{name}")
             if view["state"] in ("ready", "lost", "failed"):

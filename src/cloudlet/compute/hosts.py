@@ -12,6 +12,7 @@ import builtins
 __all__ = ["HOST_KIND", "AGENT_KINDS", "HOSTLESS_KINDS", "register_host", "host_token", "heartbeat", "host_view",
            "visible_to", "apply_ops", "Heartbeat", "AgentOp", "AgentOps", "AgentService"]
 
+import logging
 import os
 import secrets
 import time
@@ -28,6 +29,7 @@ from cloudlet.core.store import Store
 from cloudlet.core.watch import Watch
 
 HOST_KIND = "Host"
+log = logging.getLogger("cloudlet.hosts")
 # what an agent watches; Network, Image and BackupTarget records are not placed on a host but every host needs them
 AGENT_KINDS = ("Network", "Image", "BackupTarget", "Instance", "Volume", "Snapshot", "Backup")
 HOSTLESS_KINDS = ("Network", "Image", "BackupTarget")
@@ -64,9 +66,10 @@ class AgentOps(BaseModel):
 
 
 def register_host(store: Store, name: str, zone: str, cpus: int, memory_mib: int) -> Resource:
+    """A host's zone is fixed when it joins; its capacity follows what its agent reports."""
     spec = {"cpus": cpus, "memory_mib": memory_mib}
     for res in store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=name):
-        if res.spec != spec or res.zone != zone:
+        if res.spec != spec:
             res = store.update_spec(res.id, spec)
         return res
     res = Resource(kind=HOST_KIND, tenant=SYSTEM_TENANT, name=name, zone=zone, spec=spec, phase="up")
@@ -109,20 +112,32 @@ def host_view(res: Resource) -> dict[str, Any]:
 
 
 def visible_to(host: str) -> Callable[[Resource], bool]:
+    """What an agent sees: its host's records and the host-less kinds (not unplaced ones: none are its work)."""
+
     def visible(res: Resource) -> bool:
-        return res.kind in HOSTLESS_KINDS or res.host in (host, None)
+        return res.kind in HOSTLESS_KINDS or res.host == host
+
     return visible
 
 
+def _may_write(host: str | None, res: Resource, op: str) -> bool:
+    """An agent writes what it realises: records of its own host; of the host-less kinds only an image's
+    status and events (each host makes its own copy); it never finalizes a shared record."""
+    if res.host is not None:
+        return res.host == host
+    return res.kind == "Image" and op != "finalize"
+
+
 def apply_ops(store: Store, caller: Caller, ops: builtins.list[AgentOp], on_purged: Callable[[Resource], None]) -> int:
-    """Applies an agent's outbox in order; ops on records already gone are done. Returns the last seq applied."""
+    """Applies an agent's outbox in order; ops on records already gone, or not the agent's to write, are
+    dropped (logged), so one bad op never blocks the rest. Returns the last seq handled."""
     host = caller.host
     last = 0
     for op in ops:
         res = store.get_by_id(op.id)
-        if res is not None:
-            if not (res.host == host or (res.host is None and res.kind in HOSTLESS_KINDS)):
-                raise Forbidden(f"host {host} may not write {res.kind} {res.name} of host {res.host}")
+        if res is not None and not _may_write(host, res, op.op):
+            log.warning("host %s may not %s %s %s; dropped", host, op.op, res.kind, res.name)
+        elif res is not None:
             if op.op == "status":
                 values = {k: v for k, v in (op.values or {}).items() if k in ("status", "phase", "observed_generation")}
                 store.update_status(res.id, **values)
@@ -161,7 +176,7 @@ class AgentService:
 
     def wait(self, caller: Caller, rev: int, kinds: builtins.list[str], timeout: float) -> dict[str, Any]:
         host = self._host(caller)
-        events, latest = self.watch.wait(rev, self._kinds(kinds), host, timeout, visible_to(host))
+        events, latest = self.watch.wait(rev, self._kinds(kinds), host, HOSTLESS_KINDS, timeout, visible_to(host))
         return {"events": events, "rev": latest}
 
     def apply(self, caller: Caller, ops: AgentOps) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Instance kind: spec, service functions for the API, and the reconciler that makes instances real.
 
-Spec says what the user wants (image, network, size, restart policy, running or stopped, a run nonce that
+The API's service functions are here. Spec says what the user wants (image, network, size, restart policy, running or stopped, a run nonce that
 start/restart bump). Status says what is: state, ip, pid, placement, restarts. Two reconcilers share the kind:
 the control plane's scheduler (compute/scheduler.py) places an instance and gives it an address; the agent of
 the host it landed on (compute/runtime.py) makes it real and keeps it so.

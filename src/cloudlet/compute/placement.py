@@ -7,7 +7,7 @@ thousands of instances does not rescan every record each time.
 
 from __future__ import annotations
 
-__all__ = ["Host", "Decision", "Placement", "HOST_KIND", "register_host"]
+__all__ = ["Host", "Decision", "Placement"]
 
 import threading
 from dataclasses import dataclass, field
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from cloudlet.core.clock import Clock
 from cloudlet.core.context import SYSTEM_TENANT
 from cloudlet.core.errors import InvalidSpec
-from cloudlet.core.records import Resource
 from cloudlet.core.store import Store
 
-HOST_KIND = "Host"
+HOST_KIND = "Host"  # compute/hosts.py owns the kind; it imports this module's neighbours, not this one
+
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,6 @@ class Decision:
 
     def record(self) -> dict[str, object]:
         return {"host": self.host, "zone": self.zone, "scores": self.scores, "rejected": self.rejected}
-
-
-def register_host(store: Store, name: str, zone: str, cpus: int, memory_mib: int) -> Resource:
-    spec = {"cpus": cpus, "memory_mib": memory_mib}
-    for res in store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=name):
-        if res.spec != spec:
-            res = store.update_spec(res.id, spec)
-        return res
-    res = Resource(kind=HOST_KIND, tenant=SYSTEM_TENANT, name=name, zone=zone, spec=spec, phase="up")
-    return store.create(res)
 
 
 class Placement:

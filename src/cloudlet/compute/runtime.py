@@ -152,6 +152,11 @@ class InstanceReconciler(KindReconciler):
         return Result()
 
     def cleanup(self, res: Resource) -> None:
-        self.ctx.compute.delete_instance(res.id)
-        self.ctx.net.delete_port(res.id)
-        self.ctx.pool.delete(disk_of(res.id))
+        self.forget(res.id)
+
+    def forget(self, rid: str) -> None:
+        """Also for a record purged while this agent was not looking (it restarted from an older cache and
+        brought the instance back before catching up): what is named after a gone instance goes."""
+        self.ctx.compute.delete_instance(rid)
+        self.ctx.net.delete_port(rid)
+        self.ctx.pool.delete(disk_of(rid))

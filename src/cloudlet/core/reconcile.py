@@ -67,9 +67,15 @@ class KindReconciler:
     def cleanup(self, res: Resource) -> None:
         """Removes every real artefact of res; raising keeps the finalizer, and the cleanup is retried."""
 
+    def forget(self, rid: str) -> None:
+        """The record is gone: remove whatever real artefact is still named after it (nothing by default)."""
+
     def reconcile(self, rid: str) -> Result:
         res = self.records.get_by_id(rid)
-        if res is None or not self.serves(res):
+        if res is None:
+            self.forget(rid)
+            return Result()
+        if not self.serves(res):
             return Result()
         if res.deleting:
             if FINALIZER in res.finalizers:

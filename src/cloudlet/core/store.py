@@ -212,13 +212,14 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
 
-    def changed_since(self, rev: int, kinds: Iterable[str], host: str | None) -> tuple[builtins.list[str], int]:
-        """Ids of records of `kinds` written after `rev` (for a host: its own and unplaced ones), in write order,
-        each once; and the revision they bring the watcher up to."""
+    def changed_since(self, rev: int, kinds: Iterable[str], host: str | None = None, hostless: Iterable[str] = ()
+                      ) -> tuple[builtins.list[str], int]:
+        """Ids of records of `kinds` written after `rev` (for a host: those written while on it, and the
+        `hostless` kinds), in write order, each once; and the revision they bring the watcher up to."""
         q = (sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
              .where(changes.c.rev > rev, changes.c.kind.in_(list(kinds))))
         if host is not None:
-            q = q.where(sa.or_(changes.c.host == host, changes.c.host.is_(None)))
+            q = q.where(sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))))
         with self.engine.connect() as conn:
             rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
             latest = int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)

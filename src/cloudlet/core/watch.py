@@ -36,14 +36,14 @@ class Watch:
         items = [to_wire(r) for kind in kinds for r in self.store.list(kind) if visible(r)]
         return items, rev
 
-    def wait(self, rev: int, kinds: Iterable[str], host: str | None, timeout: float,
+    def wait(self, rev: int, kinds: Iterable[str], host: str | None, hostless: Iterable[str], timeout: float,
              visible: Callable[[Resource], bool]) -> tuple[builtins.list[WatchEvent], int]:
         kinds = list(kinds)
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
                 seen = self._latest
-            ids, latest = self.store.changed_since(rev, kinds, host)
+            ids, latest = self.store.changed_since(rev, kinds, host, hostless)
             if ids:
                 found = {r.id: r for r in self.store.get_many(ids)}
                 events: builtins.list[WatchEvent] = []
