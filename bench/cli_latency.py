@@ -35,7 +35,7 @@ def main() -> None:
         token = api.headers["authorization"]
         if shutil.which("curl"):
             rows.append(("curl GET /v1/instances", ["curl", "-sf", "-H", f"Authorization: {token}",
-                                                     f"{api.base_url}v1/instances"]))
+                                                     f"{str(api.base_url).rstrip('/')}/v1/instances"]))
         print("| command (20 instances) | median | p90 |")
         print("|---|---|---|")
         for label, argv in rows:

@@ -91,7 +91,7 @@ def serve(cloud: Cloud) -> None:
     before = cfg.endpoint()
     port = choose_port(int(str(before.get("port") or 0)), cfg.api_port, "CLOUDLET_API_PORT" in cfg.explicit_ports,
                        "API", "CLOUDLET_API_PORT")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((cfg.api_host, port))
     port = sock.getsockname()[1]

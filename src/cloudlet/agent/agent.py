@@ -42,6 +42,7 @@ from cloudlet.storage.pools.base import StoragePool
 log = logging.getLogger("cloudlet.agent")
 VERSION = "0.2.0"
 KINDS = list(AGENT_KINDS)
+BATCH = 0.01  # seconds the outbox waits to gather writes into one request
 
 
 class Agent:
@@ -142,6 +143,7 @@ class Agent:
             with self.cache.outbox_ready:
                 if not self.cache.pending_ops():
                     self.cache.outbox_ready.wait(1.0)
+            self._stop.wait(BATCH)  # let a reconcile pass finish its writes: one request for all of them
             try:
                 self.flush()
                 backoff = 0.1

@@ -103,8 +103,16 @@ class RecordCache:
         return self._seq
 
     def pending_ops(self) -> builtins.list[dict[str, Any]]:
+        """The outbox in order, each record's run of status writes folded into one (the last one wins)."""
         with self._lock:
-            return list(self._outbox)
+            ops: builtins.list[dict[str, Any]] = []
+            for op in self._outbox:
+                prev = ops[-1] if ops else None
+                if prev is not None and op["op"] == prev["op"] == "status" and op["id"] == prev["id"]:
+                    ops[-1] = {**op, "values": {**prev["values"], **op["values"]}}
+                else:
+                    ops.append(op)
+            return ops
 
     def acknowledge(self, upto: int) -> None:
         """The control plane has applied every op up to seq `upto`."""

@@ -84,7 +84,7 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     resolver = Resolver(agent.cache)
     dns = DNSService(resolver, dns_port)
     agent.dns_port = dns.port
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", choose_port(int(str(before.get("port") or 0)), 0, False, "agent", "")))
     port = sock.getsockname()[1]

@@ -1,5 +1,5 @@
-"""Rendering for every command: -o table (default), json or yaml. rich and yaml are imported only when a
-command renders with them: most commands print one line or JSON, and imports are most of a CLI's latency."""
+"""Rendering for every command: -o table (default), json or yaml. Tables are plain aligned columns, and rich
+(progress spinners) and yaml are imported only when used: imports are most of a CLI command's latency."""
 
 from __future__ import annotations
 
@@ -54,19 +54,14 @@ def emit(data: Any, fmt: Format, columns: list[str] | None = None) -> None:
 
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
         return
-    from rich.table import Table
-
+    rows = data if isinstance(data, list) else [{"key": k, "value": data.get(k)} for k in columns or list(data)]
+    cols = (columns or (list(data[0]) if data else [])) if isinstance(data, list) else ["key", "value"]
+    cells = [[_cell(row.get(c)) for c in cols] for row in rows]
     if isinstance(data, list):
-        cols = columns or (list(data[0]) if data else [])
-        table = Table(*[c.upper() for c in cols], box=None, pad_edge=False)
-        for row in data:
-            table.add_row(*[_cell(row.get(c)) for c in cols])
-        console().print(table)
-    else:
-        table = Table(box=None, show_header=False, pad_edge=False)
-        for key in columns or list(data):
-            table.add_row(key, _cell(data.get(key)))
-        console().print(table)
+        cells.insert(0, [c.upper() for c in cols])
+    widths = [max((len(r[i]) for r in cells), default=0) for i in range(len(cols))]
+    for r in cells:
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
 def say(message: str, quiet: bool = False) -> None:

@@ -140,7 +140,7 @@ def apply_ops(store: Store, caller: Caller, ops: builtins.list[AgentOp], on_purg
         elif res is not None:
             if op.op == "status":
                 values = {k: v for k, v in (op.values or {}).items() if k in ("status", "phase", "observed_generation")}
-                store.update_status(res.id, **values)
+                store.update_status(res.id, writer=host, **values)
             elif op.op == "event":
                 store.add_event(res, op.reason or "", op.message or "", op.type or "Normal", uid=op.uid, at=op.time)
             elif store.finalize(res.id):

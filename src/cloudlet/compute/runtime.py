@@ -95,7 +95,6 @@ class InstanceReconciler(KindReconciler):
         self.ctx.pool.snapshot(plan.disk_source, disk_of(res.id), readonly=False)
         net = plan.net
         prefix = ipaddress.ip_network(net.spec["subnet"]).prefixlen
-        self.ctx.net.ensure_network(net.id, net.spec["gateway"], prefix)
         netns = self.ctx.net.ensure_port(PortSpec(res.id, net.id, plan.ip, prefix, net.spec["gateway"]))
         launch = dataclasses.replace(plan.launch, netns=netns)
         if fresh:

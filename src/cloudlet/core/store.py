@@ -69,9 +69,9 @@ class Store:
             watcher(rev)
 
     @staticmethod
-    def _changed(conn: sa.Connection, rid: str, kind: str, host: str | None) -> int:
+    def _changed(conn: sa.Connection, rid: str, kind: str, host: str | None, writer: str | None = None) -> int:
         """Records the write in the change log, in the writer's transaction; returns its revision."""
-        result = conn.execute(changes.insert().values(resource_id=rid, kind=kind, host=host))
+        result = conn.execute(changes.insert().values(resource_id=rid, kind=kind, host=host, writer=writer))
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     # resources
@@ -158,9 +158,10 @@ class Store:
             values["labels"] = labels
         return self._update(rid, values)
 
-    def update_status(self, rid: str, **values: Any) -> Resource:
+    def update_status(self, rid: str, *, writer: str | None = None, **values: Any) -> Resource:
+        """`writer`: the host whose agent reports this status; its own watch need not hear it back."""
         values["updated_at"] = time.time()
-        return self._update(rid, values, notify=False)
+        return self._update(rid, values, notify=False, writer=writer)
 
     def mark_deleted(self, rid: str) -> Resource:
         """Deletion is a request: the record stays until every finalizer is removed (at once if it has none)."""
@@ -182,14 +183,14 @@ class Store:
             return True
         return False
 
-    def _update(self, rid: str, values: dict[str, Any], notify: bool = True) -> Resource:
+    def _update(self, rid: str, values: dict[str, Any], notify: bool = True, writer: str | None = None) -> Resource:
         with self.engine.begin() as conn:
             result = conn.execute(resources.update().where(resources.c.id == rid).values(**values))
             if result.rowcount == 0:
                 raise NotFound(f"resource {rid} not found")
             row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
             res = _row_to_resource(row)
-            rev = self._changed(conn, rid, res.kind, res.host)
+            rev = self._changed(conn, rid, res.kind, res.host, writer)
         self._notify(res, rev, spec_side=notify)
         return res
 
@@ -215,19 +216,22 @@ class Store:
     def changed_since(self, rev: int, kinds: Iterable[str], host: str | None = None, hostless: Iterable[str] = ()
                       ) -> tuple[builtins.list[str], int]:
         """Ids of records of `kinds` written after `rev` (for a host: those written while on it, and the
-        `hostless` kinds), in write order, each once; and the revision they bring the watcher up to."""
+        `hostless` kinds; not its own status reports), in write order, each once; and the revision they bring
+        the watcher up to."""
         q = (sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
              .where(changes.c.rev > rev, changes.c.kind.in_(list(kinds))))
         if host is not None:
-            q = q.where(sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))))
+            q = q.where(sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))),
+                        sa.or_(changes.c.writer.is_(None), changes.c.writer != host))
         with self.engine.connect() as conn:
             rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
             latest = int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
         return [r.resource_id for r in rows], max(latest, rev)
 
     def compact_changes(self) -> int:
-        """Drops change rows superseded by a later one of the same record; watchers only need the latest."""
-        latest = sa.select(sa.func.max(changes.c.rev)).group_by(changes.c.resource_id)
+        """Drops change rows superseded by a later one of the same record by the same writer; watchers only need
+        the latest of each (per writer, since a host does not hear its own)."""
+        latest = sa.select(sa.func.max(changes.c.rev)).group_by(changes.c.resource_id, changes.c.writer)
         with self.engine.begin() as conn:
             return int(conn.execute(changes.delete().where(changes.c.rev.not_in(latest))).rowcount)
 

@@ -53,6 +53,7 @@ changes = sa.Table(
     sa.Column("resource_id", sa.String(26), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("host", sa.String(64), nullable=True),
+    sa.Column("writer", sa.String(64), nullable=True),  # the host whose agent wrote it; None: the control plane
 )
 
 tokens = sa.Table(

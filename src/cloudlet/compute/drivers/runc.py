@@ -89,7 +89,14 @@ class RuncDriver(ComputeDriver):
             )
         if proc.returncode != 0:
             raise DriverError(f"runc could not start instance {spec.id}: {self._last_runc_error(d)}")
-        return self.get_instance(spec.id)
+        try:  # the pid file runc just wrote saves asking runc again (a process start, under load tens of ms)
+            pid = int((d / "init.pid").read_text())
+        except (OSError, ValueError):
+            return self.get_instance(spec.id)
+        if not Path(f"/proc/{pid}").exists():
+            return self.get_instance(spec.id)
+        self._track(spec.id, pid)
+        return InstanceInfo(spec.id, InstanceState.RUNNING, pid, {"runc_status": "running"})
 
     def stop_instance(self, iid: str, timeout: float = 5.0) -> None:
         cid = self._cid(iid)

@@ -19,6 +19,7 @@ def upgrade() -> None:
         sa.Column("resource_id", sa.String(26), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("host", sa.String(64), nullable=True),
+        sa.Column("writer", sa.String(64), nullable=True),
     )
     with op.batch_alter_table("events") as batch:
         batch.add_column(sa.Column("uid", sa.String(64), nullable=True))
