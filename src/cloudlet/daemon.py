@@ -21,7 +21,7 @@ from cloudlet.compute import images
 from cloudlet.compute.hosts import AgentService, host_token
 from cloudlet.compute.instances import KIND as INSTANCE
 from cloudlet.compute.placement import Placement
-from cloudlet.compute.scheduler import SchedulerReconciler, release
+from cloudlet.compute.scheduler import release
 from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.context import ADMIN_TENANT, Cloud, HostDirectory
@@ -29,8 +29,8 @@ from cloudlet.core.ports import choose_port
 from cloudlet.core.reconcile import Manager
 from cloudlet.core.records import Resource
 from cloudlet.core.store import Store
+from cloudlet.domains import DOMAINS
 from cloudlet.network import networks
-from cloudlet.storage import policies
 
 log = logging.getLogger("cloudlet.daemon")
 
@@ -49,9 +49,9 @@ def build_control_plane(config: Config, clock: Clock | None = None, hosts: HostD
             release(cloud, res)
 
     cloud.agent_api = AgentService(store, on_purged)
-    manager.register(networks.NetworkReconciler(cloud))
-    manager.register(SchedulerReconciler(cloud))
-    manager.register(policies.BackupPolicyReconciler(cloud))
+    for domain in DOMAINS:
+        for make in domain.control_plane:
+            manager.register(make(cloud))
     return cloud
 
 

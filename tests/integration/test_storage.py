@@ -73,6 +73,13 @@ def test_attach_live_survives_restart_and_snapshots_with_instance(pcloud: CloudC
     assert taken.returncode == 1 and "attached to instance r-2" in taken.stderr
     pcloud.run("volume", "detach", "vol-a")
     assert pcloud.run("exec", "r-2", "--", "cat", "/srv/data/file", check=False).returncode != 0
+    # a copy launched from the snapshot gets a clone of the volume, at the same path, with the same data
+    pcloud.run("launch", "--from-snapshot", "r2-full", "r-2b", "--wait")
+    assert pcloud.run("exec", "r-2b", "--", "cat", "/srv/data/file").stdout == "persisted\n"
+    clone = pcloud.json("volume", "show", "r-2b-vol-a")
+    assert clone["attached_to"] == "r-2b" and clone["path"] == "/srv/data" and clone["state"] == "ready"
+    pcloud.run("delete", "r-2b", "--wait")
+    pcloud.run("volume", "delete", "r-2b-vol-a")
     pcloud.run("snapshot", "delete", "r2-full")
     pcloud.run("volume", "delete", "vol-a")
 

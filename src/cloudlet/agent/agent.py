@@ -27,15 +27,14 @@ from cloudlet.compute.drivers.base import ComputeDriver
 from cloudlet.compute.hosts import AGENT_KINDS
 from cloudlet.compute.instances import KIND as INSTANCE
 from cloudlet.compute.instances import set_state
-from cloudlet.compute.runtime import InstanceReconciler
 from cloudlet.core.clock import Clock
 from cloudlet.core.config import Config
 from cloudlet.core.context import HostContext
 from cloudlet.core.errors import CloudletError, NotFound
 from cloudlet.core.reconcile import Manager
+from cloudlet.domains import DOMAINS
 from cloudlet.network.drivers.base import NetworkDriver
-from cloudlet.network.networks import BridgeReconciler
-from cloudlet.storage import backups, usage, volumes
+from cloudlet.storage import usage
 from cloudlet.storage.names import volume_name
 from cloudlet.storage.pools.base import StoragePool
 
@@ -61,11 +60,9 @@ class Agent:
         self.connected = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        for rec in (InstanceReconciler(self.ctx), BridgeReconciler(self.ctx), images.ImageReconciler(self.ctx),
-                    volumes.VolumeReconciler(self.ctx, restore=backups.restore_into),
-                    volumes.SnapshotReconciler(self.ctx, restore=backups.restore_into),
-                    backups.BackupReconciler(self.ctx)):
-            self.manager.register(rec)
+        for domain in DOMAINS:
+            for make in domain.agent:
+                self.manager.register(make(self.ctx))
         compute.watch(lambda iid: self.manager.enqueue(INSTANCE, iid))
 
     @property

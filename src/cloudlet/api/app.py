@@ -8,23 +8,39 @@ from __future__ import annotations
 
 __all__ = ["create_app"]
 
-from typing import Any
+import importlib
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, Forbidden, Unauthorized
+from cloudlet.core.records import NAME_RE, NAME_RULES
 
 ERROR_SCHEMA = {"description": "Error", "content": {"application/json": {"schema": {
-    "type": "object", "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}}}}}}}}
+    "type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}}}}
+# A {name} in a path: the schema states the rules every record's name was made with.
+NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=NAME_RE.pattern,
+                               description=f"a name: {NAME_RULES}")]
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}}, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """A 405's Allow: every method a route serves at this path. (Starlette names only the methods of the first
+    route whose path matched, and FastAPI makes one route per method.)"""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -43,12 +59,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 def create_app(cloud: Cloud) -> FastAPI:
     from cloudlet.api.listcache import RenderCache
-    from cloudlet.api.routes import compute, events, hosts, images, networks, storage, system
     from cloudlet.compute import instances
+    from cloudlet.domains import DOMAINS
 
     app = FastAPI(
         title="cloudlet", version="0.1.0", description="cloudlet control plane API",
-        responses={400: ERROR_SCHEMA, 401: ERROR_SCHEMA, 404: ERROR_SCHEMA, 409: ERROR_SCHEMA, 422: ERROR_SCHEMA},
+        responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422)},
     )
     app.state.cloud = cloud
     app.state.instance_list = RenderCache(cloud.store, instances.KIND, instances.instance_view)
@@ -58,23 +74,34 @@ def create_app(cloud: Cloud) -> FastAPI:
         return _error(exc.status_code, exc.code, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
         message = "malformed request body: send JSON" if exc.status_code == 400 else str(exc.detail)
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         status, message = _validation_message(exc)
         return _error(status, "bad_request" if status == 400 else "invalid_spec", message)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        """A bug: still the error format (Starlette logs the traceback after this answer)."""
+        return _error(500, "internal", f"internal error ({type(exc).__name__}); cloudletd's log has the details")
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (system, images, networks, compute, storage, events):
-        app.include_router(module.router, dependencies=[Depends(caller)])
-    app.include_router(hosts.router)  # its routes take a user's or a host agent's token, each as it needs
+    for domain in DOMAINS:
+        for path in domain.routers:
+            module = importlib.import_module(path)
+            # a module that checks tokens per route (users' or host agents') says so with OWN_AUTH
+            deps = [] if getattr(module, "OWN_AUTH", False) else [Depends(caller)]
+            app.include_router(module.router, dependencies=deps)
     return app
 
 

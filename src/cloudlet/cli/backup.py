@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from cloudlet.cli.client import Client, connect
-from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
+from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, console, emit, labels_of, say
 from cloudlet.cli.volume import wait_ready
 from cloudlet.core.errors import CloudletError
 
@@ -49,28 +49,30 @@ def target_add(name: str, endpoint: Annotated[str, typer.Option(help="e.g. http:
 
 
 @target_app.command("list")
-def target_list(output: OutputOpt = Format.table) -> None:
+def target_list(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List backup targets (secrets are never shown)."""
-    emit(connect().get("/v1/backup-targets")["items"], output, ["name", "endpoint", "bucket", "access_key"])
+    emit(connect().get("/v1/backup-targets", {"selector": selector})["items"], output,
+         ["name", "endpoint", "bucket", "access_key"])
 
 
 @app.command()
 def create(source: Annotated[str, typer.Argument(help="snapshot, volume or instance")],
            target: Annotated[str | None, typer.Option(help="backup target (default: the only one)")] = None,
            name: Annotated[str | None, typer.Option(help="backup name")] = None,
-           wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True, output: OutputOpt = Format.table) -> None:
+           wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True, label: LabelOpt = None,
+           output: OutputOpt = Format.table) -> None:
     """Back up a snapshot (a volume or instance is snapshotted first) to a target."""
     client = connect()
-    view = client.post("/v1/backups", {"source": source, "target": target, "name": name})
+    view = client.post("/v1/backups", {"source": source, "target": target, "name": name, "labels": labels_of(label)})
     if wait:
         view = _wait(client, view["name"])
     say(f"Backup {view['name']} {view['state']}") if output == Format.table else emit(view, output)
 
 
 @app.command("list")
-def list_(output: OutputOpt = Format.table) -> None:
+def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List backups."""
-    emit(connect().get("/v1/backups")["items"], output, COLUMNS)
+    emit(connect().get("/v1/backups", {"selector": selector})["items"], output, COLUMNS)
 
 
 @app.command()
@@ -116,27 +118,34 @@ app.add_typer(policy_app, name="policy")
 
 
 @policy_app.command("create")
-def policy_create(name: str, every: Annotated[str, typer.Option(help="interval: 30s, 15m, 6h, 1d, 1w")],
+def policy_create(name: str,
+                  every: Annotated[str | None, typer.Option(help="interval: 30s, 15m, 6h, 1d, 1w")] = None,
+                  cron: Annotated[str | None, typer.Option(help="or a cron schedule (UTC): '0 3 * * *'")] = None,
                   volume: Annotated[list[str] | None, typer.Option(help="volume to back up (repeatable)")] = None,
                   instance: Annotated[list[str] | None, typer.Option(help="instance to back up (repeatable)")] = None,
+                  selector: Annotated[str | None, typer.Option(
+                      help="and every volume and instance whose labels match, e.g. backup=nightly")] = None,
+                  label: LabelOpt = None,
                   keep_last: Annotated[int, typer.Option(help="keep the newest N")] = 7,
                   keep_daily: Annotated[int, typer.Option(help="and the newest of each of D days")] = 0,
                   keep_weekly: Annotated[int, typer.Option(help="and the newest of each of W weeks")] = 0,
                   target: Annotated[str | None, typer.Option(help="backup target")] = None,
                   output: OutputOpt = Format.table) -> None:
-    """Back up volumes and instances every interval; older backups beyond the retention are deleted."""
-    body = {"name": name, "interval_seconds": parse_duration(every), "keep_last": keep_last,
-            "keep_daily": keep_daily, "keep_weekly": keep_weekly, "volumes": volume or [],
-            "instances": instance or [], "target": target}
+    """Back up volumes and instances on an interval or a cron schedule; older backups beyond the retention are
+    deleted."""
+    body = {"name": name, "interval_seconds": parse_duration(every) if every else None, "schedule": cron,
+            "keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly, "volumes": volume or [],
+            "instances": instance or [], "selector": selector, "target": target, "labels": labels_of(label)}
     view = connect().post("/v1/backup-policies", body)
     say(f"Backup policy {name} created") if output == Format.table else emit(view, output)
 
 
 @policy_app.command("list")
-def policy_list(output: OutputOpt = Format.table) -> None:
+def policy_list(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List backup policies."""
-    emit(connect().get("/v1/backup-policies")["items"], output,
-         ["name", "interval_seconds", "keep_last", "keep_daily", "keep_weekly", "volumes", "instances", "last_run"])
+    emit(connect().get("/v1/backup-policies", {"selector": selector})["items"], output,
+         ["name", "interval_seconds", "schedule", "keep_last", "keep_daily", "keep_weekly", "volumes", "instances",
+          "selector", "last_run"])
 
 
 @policy_app.command("delete")

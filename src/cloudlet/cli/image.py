@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from cloudlet.cli.client import connect
-from cloudlet.cli.output import Format, OutputOpt, console, emit, say
+from cloudlet.cli.output import Format, OutputOpt, SelectorOpt, console, emit, say
 from cloudlet.core.errors import CloudletError
 
 app = typer.Typer(help="Images instances boot from: busybox (built in), Debian (debootstrap), imported tarballs.",
@@ -21,9 +21,9 @@ COLUMNS = ["name", "source", "state", "packages", "size_mib", "digest"]
 
 
 @app.command("list")
-def list_(output: OutputOpt = Format.table) -> None:
+def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List images."""
-    emit(connect().get("/v1/images")["items"], output, COLUMNS)
+    emit(connect().get("/v1/images", {"selector": selector})["items"], output, COLUMNS)
 
 
 app.command("ls", hidden=True)(list_)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cloudlet.cli.client import Client, connect
-from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
+from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, console, emit, labels_of, say
 from cloudlet.core.errors import CloudletError, NotFound
 
 COLUMNS = ["name", "state", "image", "network", "ip", "dns_name", "host", "zone", "cpus", "memory_mib"]
@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         restart: Annotated[str, typer.Option(help="always or never")] = "always",
         command: Annotated[str | None, typer.Option(help="shell command to run instead of the image's")] = None,
         zone: Annotated[str | None, typer.Option(help="place only in this zone")] = None,
+        label: LabelOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
         output: OutputOpt = Format.table,
     ) -> None:
@@ -71,7 +72,8 @@ def register(app: typer.Typer) -> None:
             image_name = image
         client = connect()
         body = {"name": name, "image": image_name, "from_snapshot": from_snapshot, "network": network, "cpus": cpus, "memory_mib": memory,
-                "restart": restart, "zone": zone, "command": ["/bin/sh", "-c", command] if command else None}
+                "restart": restart, "zone": zone, "command": ["/bin/sh", "-c", command] if command else None,
+                "labels": labels_of(label)}
         view = client.post("/v1/instances", body)
         if wait:
             view = wait_for(client, name, TERMINAL)
@@ -82,13 +84,13 @@ def register(app: typer.Typer) -> None:
             emit(view, output)
 
     @app.command("list")
-    def list_(output: OutputOpt = Format.table) -> None:
+    def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
         """List instances."""
         client = connect()
         items: list[dict[str, Any]] = []
         after = None
         while True:
-            resp = client.get("/v1/instances", params={"after": after} if after else {})
+            resp = client.get("/v1/instances", params={"after": after, "selector": selector})
             items += resp["items"]
             after = resp.get("next")
             if not after:

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cloudlet.cli import backup, host, image, instance, network, snapshot, storage, tenant, volume
+from cloudlet.cli import backup, host, image, instance, label, network, snapshot, storage, tenant, volume
 from cloudlet.cli.client import Client, call, connect
 from cloudlet.cli.output import Format, OutputOpt, emit, say
 from cloudlet.core.config import Config, load_config
@@ -33,6 +33,7 @@ app.add_typer(storage.app, name="storage")
 app.add_typer(backup.app, name="backup")
 app.add_typer(host.app, name="host")
 instance.register(app)
+label.register(app)
 
 
 def _alive(pid_file: Path) -> int | None:

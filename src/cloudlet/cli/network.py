@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cloudlet.cli.client import connect
-from cloudlet.cli.output import Format, OutputOpt, bulk, emit, say
+from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, emit, labels_of, say
 
 app = typer.Typer(help="Tenant networks: a bridge, a subnet from 10.240.0.0/12, DNS on the gateway.",
                   no_args_is_help=True)
@@ -18,9 +18,9 @@ COLUMNS = ["name", "subnet", "gateway", "zone", "state"]
 
 @app.command()
 def create(name: str, subnet: Annotated[str | None, typer.Option(help="CIDR inside 10.240.0.0/12")] = None,
-           output: OutputOpt = Format.table) -> None:
+           label: LabelOpt = None, output: OutputOpt = Format.table) -> None:
     """Create a network."""
-    view = connect().post("/v1/networks", {"name": name, "subnet": subnet})
+    view = connect().post("/v1/networks", {"name": name, "subnet": subnet, "labels": labels_of(label)})
     if output == Format.table:
         say(f"Network {name} created with subnet {view['subnet']}")
     else:
@@ -28,9 +28,9 @@ def create(name: str, subnet: Annotated[str | None, typer.Option(help="CIDR insi
 
 
 @app.command("list")
-def list_(output: OutputOpt = Format.table) -> None:
+def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List networks."""
-    emit(connect().get("/v1/networks")["items"], output, COLUMNS)
+    emit(connect().get("/v1/networks", {"selector": selector})["items"], output, COLUMNS)
 
 
 app.command("ls", hidden=True)(list_)

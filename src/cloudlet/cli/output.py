@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["OutputOpt", "emit", "say", "bulk", "console"]
+__all__ = ["OutputOpt", "LabelOpt", "SelectorOpt", "emit", "say", "bulk", "console", "labels_of"]
 
 import functools
 import json
@@ -28,6 +28,20 @@ class Format(str, Enum):
 
 
 OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="label KEY=VALUE (repeatable)")]
+SelectorOpt = Annotated[str | None, typer.Option("-l", "--selector", help="only those whose labels match: "
+                                                 "k=v, k!=v, k or !k, joined by ','")]
+
+
+def labels_of(pairs: list[str] | None) -> dict[str, str]:
+    """KEY=VALUE options as a dict; the server checks the keys and values."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CloudletError(f"label {pair!r} is not KEY=VALUE")
+        out[key] = value
+    return out
 @functools.cache
 def console() -> Console:
     from rich.console import Console

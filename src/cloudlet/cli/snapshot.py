@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cloudlet.cli.client import connect
-from cloudlet.cli.output import Format, OutputOpt, bulk, emit, say
+from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, emit, labels_of, say
 from cloudlet.cli.volume import Cascade, wait_ready
 
 app = typer.Typer(help="Snapshots of volumes and instances (instances are frozen while their disk is taken).",
@@ -20,18 +20,18 @@ COLUMNS = ["name", "source_kind", "source", "state", "frozen", "took_ms"]
 @app.command()
 def create(source: Annotated[str, typer.Argument(help="volume or instance name")],
            name: Annotated[str | None, typer.Option(help="snapshot name (default SOURCE-date)")] = None,
-           output: OutputOpt = Format.table) -> None:
+           label: LabelOpt = None, output: OutputOpt = Format.table) -> None:
     """Snapshot a volume, or an instance's root disk (a bootable snapshot)."""
     client = connect()
-    view = client.post("/v1/snapshots", {"source": source, "name": name})
+    view = client.post("/v1/snapshots", {"source": source, "name": name, "labels": labels_of(label)})
     view = wait_ready(client, "/v1/snapshots", view["name"])
     say(f"Snapshot {view['name']} of {source} taken") if output == Format.table else emit(view, output)
 
 
 @app.command("list")
-def list_(output: OutputOpt = Format.table) -> None:
+def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List snapshots."""
-    emit(connect().get("/v1/snapshots")["items"], output, COLUMNS)
+    emit(connect().get("/v1/snapshots", {"selector": selector})["items"], output, COLUMNS)
 
 
 app.command("ls", hidden=True)(list_)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cloudlet.cli.client import Client, connect
-from cloudlet.cli.output import Format, OutputOpt, bulk, console, emit, say
+from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, console, emit, labels_of, say
 from cloudlet.core.errors import CloudletError
 
 app = typer.Typer(help="Volumes: pool-backed disks with a size limit; snapshot and clone them.", no_args_is_help=True)
@@ -31,20 +31,20 @@ def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dic
 
 
 @app.command()
-def create(name: str, size: Annotated[int, typer.Option("--size", help="size in GiB")],
+def create(name: str, size: Annotated[int, typer.Option("--size", help="size in GiB")], label: LabelOpt = None,
            output: OutputOpt = Format.table) -> None:
     """Create an empty volume of SIZE GiB."""
     client = connect()
-    client.post("/v1/volumes", {"name": name, "size_gib": size})
+    client.post("/v1/volumes", {"name": name, "size_gib": size, "labels": labels_of(label)})
     view = wait_ready(client, "/v1/volumes", name)
     say(f"Volume {name} created ({size} GiB)") if output == Format.table else emit(view, output)
 
 
 @app.command()
-def clone(snapshot: str, new_name: str, output: OutputOpt = Format.table) -> None:
+def clone(snapshot: str, new_name: str, label: LabelOpt = None, output: OutputOpt = Format.table) -> None:
     """Create volume NEW_NAME as a copy-on-write clone of SNAPSHOT."""
     client = connect()
-    client.post("/v1/volumes/clone", {"snapshot": snapshot, "name": new_name})
+    client.post("/v1/volumes/clone", {"snapshot": snapshot, "name": new_name, "labels": labels_of(label)})
     view = wait_ready(client, "/v1/volumes", new_name)
     say(f"Volume {new_name} cloned from {snapshot}") if output == Format.table else emit(view, output)
 
@@ -79,9 +79,9 @@ def detach(name: str, output: OutputOpt = Format.table) -> None:
 
 
 @app.command("list")
-def list_(output: OutputOpt = Format.table) -> None:
+def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List volumes."""
-    emit(connect().get("/v1/volumes")["items"], output, COLUMNS)
+    emit(connect().get("/v1/volumes", {"selector": selector})["items"], output, COLUMNS)
 
 
 app.command("ls", hidden=True)(list_)

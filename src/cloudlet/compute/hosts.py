@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.core.context import SYSTEM_TENANT, Caller
 from cloudlet.core.errors import BadRequest, Forbidden
+from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.records import Resource, check_name
 from cloudlet.core.store import Store
 from cloudlet.core.watch import Watch
 
-HOST_KIND = "Host"
+HOST_KIND = register_kind(KindInfo("Host", "hosts", tenant_scoped=False)).name
 log = logging.getLogger("cloudlet.hosts")
 # what an agent watches; Network, Image and BackupTarget records are not placed on a host but every host needs them
 AGENT_KINDS = ("Network", "Image", "BackupTarget", "Instance", "Volume", "Snapshot", "Backup")

@@ -20,16 +20,18 @@ import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import BadRequest, Conflict, DriverError, InvalidSpec, NotFound, TerminalError
+from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import Resource, check_name
+from cloudlet.core.records import Name, Resource, check_name
 
-KIND = "Image"
+KIND = register_kind(KindInfo("Image", "images", tenant_scoped=False)).name
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_COMMAND = [
     "/bin/sh", "-c",
@@ -38,12 +40,15 @@ BUSYBOX_COMMAND = [
 DEBIAN_COMMAND = ["/bin/sh", "-c", "exec sleep infinity"]
 SUITES = {"debian-12": "bookworm"}
 _lock = threading.Lock()
+Package = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9+.:-]+$",
+                               description="a Debian package name")]
 
 
 class ImageBuild(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    packages: list[str] = []
+    labels: Labels = {}
+    name: Name
+    packages: list[Package] = Field([], max_length=1000)
 
     @field_validator("packages")
     @classmethod
@@ -97,8 +102,9 @@ def _busybox_tree(root: Path) -> None:
     os.chmod(root / "tmp", 0o1777)
 
 
-def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str) -> Resource:
-    res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase)
+def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str, labels: dict[str, str] | None = None
+            ) -> Resource:
+    res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase, labels=labels or {})
     cloud.store.create(res, created=f"image {name} from {spec['source']}")
     return res
 
@@ -130,7 +136,7 @@ def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
         if res.spec.get("digest") == digest and res.phase != "failed":
             return res  # same content: the build is cached
         return cloud.store.update_spec(res.id, spec)
-    return _record(cloud, req.name, spec, "pending")
+    return _record(cloud, req.name, spec, "pending", req.labels)
 
 
 def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Resource:
@@ -174,7 +180,7 @@ def get_image(cloud: Cloud, name: str) -> Resource:
 def image_view(res: Resource) -> dict[str, object]:
     return {"id": res.id, "name": res.name, "source": res.spec.get("source"), "digest": res.spec.get("digest"),
             "packages": res.spec.get("packages", []), "state": res.phase, "message": res.status.get("message", ""),
-            "size_mib": res.status.get("size_mib"), "created_at": res.created_at}
+            "size_mib": res.status.get("size_mib"), "created_at": res.created_at, "labels": res.labels}
 
 
 class ImageReconciler(KindReconciler):

@@ -19,22 +19,25 @@ from cloudlet.compute.images import get_image
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, Records
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
-from cloudlet.core.records import FINALIZER, Resource, check_name
+from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.labels import Labels
+from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, check_name
 from cloudlet.network import networks
-from cloudlet.storage.volumes import delete_resource
+from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
 
-KIND = "Instance"
+KIND = register_kind(KindInfo("Instance", "instances", host_bound=True)).name
 READY = "Ready"
 
 
 class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="DNS label: lowercase letters, digits, '-'")
-    image: str | None = Field(None, description="image to boot; omit with from_snapshot")
-    from_snapshot: str | None = Field(None, description="instance snapshot to boot from instead of an image")
-    network: str = networks.DEFAULT
-    cpus: float = Field(1.0, gt=0, le=64)
-    memory_mib: int = Field(256, ge=16, le=1024 * 1024)
+    labels: Labels = {}
+    name: Name
+    image: NameRef | None = Field(None, description="image to boot; omit with from_snapshot")
+    from_snapshot: NameRef | None = Field(None, description="instance snapshot to boot from instead of an image")
+    network: NameRef = networks.DEFAULT
+    cpus: Number = Field(1.0, gt=0, le=64)
+    memory_mib: Int = Field(256, ge=16, le=1024 * 1024)
     restart: Literal["always", "never"] = "always"
     command: list[str] | None = Field(None, max_length=256)
     zone: str | None = None
@@ -48,7 +51,7 @@ class InstanceAction(BaseModel):
 class ExecRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: list[str] = Field(min_length=1, max_length=256)
-    timeout: float = Field(60.0, gt=0, le=3600)
+    timeout: Number = Field(60.0, gt=0, le=3600)
 
 
 def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
@@ -86,8 +89,14 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
         "command": req.command, "zone": req.zone, "state": "running", "run_nonce": 1,
         "from_snapshot_id": snapshot.id if snapshot else None,
     }
-    res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER],
+    res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER], labels=req.labels,
                    status={"state": "pending"})
+    if snapshot and cloud.store.list(KIND, tenant=caller.tenant, name=req.name):
+        raise Conflict(f"Instance {req.name!r} already exists; choose another name or delete it first")
+    # clones of the volumes it had, stored first: its agent sees them before the instance, which waits for them
+    for vol in volumes_of_snapshot(cloud, caller, snapshot, req.name) if snapshot else []:
+        vol.spec["attachment"]["instance_id"] = res.id
+        cloud.store.create(vol, created=f"volume {vol.name} restored for {req.name} at {vol.spec['attachment']['path']}")
     cloud.store.create(res, created=f"instance {req.name} of image {image.name} on network {net.name}")
     return res
 
@@ -130,7 +139,7 @@ def instance_view(res: Resource) -> dict[str, Any]:
         "desired_state": res.spec["state"], "restarts": st.get("restarts", 0), "message": st.get("message", ""),
         "generation": res.generation, "observed_generation": res.observed_generation,
         "created_at": res.created_at, "started_at": st.get("started_at"), "placement": st.get("placement"),
-        "conditions": st.get("conditions", []),
+        "conditions": st.get("conditions", []), "labels": res.labels,
     }
 
 

@@ -44,13 +44,19 @@ class InstanceReconciler(KindReconciler):
     def __init__(self, ctx: HostContext) -> None:
         super().__init__(ctx.store)
         self.ctx = ctx
-        self.watches = {"Network": self._users_of("network_id"), "Image": self._users_of("image_id")}
+        self.watches = {"Network": self._users_of("network_id"), "Image": self._users_of("image_id"),
+                        "Volume": self._attached_instance}
 
     def _users_of(self, field: str):  # type: ignore[no-untyped-def]
         """A network or image becoming ready wakes the instances here that wait for it."""
         def mapper(dep: Resource) -> list[str]:
             return [i.id for i in self.records.list(KIND) if i.spec.get(field) == dep.id and self.serves(i)]
         return mapper
+
+    @staticmethod
+    def _attached_instance(vol: Resource) -> list[str]:
+        """A volume becoming ready wakes the instance that waits to boot with it."""
+        return [str(vol.spec["attachment"]["instance_id"])] if vol.spec.get("attachment") else []
 
     def serves(self, res: Resource) -> bool:
         return res.host == self.ctx.host
@@ -65,6 +71,10 @@ class InstanceReconciler(KindReconciler):
         if image is None or image.phase != "ready":
             set_state(records, res, "pending", message=f"waiting for image {res.spec['image']}")
             return Result()  # the image's watch wakes us
+        waiting = [v.name for v in attached_to(self.ctx, res) if v.phase != "ready"]
+        if waiting and res.status.get("run_nonce") is None:
+            set_state(records, res, "pending", message=f"waiting for volumes {', '.join(waiting)}")
+            return Result()  # the volumes' watch wakes us
         info = self.ctx.compute.get_instance(res.id)
         if res.spec["state"] == "stopped":
             return self._converge_stopped(res, info.state)

@@ -1,4 +1,5 @@
-"""The uniform resource record every kind shares (DESIGN.md section 2), and name rules."""
+"""The uniform resource record every kind shares (DESIGN.md section 2), name rules, and the field types
+request models share (names, JSON numbers)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,38 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field
 from ulid import ULID
 
 from cloudlet.core.errors import BadRequest
 
-__all__ = ["Resource", "Event", "new_id", "check_name", "FINALIZER", "to_wire", "from_wire"]
+__all__ = ["Resource", "Event", "new_id", "check_name", "Name", "NameRef", "NAME_RULES", "Int", "Number",
+           "FINALIZER", "to_wire", "from_wire"]
 
 FINALIZER = "cloudlet.io/artefacts"
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_RULES = "1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+# The name of the record a request makes. The schema states the rules and check_name() enforces them, so a bad
+# name gets a 400 that says which name is wrong ("invalid volume name ...").
+Name = Annotated[str, Field(description=f"a DNS label (RFC 1123): {NAME_RULES}",
+                            json_schema_extra={"minLength": 1, "maxLength": 63, "pattern": NAME_RE.pattern})]
+# The name of a record a request refers to; checked as the request is parsed (422).
+NameRef = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_RE.pattern,
+                               description=f"a name (RFC 1123 label): {NAME_RULES}")]
+
+
+def _json_number(value: Any) -> Any:
+    """The schema says integer or number: pydantic's lax mode would also take true, false and "5"."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")  # noqa: TRY004 (pydantic reports ValueError, not TypeError)
+    return value
+
+
+# Numbers in request bodies. (2.0 stays a valid integer, as JSON Schema says; strict mode would refuse it.)
+Int = Annotated[int, BeforeValidator(_json_number)]
+Number = Annotated[float, BeforeValidator(_json_number)]
 
 
 def new_id() -> str:
@@ -24,7 +47,7 @@ def new_id() -> str:
 
 def check_name(kind: str, name: str) -> str:
     """Names become DNS labels, so they follow RFC 1123 label rules."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # match() would let "web\n" through ($)
         raise BadRequest(
             f"invalid {kind} name {name!r}: use 1-63 lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'"

@@ -163,6 +163,10 @@ class Store:
         values["updated_at"] = time.time()
         return self._update(rid, values, notify=False, writer=writer)
 
+    def set_labels(self, rid: str, labels: dict[str, str]) -> Resource:
+        """Labels are metadata: changing them moves no generation, but watchers and selectors see it."""
+        return self._update(rid, {"labels": labels, "updated_at": time.time()})
+
     def mark_deleted(self, rid: str) -> Resource:
         """Deletion is a request: the record stays until every finalizer is removed (at once if it has none)."""
         res = self._update(rid, {"deleted_at": time.time(), "updated_at": time.time()})

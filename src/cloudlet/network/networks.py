@@ -4,32 +4,56 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict
+from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result, Watches
-from cloudlet.core.records import FINALIZER, Resource, check_name
+from cloudlet.core.records import FINALIZER, Name, Resource, check_name
 from cloudlet.network import ipam
 from cloudlet.network.drivers.base import short
 
 __all__ = ["KIND", "NetworkCreate", "create_network", "ensure_default_network", "delete_network",
            "NetworkReconciler", "BridgeReconciler", "network_view"]
 
-KIND = "Network"
+KIND = register_kind(KindInfo("Network", "networks")).name
 DEFAULT = "default"
 _create_lock = threading.Lock()
 
 
+def _subnet_pattern() -> str:
+    """What ipam.parse_subnet() takes, as a regex for the schema: a network (host bits zero) inside the tenant
+    space with a prefix from /16 to /29; empty means pick one."""
+    heads = "|".join(str(n.network_address).rsplit(".", 2)[0].replace(".", r"\.")
+                     for n in ipam.SPACE.subnets(new_prefix=16))
+    octet = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+    branches = []
+    for prefix in range(16, 30):
+        step = 1 << (24 - prefix) if prefix <= 24 else 1 << (32 - prefix)
+        values = "|".join(str(v) for v in range(0, 256, step))
+        branches.append(rf"({values})\.0/{prefix}" if prefix <= 24 else rf"{octet}\.({values})/{prefix}")
+    return rf"^(({heads})\.({'|'.join(branches)}))?$"
+
+
+Subnet = Annotated[str, Field(description=f"a free network inside {ipam.SPACE} with a prefix from /16 to /29, e.g. "
+                                          "10.240.5.0/24; omit it for the next free /24",
+                              json_schema_extra={"pattern": _subnet_pattern()})]
+
+
 class NetworkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    subnet: str | None = None
+    labels: Labels = {}
+    name: Name
+    subnet: Subnet | None = None
 
 
-def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None = None) -> Resource:
+def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None = None,
+                   labels: dict[str, str] | None = None) -> Resource:
     check_name("network", name)
     with _create_lock:
         taken = [n.spec["subnet"] for n in cloud.store.list(KIND)]
@@ -40,6 +64,7 @@ def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None =
             net = ipam.pick_subnet(taken)
         res = Resource(
             kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, finalizers=[FINALIZER],
+            labels=labels or {},
             spec={"subnet": str(net), "gateway": ipam.gateway_of(net)},
         )
         cloud.store.create(res, created=f"network {name} {net} created")
@@ -71,7 +96,7 @@ def network_view(res: Resource) -> dict[str, object]:
     return {
         "id": res.id, "name": res.name, "tenant": res.tenant, "subnet": res.spec["subnet"],
         "gateway": res.spec["gateway"], "zone": res.zone, "state": "deleting" if res.deleting else res.phase,
-        "created_at": res.created_at,
+        "created_at": res.created_at, "labels": res.labels,
     }
 
 

@@ -23,18 +23,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, NotFound
+from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Resource, check_name
+from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, check_name
 from cloudlet.storage.names import snapshot_name
 from cloudlet.storage.volumes import INSTANCE, SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
 
-TARGET, BACKUP = "BackupTarget", "Backup"
+TARGET = register_kind(KindInfo("BackupTarget", "backup-targets")).name
+BACKUP = register_kind(KindInfo("Backup", "backups", host_bound=True)).name
 CHUNK = 1 << 20
 
 
 class TargetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    labels: Labels = {}
+    name: Name
     endpoint: str = Field(pattern=r"^https?://")
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")
     access_key: str = Field(min_length=1)
@@ -44,26 +48,27 @@ class TargetCreate(BaseModel):
 
 class BackupCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="snapshot, volume or instance name")
-    target: str | None = None
-    name: str | None = None
+    labels: Labels = {}
+    source: NameRef = Field(description="snapshot, volume or instance name")
+    target: NameRef | None = None
+    name: Name | None = None
 
 
 class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="name of the volume (or, for an instance backup, bootable snapshot) to create")
+    name: Name = Field(description="name of the volume (or, for an instance backup, bootable snapshot) to create")
 
 
 def add_target(cloud: Cloud, caller: Caller, req: TargetCreate) -> Resource:
     check_name("backup target", req.name)
-    spec = req.model_dump(exclude={"name"})
-    res = Resource(kind=TARGET, tenant=caller.tenant, name=req.name, spec=spec, phase="ready")
+    spec = req.model_dump(exclude={"name", "labels"})
+    res = Resource(kind=TARGET, tenant=caller.tenant, name=req.name, spec=spec, phase="ready", labels=req.labels)
     return cloud.store.create(res, created=f"backup target {req.name} at {req.endpoint}/{req.bucket}")
 
 
 def target_view(res: Resource) -> dict[str, Any]:
     return {"name": res.name, "endpoint": res.spec["endpoint"], "bucket": res.spec["bucket"],
-            "access_key": res.spec["access_key"], "region": res.spec["region"]}  # the secret is never shown
+            "access_key": res.spec["access_key"], "region": res.spec["region"], "labels": res.labels}  # the secret is never shown
 
 
 def _pick_target(cloud: Cloud, tenant: str, name: str | None) -> Resource:
@@ -90,7 +95,7 @@ def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: st
     spec = {"snapshot_id": snap.id, "snapshot": snap.name, "target_id": target.id, "target": target.name,
             "source_kind": snap.spec["source_kind"], "source": snap.spec["source_name"],
             "image_id": snap.spec.get("image_id"), "policy_id": policy_id, "drop_snapshot": policy_id is not None}
-    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER],
+    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER], labels=req.labels,
                    host=snap.host, zone=snap.zone)
     return cloud.store.create(res, created=f"backup {name} of snapshot {snap.name} to {target.name}")
 
@@ -131,7 +136,8 @@ def backup_view(res: Resource) -> dict[str, Any]:
             "snapshot": res.spec["snapshot"], "target": res.spec["target"],
             "state": "deleting" if res.deleting else res.phase, "bytes": st.get("bytes"),
             "compressed_bytes": st.get("compressed_bytes"), "sha256": st.get("sha256"),
-            "seconds": st.get("seconds"), "message": st.get("message", ""), "created_at": res.created_at}
+            "seconds": st.get("seconds"), "message": st.get("message", ""), "created_at": res.created_at,
+            "labels": res.labels}
 
 
 def _s3(target: Resource) -> Any:

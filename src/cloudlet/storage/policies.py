@@ -7,45 +7,79 @@ from __future__ import annotations
 __all__ = ["POLICY", "PolicyCreate", "create_policy", "policy_view", "retained", "BackupPolicyReconciler"]
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, InvalidSpec
+from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.labels import SELECTOR_PATTERN, Labels, parse_selector
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Resource, check_name
+from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
 from cloudlet.storage.volumes import delete_resource, dependents
 
-POLICY = "BackupPolicy"
+POLICY = register_kind(KindInfo("BackupPolicy", "backup-policies")).name
 DAY, WEEK = 86400, 7 * 86400
 
 
 class PolicyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    interval_seconds: int = Field(ge=1, le=365 * DAY)
-    keep_last: int = Field(1, ge=1, le=1000)
-    keep_daily: int = Field(0, ge=0, le=3650)
-    keep_weekly: int = Field(0, ge=0, le=520)
-    volumes: list[str] = Field(default_factory=list, max_length=1000)
-    instances: list[str] = Field(default_factory=list, max_length=1000)
-    target: str | None = None
+    labels: Labels = {}
+    name: Name
+    interval_seconds: Int | None = Field(None, ge=1, le=365 * DAY, description="run every N seconds, or:")
+    schedule: str | None = Field(None, max_length=100, description="cron expression (UTC), e.g. '0 3 * * *'")
+    keep_last: Int = Field(1, ge=1, le=1000)
+    keep_daily: Int = Field(0, ge=0, le=3650)
+    keep_weekly: Int = Field(0, ge=0, le=520)
+    volumes: list[NameRef] = Field(default_factory=list, max_length=1000)
+    instances: list[NameRef] = Field(default_factory=list, max_length=1000)
+    selector: str | None = Field(None, max_length=1024, pattern=SELECTOR_PATTERN,
+                                 description="also every volume and instance whose labels match")
+    target: NameRef | None = None
 
 
 def create_policy(cloud: Cloud, caller: Caller, req: PolicyCreate) -> Resource:
     check_name("backup policy", req.name)
-    if not req.volumes and not req.instances:
-        raise InvalidSpec("a backup policy needs at least one --volume or --instance")
-    res = Resource(kind=POLICY, tenant=caller.tenant, name=req.name, spec=req.model_dump(exclude={"name"}),
+    if not req.volumes and not req.instances and not req.selector:
+        raise InvalidSpec("a backup policy needs at least one --volume, --instance or --selector")
+    if (req.interval_seconds is None) == (req.schedule is None):
+        raise InvalidSpec("give a backup policy either an interval (--every) or a cron schedule (--cron)")
+    if req.schedule is not None and not croniter.is_valid(req.schedule):
+        raise InvalidSpec(f"{req.schedule!r} is not a cron expression such as '0 3 * * *' (minute hour day month "
+                          "weekday)")
+    res = Resource(kind=POLICY, tenant=caller.tenant, name=req.name, spec=req.model_dump(exclude={"name", "labels"}),
+                   labels=req.labels,
                    finalizers=[FINALIZER], phase="active")
-    return cloud.store.create(res, created=f"backup policy {req.name} every {req.interval_seconds} s")
+    when = f"every {req.interval_seconds} s" if req.schedule is None else f"on cron {req.schedule!r}"
+    return cloud.store.create(res, created=f"backup policy {req.name} {when}")
 
 
 def policy_view(res: Resource) -> dict[str, Any]:
     return {"name": res.name, **res.spec, "state": "deleting" if res.deleting else res.phase,
-            "last_run": res.status.get("last_run"), "message": res.status.get("message", "")}
+            "last_run": res.status.get("last_run"), "message": res.status.get("message", ""), "labels": res.labels}
+
+
+def next_run(spec: dict[str, Any], last_run: float, created_at: float) -> float:
+    """When the policy runs next: an interval after the last run (at once the first time), or the cron
+    schedule's next time after the last run (after creation the first time)."""
+    if spec.get("schedule"):
+        return float(croniter(spec["schedule"], datetime.fromtimestamp(last_run or created_at, UTC)).get_next(float))
+    return last_run + float(spec["interval_seconds"])
+
+
+def sources(cloud: Cloud, res: Resource) -> list[str]:
+    """Names the policy backs up: those listed, and the volumes and instances its selector matches now."""
+    names = [*res.spec["volumes"], *res.spec["instances"]]
+    selector = parse_selector(res.spec.get("selector"))
+    if selector:
+        for kind in ("Volume", "Instance"):
+            names += [r.name for r in cloud.store.list(kind, tenant=res.tenant)
+                      if not r.deleting and selector.matches(r.labels) and r.name not in names]
+    return names
 
 
 def retained(backups: list[Resource], keep_last: int, keep_daily: int, keep_weekly: int) -> set[str]:
@@ -77,11 +111,11 @@ class BackupPolicyReconciler(KindReconciler):
         mine = [b for b in store.list(BACKUP, tenant=res.tenant) if b.spec.get("policy_id") == rid]
         self._drop_shipped_snapshots(mine)
         spec, now = res.spec, time.time()
-        due_in = float(res.status.get("last_run") or 0) + spec["interval_seconds"] - now
+        due_in = next_run(spec, float(res.status.get("last_run") or 0), res.created_at) - now
         if due_in > 0:
             return Result(requeue_after=due_in)
         caller, errors = Caller(res.tenant), []
-        for source in [*spec["volumes"], *spec["instances"]]:
+        for source in sources(self.cloud, res):
             name = f"{res.name}-{source}-{time.strftime('%Y%m%d%H%M%S')}"
             try:
                 create_backup(self.cloud, caller, BackupCreate(source=source, target=spec["target"], name=name),
@@ -100,7 +134,7 @@ class BackupPolicyReconciler(KindReconciler):
         store.update_status(rid, status={"last_run": now, "message": message, "expired": expired})
         if errors:
             store.add_event(res, "BackupFailed", message, "Warning")
-        return Result(requeue_after=spec["interval_seconds"])
+        return Result(requeue_after=max(1.0, next_run(spec, now, res.created_at) - now))
 
     def _drop_shipped_snapshots(self, backups: list[Resource]) -> None:
         """The snapshots the policy took are not needed once their data is offsite."""

@@ -23,25 +23,33 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
+from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Resource, check_name
+from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 
-VOLUME, SNAPSHOT, INSTANCE = "Volume", "Snapshot", "Instance"
+VOLUME = register_kind(KindInfo("Volume", "volumes", host_bound=True)).name
+SNAPSHOT = register_kind(KindInfo("Snapshot", "snapshots", host_bound=True)).name
+INSTANCE = "Instance"  # compute/instances.py owns the kind; it imports this module, not the other way
 GIB = 1 << 30
 DEFAULT_QUOTA = {"volumes": 100, "volume_gib": 1000, "snapshots": 500}
+# What AttachRequest's validator accepts, stated for the schema: absolute, not /, no '..', not under /proc, /sys,
+# /dev or /etc.
+ATTACH_PATH = r"^/(?!(?:proc|sys|dev|etc)(?:/|$))(?!(?:[\s\S]*/)?\.\.(?:/|$))[\s\S]+$"
 
 
 class VolumeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    size_gib: int = Field(ge=1, le=16384)
+    labels: Labels = {}
+    name: Name
+    size_gib: Int = Field(ge=1, le=16384)
 
 
 class AttachRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    instance: str
-    path: str = Field("/data", max_length=255)
+    instance: NameRef
+    path: str = Field("/data", max_length=255, json_schema_extra={"pattern": ATTACH_PATH})
 
     @field_validator("path")
     @classmethod
@@ -54,8 +62,9 @@ class AttachRequest(BaseModel):
 
 class SnapshotCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="volume or instance name")
-    name: str | None = None
+    labels: Labels = {}
+    source: NameRef = Field(description="volume or instance name")
+    name: Name | None = None
 
 
 def quota_of(cloud: Cloud, tenant: str) -> dict[str, int]:
@@ -77,8 +86,9 @@ def check_quota(cloud: Cloud, tenant: str, volumes: int = 0, gib: int = 0, snaps
                            "delete something or ask the admin for a larger quota")
 
 
-def _new(cloud: Cloud, kind: str, caller: Caller, name: str, spec: dict[str, Any], what: str) -> Resource:
-    res = Resource(kind=kind, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER],
+def _new(cloud: Cloud, kind: str, caller: Caller, name: str, spec: dict[str, Any], what: str,
+         labels: dict[str, str]) -> Resource:
+    res = Resource(kind=kind, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER], labels=labels,
                    zone=cloud.config.zone, host=cloud.config.host)
     return cloud.store.create(res, created=what)
 
@@ -87,10 +97,11 @@ def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
     check_name("volume", req.name)
     check_quota(cloud, caller.tenant, volumes=1, gib=req.size_gib)
     return _new(cloud, VOLUME, caller, req.name, {"size_gib": req.size_gib, "source_snapshot_id": None},
-                f"volume {req.name} of {req.size_gib} GiB")
+                f"volume {req.name} of {req.size_gib} GiB", req.labels)
 
 
-def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str) -> Resource:
+def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str,
+                 labels: dict[str, str] | None = None) -> Resource:
     check_name("volume", name)
     snap = cloud.store.get(SNAPSHOT, caller.tenant, snapshot)
     if snap.deleting:
@@ -98,7 +109,7 @@ def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str) -> Reso
     size = int(snap.spec.get("size_gib") or 1)
     check_quota(cloud, caller.tenant, volumes=1, gib=size)
     return _new(cloud, VOLUME, caller, name, {"size_gib": size, "source_snapshot_id": snap.id},
-                f"volume {name} cloned from snapshot {snapshot}")
+                f"volume {name} cloned from snapshot {snapshot}", labels or {})
 
 
 def attach_volume(cloud: Cloud, caller: Caller, name: str, req: AttachRequest) -> Resource:
@@ -133,6 +144,24 @@ def attached_to(cloud: Cloud | HostContext, instance: Resource) -> list[Resource
             if (v.spec.get("attachment") or {}).get("instance_id") == instance.id and not v.deleting]
 
 
+def volumes_of_snapshot(cloud: Cloud, caller: Caller, snapshot: Resource, instance: str) -> list[Resource]:
+    """Volume records (not yet stored) that clone the volumes attached when an instance snapshot was taken, for a
+    new instance `instance` launched from it: same paths, named INSTANCE-VOLUME. Checked for names and quota."""
+    out = []
+    for part in snapshot.status.get("volumes", []):
+        name = f"{instance}-{part['volume']}"[:63].rstrip("-")
+        check_name("volume", name)
+        if cloud.store.list(VOLUME, tenant=caller.tenant, name=name):
+            raise Conflict(f"volume {name} exists; the clone of {part['volume']} needs that name")
+        size = int(part.get("size_gib") or 1)
+        out.append(Resource(kind=VOLUME, tenant=caller.tenant, name=name, finalizers=[FINALIZER],
+                            zone=cloud.config.zone, host=cloud.config.host,
+                            spec={"size_gib": size, "source_snapshot_id": snapshot.id, "source_part": part["pool"],
+                                  "attachment": {"instance_id": None, "instance": instance, "path": part["path"]}}))
+    check_quota(cloud, caller.tenant, volumes=len(out), gib=sum(int(v.spec["size_gib"]) for v in out))
+    return out
+
+
 def release_attachments(cloud: Cloud, instance: Resource) -> None:
     """Volumes outlive the instance they were attached to, detached."""
     for vol in attached_to(cloud, instance):
@@ -156,7 +185,7 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resour
     check_quota(cloud, caller.tenant, snapshots=1)
     spec = {"source_kind": src.kind, "source_id": src.id, "source_name": src.name,
             "size_gib": src.spec.get("size_gib"), "image_id": src.spec.get("image_id")}
-    return _new(cloud, SNAPSHOT, caller, name, spec, f"snapshot {name} of {src.kind.lower()} {src.name}")
+    return _new(cloud, SNAPSHOT, caller, name, spec, f"snapshot {name} of {src.kind.lower()} {src.name}", req.labels)
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
@@ -207,7 +236,8 @@ def volume_view(res: Resource) -> dict[str, Any]:
             "state": "deleting" if res.deleting else res.phase, "source_snapshot_id": res.spec.get("source_snapshot_id"),
             "attached_to": (res.spec.get("attachment") or {}).get("instance"),
             "path": (res.spec.get("attachment") or {}).get("path"),
-            "attached": bool(res.status.get("attached")), "message": res.status.get("message", ""), "created_at": res.created_at}
+            "attached": bool(res.status.get("attached")), "message": res.status.get("message", ""),
+            "created_at": res.created_at, "labels": res.labels}
 
 
 def snapshot_view(res: Resource) -> dict[str, Any]:
@@ -215,7 +245,7 @@ def snapshot_view(res: Resource) -> dict[str, Any]:
             "source": res.spec["source_name"], "state": "deleting" if res.deleting else res.phase,
             "frozen": res.status.get("frozen"), "took_ms": res.status.get("took_ms"),
             "volumes": [p["volume"] for p in res.status.get("volumes", [])],
-            "message": res.status.get("message", ""), "created_at": res.created_at}
+            "message": res.status.get("message", ""), "created_at": res.created_at, "labels": res.labels}
 
 
 Restorer = Callable[[HostContext, str, Path], None]
@@ -301,6 +331,8 @@ class VolumeReconciler(_PoolReconciler):
         src = res.spec.get("source_snapshot_id")
         if self.restored(res, volume_name(res.id), readonly=False):
             pass
+        elif res.spec.get("source_part"):  # a volume that was attached when an instance snapshot was taken
+            pool.snapshot(res.spec["source_part"], volume_name(res.id), readonly=False)
         elif src:
             pool.snapshot(snapshot_name(src), volume_name(res.id), readonly=False)
         else:
@@ -348,7 +380,7 @@ class SnapshotReconciler(_PoolReconciler):
             inst = self.cloud.store.get_by_id(src_id)
             for vol in attached_to(self.cloud, inst) if inst else []:
                 parts.append({"volume": vol.name, "volume_id": vol.id, "path": vol.spec["attachment"]["path"],
-                              "pool": f"{snapshot_name(res.id)}.vol-{vol.id}"})
+                              "pool": f"{snapshot_name(res.id)}.vol-{vol.id}", "size_gib": vol.spec["size_gib"]})
         frozen = src_kind == INSTANCE and self.cloud.compute.pause_instance(src_id)
         t = time.perf_counter()
         try:  # one frozen moment for the root disk and every attached volume

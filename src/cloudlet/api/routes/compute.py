@@ -7,20 +7,23 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from cloudlet.api.app import caller, get_cloud
+from cloudlet.api.app import NamePath, caller, get_cloud
 from cloudlet.api.listcache import RenderCache
+from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute import instances
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError
+from cloudlet.core.labels import Selector
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
 
 @router.get("", response_class=Response)
 def list_instances(request: Request, limit: int = Query(1000, ge=1, le=100_000),
-                   after: str | None = Query(None, max_length=26), who: Caller = Depends(caller)) -> Response:
+                   after: str | None = Query(None, max_length=26), who: Caller = Depends(caller),
+                   sel: Selector = Depends(label_selector)) -> Response:
     cache: RenderCache = request.app.state.instance_list
-    return Response(cache.page(who.tenant, limit, after), media_type="application/json")
+    return Response(cache.page(who.tenant, limit, after, sel), media_type="application/json")
 
 
 @router.post("", status_code=202)
@@ -30,7 +33,7 @@ def launch(body: instances.InstanceCreate, cloud: Cloud = Depends(get_cloud),
 
 
 @router.get("/{name}")
-def show_instance(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def show_instance(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(instances.KIND, who.tenant, name)
     view = instances.instance_view(res)
     view["stats"] = {}
@@ -43,19 +46,19 @@ def show_instance(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = De
 
 
 @router.post("/{name}/actions", status_code=202)
-def act(name: str, body: instances.InstanceAction, cloud: Cloud = Depends(get_cloud),
+def act(name: NamePath, body: instances.InstanceAction, cloud: Cloud = Depends(get_cloud),
         who: Caller = Depends(caller)) -> dict[str, Any]:
     return instances.instance_view(instances.act(cloud, who, name, body.action))
 
 
 @router.post("/{name}/exec")
-def exec_in(name: str, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud),
+def exec_in(name: NamePath, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud),
             who: Caller = Depends(caller)) -> dict[str, Any]:
     return instances.exec_in(cloud, who, name, body)
 
 
 @router.get("/{name}/console")
-def console(name: str, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), cloud: Cloud = Depends(get_cloud),
+def console(name: NamePath, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), cloud: Cloud = Depends(get_cloud),
             who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(instances.KIND, who.tenant, name)
     output = cloud.hosts.agent(res.host).console_log(res.id, tail) if res.host else ""
@@ -63,7 +66,7 @@ def console(name: str, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), clou
 
 
 @router.delete("/{name}", status_code=202)
-def delete(name: str, cascade: bool = Query(False, description="also delete its snapshots and their clones"),
+def delete(name: NamePath, cascade: bool = Query(False, description="also delete its snapshots and their clones"),
            cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     deleted = instances.delete_instance(cloud, who, name, cascade)
     return {**instances.instance_view(deleted[-1]), "deleted": [{"kind": r.kind, "name": r.name} for r in deleted]}

@@ -11,6 +11,7 @@ from cloudlet.compute.hosts import HOST_KIND, AgentOps, Heartbeat, host_view
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
 
 router = APIRouter(tags=["hosts"])
+OWN_AUTH = True  # users' routes and the agent protocol take different tokens
 KINDS = Query(..., max_length=200, pattern=r"^[A-Za-z,]+$", description="comma-separated kinds")
 
 

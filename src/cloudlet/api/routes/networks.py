@@ -6,29 +6,33 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.app import NamePath, caller, get_cloud, page
+from cloudlet.api.routes.labels import label_selector
 from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.labels import Selector
 from cloudlet.network import networks
 
 router = APIRouter(prefix="/v1/networks", tags=["networks"])
 
 
 @router.get("")
-def list_networks(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([networks.network_view(r) for r in cloud.store.list(networks.KIND, tenant=who.tenant)])
+def list_networks(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+                  sel: Selector = Depends(label_selector)) -> dict[str, Any]:
+    return page([networks.network_view(r) for r in cloud.store.list(networks.KIND, tenant=who.tenant)
+                 if sel.matches(r.labels)])
 
 
 @router.post("", status_code=201)
 def create_network(body: networks.NetworkCreate, cloud: Cloud = Depends(get_cloud),
                    who: Caller = Depends(caller)) -> dict[str, Any]:
-    return networks.network_view(networks.create_network(cloud, who, body.name, body.subnet))
+    return networks.network_view(networks.create_network(cloud, who, body.name, body.subnet, body.labels))
 
 
 @router.get("/{name}")
-def show_network(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def show_network(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return networks.network_view(cloud.store.get(networks.KIND, who.tenant, name))
 
 
 @router.delete("/{name}", status_code=202)
-def delete_network(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_network(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return networks.network_view(networks.delete_network(cloud, who, name))

@@ -7,9 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
-from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.app import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
+from cloudlet.api.routes.labels import label_selector
 from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.labels import Labels, Selector
+from cloudlet.core.records import Name, NameRef
 from cloudlet.storage import backups, policies, volumes
 
 router = APIRouter(prefix="/v1", tags=["storage"])
@@ -18,13 +21,15 @@ Cascade = Query(False, description="also delete everything that depends on it")
 
 class CloneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    snapshot: str
-    name: str
+    labels: Labels = {}
+    snapshot: NameRef
+    name: Name
 
 
 @router.get("/volumes")
-def list_volumes(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([volumes.volume_view(r) for r in cloud.store.list(volumes.VOLUME, tenant=who.tenant)])
+def list_volumes(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+                 sel: Selector = Depends(label_selector)) -> dict[str, Any]:
+    return page([volumes.volume_view(r) for r in cloud.store.list(volumes.VOLUME, tenant=who.tenant) if sel.matches(r.labels)])
 
 
 @router.post("/volumes", status_code=202)
@@ -36,22 +41,22 @@ def create_volume(body: volumes.VolumeCreate, cloud: Cloud = Depends(get_cloud),
 @router.post("/volumes/clone", status_code=202)
 def clone_volume(body: CloneRequest, cloud: Cloud = Depends(get_cloud),
                  who: Caller = Depends(caller)) -> dict[str, Any]:
-    return volumes.volume_view(volumes.clone_volume(cloud, who, body.snapshot, body.name))
+    return volumes.volume_view(volumes.clone_volume(cloud, who, body.snapshot, body.name, body.labels))
 
 
 @router.post("/volumes/{name}/attach", status_code=202)
-def attach(name: str, body: volumes.AttachRequest, cloud: Cloud = Depends(get_cloud),
+def attach(name: NamePath, body: volumes.AttachRequest, cloud: Cloud = Depends(get_cloud),
            who: Caller = Depends(caller)) -> dict[str, Any]:
     return volumes.volume_view(volumes.attach_volume(cloud, who, name, body))
 
 
 @router.post("/volumes/{name}/detach", status_code=202)
-def detach(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def detach(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return volumes.volume_view(volumes.detach_volume(cloud, who, name))
 
 
 @router.get("/volumes/{name}")
-def show_volume(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def show_volume(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(volumes.VOLUME, who.tenant, name)
     view = {**volumes.volume_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
     if res.phase == "ready" and res.host:
@@ -60,14 +65,15 @@ def show_volume(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depe
 
 
 @router.delete("/volumes/{name}", status_code=202)
-def delete_volume(name: str, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
+def delete_volume(name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
                   who: Caller = Depends(caller)) -> dict[str, Any]:
     return page([{"kind": r.kind, "name": r.name} for r in volumes.delete_volume(cloud, who, name, cascade)])
 
 
 @router.get("/snapshots")
-def list_snapshots(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([volumes.snapshot_view(r) for r in cloud.store.list(volumes.SNAPSHOT, tenant=who.tenant)])
+def list_snapshots(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+                   sel: Selector = Depends(label_selector)) -> dict[str, Any]:
+    return page([volumes.snapshot_view(r) for r in cloud.store.list(volumes.SNAPSHOT, tenant=who.tenant) if sel.matches(r.labels)])
 
 
 @router.post("/snapshots", status_code=202)
@@ -77,13 +83,13 @@ def create_snapshot(body: volumes.SnapshotCreate, cloud: Cloud = Depends(get_clo
 
 
 @router.get("/snapshots/{name}")
-def show_snapshot(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def show_snapshot(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(volumes.SNAPSHOT, who.tenant, name)
     return {**volumes.snapshot_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
 
 
 @router.delete("/snapshots/{name}", status_code=202)
-def delete_snapshot(name: str, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
+def delete_snapshot(name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
                     who: Caller = Depends(caller)) -> dict[str, Any]:
     return page([{"kind": r.kind, "name": r.name} for r in volumes.delete_snapshot(cloud, who, name, cascade)])
 
@@ -114,8 +120,9 @@ def gc_collect(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller))
 
 
 @router.get("/backup-targets")
-def list_targets(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([backups.target_view(r) for r in cloud.store.list(backups.TARGET, tenant=who.tenant)])
+def list_targets(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+                 sel: Selector = Depends(label_selector)) -> dict[str, Any]:
+    return page([backups.target_view(r) for r in cloud.store.list(backups.TARGET, tenant=who.tenant) if sel.matches(r.labels)])
 
 
 @router.post("/backup-targets", status_code=201)
@@ -125,8 +132,9 @@ def add_target(body: backups.TargetCreate, cloud: Cloud = Depends(get_cloud),
 
 
 @router.get("/backups")
-def list_backups(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([backups.backup_view(r) for r in cloud.store.list(backups.BACKUP, tenant=who.tenant)])
+def list_backups(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+                 sel: Selector = Depends(label_selector)) -> dict[str, Any]:
+    return page([backups.backup_view(r) for r in cloud.store.list(backups.BACKUP, tenant=who.tenant) if sel.matches(r.labels)])
 
 
 @router.post("/backups", status_code=202)
@@ -136,25 +144,26 @@ def create_backup(body: backups.BackupCreate, cloud: Cloud = Depends(get_cloud),
 
 
 @router.get("/backups/{name}")
-def show_backup(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def show_backup(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return backups.backup_view(cloud.store.get(backups.BACKUP, who.tenant, name))
 
 
 @router.post("/backups/{name}/restore", status_code=202)
-def restore_backup(name: str, body: backups.RestoreRequest, cloud: Cloud = Depends(get_cloud),
+def restore_backup(name: NamePath, body: backups.RestoreRequest, cloud: Cloud = Depends(get_cloud),
                    who: Caller = Depends(caller)) -> dict[str, Any]:
     res = backups.restore_backup(cloud, who, name, body)
     return volumes.volume_view(res) if res.kind == volumes.VOLUME else volumes.snapshot_view(res)
 
 
 @router.delete("/backups/{name}", status_code=202)
-def delete_backup(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_backup(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return backups.backup_view(backups.delete_backup(cloud, who, name))
 
 
 @router.get("/backup-policies")
-def list_policies(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return page([policies.policy_view(r) for r in cloud.store.list(policies.POLICY, tenant=who.tenant)])
+def list_policies(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
+                  sel: Selector = Depends(label_selector)) -> dict[str, Any]:
+    return page([policies.policy_view(r) for r in cloud.store.list(policies.POLICY, tenant=who.tenant) if sel.matches(r.labels)])
 
 
 @router.post("/backup-policies", status_code=201)
@@ -164,7 +173,7 @@ def create_policy(body: policies.PolicyCreate, cloud: Cloud = Depends(get_cloud)
 
 
 @router.delete("/backup-policies/{name}", status_code=202)
-def delete_policy(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_policy(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(policies.POLICY, who.tenant, name)
     return policies.policy_view(res if res.deleting else cloud.store.mark_deleted(res.id))
 

@@ -9,12 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.app import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
 from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
-from cloudlet.core.records import Resource, check_name
+from cloudlet.core.records import Int, Name, Resource, check_name
 from cloudlet.storage.volumes import quota_of
 
 router = APIRouter(prefix="/v1", tags=["system"])
@@ -23,7 +23,7 @@ RESERVED = {ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT}
 
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: Name
 
 
 @router.get("/info")
@@ -71,13 +71,13 @@ def create_tenant(body: TenantCreate, cloud: Cloud = Depends(get_cloud),
 
 class QuotaUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    volumes: int | None = Field(None, ge=0, le=1_000_000)
-    volume_gib: int | None = Field(None, ge=0, le=1_000_000_000)
-    snapshots: int | None = Field(None, ge=0, le=1_000_000)
+    volumes: Int | None = Field(None, ge=0, le=1_000_000)
+    volume_gib: Int | None = Field(None, ge=0, le=1_000_000_000)
+    snapshots: Int | None = Field(None, ge=0, le=1_000_000)
 
 
 @router.put("/tenants/{name}/quota")
-def set_quota(name: str, body: QuotaUpdate, cloud: Cloud = Depends(get_cloud),
+def set_quota(name: NamePath, body: QuotaUpdate, cloud: Cloud = Depends(get_cloud),
               who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("setting quotas")
     res = cloud.store.get("Tenant", name, name)

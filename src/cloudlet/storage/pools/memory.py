@@ -41,7 +41,7 @@ class MemoryPool(StoragePool):
         self.volumes.pop(name, None)
 
     def list(self, prefix: str) -> set[str]:
-        return {n for n in self.volumes if n.startswith(prefix)}
+        return {n for n in self.volumes if n.startswith(prefix) and not n.endswith(".partial")}
 
     def usage(self, name: str) -> Usage:
         return Usage(self.volumes.get(name, 0), 0)

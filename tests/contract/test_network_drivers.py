@@ -1,0 +1,129 @@
+"""NetworkDriver contract (network/drivers/base.py): one set of assertions, run against the fake and the linux driver.
+
+Addresses stay inside 10.240.0.0/12; the linux driver keeps them in its own hub and instance namespaces anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from cloudlet.network.drivers.base import NetworkDriver, PortSpec, short
+from cloudlet.network.drivers.fake import FakeNetworkDriver
+from cloudlet.network.drivers.linux import LinuxNetworkDriver
+from cloudlet.network.netns import NETNS_DIR
+
+
+def _netns_of(cloud_id: str) -> list[str]:
+    return [n for n in os.listdir(NETNS_DIR) if n.startswith(f"cl-{cloud_id}-")] if os.path.isdir(NETNS_DIR) else []
+
+
+def _linux() -> Iterator[NetworkDriver]:
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("nft")):
+        pytest.skip("the linux network driver needs root, ip and nft")
+    cloud_id = secrets.token_hex(2)
+    while _netns_of(cloud_id):  # someone else's cloud has these names
+        cloud_id = secrets.token_hex(2)
+    driver = LinuxNetworkDriver(cloud_id=cloud_id)
+    try:
+        yield driver
+    finally:
+        try:
+            driver.teardown()
+        finally:  # look for leftovers, then remove them whatever the driver did
+            left = _netns_of(cloud_id)
+            for name in left:
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        assert not left, f"the linux driver's teardown leaked network namespaces: {left}"
+
+
+@pytest.fixture(params=["fake", pytest.param("linux", marks=pytest.mark.root)])
+def net(request: pytest.FixtureRequest) -> Iterator[NetworkDriver]:
+    if request.param == "fake":
+        yield FakeNetworkDriver()
+    else:
+        yield from _linux()
+
+
+def _rid() -> str:
+    return secrets.token_hex(13)
+
+
+def _subnet() -> str:
+    """A random 10.254.x.0/24; returns its first three octets."""
+    return f"10.254.{secrets.randbelow(256)}"
+
+
+def test_ensure_network_is_idempotent(net: NetworkDriver) -> None:
+    nid, sub = _rid(), _subnet()
+    net.ensure_network(nid, f"{sub}.1", 24)
+    net.ensure_network(nid, f"{sub}.1", 24)
+    assert net.list_networks() == {short(nid)}
+
+
+def test_port_lifecycle(net: NetworkDriver) -> None:
+    nid, iid, sub = _rid(), _rid(), _subnet()
+    net.ensure_network(nid, f"{sub}.1", 24)
+    port = PortSpec(iid, nid, f"{sub}.2", 24, f"{sub}.1")
+    path = net.ensure_port(port)
+    assert isinstance(path, str) and path
+    assert net.port_exists(iid)
+    assert net.list_ports() == {iid}
+    assert net.ensure_port(port) == path
+    assert net.list_ports() == {iid}
+    net.delete_port(iid)
+    net.delete_port(iid)
+    assert not net.port_exists(iid)
+    assert net.list_ports() == set()
+
+
+def test_delete_network(net: NetworkDriver) -> None:
+    keep, gone, sub = _rid(), _rid(), _subnet()
+    net.ensure_network(keep, f"{sub}.1", 24)
+    net.ensure_network(gone, f"{_subnet()}.1", 24)
+    net.delete_network(gone)
+    net.delete_network(gone)
+    assert net.list_networks() == {short(keep)}
+
+
+def test_teardown_leaves_nothing(net: NetworkDriver) -> None:
+    nid, iid, sub = _rid(), _rid(), _subnet()
+    net.ensure_network(nid, f"{sub}.1", 24)
+    net.ensure_port(PortSpec(iid, nid, f"{sub}.2", 24, f"{sub}.1"))
+    net.teardown()
+    assert net.list_networks() == set()
+    assert net.list_ports() == set()
+    assert not net.port_exists(iid)
+
+
+# Not part of the shared contract: the fake moves no packets. Linux only.
+@pytest.mark.root
+@pytest.mark.parametrize("net", ["linux"], indirect=True)
+def test_linux_ports_reach_their_own_network_only(net: NetworkDriver) -> None:
+    assert isinstance(net, LinuxNetworkDriver)
+    a, b = _rid(), _rid()
+    sub_a = _subnet()
+    sub_b = next(s for s in iter(_subnet, None) if s != sub_a)
+    net.ensure_network(a, f"{sub_a}.1", 24)
+    net.ensure_network(b, f"{sub_b}.1", 24)
+    ports = {
+        "a1": PortSpec(_rid(), a, f"{sub_a}.2", 24, f"{sub_a}.1"),
+        "a2": PortSpec(_rid(), a, f"{sub_a}.3", 24, f"{sub_a}.1"),
+        "b1": PortSpec(_rid(), b, f"{sub_b}.2", 24, f"{sub_b}.1"),
+    }
+    for port in ports.values():
+        net.ensure_port(port)
+
+    def ping(src: str, dst: str) -> int:
+        ns = net.port_prefix + ports[src].instance_id
+        cmd = ["ip", "netns", "exec", ns, "ping", "-c1", "-W1", ports[dst].address]
+        return subprocess.run(cmd, capture_output=True, timeout=10).returncode
+
+    assert ping("a1", "a2") == 0, "two ports on one network must reach each other"
+    assert ping("a2", "a1") == 0
+    assert ping("a1", "b1") != 0, "a port must not reach a port on another network"
