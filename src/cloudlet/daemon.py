@@ -25,6 +25,7 @@ from cloudlet.compute.scheduler import release
 from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.context import ADMIN_TENANT, Cloud, HostDirectory
+from cloudlet.core.errors import CloudletError
 from cloudlet.core.ports import choose_port
 from cloudlet.core.reconcile import Manager
 from cloudlet.core.records import Resource
@@ -119,9 +120,13 @@ def serve(cloud: Cloud) -> None:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cloud = build_control_plane(load_config())
-    bootstrap(cloud)
-    serve(cloud)
+    try:
+        cloud = build_control_plane(load_config())
+        bootstrap(cloud)
+        serve(cloud)
+    except CloudletError as exc:  # the last line of the log is what `cloudlet up` shows
+        log.error("%s", exc.message)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

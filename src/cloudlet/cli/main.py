@@ -45,11 +45,13 @@ def _alive(pid_file: Path) -> int | None:
     return pid if b"cloudlet" in cmdline else None
 
 
-def _log_tail(log_file: Path, lines: int = 5) -> str:
+def _last_log_line(log_file: Path) -> str:
+    """What a daemon said last, without its timestamp: why it stopped."""
     try:
-        return " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        line = log_file.read_text(errors="replace").strip().splitlines()[-1]
+    except (OSError, IndexError):
+        return f"no log in {log_file}"
+    return line.split(": ", 1)[-1] + f" (log: {log_file})"
 
 
 def _spawn(argv: list[str], log_file: Path) -> subprocess.Popen[bytes]:
@@ -63,9 +65,9 @@ def _wait_until(proc: subprocess.Popen[bytes], what: str, log_file: Path, ready:
     deadline = time.monotonic() + 60
     while not ready():
         if proc.poll() is not None:
-            raise CloudletError(f"{what} exited with {proc.returncode}: {_log_tail(log_file)}")
+            raise CloudletError(f"{what} could not start: {_last_log_line(log_file)}")
         if time.monotonic() > deadline:
-            raise CloudletError(f"{what} did not come up within 60 s: {_log_tail(log_file)}")
+            raise CloudletError(f"{what} did not come up within 60 s: {_last_log_line(log_file)}")
         time.sleep(0.05)
 
 

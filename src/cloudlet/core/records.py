@@ -15,7 +15,7 @@ from ulid import ULID
 from cloudlet.core.errors import BadRequest
 
 __all__ = ["Resource", "Event", "new_id", "check_name", "Name", "NameRef", "NAME_RULES", "Int", "Number",
-           "FINALIZER", "to_wire", "from_wire"]
+           "JsonNumber", "FINALIZER", "to_wire", "from_wire"]
 
 FINALIZER = "cloudlet.io/artefacts"
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -36,9 +36,11 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-# Numbers in request bodies. (2.0 stays a valid integer, as JSON Schema says; strict mode would refuse it.)
-Int = Annotated[int, BeforeValidator(_json_number)]
-Number = Annotated[float, BeforeValidator(_json_number)]
+# Numbers in request bodies. (2.0 stays a valid integer, as JSON Schema says; strict mode would refuse it.) An
+# optional one puts its bounds first, or the schema gets them as "ge"/"le": Annotated[int, Field(ge=0), JsonNumber]
+JsonNumber = BeforeValidator(_json_number)
+Int = Annotated[int, JsonNumber]
+Number = Annotated[float, JsonNumber]
 
 
 def new_id() -> str:

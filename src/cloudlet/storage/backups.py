@@ -254,6 +254,11 @@ class BackupReconciler(KindReconciler):
         super().__init__(ctx.store)
         self.ctx = ctx
         self._uploads = threading.Semaphore(2)  # bounded: backups are bulk traffic
+        self.watches = {SNAPSHOT: self._waiting_on}
+
+    def _waiting_on(self, snap: Resource) -> list[str]:
+        """A snapshot becoming ready wakes the backups of it."""
+        return [b.id for b in self.records.list(BACKUP, tenant=snap.tenant) if b.spec["snapshot_id"] == snap.id]
 
     def serves(self, res: Resource) -> bool:
         return res.host == self.ctx.host
@@ -275,7 +280,7 @@ class BackupReconciler(KindReconciler):
             return Result()
         snap = records.get_by_id(res.spec["snapshot_id"])
         if snap is None or snap.phase != "ready":
-            return Result(requeue_after=0.2)  # the snapshot is still being taken
+            return Result()  # the snapshot is still being taken; its watch wakes us
         records.update_status(rid, phase="uploading", status={"message": f"uploading to {res.spec['target']}"})
         with self._uploads:
             done = upload(self.ctx, res, target)

@@ -8,7 +8,7 @@ __all__ = ["POLICY", "PolicyCreate", "create_policy", "policy_view", "retained",
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ from cloudlet.core.errors import CloudletError, InvalidSpec
 from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import SELECTOR_PATTERN, Labels, parse_selector
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name
+from cloudlet.core.records import FINALIZER, Int, JsonNumber, Name, NameRef, Resource, check_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
 from cloudlet.storage.volumes import delete_resource, dependents
 
@@ -30,7 +30,8 @@ class PolicyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: Labels = {}
     name: Name
-    interval_seconds: Int | None = Field(None, ge=1, le=365 * DAY, description="run every N seconds, or:")
+    interval_seconds: Annotated[int, Field(ge=1, le=365 * DAY), JsonNumber] | None = Field(
+        None, description="run every N seconds, or:")
     schedule: str | None = Field(None, max_length=100, description="cron expression (UTC), e.g. '0 3 * * *'")
     keep_last: Int = Field(1, ge=1, le=1000)
     keep_daily: Int = Field(0, ge=0, le=3650)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +14,7 @@ from cloudlet.api.routes.hosts import host_names
 from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
-from cloudlet.core.records import Int, Name, Resource, check_name
+from cloudlet.core.records import JsonNumber, Name, Resource, check_name
 from cloudlet.storage.volumes import quota_of
 
 router = APIRouter(prefix="/v1", tags=["system"])
@@ -71,9 +71,9 @@ def create_tenant(body: TenantCreate, cloud: Cloud = Depends(get_cloud),
 
 class QuotaUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    volumes: Int | None = Field(None, ge=0, le=1_000_000)
-    volume_gib: Int | None = Field(None, ge=0, le=1_000_000_000)
-    snapshots: Int | None = Field(None, ge=0, le=1_000_000)
+    volumes: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
+    volume_gib: Annotated[int, Field(ge=0, le=1_000_000_000), JsonNumber] | None = None
+    snapshots: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
 
 
 @router.put("/tenants/{name}/quota")
