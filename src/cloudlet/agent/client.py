@@ -8,11 +8,10 @@ __all__ = ["HostClient", "HttpHosts", "LocalHosts"]
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from cloudlet.agent.http import ApiClient
 from cloudlet.compute.hosts import HOST_KIND
 from cloudlet.core.context import SYSTEM_TENANT
-from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError, NotFound, Unreachable
+from cloudlet.core.errors import NotFound, Unreachable
 from cloudlet.core.store import Store
 
 
@@ -21,20 +20,10 @@ class HostClient:
         self.host = host
         self.url = url
         self.key = key
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        self.api = ApiClient(url, key, f"agent of host {host}")
 
     def _call(self, method: str, path: str, timeout: float = 30, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, timeout=timeout, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"the agent of host {self.host} is unreachable at {self.url}") from exc
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                raise CloudletError(f"agent of {self.host} answered {resp.status_code}: {resp.text[:200]}") from None
-            raise ERRORS_BY_CODE.get(err["code"], CloudletError)(err["message"])
-        return resp.json()
+        return self.api.call(method, path, timeout, **kwargs)
 
     def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/instances/{iid}/exec", timeout=timeout + 10,

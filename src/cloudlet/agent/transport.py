@@ -9,10 +9,8 @@ __all__ = ["ControlPlane", "HttpControlPlane", "LocalControlPlane"]
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from cloudlet.agent.cache import Change
-from cloudlet.core.errors import ERRORS_BY_CODE, CloudletError, Unreachable
+from cloudlet.agent.http import ApiClient
 from cloudlet.core.records import Resource, from_wire
 
 if TYPE_CHECKING:
@@ -44,20 +42,7 @@ class ControlPlane(ABC):
 class HttpControlPlane(ControlPlane):
     def __init__(self, url: str, token: str) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-
-    def _call(self, method: str, path: str, timeout: float = 30, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, timeout=timeout, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"control plane unreachable at {self.url}") from exc
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                raise CloudletError(f"control plane answered {resp.status_code}: {resp.text[:200]}") from None
-            raise ERRORS_BY_CODE.get(err["code"], CloudletError)(err["message"])
-        return resp.json()
+        self._call = ApiClient(url, token, "control plane").call
 
     def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
         data = self._call("GET", "/v1/agent/records", params={"kinds": ",".join(kinds)})

@@ -30,7 +30,10 @@ READY = "Ready"
 
 
 class InstanceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # boots an image or an instance snapshot: the schema says one of them must be given
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["image"], "properties": {"image": {"type": "string"}}},
+        {"required": ["from_snapshot"], "properties": {"from_snapshot": {"type": "string"}}}]})
     labels: Labels = {}
     name: Name
     image: NameRef | None = Field(None, description="image to boot; omit with from_snapshot")

@@ -1,12 +1,11 @@
-"""Compute driver registry: names map to "module:Class", imported only when chosen."""
+"""Compute driver registry."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from cloudlet.compute.drivers.base import ComputeDriver
-from cloudlet.core.errors import InvalidSpec
+from cloudlet.core.drivers import load_driver
 
 __all__ = ["DRIVERS", "get_driver"]
 
@@ -17,9 +16,5 @@ DRIVERS = {
 
 
 def get_driver(name: str, **kwargs: Any) -> ComputeDriver:
-    try:
-        module, cls = DRIVERS[name].split(":")
-    except KeyError:
-        raise InvalidSpec(f"unknown compute driver {name!r}; choose one of {', '.join(DRIVERS)}") from None
-    driver: ComputeDriver = getattr(importlib.import_module(module), cls)(**kwargs)
+    driver: ComputeDriver = load_driver(DRIVERS, name, "compute driver", **kwargs)
     return driver

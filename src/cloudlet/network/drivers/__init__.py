@@ -1,14 +1,13 @@
-"""Network driver registry: names map to "module:Class", imported only when chosen."""
+"""Network driver registry."""
 
 from __future__ import annotations
 
-__all__ = ["DRIVERS", "get_network_driver"]
-
-import importlib
 from typing import Any
 
-from cloudlet.core.errors import InvalidSpec
+from cloudlet.core.drivers import load_driver
 from cloudlet.network.drivers.base import NetworkDriver
+
+__all__ = ["DRIVERS", "get_network_driver"]
 
 DRIVERS = {
     "linux": "cloudlet.network.drivers.linux:LinuxNetworkDriver",
@@ -17,9 +16,5 @@ DRIVERS = {
 
 
 def get_network_driver(name: str, **kwargs: Any) -> NetworkDriver:
-    try:
-        module, cls = DRIVERS[name].split(":")
-    except KeyError:
-        raise InvalidSpec(f"unknown network driver {name!r}; choose one of {', '.join(DRIVERS)}") from None
-    driver: NetworkDriver = getattr(importlib.import_module(module), cls)(**kwargs)
+    driver: NetworkDriver = load_driver(DRIVERS, name, "network driver", **kwargs)
     return driver

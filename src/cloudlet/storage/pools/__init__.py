@@ -7,7 +7,7 @@ __all__ = ["get_pool", "btrfs_available"]
 import shutil
 from pathlib import Path
 
-from cloudlet.core.errors import InvalidSpec
+from cloudlet.core.drivers import load_driver
 from cloudlet.storage.pools.base import StoragePool
 
 
@@ -19,19 +19,15 @@ def btrfs_available() -> bool:
     return has_fs and shutil.which("mkfs.btrfs") is not None
 
 
+POOLS = {
+    "btrfs": "cloudlet.storage.pools.btrfs:BtrfsPool",
+    "dir": "cloudlet.storage.pools.dir:DirPool",
+    "memory": "cloudlet.storage.pools.memory:MemoryPool",
+}
+
+
 def get_pool(kind: str, home: Path) -> StoragePool:
     if kind == "auto":
         kind = "btrfs" if btrfs_available() else "dir"
-    if kind == "btrfs":
-        from cloudlet.storage.pools.btrfs import BtrfsPool
-
-        return BtrfsPool(home)
-    if kind == "dir":
-        from cloudlet.storage.pools.dir import DirPool
-
-        return DirPool(home)
-    if kind == "memory":
-        from cloudlet.storage.pools.memory import MemoryPool
-
-        return MemoryPool()
-    raise InvalidSpec(f"unknown storage pool {kind!r}; choose btrfs, dir or memory")
+    pool: StoragePool = load_driver(POOLS, kind, "storage pool", **({} if kind == "memory" else {"home": home}))
+    return pool
