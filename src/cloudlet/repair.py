@@ -9,6 +9,7 @@ __all__ = ["Finding", "scan", "fix"]
 from dataclasses import asdict, dataclass
 
 from cloudlet.compute.drivers.base import InstanceState
+from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
 from cloudlet.storage.names import disk_of
 
@@ -37,9 +38,10 @@ def scan(cloud: HostContext) -> list[Finding]:
     for iid in sorted({d.removeprefix(disk_of("")) for d in cloud.pool.list(disk_of(""))} - instances.keys()):
         found.append(Finding("orphan", "Instance", iid, "", "disk", "root disk with no instance record"))
     for res in instances.values():
-        if res.deleting or res.spec.get("state") != "running" or res.status.get("state") in ("exited", None):
+        status = InstanceStatus.of(res)
+        if res.deleting or InstanceSpec.of(res).state != "running" or status.state == "exited":
             continue
-        if res.status.get("run_nonce") is None:
+        if status.run_nonce is None:
             continue  # never started yet: not missing, just pending
         info = compute.get_instance(res.id)
         if info.state == InstanceState.MISSING:

@@ -16,6 +16,7 @@ from cloudlet.core.labels import parse_selector
 from cloudlet.core.records import FINALIZER, Resource
 from cloudlet.resilience.sim import SimCloud
 from cloudlet.storage.policies import next_run, sources
+from cloudlet.storage.resource import PolicySpec
 from tests.helpers import fake_cloud
 
 Api = tuple[TestClient, dict[str, str], SimCloud]
@@ -109,10 +110,11 @@ def test_owned_records_go_with_their_owner_deepest_first(api: Api) -> None:
 def test_policy_schedules_and_selectors(api: Api) -> None:
     client, admin, sim = api
     created = datetime(2026, 11, 24, 1, 30, tzinfo=UTC).timestamp()
-    nightly = next_run({"schedule": "0 3 * * *"}, 0, created)
+    cron, every = PolicySpec(schedule="0 3 * * *"), PolicySpec(interval_seconds=60)
+    nightly = next_run(cron, 0, created)
     assert datetime.fromtimestamp(nightly, UTC) == datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
-    assert next_run({"schedule": "0 3 * * *"}, nightly, created) == nightly + 86400
-    assert next_run({"interval_seconds": 60}, 1000.0, created) == 1060.0
+    assert next_run(cron, nightly, created) == nightly + 86400
+    assert next_run(every, 1000.0, created) == 1060.0
     for body, needle in (({"name": "p", "volumes": ["v"]}, "either an interval"),
                          ({"name": "p", "volumes": ["v"], "interval_seconds": 60, "schedule": "0 3 * * *"},
                           "either an interval"),

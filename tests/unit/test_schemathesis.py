@@ -55,14 +55,13 @@ max-steps = 20
 # A schema-valid build runs debootstrap against the Debian mirror (minutes, hundreds of MB each): only
 # requests the API must refuse are sent.
 [[operations]]
-include-path = "/v1/images"
-include-method = "POST"
+include-name = "POST /v1/images"
 generation.mode = "negative"
 
 # The schema cannot say "a root filesystem tarball", so random bytes that it allows are rightly refused (400);
 # every other check still runs.
 [[operations]]
-include-path = "/v1/images/{{name}}/rootfs"
+include-name = "PUT /v1/images/{{name}}/rootfs"
 checks.positive_data_acceptance.enabled = false
 """
 

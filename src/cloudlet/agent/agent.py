@@ -27,6 +27,7 @@ from cloudlet.compute.drivers.base import ComputeDriver
 from cloudlet.compute.hosts import AGENT_KINDS
 from cloudlet.compute.instances import KIND as INSTANCE
 from cloudlet.compute.instances import set_state
+from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.clock import Clock
 from cloudlet.core.config import Config
 from cloudlet.core.context import HostContext
@@ -205,7 +206,7 @@ class Agent:
             compute.teardown()
         else:
             for res in self.cache.list(INSTANCE, host=self.host):
-                if res.status.get("state") in ("running", "starting"):
+                if InstanceStatus.of(res).state in ("running", "starting"):
                     set_state(self.cache, res, "stopped", run_nonce=None, pid=None, message="host shut down")
             compute.shutdown()
         self.ctx.net.teardown()

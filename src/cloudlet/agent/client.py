@@ -10,6 +10,7 @@ from typing import Any
 
 from cloudlet.agent.http import ApiClient
 from cloudlet.compute.hosts import HOST_KIND
+from cloudlet.compute.resource import HostStatus
 from cloudlet.core.context import SYSTEM_TENANT
 from cloudlet.core.errors import NotFound, Unreachable
 from cloudlet.core.store import Store
@@ -70,7 +71,8 @@ class HttpHosts:
             res = self.store.get(HOST_KIND, SYSTEM_TENANT, host)
         except NotFound:
             raise NotFound(f"host {host} is not registered") from None
-        url, key = res.status.get("endpoint"), res.status.get("key")
+        status = HostStatus.of(res)
+        url, key = status.endpoint, status.key
         if not url or not key:
             raise Unreachable(f"host {host} has not reported an agent endpoint yet")
         client = self._clients.get(host)

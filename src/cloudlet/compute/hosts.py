@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet.compute.resource import HostSpec, HostStatus
 from cloudlet.core.context import SYSTEM_TENANT, Caller
 from cloudlet.core.errors import BadRequest, Forbidden
 from cloudlet.core.kinds import KindInfo, register_kind
@@ -68,7 +69,7 @@ class AgentOps(BaseModel):
 
 def register_host(store: Store, name: str, zone: str, cpus: int, memory_mib: int) -> Resource:
     """A host's zone is fixed when it joins; its capacity follows what its agent reports."""
-    spec = {"cpus": cpus, "memory_mib": memory_mib}
+    spec = HostSpec(cpus=cpus, memory_mib=memory_mib).dump()
     for res in store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=name):
         if res.spec != spec:
             res = store.update_spec(res.id, spec)
@@ -98,18 +99,18 @@ def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat) -> Resou
     if caller.host != name:
         raise Forbidden(f"this token belongs to host {caller.host}, not {name}")
     res = register_host(store, name, beat.zone, beat.cpus, beat.memory_mib)
-    status = {**res.status, "version": beat.version, "endpoint": beat.endpoint, "key": beat.key,
-              "dns_port": beat.dns_port, "last_heartbeat": time.time()}
-    return store.update_status(res.id, status=status, phase="up")
+    status = HostStatus(version=beat.version, endpoint=beat.endpoint, key=beat.key, dns_port=beat.dns_port,
+                        last_heartbeat=time.time())
+    return store.update_status(res.id, status=status.dump(), phase="up")
 
 
 def host_view(res: Resource) -> dict[str, Any]:
-    st = res.status
-    age = time.time() - float(st.get("last_heartbeat") or 0)
+    spec, st = HostSpec.of(res), HostStatus.of(res)
+    age = time.time() - (st.last_heartbeat or 0)
     return {"name": res.name, "zone": res.zone, "state": res.phase if age <= STALE_AFTER else "unreachable",
-            "cpus": res.spec["cpus"], "memory_mib": res.spec["memory_mib"], "version": st.get("version"),
-            "endpoint": st.get("endpoint"), "dns_port": st.get("dns_port"),
-            "last_heartbeat": st.get("last_heartbeat"), "heartbeat_age_s": round(age, 2) if st else None}
+            "cpus": spec.cpus, "memory_mib": spec.memory_mib, "version": st.version, "endpoint": st.endpoint,
+            "dns_port": st.dns_port, "last_heartbeat": st.last_heartbeat,
+            "heartbeat_age_s": round(age, 2) if st.last_heartbeat else None}
 
 
 def visible_to(host: str) -> Callable[[Resource], bool]:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cloudlet.compute.resource import ImageSpec, ImageStatus
 from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import BadRequest, Conflict, DriverError, InvalidSpec, NotFound, TerminalError
 from cloudlet.core.kinds import KindInfo, register_kind
@@ -67,7 +68,7 @@ def uploads_dir(cloud: Cloud) -> Path:
 
 
 def volume_of(image: Resource) -> str:
-    return f"images/{image.spec['digest']}"
+    return f"images/{ImageSpec.of(image).digest}"
 
 
 def _fill(cloud: HostContext, digest: str, fill: Callable[[Path], None]) -> None:
@@ -105,7 +106,7 @@ def _busybox_tree(root: Path) -> None:
 def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str, labels: dict[str, str] | None = None
             ) -> Resource:
     res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase, labels=labels or {})
-    cloud.store.create(res, created=f"image {name} from {spec['source']}")
+    cloud.store.create(res, created=f"image {name} from {ImageSpec.of(res).source}")
     return res
 
 
@@ -114,10 +115,10 @@ def ensure_busybox(cloud: Cloud) -> Resource:
     files: their fake driver reads none)."""
     real = cloud.config.compute_driver != "fake"
     digest = "busybox-" + (hashlib.sha256(BUSYBOX.read_bytes()).hexdigest()[:16] if real else "sim")
-    spec = {"source": "busybox", "digest": digest, "command": BUSYBOX_COMMAND}
+    spec = ImageSpec(source="busybox", digest=digest, command=BUSYBOX_COMMAND).dump()
     with _lock:
         for res in cloud.store.list(KIND, name="busybox"):
-            if res.spec.get("digest") != digest:
+            if ImageSpec.of(res).digest != digest:
                 cloud.store.update_spec(res.id, spec)
             return res
         return _record(cloud, "busybox", spec, "pending")
@@ -130,10 +131,10 @@ def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
     mirror = cloud.config.debian_mirror
     key = json.dumps({"suite": suite, "packages": req.packages, "mirror": mirror}, sort_keys=True)
     digest = f"{base}-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    spec = {"source": "debootstrap", "suite": suite, "packages": req.packages, "mirror": mirror,
-            "digest": digest, "command": DEBIAN_COMMAND}
+    spec = ImageSpec(source="debootstrap", suite=suite, packages=req.packages, mirror=mirror, digest=digest,
+                     command=DEBIAN_COMMAND).dump()
     for res in cloud.store.list(KIND, name=req.name):
-        if res.spec.get("digest") == digest and res.phase != "failed":
+        if ImageSpec.of(res).digest == digest and res.phase != "failed":
             return res  # same content: the build is cached
         return cloud.store.update_spec(res.id, spec)
     return _record(cloud, req.name, spec, "pending", req.labels)
@@ -151,7 +152,7 @@ def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Reso
     digest = "import-" + h.hexdigest()[:16]
     for host in cloud.store.list("Host"):
         cloud.hosts.agent(host.name).import_image(digest, tarball)
-    return _record(cloud, name, {"source": "import", "digest": digest, "command": DEBIAN_COMMAND}, "ready")
+    return _record(cloud, name, ImageSpec(source="import", digest=digest, command=DEBIAN_COMMAND).dump(), "ready")
 
 
 def unpack_import(ctx: HostContext, digest: str, tarball: Path) -> None:
@@ -178,9 +179,10 @@ def get_image(cloud: Cloud, name: str) -> Resource:
 
 
 def image_view(res: Resource) -> dict[str, object]:
-    return {"id": res.id, "name": res.name, "source": res.spec.get("source"), "digest": res.spec.get("digest"),
-            "packages": res.spec.get("packages", []), "state": res.phase, "message": res.status.get("message", ""),
-            "size_mib": res.status.get("size_mib"), "created_at": res.created_at, "labels": res.labels}
+    spec, st = ImageSpec.of(res), ImageStatus.of(res)
+    return {"id": res.id, "name": res.name, "source": spec.source, "digest": spec.digest, "packages": spec.packages,
+            "state": res.phase, "message": st.message, "size_mib": st.size_mib, "created_at": res.created_at,
+            "labels": res.labels}
 
 
 class ImageReconciler(KindReconciler):
@@ -196,41 +198,42 @@ class ImageReconciler(KindReconciler):
         if res.phase != "ready" or res.observed_generation != res.generation:
             size = self.ctx.pool.usage(volume).logical_bytes >> 20 if volume else 0
             self.records.update_status(res.id, phase="ready", observed_generation=res.generation,
-                                       status={"size_mib": size})
+                                       status=ImageStatus(size_mib=size).dump())
             self.records.add_event(res, "Ready", "image is ready")
         return Result()
 
     def converge(self, res: Resource) -> Result:
-        source, volume = res.spec.get("source"), volume_of(res)
+        spec, volume = ImageSpec.of(res), volume_of(res)
+        source = spec.source
         if source == "busybox" and not self.ctx.compute.capabilities.real_processes:
             return self._ready(res, None)
         if self.ctx.pool.exists(volume):
             return self._ready(res, volume)
         if source == "busybox":
-            _fill(self.ctx, res.spec["digest"], _busybox_tree)
+            _fill(self.ctx, spec.digest, _busybox_tree)
             return self._ready(res, volume)
         if source != "debootstrap":
             return Result()  # an import is unpacked when it is made; nothing to rebuild it from
         if res.phase == "failed" and res.observed_generation == res.generation:
             return Result()
-        self.records.update_status(res.id, phase="building", status={"message": "debootstrap running"})
+        self.records.update_status(res.id, phase="building", status=ImageStatus(message="debootstrap running").dump())
         self.records.add_event(res, "Building",
-                               f"debootstrap {res.spec['suite']} with {res.spec['packages'] or 'minbase'}")
+                               f"debootstrap {spec.suite} with {spec.packages or 'minbase'}")
         try:
-            _fill(self.ctx, res.spec["digest"], lambda root: _debootstrap(res, root))
+            _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root))
         except DriverError as exc:
             self.records.update_status(res.id, phase="failed", observed_generation=res.generation,
-                                       status={"message": exc.message})
+                                       status=ImageStatus(message=exc.message).dump())
             self.records.add_event(res, "Failed", exc.message, "Warning")
             raise TerminalError(exc.message) from exc
         return self._ready(res, volume)
 
 
-def _debootstrap(res: Resource, root: Path) -> None:
+def _debootstrap(spec: ImageSpec, root: Path) -> None:
     cmd = ["debootstrap", "--variant=minbase"]
-    if res.spec["packages"]:
-        cmd.append("--include=" + ",".join(res.spec["packages"]))
-    cmd += [res.spec["suite"], str(root), res.spec["mirror"]]
+    if spec.packages:
+        cmd.append("--include=" + ",".join(spec.packages))
+    cmd += [str(spec.suite), str(root), str(spec.mirror)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]

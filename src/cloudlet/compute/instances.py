@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.images import get_image
+from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, Records
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
@@ -23,6 +24,7 @@ from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, check_name
 from cloudlet.network import networks
+from cloudlet.storage.resource import SnapshotSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
 
 KIND = register_kind(KindInfo("Instance", "instances", host_bound=True)).name
@@ -62,9 +64,10 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
     snapshot = None
     if req.from_snapshot:
         snapshot = cloud.store.get("Snapshot", caller.tenant, req.from_snapshot)
-        if snapshot.spec.get("source_kind") != KIND or snapshot.deleting:
+        snap_spec = SnapshotSpec.of(snapshot)
+        if snap_spec.source_kind != KIND or snapshot.deleting or snap_spec.image_id is None:
             raise InvalidSpec(f"snapshot {req.from_snapshot} is not a bootable instance snapshot")
-        found = cloud.store.get_by_id(snapshot.spec["image_id"])
+        found = cloud.store.get_by_id(snap_spec.image_id)
         if found is None:
             raise InvalidSpec(f"the image snapshot {req.from_snapshot} was taken from no longer exists")
         image = found
@@ -86,20 +89,16 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
     largest = cloud.placement.largest_memory()
     if req.memory_mib > largest:
         raise InvalidSpec(f"memory {req.memory_mib} MiB is more than the largest host has ({largest} MiB)")
-    spec = {
-        "image": image.name, "image_id": image.id, "network": net.name, "network_id": net.id,
-        "cpus": req.cpus, "memory_mib": req.memory_mib, "restart": req.restart,
-        "command": req.command, "zone": req.zone, "state": "running", "run_nonce": 1,
-        "from_snapshot_id": snapshot.id if snapshot else None,
-    }
-    res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER], labels=req.labels,
-                   status={"state": "pending"})
+    spec = InstanceSpec(image=image.name, image_id=image.id, network=net.name, network_id=net.id, cpus=req.cpus,
+                        memory_mib=req.memory_mib, restart=req.restart, command=req.command, zone=req.zone,
+                        from_snapshot_id=snapshot.id if snapshot else None)
+    res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec.dump(), finalizers=[FINALIZER],
+                   labels=req.labels, status=InstanceStatus().dump())
     if snapshot and cloud.store.list(KIND, tenant=caller.tenant, name=req.name):
         raise Conflict(f"Instance {req.name!r} already exists; choose another name or delete it first")
     # clones of the volumes it had, stored first: its agent sees them before the instance, which waits for them
-    for vol in volumes_of_snapshot(cloud, caller, snapshot, req.name) if snapshot else []:
-        vol.spec["attachment"]["instance_id"] = res.id
-        cloud.store.create(vol, created=f"volume {vol.name} restored for {req.name} at {vol.spec['attachment']['path']}")
+    for vol in volumes_of_snapshot(cloud, caller, snapshot, res.id, req.name) if snapshot else []:
+        cloud.store.create(vol, created=f"volume {vol.name} restored for {req.name}")
     cloud.store.create(res, created=f"instance {req.name} of image {image.name} on network {net.name}")
     return res
 
@@ -108,13 +107,13 @@ def act(cloud: Cloud, caller: Caller, name: str, action: str) -> Resource:
     res = cloud.store.get(KIND, caller.tenant, name)
     if res.deleting:
         raise Conflict(f"instance {name} is being deleted")
-    spec = dict(res.spec)
+    spec = InstanceSpec.of(res)
     if action == "stop":
-        spec["state"] = "stopped"
+        spec.state = "stopped"
     else:
-        spec["state"] = "running"
-        spec["run_nonce"] = int(spec.get("run_nonce", 0)) + 1
-    res = cloud.store.update_spec(res.id, spec)
+        spec.state = "running"
+        spec.run_nonce += 1
+    res = cloud.store.update_spec(res.id, spec.dump())
     cloud.store.add_event(res, action.capitalize() + "Requested", f"{action} requested")
     return res
 
@@ -132,17 +131,15 @@ def exec_in(cloud: Cloud, caller: Caller, name: str, req: ExecRequest) -> dict[s
 
 
 def instance_view(res: Resource) -> dict[str, Any]:
-    st = res.status
-    state = "deleting" if res.deleting else st.get("state", res.phase)
+    spec, st = InstanceSpec.of(res), InstanceStatus.of(res)
     return {
-        "id": res.id, "name": res.name, "tenant": res.tenant, "state": state,
-        "image": res.spec["image"], "network": res.spec["network"], "ip": st.get("ip"),
-        "dns_name": st.get("dns_name"), "host": res.host, "zone": res.zone, "pid": st.get("pid"),
-        "cpus": res.spec["cpus"], "memory_mib": res.spec["memory_mib"], "restart": res.spec["restart"],
-        "desired_state": res.spec["state"], "restarts": st.get("restarts", 0), "message": st.get("message", ""),
+        "id": res.id, "name": res.name, "tenant": res.tenant, "state": "deleting" if res.deleting else st.state,
+        "image": spec.image, "network": spec.network, "ip": st.ip, "dns_name": st.dns_name, "host": res.host,
+        "zone": res.zone, "pid": st.pid, "cpus": spec.cpus, "memory_mib": spec.memory_mib, "restart": spec.restart,
+        "desired_state": spec.state, "restarts": st.restarts, "message": st.message,
         "generation": res.generation, "observed_generation": res.observed_generation,
-        "created_at": res.created_at, "started_at": st.get("started_at"), "placement": st.get("placement"),
-        "conditions": st.get("conditions", []), "labels": res.labels,
+        "created_at": res.created_at, "started_at": st.started_at, "placement": st.placement,
+        "conditions": st.conditions, "labels": res.labels,
     }
 
 
@@ -150,9 +147,10 @@ def instance_view(res: Resource) -> dict[str, Any]:
 
 def set_state(records: Records, res: Resource, state: str, **fields: Any) -> None:
     """Writes status (with the Ready condition) only when something changed."""
-    status = {**res.status, **fields, "state": state}
-    message = str(status.get("message") or "")
-    status["conditions"] = set_condition(res.status.get("conditions"), READY, state == "running",
-                                         state.capitalize(), message, res.generation)
+    old = InstanceStatus.of(res)
+    new = old.model_copy(update={**fields, "state": state})
+    new.conditions = set_condition(old.conditions, READY, state == "running", state.capitalize(), new.message,
+                                   res.generation)
+    status = new.dump()
     if status != res.status or res.phase != state or res.observed_generation != res.generation:
         records.update_status(res.id, status=status, phase=state, observed_generation=res.generation)

@@ -12,6 +12,7 @@ __all__ = ["Host", "Decision", "Placement"]
 import threading
 from dataclasses import dataclass, field
 
+from cloudlet.compute.resource import HostSpec
 from cloudlet.core.clock import Clock
 from cloudlet.core.context import SYSTEM_TENANT
 from cloudlet.core.errors import InvalidSpec
@@ -56,7 +57,7 @@ class Placement:
         if self._loaded_at is not None and now - self._loaded_at < self.refresh:
             return
         self._hosts = [
-            Host(r.name, r.zone or "zone-a", int(r.spec["cpus"]), int(r.spec["memory_mib"]), r.phase == "up")
+            Host(r.name, r.zone or "zone-a", HostSpec.of(r).cpus, HostSpec.of(r).memory_mib, r.phase == "up")
             for r in self.store.list(HOST_KIND, tenant=SYSTEM_TENANT)
         ]
         self._used = self.store.sum_by_host("Instance", "memory_mib")

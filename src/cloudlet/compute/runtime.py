@@ -12,18 +12,22 @@ __all__ = ["InstanceReconciler"]
 import dataclasses
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudlet.compute.drivers.base import InstanceInfo, InstanceState, LaunchSpec
 from cloudlet.compute.images import volume_of
 from cloudlet.compute.instances import KIND, set_state
+from cloudlet.compute.resource import ImageSpec, InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
 from cloudlet.core.errors import TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource
 from cloudlet.network.dns import DOMAIN, dns_name
 from cloudlet.network.drivers.base import PortSpec
+from cloudlet.network.resource import NetworkSpec
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
+from cloudlet.storage.resource import VolumeSpec
 from cloudlet.storage.volumes import attached_to
 
 
@@ -47,76 +51,81 @@ class InstanceReconciler(KindReconciler):
         self.watches = {"Network": self._users_of("network_id"), "Image": self._users_of("image_id"),
                         "Volume": self._attached_instance}
 
-    def _users_of(self, field: str):  # type: ignore[no-untyped-def]
+    def _users_of(self, field: str) -> Callable[[Resource], list[str]]:
         """A network or image becoming ready wakes the instances here that wait for it."""
         def mapper(dep: Resource) -> list[str]:
-            return [i.id for i in self.records.list(KIND) if i.spec.get(field) == dep.id and self.serves(i)]
+            return [i.id for i in self.records.list(KIND)
+                    if self.serves(i) and getattr(InstanceSpec.of(i), field) == dep.id]
         return mapper
 
     @staticmethod
     def _attached_instance(vol: Resource) -> list[str]:
         """A volume becoming ready wakes the instance that waits to boot with it."""
-        return [str(vol.spec["attachment"]["instance_id"])] if vol.spec.get("attachment") else []
+        attachment = VolumeSpec.of(vol).attachment
+        return [attachment.instance_id] if attachment and attachment.instance_id else []
 
     def serves(self, res: Resource) -> bool:
         return res.host == self.ctx.host
 
     def converge(self, res: Resource) -> Result:
-        records = self.records
-        net = records.get_by_id(res.spec["network_id"])
+        records, spec, status = self.records, InstanceSpec.of(res), InstanceStatus.of(res)
+        net = records.get_by_id(spec.network_id)
         if net is None or net.deleting:
-            set_state(records, res, "failed", message=f"network {res.spec['network']} no longer exists")
+            set_state(records, res, "failed", message=f"network {spec.network} no longer exists")
             raise TerminalError(f"network of instance {res.name} is gone")
-        image = records.get_by_id(res.spec["image_id"])
+        image = records.get_by_id(spec.image_id)
         if image is None or image.phase != "ready":
-            set_state(records, res, "pending", message=f"waiting for image {res.spec['image']}")
+            set_state(records, res, "pending", message=f"waiting for image {spec.image}")
             return Result()  # the image's watch wakes us
         waiting = [v.name for v in attached_to(self.ctx, res) if v.phase != "ready"]
-        if waiting and res.status.get("run_nonce") is None:
+        if waiting and status.run_nonce is None:
             set_state(records, res, "pending", message=f"waiting for volumes {', '.join(waiting)}")
             return Result()  # the volumes' watch wakes us
         info = self.ctx.compute.get_instance(res.id)
-        if res.spec["state"] == "stopped":
+        if spec.state == "stopped":
             return self._converge_stopped(res, info.state)
-        ip = res.status.get("ip")
-        if not ip:
+        if not status.ip:
             raise TerminalError(f"instance {res.name} was placed without an address")
-        return self._converge_running(res, self._plan(res, net, image, str(ip)), info)
+        return self._converge_running(res, self._plan(res, spec, net, image, status.ip), info)
 
-    def _plan(self, res: Resource, net: Resource, image: Resource, ip: str) -> _Plan:
+    def _plan(self, res: Resource, spec: InstanceSpec, net: Resource, image: Resource, ip: str) -> _Plan:
         zone = res.zone or self.ctx.zone
         fqdn = dns_name(res.name, net.name, zone)
-        snapshot = res.spec.get("from_snapshot_id")
+        gateway = NetworkSpec.of(net).gateway
         pool = self.ctx.pool
+        mounts = []
+        for vol in attached_to(self.ctx, res):
+            attachment = VolumeSpec.of(vol).attachment
+            if attachment:
+                mounts.append((str(pool.path(volume_name(vol.id))), attachment.path))
         launch = LaunchSpec(
             id=res.id, hostname=res.name, rootfs=pool.path(disk_of(res.id)),
-            command=res.spec.get("command") or image.spec["command"],
-            cpus=float(res.spec["cpus"]), memory_mib=int(res.spec["memory_mib"]), netns="",
-            hosts=f"127.0.0.1\tlocalhost\n{ip}\t{fqdn} {res.name}\n",
-            resolv_conf=(f"nameserver {net.spec['gateway']}\nsearch {net.name}.{zone}.{DOMAIN}\n"
+            command=spec.command or ImageSpec.of(image).command, cpus=spec.cpus, memory_mib=spec.memory_mib,
+            netns="", hosts=f"127.0.0.1\tlocalhost\n{ip}\t{fqdn} {res.name}\n",
+            resolv_conf=(f"nameserver {gateway}\nsearch {net.name}.{zone}.{DOMAIN}\n"
                          "options timeout:1 attempts:2\n"),
-            host=self.ctx.host,
-            mounts=tuple((str(pool.path(volume_name(v.id))), v.spec["attachment"]["path"])
-                         for v in attached_to(self.ctx, res)),
+            host=self.ctx.host, mounts=tuple(mounts),
         )
-        return _Plan(launch, net, ip, fqdn, snapshot_name(snapshot) if snapshot else volume_of(image))
+        source = snapshot_name(spec.from_snapshot_id) if spec.from_snapshot_id else volume_of(image)
+        return _Plan(launch, net, ip, fqdn, source)
 
     def _start(self, res: Resource, plan: _Plan, fresh: bool) -> InstanceInfo:
         self.ctx.pool.snapshot(plan.disk_source, disk_of(res.id), readonly=False)
-        net = plan.net
-        prefix = ipaddress.ip_network(net.spec["subnet"]).prefixlen
-        netns = self.ctx.net.ensure_port(PortSpec(res.id, net.id, plan.ip, prefix, net.spec["gateway"]))
+        net = NetworkSpec.of(plan.net)
+        prefix = ipaddress.ip_network(net.subnet).prefixlen
+        netns = self.ctx.net.ensure_port(PortSpec(res.id, plan.net.id, plan.ip, prefix, net.gateway))
         launch = dataclasses.replace(plan.launch, netns=netns)
         if fresh:
             return self.ctx.compute.create_instance(launch)
         return self.ctx.compute.start_instance(launch)
 
     def _converge_running(self, res: Resource, plan: _Plan, observed: InstanceInfo) -> Result:
-        records, st, state, ip = self.records, res.status, observed.state, plan.ip
+        records, state, ip = self.records, observed.state, plan.ip
+        spec, st = InstanceSpec.of(res), InstanceStatus.of(res)
         compute = self.ctx.compute
-        nonce = int(res.spec.get("run_nonce", 1))
-        done = st.get("run_nonce")
-        restarts = int(st.get("restarts", 0))
+        nonce = spec.run_nonce
+        done = st.run_nonce
+        restarts = st.restarts
         info = observed
         if state == InstanceState.RUNNING and done is not None and done != nonce:
             compute.stop_instance(res.id)
@@ -130,15 +139,15 @@ class InstanceReconciler(KindReconciler):
         elif state == InstanceState.MISSING:
             info = self._start(res, plan, fresh=True)
             records.add_event(res, "Started", f"instance running with address {ip}")
-        elif done == nonce and st.get("state") in ("running", "starting"):
+        elif done == nonce and st.state in ("running", "starting"):
             records.add_event(res, "Exited", "instance init exited unexpectedly", "Warning")
-            if res.spec["restart"] != "always":
+            if spec.restart != "always":
                 set_state(records, res, "exited", pid=None, message="init exited; restart policy is never")
                 return Result()
             info = self._start(res, plan, fresh=False)
             restarts += 1
             records.add_event(res, "Restarted", f"restart policy always (restart #{restarts})")
-        elif done == nonce and st.get("state") == "exited":
+        elif done == nonce and st.state == "exited":
             return Result()
         else:
             info = self._start(res, plan, fresh=False)
@@ -150,7 +159,7 @@ class InstanceReconciler(KindReconciler):
             set_state(records, res, "starting", run_nonce=nonce, restarts=restarts, message="init exited at start")
             raise RuntimeError(f"instance {res.name} did not stay running")
         set_state(records, res, "running", pid=info.pid, run_nonce=nonce, restarts=restarts, dns_name=plan.fqdn,
-                  message="", started_at=st.get("started_at") if st.get("state") == "running" else time.time())
+                  message="", started_at=st.started_at if st.state == "running" else time.time())
         return Result()
 
     def _converge_stopped(self, res: Resource, state: InstanceState) -> Result:

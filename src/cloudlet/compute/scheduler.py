@@ -6,11 +6,13 @@ from __future__ import annotations
 __all__ = ["SchedulerReconciler", "release"]
 
 from cloudlet.compute.instances import KIND, set_state
+from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.context import Cloud
 from cloudlet.core.errors import InvalidSpec, TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource
 from cloudlet.network import ipam
+from cloudlet.network.resource import NetworkSpec
 from cloudlet.storage.volumes import release_attachments
 
 
@@ -32,21 +34,21 @@ class SchedulerReconciler(KindReconciler):
         return self.converge(res)
 
     def converge(self, res: Resource) -> Result:
-        store = self.cloud.store
-        net = store.get_by_id(res.spec["network_id"])
+        store, spec, status = self.cloud.store, InstanceSpec.of(res), InstanceStatus.of(res)
+        net = store.get_by_id(spec.network_id)
         if net is None or net.deleting:
-            set_state(store, res, "failed", message=f"network {res.spec['network']} no longer exists")
+            set_state(store, res, "failed", message=f"network {spec.network} no longer exists")
             raise TerminalError(f"network of instance {res.name} is gone")
         try:
-            d = self.cloud.placement.place(int(res.spec["memory_mib"]), res.spec.get("zone"))
+            d = self.cloud.placement.place(spec.memory_mib, spec.zone)
         except InvalidSpec as exc:
-            if res.status.get("message") != exc.message:
+            if status.message != exc.message:
                 store.add_event(res, "NoValidHost", exc.message, "Warning")
             set_state(store, res, "unschedulable", message=exc.message)
             return Result(requeue_after=30.0)
-        ip = store.allocate_ip(net.id, res.id, ipam.host_addresses(net.spec["subnet"]))
-        res = store.update_status(res.id, host=d.host, zone=d.zone, phase="scheduled",
-                                  status={**res.status, "placement": d.record(), "state": "scheduled", "ip": ip})
+        ip = store.allocate_ip(net.id, res.id, ipam.host_addresses(NetworkSpec.of(net).subnet))
+        status = status.model_copy(update={"placement": d.record(), "state": "scheduled", "ip": ip})
+        res = store.update_status(res.id, host=d.host, zone=d.zone, phase="scheduled", status=status.dump())
         store.add_event(res, "Scheduled", f"placed on host {d.host} in {d.zone} with address {ip}")
         return Result()
 

@@ -16,6 +16,7 @@ from typing import Any
 from dnslib import PTR, QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
+from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.context import ADMIN_TENANT, Records
 from cloudlet.network.netns import run_in_netns
 
@@ -53,8 +54,8 @@ class Resolver(BaseResolver):  # type: ignore[misc]
                 by_name: dict[str, list[Entry]] = {}
                 by_ip: dict[str, Entry] = {}
                 for inst in self.store.list("Instance"):
-                    ip = inst.status.get("ip")
-                    net = nets.get(inst.spec.get("network_id", ""))
+                    ip = InstanceStatus.of(inst).ip
+                    net = nets.get(InstanceSpec.of(inst).network_id)
                     if not ip or not net or inst.deleting:
                         continue
                     entry = Entry(inst.tenant, dns_name(inst.name, net, inst.zone or "zone-a"), ip)

@@ -8,8 +8,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet.compute.resource import InstanceSpec
 from cloudlet.core.conditions import set_condition
-from cloudlet.core.context import Caller, Cloud, HostContext
+from cloudlet.core.context import Caller, Cloud, HostContext, Records
 from cloudlet.core.errors import Conflict
 from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
@@ -17,6 +18,7 @@ from cloudlet.core.reconcile import KindReconciler, Result, Watches
 from cloudlet.core.records import FINALIZER, Name, Resource, check_name
 from cloudlet.network import ipam
 from cloudlet.network.drivers.base import short
+from cloudlet.network.resource import NetworkSpec, NetworkStatus
 
 __all__ = ["KIND", "NetworkCreate", "create_network", "ensure_default_network", "delete_network",
            "NetworkReconciler", "BridgeReconciler", "network_view"]
@@ -56,7 +58,7 @@ def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None =
                    labels: dict[str, str] | None = None) -> Resource:
     check_name("network", name)
     with _create_lock:
-        taken = [n.spec["subnet"] for n in cloud.store.list(KIND)]
+        taken = [NetworkSpec.of(n).subnet for n in cloud.store.list(KIND)]
         if subnet:
             net = ipam.parse_subnet(subnet)
             ipam.check_free(net, taken)
@@ -65,7 +67,7 @@ def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None =
         res = Resource(
             kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, finalizers=[FINALIZER],
             labels=labels or {},
-            spec={"subnet": str(net), "gateway": ipam.gateway_of(net)},
+            spec=NetworkSpec(subnet=str(net), gateway=ipam.gateway_of(net)).dump(),
         )
         cloud.store.create(res, created=f"network {name} {net} created")
     return res
@@ -82,8 +84,7 @@ def ensure_default_network(cloud: Cloud, tenant: str) -> Resource:
 
 def delete_network(cloud: Cloud, caller: Caller, name: str) -> Resource:
     res = cloud.store.get(KIND, caller.tenant, name)
-    users = [i.name for i in cloud.store.list("Instance", tenant=caller.tenant)
-             if i.spec.get("network_id") == res.id and not i.deleting]
+    users = [i.name for i in _users(cloud.store, res) if not i.deleting]
     if users:
         raise Conflict(f"network {name} is used by instances {', '.join(sorted(users))}; delete them first")
     if not res.deleting:
@@ -92,10 +93,14 @@ def delete_network(cloud: Cloud, caller: Caller, name: str) -> Resource:
     return res
 
 
+def _users(records: Records, net: Resource) -> list[Resource]:
+    return [i for i in records.list("Instance", tenant=net.tenant) if InstanceSpec.of(i).network_id == net.id]
+
+
 def network_view(res: Resource) -> dict[str, object]:
+    spec = NetworkSpec.of(res)
     return {
-        "id": res.id, "name": res.name, "tenant": res.tenant, "subnet": res.spec["subnet"],
-        "gateway": res.spec["gateway"], "zone": res.zone, "state": "deleting" if res.deleting else res.phase,
+        "id": res.id, "name": res.name, "tenant": res.tenant, "subnet": spec.subnet, "gateway": spec.gateway, "zone": res.zone, "state": "deleting" if res.deleting else res.phase,
         "created_at": res.created_at, "labels": res.labels,
     }
 
@@ -108,20 +113,21 @@ class NetworkReconciler(KindReconciler):
 
     def __init__(self, cloud: Cloud) -> None:
         super().__init__(cloud.store)
-        self.watches = {"Instance": lambda inst: [inst.spec["network_id"]] if inst.deleting else []}
+        self.watches = {"Instance": lambda inst: [InstanceSpec.of(inst).network_id] if inst.deleting else []}
 
     def converge(self, res: Resource) -> Result:
         if res.phase != "ready":
-            conditions = set_condition(res.status.get("conditions"), "Ready", True, "Allocated",
-                                       f"{res.spec['subnet']} with gateway {res.spec['gateway']}", res.generation)
+            spec = NetworkSpec.of(res)
+            status = NetworkStatus(bridge=f"br{short(res.id)}", conditions=set_condition(
+                NetworkStatus.of(res).conditions, "Ready", True, "Allocated",
+                f"{spec.subnet} with gateway {spec.gateway}", res.generation))
             self.records.update_status(res.id, phase="ready", observed_generation=res.generation,
-                                       status={"bridge": f"br{short(res.id)}", "conditions": conditions})
-            self.records.add_event(res, "Ready", f"network {res.spec['subnet']} is ready")
+                                       status=status.dump())
+            self.records.add_event(res, "Ready", f"network {spec.subnet} is ready")
         return Result()
 
     def cleanup(self, res: Resource) -> None:
-        users = [i.name for i in self.records.list("Instance", tenant=res.tenant)
-                 if i.spec.get("network_id") == res.id]
+        users = [i.name for i in _users(self.records, res)]
         if users:
             raise Conflict(f"network {res.name} still has instances {', '.join(users)} being removed")
 
@@ -141,6 +147,6 @@ class BridgeReconciler:
         if res is None or res.deleting:
             self.ctx.net.delete_network(rid)
             return Result()
-        prefix = ipaddress.ip_network(res.spec["subnet"]).prefixlen
-        self.ctx.net.ensure_network(rid, res.spec["gateway"], prefix)
+        spec = NetworkSpec.of(res)
+        self.ctx.net.ensure_network(rid, spec.gateway, ipaddress.ip_network(spec.subnet).prefixlen)
         return Result()

@@ -25,10 +25,12 @@ from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, NotFound
 from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
+from cloudlet.core.models import Spec
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, check_name
 from cloudlet.storage.names import snapshot_name
-from cloudlet.storage.volumes import INSTANCE, SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
+from cloudlet.storage.resource import BackupSpec, BackupStatus, SnapshotSpec, TargetSpec, VolumeSpec
+from cloudlet.storage.volumes import SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
 
 TARGET = register_kind(KindInfo("BackupTarget", "backup-targets")).name
 BACKUP = register_kind(KindInfo("Backup", "backups", host_bound=True)).name
@@ -61,14 +63,15 @@ class RestoreRequest(BaseModel):
 
 def add_target(cloud: Cloud, caller: Caller, req: TargetCreate) -> Resource:
     check_name("backup target", req.name)
-    spec = req.model_dump(exclude={"name", "labels"})
+    spec = TargetSpec.model_validate(req.model_dump(exclude={"name", "labels"})).dump()
     res = Resource(kind=TARGET, tenant=caller.tenant, name=req.name, spec=spec, phase="ready", labels=req.labels)
     return cloud.store.create(res, created=f"backup target {req.name} at {req.endpoint}/{req.bucket}")
 
 
 def target_view(res: Resource) -> dict[str, Any]:
-    return {"name": res.name, "endpoint": res.spec["endpoint"], "bucket": res.spec["bucket"],
-            "access_key": res.spec["access_key"], "region": res.spec["region"], "labels": res.labels}  # the secret is never shown
+    spec = TargetSpec.of(res)  # the secret is never shown
+    return {"name": res.name, "endpoint": spec.endpoint, "bucket": spec.bucket, "access_key": spec.access_key,
+            "region": spec.region, "labels": res.labels}
 
 
 def _pick_target(cloud: Cloud, tenant: str, name: str | None) -> Resource:
@@ -92,10 +95,12 @@ def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: st
             source=req.source, name=f"{req.source}-backup-{time.strftime('%Y%m%d-%H%M%S')}"))
     name = req.name or f"{snap.name}-{int(time.time())}"
     check_name("backup", name)
-    spec = {"snapshot_id": snap.id, "snapshot": snap.name, "target_id": target.id, "target": target.name,
-            "source_kind": snap.spec["source_kind"], "source": snap.spec["source_name"],
-            "image_id": snap.spec.get("image_id"), "policy_id": policy_id, "drop_snapshot": policy_id is not None}
-    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER], labels=req.labels,
+    snap_spec = SnapshotSpec.of(snap)
+    spec = BackupSpec(snapshot_id=snap.id, snapshot=snap.name, target_id=target.id, target=target.name,
+                      source_kind=snap_spec.source_kind, source=snap_spec.source_name, image_id=snap_spec.image_id,
+                      policy_id=policy_id, drop_snapshot=policy_id is not None)
+    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec.dump(), finalizers=[FINALIZER],
+                   labels=req.labels,
                    host=snap.host, zone=snap.zone)
     return cloud.store.create(res, created=f"backup {name} of snapshot {snap.name} to {target.name}")
 
@@ -114,38 +119,38 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
     if backup.phase != "ready":
         raise Conflict(f"backup {name} is {backup.phase}; only a finished backup can be restored")
     check_name("volume", req.name)
-    is_instance = backup.spec["source_kind"] == INSTANCE
+    bspec, size = BackupSpec.of(backup), BackupStatus.of(backup).size_gib or 1
+    is_instance = bspec.source_kind == "Instance"
     check_quota(cloud, caller.tenant, snapshots=1 if is_instance else 0, volumes=0 if is_instance else 1,
-                gib=0 if is_instance else int(backup.status.get("size_gib") or 1))
+                gib=0 if is_instance else size)
+    spec: Spec
     if is_instance:
-        spec = {"source_kind": INSTANCE, "source_id": None, "source_name": backup.spec["source"],
-                "size_gib": None, "image_id": backup.spec["image_id"], "restore_from": backup.id}
+        spec = SnapshotSpec(source_kind="Instance", source_id=None, source_name=bspec.source, image_id=bspec.image_id,
+                            restore_from=backup.id)
         kind = SNAPSHOT
     else:
-        spec = {"size_gib": int(backup.status.get("size_gib") or 1), "source_snapshot_id": None,
-                "restore_from": backup.id}
+        spec = VolumeSpec(size_gib=size, restore_from=backup.id)
         kind = VOLUME
-    res = Resource(kind=kind, tenant=caller.tenant, name=req.name, spec=spec, finalizers=[FINALIZER],
+    res = Resource(kind=kind, tenant=caller.tenant, name=req.name, spec=spec.dump(), finalizers=[FINALIZER],
                    zone=backup.zone, host=backup.host)
     return cloud.store.create(res, created=f"{kind.lower()} {req.name} restored from backup {name}")
 
 
 def backup_view(res: Resource) -> dict[str, Any]:
-    st = res.status
-    return {"id": res.id, "name": res.name, "source_kind": res.spec["source_kind"], "source": res.spec["source"],
-            "snapshot": res.spec["snapshot"], "target": res.spec["target"],
-            "state": "deleting" if res.deleting else res.phase, "bytes": st.get("bytes"),
-            "compressed_bytes": st.get("compressed_bytes"), "sha256": st.get("sha256"),
-            "seconds": st.get("seconds"), "message": st.get("message", ""), "created_at": res.created_at,
-            "labels": res.labels}
+    spec, st = BackupSpec.of(res), BackupStatus.of(res)
+    return {"id": res.id, "name": res.name, "source_kind": spec.source_kind, "source": spec.source,
+            "snapshot": spec.snapshot, "target": spec.target, "state": "deleting" if res.deleting else res.phase,
+            "bytes": st.bytes, "compressed_bytes": st.compressed_bytes, "sha256": st.sha256, "seconds": st.seconds,
+            "message": st.message, "created_at": res.created_at, "labels": res.labels}
 
 
 def _s3(target: Resource) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=target.spec["endpoint"], aws_access_key_id=target.spec["access_key"],
-                        aws_secret_access_key=target.spec["secret_key"], region_name=target.spec["region"],
+    spec = TargetSpec.of(target)
+    return boto3.client("s3", endpoint_url=spec.endpoint, aws_access_key_id=spec.access_key,
+                        aws_secret_access_key=spec.secret_key, region_name=spec.region,
                         config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=60))
 
 
@@ -179,11 +184,12 @@ def _tree_bytes(root: Path) -> int:
     return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
 
-def upload(cloud: HostContext, backup: Resource, target: Resource) -> dict[str, Any]:
-    source = cloud.pool.path(snapshot_name(backup.spec["snapshot_id"]))
+def upload(cloud: HostContext, backup: Resource, target: Resource) -> BackupStatus:
+    spec = BackupSpec.of(backup)
+    source = cloud.pool.path(snapshot_name(spec.snapshot_id))
     if not source.is_dir():
-        raise DriverError(f"snapshot {backup.spec['snapshot']} has no data to back up")
-    s3, bucket, prefix = _s3(target), target.spec["bucket"], _prefix(backup)
+        raise DriverError(f"snapshot {spec.snapshot} has no data to back up")
+    s3, bucket, prefix = _s3(target), TargetSpec.of(target).bucket, _prefix(backup)
     try:
         s3.head_bucket(Bucket=bucket)
     except Exception:
@@ -197,15 +203,15 @@ def upload(cloud: HostContext, backup: Resource, target: Resource) -> dict[str, 
     body = _Hashing(zstd.stdout)
     s3.upload_fileobj(body, bucket, prefix + "data.tar.zst")
     if tar.wait() != 0 or zstd.wait() != 0:
-        raise DriverError(f"packing snapshot {backup.spec['snapshot']} failed: {_tail(tar.stderr)}")
+        raise DriverError(f"packing snapshot {spec.snapshot} failed: {_tail(tar.stderr)}")
     raw_bytes = _tree_bytes(source)
     manifest = {"format": "tar+zstd", "backup_id": backup.id, "name": backup.name, "tenant": backup.tenant,
-                "source_kind": backup.spec["source_kind"], "source": backup.spec["source"],
-                "snapshot": backup.spec["snapshot"], "sha256": body.sha.hexdigest(),
+                "source_kind": spec.source_kind, "source": spec.source, "snapshot": spec.snapshot,
+                "sha256": body.sha.hexdigest(),
                 "compressed_bytes": body.size, "bytes": raw_bytes, "created_at": time.time()}
     s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
-    return {"sha256": manifest["sha256"], "compressed_bytes": body.size, "bytes": raw_bytes,
-            "size_gib": max(1, -(-raw_bytes // (1 << 30))), "seconds": round(time.perf_counter() - t, 3)}
+    return BackupStatus(sha256=body.sha.hexdigest(), compressed_bytes=body.size, bytes=raw_bytes,
+                        size_gib=max(1, -(-raw_bytes // (1 << 30))), seconds=round(time.perf_counter() - t, 3))
 
 
 def restore_into(cloud: HostContext, backup_id: str, root: Path) -> None:
@@ -213,10 +219,11 @@ def restore_into(cloud: HostContext, backup_id: str, root: Path) -> None:
     backup = cloud.store.get_by_id(backup_id)
     if backup is None:
         raise DriverError("the backup to restore from no longer exists")
-    target = cloud.store.get_by_id(backup.spec["target_id"])
+    spec = BackupSpec.of(backup)
+    target = cloud.store.get_by_id(spec.target_id)
     if target is None:
-        raise DriverError(f"backup target {backup.spec['target']} no longer exists")
-    s3, bucket, prefix = _s3(target), target.spec["bucket"], _prefix(backup)
+        raise DriverError(f"backup target {spec.target} no longer exists")
+    s3, bucket, prefix = _s3(target), TargetSpec.of(target).bucket, _prefix(backup)
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
     stream = s3.get_object(Bucket=bucket, Key=prefix + "data.tar.zst")["Body"]
     zstd = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -258,33 +265,34 @@ class BackupReconciler(KindReconciler):
 
     def _waiting_on(self, snap: Resource) -> list[str]:
         """A snapshot becoming ready wakes the backups of it."""
-        return [b.id for b in self.records.list(BACKUP, tenant=snap.tenant) if b.spec["snapshot_id"] == snap.id]
+        return [b.id for b in self.records.list(BACKUP, tenant=snap.tenant) if BackupSpec.of(b).snapshot_id == snap.id]
 
     def serves(self, res: Resource) -> bool:
         return res.host == self.ctx.host
 
     def cleanup(self, res: Resource) -> None:
-        target = self.records.get_by_id(res.spec["target_id"])
+        target = self.records.get_by_id(BackupSpec.of(res).target_id)
         if target is not None:
             s3 = _s3(target)
             for key in ("manifest.json", "data.tar.zst"):  # manifest first: never a manifest without data
-                s3.delete_object(Bucket=target.spec["bucket"], Key=_prefix(res) + key)
+                s3.delete_object(Bucket=TargetSpec.of(target).bucket, Key=_prefix(res) + key)
 
     def converge(self, res: Resource) -> Result:
         records, rid = self.records, res.id
         if res.phase in ("ready", "failed"):
             return Result()
-        target = records.get_by_id(res.spec["target_id"])
+        spec = BackupSpec.of(res)
+        target = records.get_by_id(spec.target_id)
         if target is None:
-            records.update_status(rid, phase="failed", status={"message": "backup target is gone"})
+            records.update_status(rid, phase="failed", status=BackupStatus(message="backup target is gone").dump())
             return Result()
-        snap = records.get_by_id(res.spec["snapshot_id"])
+        snap = records.get_by_id(spec.snapshot_id)
         if snap is None or snap.phase != "ready":
             return Result()  # the snapshot is still being taken; its watch wakes us
-        records.update_status(rid, phase="uploading", status={"message": f"uploading to {res.spec['target']}"})
+        records.update_status(rid, phase="uploading", status=BackupStatus(message=f"uploading to {spec.target}").dump())
         with self._uploads:
             done = upload(self.ctx, res, target)
-        records.update_status(rid, phase="ready", observed_generation=res.generation, status=done)
-        records.add_event(res, "Ready", f"{done['compressed_bytes']} bytes in {done['seconds']} s, "
-                                        f"sha256 {done['sha256'][:12]}…")
+        records.update_status(rid, phase="ready", observed_generation=res.generation, status=done.dump())
+        records.add_event(res, "Ready", f"{done.compressed_bytes} bytes in {done.seconds} s, "
+                                        f"sha256 {str(done.sha256)[:12]}…")
         return Result()

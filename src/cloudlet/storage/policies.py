@@ -20,6 +20,7 @@ from cloudlet.core.labels import SELECTOR_PATTERN, Labels, parse_selector
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, JsonNumber, Name, NameRef, Resource, check_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
+from cloudlet.storage.resource import BackupSpec, PolicySpec, PolicyStatus
 from cloudlet.storage.volumes import delete_resource, dependents
 
 POLICY = register_kind(KindInfo("BackupPolicy", "backup-policies")).name
@@ -52,30 +53,32 @@ def create_policy(cloud: Cloud, caller: Caller, req: PolicyCreate) -> Resource:
     if req.schedule is not None and not croniter.is_valid(req.schedule):
         raise InvalidSpec(f"{req.schedule!r} is not a cron expression such as '0 3 * * *' (minute hour day month "
                           "weekday)")
-    res = Resource(kind=POLICY, tenant=caller.tenant, name=req.name, spec=req.model_dump(exclude={"name", "labels"}),
-                   labels=req.labels,
+    spec = PolicySpec.model_validate(req.model_dump(exclude={"name", "labels"}))
+    res = Resource(kind=POLICY, tenant=caller.tenant, name=req.name, spec=spec.dump(), labels=req.labels,
                    finalizers=[FINALIZER], phase="active")
     when = f"every {req.interval_seconds} s" if req.schedule is None else f"on cron {req.schedule!r}"
     return cloud.store.create(res, created=f"backup policy {req.name} {when}")
 
 
 def policy_view(res: Resource) -> dict[str, Any]:
-    return {"name": res.name, **res.spec, "state": "deleting" if res.deleting else res.phase,
-            "last_run": res.status.get("last_run"), "message": res.status.get("message", ""), "labels": res.labels}
+    st = PolicyStatus.of(res)
+    return {"name": res.name, **PolicySpec.of(res).dump(), "state": "deleting" if res.deleting else res.phase,
+            "last_run": st.last_run, "message": st.message, "labels": res.labels}
 
 
-def next_run(spec: dict[str, Any], last_run: float, created_at: float) -> float:
+def next_run(spec: PolicySpec, last_run: float, created_at: float) -> float:
     """When the policy runs next: an interval after the last run (at once the first time), or the cron
     schedule's next time after the last run (after creation the first time)."""
-    if spec.get("schedule"):
-        return float(croniter(spec["schedule"], datetime.fromtimestamp(last_run or created_at, UTC)).get_next(float))
-    return last_run + float(spec["interval_seconds"])
+    if spec.schedule:
+        return float(croniter(spec.schedule, datetime.fromtimestamp(last_run or created_at, UTC)).get_next(float))
+    return last_run + float(spec.interval_seconds or 0)
 
 
 def sources(cloud: Cloud, res: Resource) -> list[str]:
     """Names the policy backs up: those listed, and the volumes and instances its selector matches now."""
-    names = [*res.spec["volumes"], *res.spec["instances"]]
-    selector = parse_selector(res.spec.get("selector"))
+    spec = PolicySpec.of(res)
+    names = [*spec.volumes, *spec.instances]
+    selector = parse_selector(spec.selector)
     if selector:
         for kind in ("Volume", "Instance"):
             names += [r.name for r in cloud.store.list(kind, tenant=res.tenant)
@@ -105,34 +108,34 @@ class BackupPolicyReconciler(KindReconciler):
     def __init__(self, cloud: Cloud) -> None:
         super().__init__(cloud.store)
         self.cloud = cloud
-        self.watches = {BACKUP: lambda b: [b.spec["policy_id"]] if b.spec.get("policy_id") else []}
+        self.watches = {BACKUP: lambda b: [p] if (p := BackupSpec.of(b).policy_id) else []}
 
     def converge(self, res: Resource) -> Result:
         store, rid = self.cloud.store, res.id
-        mine = [b for b in store.list(BACKUP, tenant=res.tenant) if b.spec.get("policy_id") == rid]
+        mine = [b for b in store.list(BACKUP, tenant=res.tenant) if BackupSpec.of(b).policy_id == rid]
         self._drop_shipped_snapshots(mine)
-        spec, now = res.spec, time.time()
-        due_in = next_run(spec, float(res.status.get("last_run") or 0), res.created_at) - now
+        spec, now = PolicySpec.of(res), time.time()
+        due_in = next_run(spec, PolicyStatus.of(res).last_run or 0, res.created_at) - now
         if due_in > 0:
             return Result(requeue_after=due_in)
         caller, errors = Caller(res.tenant), []
         for source in sources(self.cloud, res):
             name = f"{res.name}-{source}-{time.strftime('%Y%m%d%H%M%S')}"
             try:
-                create_backup(self.cloud, caller, BackupCreate(source=source, target=spec["target"], name=name),
+                create_backup(self.cloud, caller, BackupCreate(source=source, target=spec.target, name=name),
                               policy_id=rid)
             except CloudletError as exc:
                 errors.append(f"{source}: {exc.message}")
         expired = 0
-        for source in {b.spec["source"] for b in mine}:
-            done = [b for b in mine if b.spec["source"] == source and b.phase == "ready" and not b.deleting]
-            keep = retained(done, spec["keep_last"], spec["keep_daily"], spec["keep_weekly"])
+        for source in {BackupSpec.of(b).source for b in mine}:
+            done = [b for b in mine if BackupSpec.of(b).source == source and b.phase == "ready" and not b.deleting]
+            keep = retained(done, spec.keep_last, spec.keep_daily, spec.keep_weekly)
             for b in done:
                 if b.id not in keep:
                     delete_backup(self.cloud, caller, b.name)
                     expired += 1
         message = "; ".join(errors)
-        store.update_status(rid, status={"last_run": now, "message": message, "expired": expired})
+        store.update_status(rid, status=PolicyStatus(last_run=now, message=message, expired=expired).dump())
         if errors:
             store.add_event(res, "BackupFailed", message, "Warning")
         return Result(requeue_after=max(1.0, next_run(spec, now, res.created_at) - now))
@@ -140,8 +143,9 @@ class BackupPolicyReconciler(KindReconciler):
     def _drop_shipped_snapshots(self, backups: list[Resource]) -> None:
         """The snapshots the policy took are not needed once their data is offsite."""
         for b in backups:
-            if b.phase != "ready" or not b.spec.get("drop_snapshot"):
+            bspec = BackupSpec.of(b)
+            if b.phase != "ready" or not bspec.drop_snapshot:
                 continue
-            snap = self.cloud.store.get_by_id(b.spec["snapshot_id"])
+            snap = self.cloud.store.get_by_id(bspec.snapshot_id)
             if snap is not None and not snap.deleting and not dependents(self.cloud, snap):
                 delete_resource(self.cloud, snap, cascade=False)

@@ -7,8 +7,10 @@ __all__ = ["usage_report", "garbage", "collect"]
 
 from typing import Any
 
+from cloudlet.compute.images import volume_of
 from cloudlet.core.context import HostContext
 from cloudlet.storage.names import PREFIXES
+from cloudlet.storage.resource import SnapshotStatus
 
 
 def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
@@ -16,12 +18,12 @@ def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
     on it may be in flight (a build, a copy), so its `.partial` is not garbage yet."""
     out: dict[str, tuple[str, str, str, bool]] = {}
     for img in cloud.store.list("Image"):
-        out[f"images/{img.spec['digest']}"] = ("Image", img.tenant, img.name, img.phase in ("ready", "failed"))
+        out[volume_of(img)] = ("Image", img.tenant, img.name, img.phase in ("ready", "failed"))
     for kind, prefix in (("Instance", "disks/"), ("Volume", "volumes/"), ("Snapshot", "snapshots/")):
         for res in cloud.store.list(kind):
             out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))
-            for part in res.status.get("volumes", []):
-                out[part["pool"]] = (kind, res.tenant, f"{res.name}:{part['volume']}", True)
+            for part in SnapshotStatus.of(res).volumes if kind == "Snapshot" else []:
+                out[part.pool] = (kind, res.tenant, f"{res.name}:{part.volume}", True)
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cloudlet.compute.resource import InstanceSpec
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
@@ -28,6 +29,16 @@ from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
+from cloudlet.storage.resource import (
+    Attachment,
+    BackupSpec,
+    SnapshotPart,
+    SnapshotSpec,
+    SnapshotStatus,
+    TenantSpec,
+    VolumeSpec,
+    VolumeStatus,
+)
 
 VOLUME = register_kind(KindInfo("Volume", "volumes", host_bound=True)).name
 SNAPSHOT = register_kind(KindInfo("Snapshot", "snapshots", host_bound=True)).name
@@ -69,7 +80,7 @@ class SnapshotCreate(BaseModel):
 
 def quota_of(cloud: Cloud, tenant: str) -> dict[str, int]:
     for t in cloud.store.list("Tenant", tenant=tenant):
-        return {**DEFAULT_QUOTA, **t.spec.get("quota", {})}
+        return {**DEFAULT_QUOTA, **TenantSpec.of(t).quota}
     return dict(DEFAULT_QUOTA)
 
 
@@ -78,7 +89,7 @@ def check_quota(cloud: Cloud, tenant: str, volumes: int = 0, gib: int = 0, snaps
     quota = quota_of(cloud, tenant)
     vols = [v for v in cloud.store.list(VOLUME, tenant=tenant) if not v.deleting]
     snaps = [s for s in cloud.store.list(SNAPSHOT, tenant=tenant) if not s.deleting]
-    used_gib = sum(int(v.spec["size_gib"]) for v in vols)
+    used_gib = sum(VolumeSpec.of(v).size_gib for v in vols)
     for what, used, extra in (("volumes", len(vols), volumes), ("volume_gib", used_gib, gib),
                               ("snapshots", len(snaps), snapshots)):
         if extra and used + extra > quota[what]:
@@ -106,9 +117,9 @@ def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str,
     snap = cloud.store.get(SNAPSHOT, caller.tenant, snapshot)
     if snap.deleting:
         raise Conflict(f"snapshot {snapshot} is being deleted")
-    size = int(snap.spec.get("size_gib") or 1)
+    size = SnapshotSpec.of(snap).size_gib or 1
     check_quota(cloud, caller.tenant, volumes=1, gib=size)
-    return _new(cloud, VOLUME, caller, name, {"size_gib": size, "source_snapshot_id": snap.id},
+    return _new(cloud, VOLUME, caller, name, VolumeSpec(size_gib=size, source_snapshot_id=snap.id).dump(),
                 f"volume {name} cloned from snapshot {snapshot}", labels or {})
 
 
@@ -119,53 +130,64 @@ def attach_volume(cloud: Cloud, caller: Caller, name: str, req: AttachRequest) -
         raise Conflict("the volume or the instance is being deleted")
     if vol.phase != "ready":
         raise Conflict(f"volume {name} is {vol.phase}; attach it once it is ready")
-    current = vol.spec.get("attachment")
-    if current and current["instance_id"] != inst.id:
-        raise Conflict(f"volume {name} is attached to instance {current['instance']}; detach it first")
+    spec = VolumeSpec.of(vol)
+    if spec.attachment and spec.attachment.instance_id != inst.id:
+        raise Conflict(f"volume {name} is attached to instance {spec.attachment.instance}; detach it first")
     for other in attached_to(cloud, inst):
-        if other.id != vol.id and other.spec["attachment"]["path"] == req.path:
+        theirs = VolumeSpec.of(other).attachment
+        if other.id != vol.id and theirs is not None and theirs.path == req.path:
             raise Conflict(f"instance {inst.name} already has volume {other.name} at {req.path}")
-    vol = cloud.store.update_spec(vol.id, {**vol.spec, "attachment": {
-        "instance_id": inst.id, "instance": inst.name, "path": req.path}})
+    spec.attachment = Attachment(instance_id=inst.id, instance=inst.name, path=req.path)
+    vol = cloud.store.update_spec(vol.id, spec.dump())
     cloud.store.add_event(vol, "AttachRequested", f"attach to {inst.name} at {req.path}")
     return vol
 
 
 def detach_volume(cloud: Cloud, caller: Caller, name: str) -> Resource:
     vol = cloud.store.get(VOLUME, caller.tenant, name)
-    if vol.spec.get("attachment"):
-        vol = cloud.store.update_spec(vol.id, {**vol.spec, "attachment": None})
+    spec = VolumeSpec.of(vol)
+    if spec.attachment:
+        spec.attachment = None
+        vol = cloud.store.update_spec(vol.id, spec.dump())
         cloud.store.add_event(vol, "DetachRequested", "detach requested")
     return vol
 
 
 def attached_to(cloud: Cloud | HostContext, instance: Resource) -> list[Resource]:
     return [v for v in cloud.store.list(VOLUME, tenant=instance.tenant)
-            if (v.spec.get("attachment") or {}).get("instance_id") == instance.id and not v.deleting]
+            if _attached_id(v) == instance.id and not v.deleting]
 
 
-def volumes_of_snapshot(cloud: Cloud, caller: Caller, snapshot: Resource, instance: str) -> list[Resource]:
+def _attached_id(vol: Resource) -> str | None:
+    attachment = VolumeSpec.of(vol).attachment
+    return attachment.instance_id if attachment else None
+
+
+def volumes_of_snapshot(cloud: Cloud, caller: Caller, snapshot: Resource, instance_id: str, instance: str
+                        ) -> list[Resource]:
     """Volume records (not yet stored) that clone the volumes attached when an instance snapshot was taken, for a
-    new instance `instance` launched from it: same paths, named INSTANCE-VOLUME. Checked for names and quota."""
-    out = []
-    for part in snapshot.status.get("volumes", []):
-        name = f"{instance}-{part['volume']}"[:63].rstrip("-")
+    new instance launched from it: attached at the same paths, named INSTANCE-VOLUME. Checked for names and quota."""
+    out, gib = [], 0
+    for part in SnapshotStatus.of(snapshot).volumes:
+        name = f"{instance}-{part.volume}"[:63].rstrip("-")
         check_name("volume", name)
         if cloud.store.list(VOLUME, tenant=caller.tenant, name=name):
-            raise Conflict(f"volume {name} exists; the clone of {part['volume']} needs that name")
-        size = int(part.get("size_gib") or 1)
+            raise Conflict(f"volume {name} exists; the clone of {part.volume} needs that name")
+        spec = VolumeSpec(size_gib=part.size_gib or 1, source_snapshot_id=snapshot.id, source_part=part.pool,
+                          attachment=Attachment(instance_id=instance_id, instance=instance, path=part.path))
+        gib += spec.size_gib
         out.append(Resource(kind=VOLUME, tenant=caller.tenant, name=name, finalizers=[FINALIZER],
-                            zone=cloud.config.zone, host=cloud.config.host,
-                            spec={"size_gib": size, "source_snapshot_id": snapshot.id, "source_part": part["pool"],
-                                  "attachment": {"instance_id": None, "instance": instance, "path": part["path"]}}))
-    check_quota(cloud, caller.tenant, volumes=len(out), gib=sum(int(v.spec["size_gib"]) for v in out))
+                            zone=cloud.config.zone, host=cloud.config.host, spec=spec.dump()))
+    check_quota(cloud, caller.tenant, volumes=len(out), gib=gib)
     return out
 
 
 def release_attachments(cloud: Cloud, instance: Resource) -> None:
     """Volumes outlive the instance they were attached to, detached."""
     for vol in attached_to(cloud, instance):
-        cloud.store.update_spec(vol.id, {**vol.spec, "attachment": None})
+        spec = VolumeSpec.of(vol)
+        spec.attachment = None
+        cloud.store.update_spec(vol.id, spec.dump())
 
 
 def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resource:
@@ -183,23 +205,28 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resour
     name = req.name or f"{req.source}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name("snapshot", name)
     check_quota(cloud, caller.tenant, snapshots=1)
-    spec = {"source_kind": src.kind, "source_id": src.id, "source_name": src.name,
-            "size_gib": src.spec.get("size_gib"), "image_id": src.spec.get("image_id")}
-    return _new(cloud, SNAPSHOT, caller, name, spec, f"snapshot {name} of {src.kind.lower()} {src.name}", req.labels)
+    if src.kind == VOLUME:
+        spec = SnapshotSpec(source_kind="Volume", source_id=src.id, source_name=src.name,
+                            size_gib=VolumeSpec.of(src).size_gib)
+    else:
+        spec = SnapshotSpec(source_kind="Instance", source_id=src.id, source_name=src.name,
+                            image_id=InstanceSpec.of(src).image_id)
+    return _new(cloud, SNAPSHOT, caller, name, spec.dump(), f"snapshot {name} of {src.kind.lower()} {src.name}",
+                req.labels)
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
     """Live records that need res to stay: the edges of the copy-on-write graph (images are never deleted yet)."""
     store = cloud.store
     if res.kind == VOLUME:
-        out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if s.spec.get("source_id") == res.id]
+        out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if SnapshotSpec.of(s).source_id == res.id]
     elif res.kind == SNAPSHOT:
-        out = [v for v in store.list(VOLUME, tenant=res.tenant) if v.spec.get("source_snapshot_id") == res.id]
-        out += [i for i in store.list(INSTANCE, tenant=res.tenant) if i.spec.get("from_snapshot_id") == res.id]
+        out = [v for v in store.list(VOLUME, tenant=res.tenant) if VolumeSpec.of(v).source_snapshot_id == res.id]
+        out += [i for i in store.list(INSTANCE, tenant=res.tenant) if InstanceSpec.of(i).from_snapshot_id == res.id]
         out += [b for b in store.list("Backup", tenant=res.tenant)  # a backup in flight still reads it
-                if b.spec.get("snapshot_id") == res.id and b.phase not in ("ready", "failed")]
+                if BackupSpec.of(b).snapshot_id == res.id and b.phase not in ("ready", "failed")]
     elif res.kind == INSTANCE:
-        out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if s.spec.get("source_id") == res.id]
+        out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if SnapshotSpec.of(s).source_id == res.id]
     else:
         out = []
     return [d for d in out if not d.deleting]
@@ -207,9 +234,9 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
 
 def delete_resource(cloud: Cloud, res: Resource, cascade: bool) -> list[Resource]:
     """Marks res for deletion unless something depends on it; with cascade, its dependents first."""
-    attachment = res.spec.get("attachment") if res.kind == VOLUME else None
+    attachment = VolumeSpec.of(res).attachment if res.kind == VOLUME else None
     if attachment:  # never cascaded: that would delete the instance using it
-        raise Conflict(f"volume {res.name} is attached to instance {attachment['instance']}; detach it first")
+        raise Conflict(f"volume {res.name} is attached to instance {attachment.instance}; detach it first")
     deps = dependents(cloud, res)
     if deps and not cascade:
         names = ", ".join(f"{d.kind.lower()} {d.name}" for d in deps)
@@ -232,20 +259,21 @@ def delete_snapshot(cloud: Cloud, caller: Caller, name: str, cascade: bool = Fal
 
 
 def volume_view(res: Resource) -> dict[str, Any]:
-    return {"id": res.id, "name": res.name, "tenant": res.tenant, "size_gib": res.spec["size_gib"],
-            "state": "deleting" if res.deleting else res.phase, "source_snapshot_id": res.spec.get("source_snapshot_id"),
-            "attached_to": (res.spec.get("attachment") or {}).get("instance"),
-            "path": (res.spec.get("attachment") or {}).get("path"),
-            "attached": bool(res.status.get("attached")), "message": res.status.get("message", ""),
+    spec, st = VolumeSpec.of(res), VolumeStatus.of(res)
+    return {"id": res.id, "name": res.name, "tenant": res.tenant, "size_gib": spec.size_gib,
+            "state": "deleting" if res.deleting else res.phase, "source_snapshot_id": spec.source_snapshot_id,
+            "attached_to": spec.attachment.instance if spec.attachment else None,
+            "path": spec.attachment.path if spec.attachment else None,
+            "attached": st.attached is not None, "message": st.message,
             "created_at": res.created_at, "labels": res.labels}
 
 
 def snapshot_view(res: Resource) -> dict[str, Any]:
-    return {"id": res.id, "name": res.name, "tenant": res.tenant, "source_kind": res.spec["source_kind"],
-            "source": res.spec["source_name"], "state": "deleting" if res.deleting else res.phase,
-            "frozen": res.status.get("frozen"), "took_ms": res.status.get("took_ms"),
-            "volumes": [p["volume"] for p in res.status.get("volumes", [])],
-            "message": res.status.get("message", ""), "created_at": res.created_at, "labels": res.labels}
+    spec, st = SnapshotSpec.of(res), SnapshotStatus.of(res)
+    return {"id": res.id, "name": res.name, "tenant": res.tenant, "source_kind": spec.source_kind,
+            "source": spec.source_name, "state": "deleting" if res.deleting else res.phase,
+            "frozen": st.frozen, "took_ms": st.took_ms, "volumes": [p.volume for p in st.volumes],
+            "message": st.message, "created_at": res.created_at, "labels": res.labels}
 
 
 Restorer = Callable[[HostContext, str, Path], None]
@@ -255,10 +283,16 @@ class _PoolReconciler(KindReconciler):
     """Agent, shared shape: ensure the pool volume and mark it ready; cleanup removes it.
     `restore` (injected: backups.restore_into) fills a volume or snapshot whose spec says restore_from."""
 
+    status_model: type[VolumeStatus | SnapshotStatus] = VolumeStatus
+
     def __init__(self, ctx: HostContext, restore: Restorer | None = None) -> None:
         super().__init__(ctx.store)
         self.cloud = ctx
         self.restore = restore
+
+    def _fail(self, res: Resource, phase: str, message: str) -> None:
+        status = self.status_model.of(res).model_copy(update={"message": message})
+        self.cloud.store.update_status(res.id, phase=phase, status=status.dump())
 
     def serves(self, res: Resource) -> bool:
         return res.host == self.cloud.host
@@ -266,7 +300,7 @@ class _PoolReconciler(KindReconciler):
     def restored(self, res: Resource, final: str, readonly: bool) -> bool:
         """Fills final from the backup named in the spec, through a `.partial` volume, so that a crash or a
         checksum mismatch never leaves a half-restored volume under the final name. False: not a restore."""
-        backup_id = res.spec.get("restore_from")
+        backup_id = (VolumeSpec if res.kind == VOLUME else SnapshotSpec).of(res).restore_from
         if not backup_id:
             return False
         if self.restore is None:
@@ -279,7 +313,7 @@ class _PoolReconciler(KindReconciler):
                 self.restore(self.cloud, backup_id, pool.create_volume(partial))
             except DriverError as exc:
                 pool.delete(partial)
-                self.cloud.store.update_status(res.id, phase="failed", status={**res.status, "message": exc.message})
+                self._fail(res, "failed", exc.message)
                 self.cloud.store.add_event(res, "RestoreFailed", exc.message, "Warning")
                 raise TerminalError(exc.message) from exc
             pool.snapshot(partial, final, readonly=readonly)
@@ -290,28 +324,27 @@ class _PoolReconciler(KindReconciler):
         raise NotImplementedError
 
     def make(self, res: Resource) -> dict[str, Any]:
+        """Makes the pool volume; returns the status fields it learnt."""
         raise NotImplementedError
 
     def cleanup(self, res: Resource) -> None:
         self.cloud.pool.delete(self.pool_name(res))
-        for part in res.status.get("volumes", []):
-            self.cloud.pool.delete(part["pool"])
 
     def converge(self, res: Resource) -> Result:
         store, rid = self.cloud.store, res.id
         if res.phase == "ready":
             if not self.cloud.pool.exists(self.pool_name(res)):
                 # never silently remade: a new snapshot or an empty volume would pass for the lost data
-                store.update_status(rid, phase="lost", status={**res.status, "message": "pool volume vanished"})
+                self._fail(res, "lost", "pool volume vanished")
                 store.add_event(res, "Lost", f"the data of {res.kind.lower()} {res.name} is gone", "Warning")
                 return Result()
             return self.converge_ready(res)
         if res.phase in ("lost", "failed"):
             return Result()
-        extra = self.make(res)
-        status = {**res.status, **extra, "conditions": set_condition(
-            res.status.get("conditions"), "Ready", True, "Created", "", res.generation)}
-        store.update_status(rid, phase="ready", observed_generation=res.generation, status=status)
+        old = self.status_model.of(res)
+        status = old.model_validate({**old.dump(), **self.make(res), "conditions": set_condition(
+            old.conditions, "Ready", True, "Created", "", res.generation)})
+        store.update_status(rid, phase="ready", observed_generation=res.generation, status=status.dump())
         store.add_event(res, "Ready", f"{res.kind.lower()} {res.name} is ready")
         return Result()
 
@@ -327,67 +360,73 @@ class VolumeReconciler(_PoolReconciler):
         return volume_name(res.id)
 
     def make(self, res: Resource) -> dict[str, Any]:
-        pool, size = self.cloud.pool, int(res.spec["size_gib"]) * GIB
-        src = res.spec.get("source_snapshot_id")
+        spec, pool = VolumeSpec.of(res), self.cloud.pool
         if self.restored(res, volume_name(res.id), readonly=False):
             pass
-        elif res.spec.get("source_part"):  # a volume that was attached when an instance snapshot was taken
-            pool.snapshot(res.spec["source_part"], volume_name(res.id), readonly=False)
-        elif src:
-            pool.snapshot(snapshot_name(src), volume_name(res.id), readonly=False)
+        elif spec.source_part:  # a volume that was attached when an instance snapshot was taken
+            pool.snapshot(spec.source_part, volume_name(res.id), readonly=False)
+        elif spec.source_snapshot_id:
+            pool.snapshot(snapshot_name(spec.source_snapshot_id), volume_name(res.id), readonly=False)
         else:
             pool.create_volume(volume_name(res.id))
         if pool.capabilities.quotas:
-            pool.set_limit(volume_name(res.id), size)
+            pool.set_limit(volume_name(res.id), spec.size_gib * GIB)
         return {"path": str(pool.path(volume_name(res.id)))}
 
     def converge_ready(self, res: Resource) -> Result:
         """Live attach/detach: status.attached follows spec.attachment."""
-        want, have = res.spec.get("attachment"), res.status.get("attached")
-        if _where(want) == _where(have):
+        status = VolumeStatus.of(res)
+        want, have = VolumeSpec.of(res).attachment, status.attached
+        if (want and want.where()) == (have and have.where()):
             return Result()
         compute = self.cloud.compute
-        if have:
-            compute.detach_volume(have["instance_id"], have["path"])
-            self.cloud.store.add_event(res, "Detached", f"detached from {have['instance']}")
-        if want:
-            compute.attach_volume(want["instance_id"], self.cloud.pool.path(volume_name(res.id)), want["path"])
-            self.cloud.store.add_event(res, "Attached", f"attached to {want['instance']} at {want['path']}")
-        self.cloud.store.update_status(res.id, status={**res.status, "attached": want},
-                                       observed_generation=res.generation)
+        if have and have.instance_id:
+            compute.detach_volume(have.instance_id, have.path)
+            self.cloud.store.add_event(res, "Detached", f"detached from {have.instance}")
+        if want and want.instance_id:
+            compute.attach_volume(want.instance_id, self.cloud.pool.path(volume_name(res.id)), want.path)
+            self.cloud.store.add_event(res, "Attached", f"attached to {want.instance} at {want.path}")
+        status.attached = want
+        self.cloud.store.update_status(res.id, status=status.dump(), observed_generation=res.generation)
         return Result()
-
-
-def _where(attachment: dict[str, Any] | None) -> tuple[str, str] | None:
-    return (attachment["instance_id"], attachment["path"]) if attachment else None
 
 
 class SnapshotReconciler(_PoolReconciler):
     kind = SNAPSHOT
+    status_model = SnapshotStatus
 
     def pool_name(self, res: Resource) -> str:
         return snapshot_name(res.id)
 
+    def cleanup(self, res: Resource) -> None:
+        super().cleanup(res)
+        for part in SnapshotStatus.of(res).volumes:
+            self.cloud.pool.delete(part.pool)
+
     def make(self, res: Resource) -> dict[str, Any]:
         if self.restored(res, snapshot_name(res.id), readonly=True):
             return {"frozen": False, "restored": True}
-        src_kind, src_id = res.spec["source_kind"], res.spec["source_id"]
+        spec = SnapshotSpec.of(res)
+        src_kind, src_id = spec.source_kind, str(spec.source_id)
         source = volume_name(src_id) if src_kind == VOLUME else disk_of(src_id)
         if not self.cloud.pool.exists(source):
-            raise InvalidSpec(f"the {src_kind.lower()} {res.spec['source_name']} has no disk to snapshot yet")
+            raise InvalidSpec(f"the {src_kind.lower()} {spec.source_name} has no disk to snapshot yet")
         parts = []
         if src_kind == INSTANCE:
             inst = self.cloud.store.get_by_id(src_id)
             for vol in attached_to(self.cloud, inst) if inst else []:
-                parts.append({"volume": vol.name, "volume_id": vol.id, "path": vol.spec["attachment"]["path"],
-                              "pool": f"{snapshot_name(res.id)}.vol-{vol.id}", "size_gib": vol.spec["size_gib"]})
+                vspec = VolumeSpec.of(vol)
+                assert vspec.attachment is not None  # attached_to() chose it for its attachment
+                parts.append(SnapshotPart(volume=vol.name, volume_id=vol.id, path=vspec.attachment.path,
+                                          pool=f"{snapshot_name(res.id)}.vol-{vol.id}", size_gib=vspec.size_gib))
         frozen = src_kind == INSTANCE and self.cloud.compute.pause_instance(src_id)
         t = time.perf_counter()
         try:  # one frozen moment for the root disk and every attached volume
             self.cloud.pool.snapshot(source, snapshot_name(res.id), readonly=True)
             for part in parts:
-                self.cloud.pool.snapshot(volume_name(part["volume_id"]), part["pool"], readonly=True)
+                self.cloud.pool.snapshot(volume_name(part.volume_id), part.pool, readonly=True)
         finally:
             if frozen:
                 self.cloud.compute.resume_instance(src_id)
-        return {"frozen": frozen, "took_ms": round((time.perf_counter() - t) * 1000, 2), "volumes": parts}
+        return {"frozen": frozen, "took_ms": round((time.perf_counter() - t) * 1000, 2),
+                "volumes": [p.model_dump() for p in parts]}

@@ -11,6 +11,7 @@ from cloudlet.api.app import NamePath, caller, get_cloud
 from cloudlet.api.listcache import RenderCache
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute import instances
+from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.labels import Selector
@@ -37,7 +38,7 @@ def show_instance(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller
     res = cloud.store.get(instances.KIND, who.tenant, name)
     view = instances.instance_view(res)
     view["stats"] = {}
-    if res.status.get("state") == "running" and res.host:
+    if InstanceStatus.of(res).state == "running" and res.host:
         try:
             view["stats"] = cloud.hosts.agent(res.host).stats(res.id)
         except CloudletError as exc:  # the record is still worth showing

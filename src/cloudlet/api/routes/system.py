@@ -15,6 +15,7 @@ from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
 from cloudlet.core.records import JsonNumber, Name, Resource, check_name
+from cloudlet.storage.resource import TenantSpec
 from cloudlet.storage.volumes import quota_of
 
 router = APIRouter(prefix="/v1", tags=["system"])
@@ -81,8 +82,10 @@ def set_quota(name: NamePath, body: QuotaUpdate, cloud: Cloud = Depends(get_clou
               who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("setting quotas")
     res = cloud.store.get("Tenant", name, name)
-    quota = {**res.spec.get("quota", {}), **body.model_dump(exclude_none=True)}
-    res = cloud.store.update_spec(res.id, {**res.spec, "quota": quota})
+    spec = TenantSpec.of(res)
+    spec.quota = {**spec.quota, **body.model_dump(exclude_none=True)}
+    res = cloud.store.update_spec(res.id, spec.dump())
+    quota = spec.quota
     cloud.store.add_event(res, "QuotaSet", f"quota {quota}")
     return {"name": name, "quota": quota_of(cloud, name)}
 

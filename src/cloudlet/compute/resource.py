@@ -1,0 +1,66 @@
+"""Spec and Status models of the compute kinds: Instance, Image, Host."""
+
+from __future__ import annotations
+
+__all__ = ["InstanceSpec", "InstanceStatus", "ImageSpec", "ImageStatus", "HostSpec", "HostStatus"]
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from cloudlet.core.models import Spec, Status
+
+
+class InstanceSpec(Spec):
+    image: str
+    image_id: str
+    network: str
+    network_id: str
+    cpus: float
+    memory_mib: int
+    restart: Literal["always", "never"] = "always"
+    command: list[str] | None = None
+    zone: str | None = None
+    state: Literal["running", "stopped"] = "running"
+    run_nonce: int = 1  # start and restart bump it; the agent records the one it acted on
+    from_snapshot_id: str | None = None
+
+
+class InstanceStatus(Status):
+    state: str = "pending"
+    ip: str | None = None
+    pid: int | None = None
+    run_nonce: int | None = None
+    restarts: int = 0
+    dns_name: str | None = None
+    message: str = ""
+    started_at: float | None = None
+    placement: dict[str, Any] | None = None
+    conditions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ImageSpec(Spec):
+    source: Literal["busybox", "debootstrap", "import"]
+    digest: str
+    command: list[str]
+    suite: str | None = None
+    packages: list[str] = Field(default_factory=list)
+    mirror: str | None = None
+
+
+class ImageStatus(Status):
+    size_mib: int | None = None
+    message: str = ""
+
+
+class HostSpec(Spec):
+    cpus: int
+    memory_mib: int
+
+
+class HostStatus(Status):
+    version: str | None = None
+    endpoint: str | None = None
+    key: str | None = None  # what the control plane shows the agent's API; never in views
+    dns_port: int | None = None
+    last_heartbeat: float | None = None

@@ -1,0 +1,115 @@
+"""Spec and Status models of the storage kinds: Volume, Snapshot, BackupTarget, Backup, BackupPolicy, Tenant."""
+
+from __future__ import annotations
+
+__all__ = ["Attachment", "VolumeSpec", "VolumeStatus", "SnapshotPart", "SnapshotSpec", "SnapshotStatus",
+           "TargetSpec", "BackupSpec", "BackupStatus", "PolicySpec", "PolicyStatus", "TenantSpec"]
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from cloudlet.core.models import Spec, Status
+
+
+class Attachment(BaseModel):
+    instance_id: str | None
+    instance: str
+    path: str
+
+    def where(self) -> tuple[str | None, str]:
+        return self.instance_id, self.path
+
+
+class VolumeSpec(Spec):
+    size_gib: int
+    source_snapshot_id: str | None = None
+    source_part: str | None = None  # the pool volume of an instance snapshot's part it is cloned from
+    attachment: Attachment | None = None
+    restore_from: str | None = None  # a backup id
+
+
+class VolumeStatus(Status):
+    attached: Attachment | None = None
+    path: str | None = None
+    message: str = ""
+    conditions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class SnapshotPart(BaseModel):
+    """A volume that was attached to the instance when its snapshot was taken."""
+
+    volume: str
+    volume_id: str
+    path: str
+    pool: str
+    size_gib: int | None = None
+
+
+class SnapshotSpec(Spec):
+    source_kind: Literal["Volume", "Instance"]
+    source_id: str | None
+    source_name: str
+    size_gib: int | None = None
+    image_id: str | None = None
+    restore_from: str | None = None
+
+
+class SnapshotStatus(Status):
+    frozen: bool | None = None
+    took_ms: float | None = None
+    volumes: list[SnapshotPart] = Field(default_factory=list)
+    restored: bool = False
+    message: str = ""
+    conditions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TargetSpec(Spec):
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+
+class BackupSpec(Spec):
+    snapshot_id: str
+    snapshot: str
+    target_id: str
+    target: str
+    source_kind: Literal["Volume", "Instance"]
+    source: str
+    image_id: str | None = None
+    policy_id: str | None = None
+    drop_snapshot: bool = False
+
+
+class BackupStatus(Status):
+    sha256: str | None = None
+    compressed_bytes: int | None = None
+    bytes: int | None = None
+    size_gib: int | None = None
+    seconds: float | None = None
+    message: str = ""
+
+
+class PolicySpec(Spec):
+    interval_seconds: int | None = None
+    schedule: str | None = None
+    keep_last: int = 1
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    volumes: list[str] = Field(default_factory=list)
+    instances: list[str] = Field(default_factory=list)
+    selector: str | None = None
+    target: str | None = None
+
+
+class PolicyStatus(Status):
+    last_run: float | None = None
+    message: str = ""
+    expired: int = 0
+
+
+class TenantSpec(Spec):
+    quota: dict[str, int] = Field(default_factory=dict)
