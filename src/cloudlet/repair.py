@@ -9,8 +9,9 @@ __all__ = ["Finding", "scan", "fix"]
 from dataclasses import asdict, dataclass
 
 from cloudlet.compute.drivers.base import InstanceState
-from cloudlet.compute.resource import InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
+from cloudlet.network.resource import NETWORK
 from cloudlet.storage.names import disk_of
 
 
@@ -30,13 +31,13 @@ class Finding:
 def scan(cloud: HostContext) -> list[Finding]:
     store, compute, net = cloud.store, cloud.compute, cloud.net
     found: list[Finding] = []
-    instances = {r.id: r for r in store.list("Instance", host=cloud.host)}
+    instances = {r.id: r for r in store.list(INSTANCE, host=cloud.host)}
     for iid in sorted(compute.list_instances() - instances.keys()):
-        found.append(Finding("orphan", "Instance", iid, "", "container", "container files with no instance record"))
+        found.append(Finding("orphan", INSTANCE, iid, "", "container", "container files with no instance record"))
     for iid in sorted(net.list_ports() - instances.keys()):
-        found.append(Finding("orphan", "Instance", iid, "", "netns", "network namespace with no instance record"))
+        found.append(Finding("orphan", INSTANCE, iid, "", "netns", "network namespace with no instance record"))
     for iid in sorted({d.removeprefix(disk_of("")) for d in cloud.pool.list(disk_of(""))} - instances.keys()):
-        found.append(Finding("orphan", "Instance", iid, "", "disk", "root disk with no instance record"))
+        found.append(Finding("orphan", INSTANCE, iid, "", "disk", "root disk with no instance record"))
     for res in instances.values():
         status = InstanceStatus.of(res)
         if res.deleting or InstanceSpec.of(res).state != "running" or status.state == "exited":
@@ -45,30 +46,30 @@ def scan(cloud: HostContext) -> list[Finding]:
             continue  # never started yet: not missing, just pending
         info = compute.get_instance(res.id)
         if info.state == InstanceState.MISSING:
-            found.append(Finding("missing", "Instance", res.id, res.name, "container", "instance has no container"))
+            found.append(Finding("missing", INSTANCE, res.id, res.name, "container", "instance has no container"))
         elif info.state not in (InstanceState.RUNNING, InstanceState.STARTING):
-            found.append(Finding("missing", "Instance", res.id, res.name, "process", "instance is not running"))
+            found.append(Finding("missing", INSTANCE, res.id, res.name, "process", "instance is not running"))
         if not net.port_exists(res.id):
-            found.append(Finding("missing", "Instance", res.id, res.name, "netns", "instance has no network namespace"))
-    nets = {r.id[-10:]: r for r in store.list("Network")}
+            found.append(Finding("missing", INSTANCE, res.id, res.name, "netns", "instance has no network namespace"))
+    nets = {r.id[-10:]: r for r in store.list(NETWORK)}
     bridges = net.list_networks()
     for short in sorted(bridges - nets.keys()):
-        found.append(Finding("orphan", "Network", short, "", "bridge", "bridge with no network record"))
+        found.append(Finding("orphan", NETWORK, short, "", "bridge", "bridge with no network record"))
     for short, res in nets.items():
         if not res.deleting and res.phase == "ready" and short not in bridges:
-            found.append(Finding("missing", "Network", res.id, res.name, "bridge", "network has no bridge"))
+            found.append(Finding("missing", NETWORK, res.id, res.name, "bridge", "network has no bridge"))
     return found
 
 
 def fix(cloud: HostContext, findings: list[Finding]) -> list[str]:
     done: list[str] = []
     for f in findings:
-        if f.problem == "orphan" and f.kind == "Instance":
+        if f.problem == "orphan" and f.kind == INSTANCE:
             cloud.compute.delete_instance(f.id)
             cloud.net.delete_port(f.id)
             cloud.pool.delete(disk_of(f.id))
             done.append(f"removed orphan {f.artefact} of instance {f.id}")
-        elif f.problem == "orphan" and f.kind == "Network":
+        elif f.problem == "orphan" and f.kind == NETWORK:
             cloud.net.delete_network(f.id)
             done.append(f"removed orphan bridge br{f.id}")
         else:

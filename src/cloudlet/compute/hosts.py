@@ -22,19 +22,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.compute.resource import HostSpec, HostStatus
+from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, HostSpec, HostStatus
 from cloudlet.core.context import SYSTEM_TENANT, Caller
 from cloudlet.core.errors import BadRequest, Forbidden
-from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.records import Resource, check_name
 from cloudlet.core.store import Store
 from cloudlet.core.watch import Watch
+from cloudlet.network.resource import NETWORK
+from cloudlet.storage.resource import BACKUP, BACKUP_TARGET, SNAPSHOT, VOLUME
 
-HOST_KIND = register_kind(KindInfo("Host", "hosts", tenant_scoped=False)).name
+HOST_KIND = HOST
 log = logging.getLogger("cloudlet.hosts")
 # what an agent watches; Network, Image and BackupTarget records are not placed on a host but every host needs them
-AGENT_KINDS = ("Network", "Image", "BackupTarget", "Instance", "Volume", "Snapshot", "Backup")
-HOSTLESS_KINDS = ("Network", "Image", "BackupTarget")
+HOSTLESS_KINDS = (NETWORK, IMAGE, BACKUP_TARGET)
+AGENT_KINDS = (*HOSTLESS_KINDS, INSTANCE, VOLUME, SNAPSHOT, BACKUP)
 STALE_AFTER = 5.0  # seconds without a heartbeat before a host shows as not ready
 
 
@@ -127,7 +128,7 @@ def _may_write(host: str | None, res: Resource, op: str) -> bool:
     status and events (each host makes its own copy); it never finalizes a shared record."""
     if res.host is not None:
         return res.host == host
-    return res.kind == "Image" and op != "finalize"
+    return res.kind == IMAGE and op != "finalize"
 
 
 def apply_ops(store: Store, caller: Caller, ops: builtins.list[AgentOp], on_purged: Callable[[Resource], None]) -> int:

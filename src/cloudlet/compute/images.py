@@ -24,15 +24,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloudlet.compute.resource import ImageSpec, ImageStatus
+from cloudlet.compute.resource import HOST, IMAGE, ImageSpec, ImageStatus
 from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import BadRequest, Conflict, DriverError, InvalidSpec, NotFound, TerminalError
-from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Name, Resource, check_name
 
-KIND = register_kind(KindInfo("Image", "images", tenant_scoped=False)).name
+KIND = IMAGE
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_COMMAND = [
     "/bin/sh", "-c",
@@ -150,7 +149,7 @@ def import_image(cloud: Cloud, caller: Caller, name: str, tarball: Path) -> Reso
         while block := f.read(1 << 20):
             h.update(block)
     digest = "import-" + h.hexdigest()[:16]
-    for host in cloud.store.list("Host"):
+    for host in cloud.store.list(HOST):
         cloud.hosts.agent(host.name).import_image(digest, tarball)
     return _record(cloud, name, ImageSpec(source="import", digest=digest, command=DEBIAN_COMMAND).dump(), "ready")
 

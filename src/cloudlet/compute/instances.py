@@ -16,18 +16,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.images import get_image
-from cloudlet.compute.resource import InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, Records
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
-from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, check_name
 from cloudlet.network import networks
-from cloudlet.storage.resource import SnapshotSpec
+from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
 
-KIND = register_kind(KindInfo("Instance", "instances", host_bound=True)).name
+KIND = INSTANCE
 READY = "Ready"
 
 
@@ -63,7 +62,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
     check_name("instance", req.name)
     snapshot = None
     if req.from_snapshot:
-        snapshot = cloud.store.get("Snapshot", caller.tenant, req.from_snapshot)
+        snapshot = cloud.store.get(SNAPSHOT, caller.tenant, req.from_snapshot)
         snap_spec = SnapshotSpec.of(snapshot)
         if snap_spec.source_kind != KIND or snapshot.deleting or snap_spec.image_id is None:
             raise InvalidSpec(f"snapshot {req.from_snapshot} is not a bootable instance snapshot")

@@ -12,14 +12,11 @@ __all__ = ["Host", "Decision", "Placement"]
 import threading
 from dataclasses import dataclass, field
 
-from cloudlet.compute.resource import HostSpec
+from cloudlet.compute.resource import HOST, INSTANCE, HostSpec
 from cloudlet.core.clock import Clock
 from cloudlet.core.context import SYSTEM_TENANT
 from cloudlet.core.errors import InvalidSpec
 from cloudlet.core.store import Store
-
-HOST_KIND = "Host"  # compute/hosts.py owns the kind; it imports this module's neighbours, not this one
-
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,9 @@ class Placement:
             return
         self._hosts = [
             Host(r.name, r.zone or "zone-a", HostSpec.of(r).cpus, HostSpec.of(r).memory_mib, r.phase == "up")
-            for r in self.store.list(HOST_KIND, tenant=SYSTEM_TENANT)
+            for r in self.store.list(HOST, tenant=SYSTEM_TENANT)
         ]
-        self._used = self.store.sum_by_host("Instance", "memory_mib")
+        self._used = self.store.sum_by_host(INSTANCE, "memory_mib")
         self._loaded_at = now
 
     def largest_memory(self) -> int:

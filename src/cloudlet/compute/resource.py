@@ -1,14 +1,19 @@
-"""Spec and Status models of the compute kinds: Instance, Image, Host."""
+"""The compute kinds (Instance, Image, Host): their registration and their Spec and Status models."""
 
 from __future__ import annotations
 
-__all__ = ["InstanceSpec", "InstanceStatus", "ImageSpec", "ImageStatus", "HostSpec", "HostStatus"]
+__all__ = ["INSTANCE", "IMAGE", "HOST", "InstanceSpec", "InstanceStatus", "ImageSpec", "ImageStatus", "HostSpec", "HostStatus"]
 
 from typing import Any, Literal
 
 from pydantic import Field
 
+from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.models import Spec, Status
+
+INSTANCE = register_kind(KindInfo("Instance", "instances", host_bound=True)).name
+IMAGE = register_kind(KindInfo("Image", "images", tenant_scoped=False)).name
+HOST = register_kind(KindInfo("Host", "hosts", tenant_scoped=False)).name
 
 
 class InstanceSpec(Spec):

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from cloudlet.compute.drivers.base import InstanceInfo, InstanceState, LaunchSpec
 from cloudlet.compute.images import volume_of
 from cloudlet.compute.instances import KIND, set_state
-from cloudlet.compute.resource import ImageSpec, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import IMAGE, ImageSpec, InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
 from cloudlet.core.errors import TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource
 from cloudlet.network.dns import DOMAIN, dns_name
 from cloudlet.network.drivers.base import PortSpec
-from cloudlet.network.resource import NetworkSpec
+from cloudlet.network.resource import NETWORK, NetworkSpec
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
-from cloudlet.storage.resource import VolumeSpec
+from cloudlet.storage.resource import VOLUME, VolumeSpec
 from cloudlet.storage.volumes import attached_to
 
 
@@ -48,8 +48,8 @@ class InstanceReconciler(KindReconciler):
     def __init__(self, ctx: HostContext) -> None:
         super().__init__(ctx.store)
         self.ctx = ctx
-        self.watches = {"Network": self._users_of("network_id"), "Image": self._users_of("image_id"),
-                        "Volume": self._attached_instance}
+        self.watches = {NETWORK: self._users_of("network_id"), IMAGE: self._users_of("image_id"),
+                        VOLUME: self._attached_instance}
 
     def _users_of(self, field: str) -> Callable[[Resource], list[str]]:
         """A network or image becoming ready wakes the instances here that wait for it."""

@@ -16,9 +16,10 @@ from typing import Any
 from dnslib import PTR, QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from cloudlet.compute.resource import InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
 from cloudlet.core.context import ADMIN_TENANT, Records
 from cloudlet.network.netns import run_in_netns
+from cloudlet.network.resource import NETWORK
 
 __all__ = ["DOMAIN", "dns_name", "Resolver", "DNSService"]
 
@@ -50,10 +51,10 @@ class Resolver(BaseResolver):  # type: ignore[misc]
     def _index(self) -> tuple[dict[str, list[Entry]], dict[str, Entry]]:
         with self._lock:
             if time.monotonic() - self._built > self.max_age:
-                nets = {n.id: n.name for n in self.store.list("Network")}
+                nets = {n.id: n.name for n in self.store.list(NETWORK)}
                 by_name: dict[str, list[Entry]] = {}
                 by_ip: dict[str, Entry] = {}
-                for inst in self.store.list("Instance"):
+                for inst in self.store.list(INSTANCE):
                     ip = InstanceStatus.of(inst).ip
                     net = nets.get(InstanceSpec.of(inst).network_id)
                     if not ip or not net or inst.deleting:

@@ -8,22 +8,21 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.compute.resource import InstanceSpec
+from cloudlet.compute.resource import INSTANCE, InstanceSpec
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext, Records
 from cloudlet.core.errors import Conflict
-from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result, Watches
 from cloudlet.core.records import FINALIZER, Name, Resource, check_name
 from cloudlet.network import ipam
 from cloudlet.network.drivers.base import short
-from cloudlet.network.resource import NetworkSpec, NetworkStatus
+from cloudlet.network.resource import NETWORK, NetworkSpec, NetworkStatus
 
 __all__ = ["KIND", "NetworkCreate", "create_network", "ensure_default_network", "delete_network",
            "NetworkReconciler", "BridgeReconciler", "network_view"]
 
-KIND = register_kind(KindInfo("Network", "networks")).name
+KIND = NETWORK
 DEFAULT = "default"
 _create_lock = threading.Lock()
 
@@ -94,7 +93,7 @@ def delete_network(cloud: Cloud, caller: Caller, name: str) -> Resource:
 
 
 def _users(records: Records, net: Resource) -> list[Resource]:
-    return [i for i in records.list("Instance", tenant=net.tenant) if InstanceSpec.of(i).network_id == net.id]
+    return [i for i in records.list(INSTANCE, tenant=net.tenant) if InstanceSpec.of(i).network_id == net.id]
 
 
 def network_view(res: Resource) -> dict[str, object]:
@@ -113,7 +112,7 @@ class NetworkReconciler(KindReconciler):
 
     def __init__(self, cloud: Cloud) -> None:
         super().__init__(cloud.store)
-        self.watches = {"Instance": lambda inst: [InstanceSpec.of(inst).network_id] if inst.deleting else []}
+        self.watches = {INSTANCE: lambda inst: [InstanceSpec.of(inst).network_id] if inst.deleting else []}
 
     def converge(self, res: Resource) -> Result:
         if res.phase != "ready":

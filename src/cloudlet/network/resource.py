@@ -1,14 +1,17 @@
-"""Spec and Status models of the network kinds."""
+"""The network kinds: their registration and their Spec and Status models."""
 
 from __future__ import annotations
 
-__all__ = ["NetworkSpec", "NetworkStatus"]
+__all__ = ["NETWORK", "NetworkSpec", "NetworkStatus"]
 
 from typing import Any
 
 from pydantic import Field
 
+from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.models import Spec, Status
+
+NETWORK = register_kind(KindInfo("Network", "networks")).name
 
 
 class NetworkSpec(Spec):

@@ -21,19 +21,26 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, NotFound
-from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import Labels
 from cloudlet.core.models import Spec
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, check_name
 from cloudlet.storage.names import snapshot_name
-from cloudlet.storage.resource import BackupSpec, BackupStatus, SnapshotSpec, TargetSpec, VolumeSpec
+from cloudlet.storage.resource import (
+    BACKUP,
+    BACKUP_TARGET,
+    BackupSpec,
+    BackupStatus,
+    SnapshotSpec,
+    TargetSpec,
+    VolumeSpec,
+)
 from cloudlet.storage.volumes import SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
 
-TARGET = register_kind(KindInfo("BackupTarget", "backup-targets")).name
-BACKUP = register_kind(KindInfo("Backup", "backups", host_bound=True)).name
+TARGET = BACKUP_TARGET
 CHUNK = 1 << 20
 
 
@@ -120,7 +127,7 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
         raise Conflict(f"backup {name} is {backup.phase}; only a finished backup can be restored")
     check_name("volume", req.name)
     bspec, size = BackupSpec.of(backup), BackupStatus.of(backup).size_gib or 1
-    is_instance = bspec.source_kind == "Instance"
+    is_instance = bspec.source_kind == INSTANCE
     check_quota(cloud, caller.tenant, snapshots=1 if is_instance else 0, volumes=0 if is_instance else 1,
                 gib=0 if is_instance else size)
     spec: Spec

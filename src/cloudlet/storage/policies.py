@@ -13,17 +13,17 @@ from typing import Annotated, Any
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, InvalidSpec
-from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.labels import SELECTOR_PATTERN, Labels, parse_selector
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, JsonNumber, Name, NameRef, Resource, check_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
-from cloudlet.storage.resource import BackupSpec, PolicySpec, PolicyStatus
+from cloudlet.storage.resource import BACKUP_POLICY, VOLUME, BackupSpec, PolicySpec, PolicyStatus
 from cloudlet.storage.volumes import delete_resource, dependents
 
-POLICY = register_kind(KindInfo("BackupPolicy", "backup-policies")).name
+POLICY = BACKUP_POLICY
 DAY, WEEK = 86400, 7 * 86400
 
 
@@ -80,7 +80,7 @@ def sources(cloud: Cloud, res: Resource) -> list[str]:
     names = [*spec.volumes, *spec.instances]
     selector = parse_selector(spec.selector)
     if selector:
-        for kind in ("Volume", "Instance"):
+        for kind in (VOLUME, INSTANCE):
             names += [r.name for r in cloud.store.list(kind, tenant=res.tenant)
                       if not r.deleting and selector.matches(r.labels) and r.name not in names]
     return names

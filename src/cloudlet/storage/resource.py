@@ -1,15 +1,23 @@
-"""Spec and Status models of the storage kinds: Volume, Snapshot, BackupTarget, Backup, BackupPolicy, Tenant."""
+"""The storage kinds (Volume, Snapshot, BackupTarget, Backup, BackupPolicy): their registration and their Spec
+and Status models; and the Tenant's spec (its quotas)."""
 
 from __future__ import annotations
 
-__all__ = ["Attachment", "VolumeSpec", "VolumeStatus", "SnapshotPart", "SnapshotSpec", "SnapshotStatus",
+__all__ = ["VOLUME", "SNAPSHOT", "BACKUP_TARGET", "BACKUP", "BACKUP_POLICY", "Attachment", "VolumeSpec", "VolumeStatus", "SnapshotPart", "SnapshotSpec", "SnapshotStatus",
            "TargetSpec", "BackupSpec", "BackupStatus", "PolicySpec", "PolicyStatus", "TenantSpec"]
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.models import Spec, Status
+
+VOLUME = register_kind(KindInfo("Volume", "volumes", host_bound=True)).name
+SNAPSHOT = register_kind(KindInfo("Snapshot", "snapshots", host_bound=True)).name
+BACKUP_TARGET = register_kind(KindInfo("BackupTarget", "backup-targets")).name
+BACKUP = register_kind(KindInfo("Backup", "backups", host_bound=True)).name
+BACKUP_POLICY = register_kind(KindInfo("BackupPolicy", "backup-policies")).name
 
 
 class Attachment(BaseModel):

@@ -8,21 +8,22 @@ __all__ = ["usage_report", "garbage", "collect"]
 from typing import Any
 
 from cloudlet.compute.images import volume_of
+from cloudlet.compute.resource import IMAGE, INSTANCE
 from cloudlet.core.context import HostContext
 from cloudlet.storage.names import PREFIXES
-from cloudlet.storage.resource import SnapshotStatus
+from cloudlet.storage.resource import SNAPSHOT, VOLUME, SnapshotStatus
 
 
 def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
     """Pool volume name -> (kind, tenant, name, settled) of the record that owns it; not settled means work
     on it may be in flight (a build, a copy), so its `.partial` is not garbage yet."""
     out: dict[str, tuple[str, str, str, bool]] = {}
-    for img in cloud.store.list("Image"):
-        out[volume_of(img)] = ("Image", img.tenant, img.name, img.phase in ("ready", "failed"))
-    for kind, prefix in (("Instance", "disks/"), ("Volume", "volumes/"), ("Snapshot", "snapshots/")):
+    for img in cloud.store.list(IMAGE):
+        out[volume_of(img)] = (IMAGE, img.tenant, img.name, img.phase in ("ready", "failed"))
+    for kind, prefix in ((INSTANCE, "disks/"), (VOLUME, "volumes/"), (SNAPSHOT, "snapshots/")):
         for res in cloud.store.list(kind):
             out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))
-            for part in SnapshotStatus.of(res).volumes if kind == "Snapshot" else []:
+            for part in SnapshotStatus.of(res).volumes if kind == SNAPSHOT else []:
                 out[part.pool] = (kind, res.tenant, f"{res.name}:{part.volume}", True)
     return out
 

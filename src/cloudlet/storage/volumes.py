@@ -20,16 +20,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloudlet.compute.resource import InstanceSpec
+from cloudlet.compute.resource import INSTANCE, InstanceSpec
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
-from cloudlet.core.kinds import KindInfo, register_kind
+from cloudlet.core.kinds import TENANT
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import (
+    BACKUP,
+    SNAPSHOT,
+    VOLUME,
     Attachment,
     BackupSpec,
     SnapshotPart,
@@ -40,9 +43,6 @@ from cloudlet.storage.resource import (
     VolumeStatus,
 )
 
-VOLUME = register_kind(KindInfo("Volume", "volumes", host_bound=True)).name
-SNAPSHOT = register_kind(KindInfo("Snapshot", "snapshots", host_bound=True)).name
-INSTANCE = "Instance"  # compute/instances.py owns the kind; it imports this module, not the other way
 GIB = 1 << 30
 DEFAULT_QUOTA = {"volumes": 100, "volume_gib": 1000, "snapshots": 500}
 # What AttachRequest's validator accepts, stated for the schema: absolute, not /, no '..', not under /proc, /sys,
@@ -79,7 +79,7 @@ class SnapshotCreate(BaseModel):
 
 
 def quota_of(cloud: Cloud, tenant: str) -> dict[str, int]:
-    for t in cloud.store.list("Tenant", tenant=tenant):
+    for t in cloud.store.list(TENANT, tenant=tenant):
         return {**DEFAULT_QUOTA, **TenantSpec.of(t).quota}
     return dict(DEFAULT_QUOTA)
 
@@ -223,7 +223,7 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
     elif res.kind == SNAPSHOT:
         out = [v for v in store.list(VOLUME, tenant=res.tenant) if VolumeSpec.of(v).source_snapshot_id == res.id]
         out += [i for i in store.list(INSTANCE, tenant=res.tenant) if InstanceSpec.of(i).from_snapshot_id == res.id]
-        out += [b for b in store.list("Backup", tenant=res.tenant)  # a backup in flight still reads it
+        out += [b for b in store.list(BACKUP, tenant=res.tenant)  # a backup in flight still reads it
                 if BackupSpec.of(b).snapshot_id == res.id and b.phase not in ("ready", "failed")]
     elif res.kind == INSTANCE:
         out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if SnapshotSpec.of(s).source_id == res.id]

@@ -14,6 +14,7 @@ from cloudlet.api.routes.hosts import host_names
 from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
+from cloudlet.core.kinds import TENANT
 from cloudlet.core.records import JsonNumber, Name, Resource, check_name
 from cloudlet.storage.resource import TenantSpec
 from cloudlet.storage.volumes import quota_of
@@ -64,7 +65,7 @@ def create_tenant(body: TenantCreate, cloud: Cloud = Depends(get_cloud),
     if body.name in RESERVED or cloud.store.has_tenant(body.name):
         raise Conflict(f"tenant {body.name!r} already exists")
     token = secrets.token_urlsafe(32)
-    cloud.store.create(Resource(kind="Tenant", tenant=body.name, name=body.name, spec={}, phase="ready"),
+    cloud.store.create(Resource(kind=TENANT, tenant=body.name, name=body.name, spec={}, phase="ready"),
                        created=f"tenant {body.name} created")
     cloud.store.add_token(token, body.name, "member")
     return {"name": body.name, "token": token}
@@ -81,7 +82,7 @@ class QuotaUpdate(BaseModel):
 def set_quota(name: NamePath, body: QuotaUpdate, cloud: Cloud = Depends(get_cloud),
               who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("setting quotas")
-    res = cloud.store.get("Tenant", name, name)
+    res = cloud.store.get(TENANT, name, name)
     spec = TenantSpec.of(res)
     spec.quota = {**spec.quota, **body.model_dump(exclude_none=True)}
     res = cloud.store.update_spec(res.id, spec.dump())
@@ -93,7 +94,7 @@ def set_quota(name: NamePath, body: QuotaUpdate, cloud: Cloud = Depends(get_clou
 @router.get("/tenants")
 def list_tenants(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("listing tenants")
-    return page([{"name": r.name, "created_at": r.created_at} for r in cloud.store.list("Tenant")])
+    return page([{"name": r.name, "created_at": r.created_at} for r in cloud.store.list(TENANT)])
 
 
 @router.get("/repair")
