@@ -54,7 +54,7 @@ def test_tenants_are_isolated(api: tuple[TestClient, dict[str, str]]) -> None:
     ({"name": "Bad_Name", "image": "busybox"}, 400, "invalid instance name"),
     ({"name": "a", "image": "nope"}, 404, "image 'nope' not found"),
     ({"name": "a", "image": "busybox", "network": "nonet"}, 404, "network 'nonet' not found"),
-    ({"name": "a", "image": "busybox", "memory_mib": 1000000}, 422, "more than the largest host"),
+    ({"name": "a", "image": "busybox", "memory_mib": 1000000}, 409, "more than the largest host"),
     ({"name": "a", "image": "busybox", "cpus": -1}, 422, "cpus"),
     ({"name": "a", "image": "busybox", "restart": "sometimes"}, 422, "restart"),
     ({"name": "a", "image": "busybox", "colour": "red"}, 422, "colour"),

@@ -1,7 +1,8 @@
 """cloudletd's HTTP API (FastAPI). Routes are thin: they parse, call a domain service, shape the reply.
 
 Errors: every CloudletError becomes {"error": {"code", "message"}} with its status in one handler here;
-request validation errors become 400/422 with a message naming the field to fix.
+request validation errors become 400/422 with a message naming the field to fix; a 405 carries Allow; a bug is a
+500 in the same format. The schema is the contract: openapi.json at the root (scripts/openapi.py rewrites it).
 """
 
 from __future__ import annotations
@@ -9,24 +10,33 @@ from __future__ import annotations
 __all__ = ["create_app"]
 
 import importlib
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
-from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import CloudletError, Forbidden, Unauthorized
-from cloudlet.core.records import NAME_RE, NAME_RULES
+from cloudlet.api.deps import caller
+from cloudlet.core.context import Cloud
+from cloudlet.core.errors import CloudletError
 
-ERROR_SCHEMA = {"description": "Error", "content": {"application/json": {"schema": {
-    "type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
-        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}}}}
-# A {name} in a path: the schema states the rules every record's name was made with.
-NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=NAME_RE.pattern,
-                               description=f"a name: {NAME_RULES}")]
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable: not_found, conflict, invalid_spec, ... (core/errors.py)")
+    message: str = Field(description="what went wrong and what to do about it")
+
+
+class ErrorReply(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    error: ErrorDetail
+
+
+ERROR_SCHEMA: dict[str, Any] = {"description": "Error", "model": ErrorReply}  # one schema, referenced by every reply
+_METHODS = {"delete", "get", "head", "options", "patch", "post", "put", "trace"}
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -34,12 +44,13 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def _allowed_methods(request: Request) -> str:
-    """A 405's Allow: every method a route serves at this path. (Starlette names only the methods of the first
-    route whose path matched, and FastAPI makes one route per method.)"""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
+    """A 405's Allow: the methods the schema lists for the path, a literal path item (/v1/volumes/clone) before a
+    templated one (/v1/volumes/{name}) as OpenAPI reads them. (Starlette would name only the methods of the first
+    route whose path matched, and FastAPI makes one route per method.) Empty for a path outside the schema."""
+    matched = [(template.count("{"), item) for template, item in request.app.openapi()["paths"].items()
+               if compile_path(template)[0].match(request.url.path)]
+    fewest = min((params for params, _ in matched), default=0)
+    methods = {m.upper() for params, item in matched if params == fewest for m in item if m in _METHODS}
     return ", ".join(sorted(methods))
 
 
@@ -64,7 +75,8 @@ def create_app(cloud: Cloud) -> FastAPI:
 
     app = FastAPI(
         title="cloudlet", version="0.1.0", description="cloudlet control plane API",
-        responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422)},
+        # every reply the error tree (core/errors.py) can give; 405 is for methods the schema does not list
+        responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422, 500, 501, 502, 503)},
     )
     app.state.cloud = cloud
     app.state.instance_list = RenderCache(cloud.store, instances.KIND, instances.instance_view)
@@ -78,8 +90,8 @@ def create_app(cloud: Cloud) -> FastAPI:
         codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
         message = "malformed request body: send JSON" if exc.status_code == 400 else str(exc.detail)
         headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers["Allow"] = _allowed_methods(request)
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers["Allow"] = allowed  # else Starlette's, for a path outside the schema (/healthz)
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -103,41 +115,3 @@ def create_app(cloud: Cloud) -> FastAPI:
             deps = [] if getattr(module, "OWN_AUTH", False) else [Depends(caller)]
             app.include_router(module.router, dependencies=deps)
     return app
-
-
-def get_cloud(request: Request) -> Cloud:
-    cloud: Cloud = request.app.state.cloud
-    return cloud
-
-
-def _token_owner(request: Request) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' (see admin.token)")
-    found = get_cloud(request).store.lookup_token(token.strip())
-    if found is None:
-        raise Unauthorized("unknown token; use the admin token or one from 'cloudlet tenant create'")
-    tenant, role = found
-    if role.startswith("host:"):
-        return Caller(tenant, "host", host=role.removeprefix("host:"))
-    return Caller(tenant, role)
-
-
-def caller(request: Request) -> Caller:
-    """A user (admin or tenant member); a host agent's token opens only the agent API."""
-    who = _token_owner(request)
-    if who.host is not None:
-        raise Forbidden("a host token may only use the agent API")
-    return who
-
-
-def agent_caller(request: Request) -> Caller:
-    who = _token_owner(request)
-    if who.host is None:
-        raise Forbidden("this endpoint is for host agents; use their host token")
-    return who
-
-
-def page(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"items": items, "count": len(items)}

@@ -16,12 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.images import get_image
-from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import INSTANCE, ImageStatus, InstanceSpec, InstanceStatus
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, Records
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
 from cloudlet.core.labels import Labels
-from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, check_name
+from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, Text, check_name
 from cloudlet.network import networks
 from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
@@ -43,8 +43,8 @@ class InstanceCreate(BaseModel):
     cpus: Number = Field(1.0, gt=0, le=64)
     memory_mib: Int = Field(256, ge=16, le=1024 * 1024)
     restart: Literal["always", "never"] = "always"
-    command: list[str] | None = Field(None, max_length=256)
-    zone: str | None = None
+    command: list[Text] | None = Field(None, max_length=256)
+    zone: Text | None = None
 
 
 class InstanceAction(BaseModel):
@@ -54,7 +54,7 @@ class InstanceAction(BaseModel):
 
 class ExecRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    command: list[str] = Field(min_length=1, max_length=256)
+    command: list[Text] = Field(min_length=1, max_length=256)
     timeout: Number = Field(60.0, gt=0, le=3600)
 
 
@@ -65,17 +65,17 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
         snapshot = cloud.store.get(SNAPSHOT, caller.tenant, req.from_snapshot)
         snap_spec = SnapshotSpec.of(snapshot)
         if snap_spec.source_kind != KIND or snapshot.deleting or snap_spec.image_id is None:
-            raise InvalidSpec(f"snapshot {req.from_snapshot} is not a bootable instance snapshot")
+            raise Conflict(f"snapshot {req.from_snapshot} is not a bootable instance snapshot")
         found = cloud.store.get_by_id(snap_spec.image_id)
         if found is None:
-            raise InvalidSpec(f"the image snapshot {req.from_snapshot} was taken from no longer exists")
+            raise Conflict(f"the image snapshot {req.from_snapshot} was taken from no longer exists")
         image = found
     elif req.image:
         image = get_image(cloud, req.image)
     else:
         raise InvalidSpec("give an image to launch, or --from-snapshot")
     if image.phase == "failed":
-        raise InvalidSpec(f"image {req.image!r} failed to build: {image.status.get('message', '')}")
+        raise Conflict(f"image {req.image!r} failed to build: {ImageStatus.of(image).message}")
     if req.network == networks.DEFAULT:
         net = networks.ensure_default_network(cloud, caller.tenant)
     else:
@@ -87,7 +87,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
         raise Conflict(f"network {req.network!r} is being deleted")
     largest = cloud.placement.largest_memory()
     if req.memory_mib > largest:
-        raise InvalidSpec(f"memory {req.memory_mib} MiB is more than the largest host has ({largest} MiB)")
+        raise Conflict(f"memory {req.memory_mib} MiB is more than the largest host has ({largest} MiB)")
     spec = InstanceSpec(image=image.name, image_id=image.id, network=net.name, network_id=net.id, cpus=req.cpus,
                         memory_mib=req.memory_mib, restart=req.restart, command=req.command, zone=req.zone,
                         from_snapshot_id=snapshot.id if snapshot else None)
@@ -123,8 +123,8 @@ def delete_instance(cloud: Cloud, caller: Caller, name: str, cascade: bool = Fal
 
 def exec_in(cloud: Cloud, caller: Caller, name: str, req: ExecRequest) -> dict[str, Any]:
     res = cloud.store.get(KIND, caller.tenant, name)
-    if res.host is None:
-        raise Conflict(f"instance {name} is not placed on a host yet")
+    if res.host is None or InstanceStatus.of(res).state != "running":
+        raise Conflict(f"instance {name} is not running; start it first")
     result: dict[str, Any] = cloud.hosts.agent(res.host).exec_instance(res.id, req.command, req.timeout)
     return result
 

@@ -29,16 +29,19 @@ MAX_LABELS = 64
 
 def _check(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise ValueError(f"label key {key!r}: use 1-63 lowercase letters, digits and '.', '_', '/', '-', "
                              "starting and ending with a letter or digit")
-        if not _VALUE.match(value):
+        if not _VALUE.fullmatch(value):
             raise ValueError(f"label value {value!r} of {key}: use up to 63 letters, digits and '.', '_', '-'")
     return labels
 
 
-Labels = Annotated[dict[str, str], Field(max_length=MAX_LABELS, description="labels: key=value pairs"),
-                   AfterValidator(_check)]
+Labels = Annotated[dict[str, str], Field(
+    max_length=MAX_LABELS, description="labels: key=value pairs",
+    json_schema_extra={"propertyNames": {"pattern": KEY_PATTERN, "maxLength": 63},
+                       "additionalProperties": {"type": "string", "pattern": VALUE_PATTERN, "maxLength": 63}}),
+    AfterValidator(_check)]
 
 
 @dataclass(frozen=True)

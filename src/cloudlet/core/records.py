@@ -15,7 +15,7 @@ from ulid import ULID
 from cloudlet.core.errors import BadRequest
 
 __all__ = ["Resource", "Event", "new_id", "check_name", "Name", "NameRef", "NAME_RULES", "Int", "Number",
-           "JsonNumber", "FINALIZER", "to_wire", "from_wire"]
+           "JsonNumber", "Text", "NO_NUL", "FINALIZER", "to_wire", "from_wire"]
 
 FINALIZER = "cloudlet.io/artefacts"
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -27,6 +27,9 @@ Name = Annotated[str, Field(description=f"a DNS label (RFC 1123): {NAME_RULES}",
 # The name of a record a request refers to; checked as the request is parsed (422).
 NameRef = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_RE.pattern,
                                description=f"a name (RFC 1123 label): {NAME_RULES}")]
+# Free text the kernel (argv, paths) or Postgres will be handed: anything but NUL.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(pattern=NO_NUL)]
 
 
 def _json_number(value: Any) -> Any:
@@ -45,6 +48,11 @@ Number = Annotated[float, JsonNumber]
 
 def new_id() -> str:
     return str(ULID()).lower()
+
+
+def derived_name(base: str, suffix: str) -> str:
+    """A name made from another and a suffix (a timestamp), shortened to stay a valid name."""
+    return base[:62 - len(suffix)].rstrip("-") + "-" + suffix
 
 
 def check_name(kind: str, name: str) -> str:

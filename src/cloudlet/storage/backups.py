@@ -27,7 +27,7 @@ from cloudlet.core.errors import Conflict, DriverError, NotFound
 from cloudlet.core.labels import Labels
 from cloudlet.core.models import Spec
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, check_name
+from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, Text, check_name, derived_name
 from cloudlet.storage.names import snapshot_name
 from cloudlet.storage.resource import (
     BACKUP,
@@ -48,11 +48,11 @@ class TargetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: Labels = {}
     name: Name
-    endpoint: str = Field(pattern=r"^https?://")
+    endpoint: str = Field(pattern=r"^https?://[^\x00]*$")
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")
-    access_key: str = Field(min_length=1)
-    secret_key: str = Field(min_length=1)
-    region: str = "us-east-1"
+    access_key: Text = Field(min_length=1)
+    secret_key: Text = Field(min_length=1)
+    region: Text = "us-east-1"
 
 
 class BackupCreate(BaseModel):
@@ -100,7 +100,7 @@ def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: st
     except NotFound:
         snap = create_snapshot(cloud, caller, SnapshotCreate(
             source=req.source, name=f"{req.source}-backup-{time.strftime('%Y%m%d-%H%M%S')}"))
-    name = req.name or f"{snap.name}-{int(time.time())}"
+    name = req.name or derived_name(snap.name, str(int(time.time())))
     check_name("backup", name)
     snap_spec = SnapshotSpec.of(snap)
     spec = BackupSpec(snapshot_id=snap.id, snapshot=snap.name, target_id=target.id, target=target.name,

@@ -18,22 +18,42 @@ from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, InvalidSpec
 from cloudlet.core.labels import SELECTOR_PATTERN, Labels, parse_selector
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Int, JsonNumber, Name, NameRef, Resource, check_name
+from cloudlet.core.records import FINALIZER, Int, JsonNumber, Name, NameRef, Resource, check_name, derived_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
 from cloudlet.storage.resource import BACKUP_POLICY, VOLUME, BackupSpec, PolicySpec, PolicyStatus
 from cloudlet.storage.volumes import delete_resource, dependents
 
 POLICY = BACKUP_POLICY
+
+
+def _cron_field(value: str) -> str:
+    item = rf"(\*|{value}(-{value})?)(/(0?[1-9]|[1-9][0-9]))?"
+    return rf"{item}(,{item})*"
+
+
+# numeric cron (what croniter accepts, stated exactly enough that every match is a valid schedule)
+CRON_PATTERN = "^" + " ".join(_cron_field(v) for v in (
+    r"(0?[0-9]|[1-5][0-9])", r"(0?[0-9]|1[0-9]|2[0-3])", r"(0?[1-9]|[12][0-9]|3[01])", r"(0?[1-9]|1[0-2])",
+    r"0?[0-7]")) + "$"
 DAY, WEEK = 86400, 7 * 86400
 
 
 class PolicyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the schema states the rules create_policy() checks: an interval or a cron schedule, and something to back up
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
+        {"oneOf": [{"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "integer"},
+                                                                     "schedule": {"type": "null"}}},
+                   {"required": ["schedule"], "properties": {"schedule": {"type": "string"},
+                                                             "interval_seconds": {"type": "null"}}}]},
+        {"anyOf": [{"required": ["volumes"], "properties": {"volumes": {"minItems": 1}}},
+                   {"required": ["instances"], "properties": {"instances": {"minItems": 1}}},
+                   {"required": ["selector"], "properties": {"selector": {"type": "string"}}}]}]})
     labels: Labels = {}
     name: Name
     interval_seconds: Annotated[int, Field(ge=1, le=365 * DAY), JsonNumber] | None = Field(
         None, description="run every N seconds, or:")
-    schedule: str | None = Field(None, max_length=100, description="cron expression (UTC), e.g. '0 3 * * *'")
+    schedule: str | None = Field(None, max_length=200, pattern=CRON_PATTERN,
+                                 description="cron expression (UTC): minute hour day month weekday, e.g. '0 3 * * *'")
     keep_last: Int = Field(1, ge=1, le=1000)
     keep_daily: Int = Field(0, ge=0, le=3650)
     keep_weekly: Int = Field(0, ge=0, le=520)
@@ -120,7 +140,7 @@ class BackupPolicyReconciler(KindReconciler):
             return Result(requeue_after=due_in)
         caller, errors = Caller(res.tenant), []
         for source in sources(self.cloud, res):
-            name = f"{res.name}-{source}-{time.strftime('%Y%m%d%H%M%S')}"
+            name = derived_name(f"{res.name}-{source}", time.strftime("%Y%m%d%H%M%S"))
             try:
                 create_backup(self.cloud, caller, BackupCreate(source=source, target=spec.target, name=name),
                               policy_id=rid)

@@ -27,7 +27,7 @@ from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, N
 from cloudlet.core.kinds import TENANT
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name
+from cloudlet.core.records import FINALIZER, NO_NUL, Int, Name, NameRef, Resource, check_name, derived_name
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import (
     BACKUP,
@@ -47,7 +47,7 @@ GIB = 1 << 30
 DEFAULT_QUOTA = {"volumes": 100, "volume_gib": 1000, "snapshots": 500}
 # What AttachRequest's validator accepts, stated for the schema: absolute, not /, no '..', not under /proc, /sys,
 # /dev or /etc.
-ATTACH_PATH = r"^/(?!(?:proc|sys|dev|etc)(?:/|$))(?!(?:[\s\S]*/)?\.\.(?:/|$))[\s\S]+$"
+ATTACH_PATH = r"^/(?!/*$)(?!/*(?:proc|sys|dev|etc)(?:/|$))(?!(?:[^\x00]*/)?\.\.(?:/|$))[^\x00]+$"
 
 
 class VolumeCreate(BaseModel):
@@ -60,15 +60,16 @@ class VolumeCreate(BaseModel):
 class AttachRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instance: NameRef
-    path: str = Field("/data", max_length=255, json_schema_extra={"pattern": ATTACH_PATH})
+    # pattern: no NUL, checked here; the schema states all of ATTACH_PATH, which _path() checks
+    path: str = Field("/data", max_length=255, pattern=NO_NUL, json_schema_extra={"pattern": ATTACH_PATH})
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        parts = v.split("/")
-        if not v.startswith("/") or v == "/" or ".." in parts or parts[1] in ("proc", "sys", "dev", "etc"):
+        parts = [p for p in v.split("/") if p]  # "//srv//data/" is /srv/data
+        if not v.startswith("/") or not parts or ".." in parts or parts[0] in ("proc", "sys", "dev", "etc"):
             raise ValueError("path must be absolute, not /, without '..', and not under /proc, /sys, /dev or /etc")
-        return v.rstrip("/")
+        return "/" + "/".join(parts)
 
 
 class SnapshotCreate(BaseModel):
@@ -125,7 +126,10 @@ def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str,
 
 def attach_volume(cloud: Cloud, caller: Caller, name: str, req: AttachRequest) -> Resource:
     vol = cloud.store.get(VOLUME, caller.tenant, name)
-    inst = cloud.store.get(INSTANCE, caller.tenant, req.instance)
+    try:
+        inst = cloud.store.get(INSTANCE, caller.tenant, req.instance)
+    except NotFound:  # 409: the volume exists, what it should go to does not
+        raise Conflict(f"instance {req.instance!r} not found; launch it before attaching volumes to it") from None
     if vol.deleting or inst.deleting:
         raise Conflict("the volume or the instance is being deleted")
     if vol.phase != "ready":
@@ -202,7 +206,7 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resour
         raise NotFound(f"no volume or instance named {req.source!r}")
     if src.deleting:
         raise Conflict(f"{src.kind.lower()} {req.source} is being deleted")
-    name = req.name or f"{req.source}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = req.name or derived_name(req.source, time.strftime("%Y%m%d-%H%M%S"))
     check_name("snapshot", name)
     check_quota(cloud, caller.tenant, snapshots=1)
     if src.kind == VOLUME:

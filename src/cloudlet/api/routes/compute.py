@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from cloudlet.api.app import NamePath, caller, get_cloud
+from cloudlet.api.deps import NamePath, caller, get_cloud
 from cloudlet.api.listcache import RenderCache
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute import instances

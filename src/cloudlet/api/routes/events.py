@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from cloudlet.api.app import caller, get_cloud, page
+from cloudlet.api.deps import caller, get_cloud, page
 from cloudlet.core.context import Caller, Cloud
 
 router = APIRouter(prefix="/v1/events", tags=["events"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from cloudlet.api.app import agent_caller, caller, get_cloud, page
+from cloudlet.api.deps import agent_caller, caller, get_cloud, page
 from cloudlet.compute.hosts import HOST_KIND, AgentOps, Heartbeat, host_view
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
 

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from cloudlet.api.app import NamePath, caller, get_cloud, page
+from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute import images
 from cloudlet.core.context import Caller, Cloud

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.api.app import caller, get_cloud
+from cloudlet.api.deps import caller, get_cloud
 from cloudlet.core.context import PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import NotFound
 from cloudlet.core.kinds import by_plural, kinds

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from cloudlet.api.app import NamePath, caller, get_cloud, page
+from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.labels import Selector

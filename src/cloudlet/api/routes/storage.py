@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
-from cloudlet.api.app import NamePath, caller, get_cloud, page
+from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.errors import CloudletError
 from cloudlet.core.labels import Labels, Selector
 from cloudlet.core.records import Name, NameRef
 from cloudlet.storage import backups, policies, volumes
@@ -60,7 +61,10 @@ def show_volume(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller =
     res = cloud.store.get(volumes.VOLUME, who.tenant, name)
     view = {**volumes.volume_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
     if res.phase == "ready" and res.host:
-        view.update(cloud.hosts.agent(res.host).volume_usage(res.id))
+        try:
+            view.update(cloud.hosts.agent(res.host).volume_usage(res.id))
+        except CloudletError as exc:  # the record is still worth showing
+            view["usage_error"] = exc.message
     return view
 
 

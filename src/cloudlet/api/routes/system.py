@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudlet.api.app import NamePath, caller, get_cloud, page
+from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
 from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud

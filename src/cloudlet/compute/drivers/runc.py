@@ -146,8 +146,9 @@ class RuncDriver(ComputeDriver):
                 ["runc", "--root", str(self.root), "exec", self._cid(iid), *argv],
                 stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise DriverError(f"command did not finish within {timeout:.0f} s") from exc
+        except subprocess.TimeoutExpired as exc:  # 124, as timeout(1) says it: a result, not a failure of ours
+            out = (exc.stdout or b"").decode(errors="replace")
+            return ExecResult(124, out, f"command did not finish within {timeout:g} s and was killed\n")
         out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         return ExecResult(proc.returncode, out, err)
 
