@@ -28,13 +28,16 @@ def wait(api: object, path: str, name: str) -> dict[str, object]:
 
 def main() -> None:
     with s3_server() as url, real_cloud() as api:
-        api.post("/v1/backup-targets", json={"name": "s3", "endpoint": url, "bucket": "bench",
-                                             "access_key": "k", "secret_key": "s"}).raise_for_status()
+        api.post(
+            "/v1/backup-targets",
+            json={"name": "s3", "endpoint": url, "bucket": "bench", "access_key": "k", "secret_key": "s"},
+        ).raise_for_status()
         api.post("/v1/volumes", json={"name": "gig", "size_gib": 2}).raise_for_status()
         vol = wait(api, "/v1/volumes", "gig")
         path = Path(str(api.get("/v1/info").json()["home"])) / "pool" / "volumes" / str(vol["id"])
-        subprocess.run(["dd", "if=/dev/urandom", f"of={path}/data", "bs=4M", f"count={MIB // 4}", "status=none"],
-                       check=True)
+        subprocess.run(
+            ["dd", "if=/dev/urandom", f"of={path}/data", "bs=4M", f"count={MIB // 4}", "status=none"], check=True
+        )
         subprocess.run(["sync"], check=True)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
@@ -52,8 +55,10 @@ def main() -> None:
     print("| 1 GiB volume, random data | seconds | MB/s |")
     print("|---|---|---|")
     print(f"| reference: tar \\| zstd -3 to a local file | {ref:.1f} | {MIB * 1.048576 / ref:.0f} |")
-    print(f"| backup to local S3 (snapshot + upload, end to end) | {total_backup:.1f} | "
-          f"{MIB * 1.048576 / total_backup:.0f} |")
+    print(
+        f"| backup to local S3 (snapshot + upload, end to end) | {total_backup:.1f} | "
+        f"{MIB * 1.048576 / total_backup:.0f} |"
+    )
     print(f"| restore from local S3 (download, verify, unpack) | {restore:.1f} | {MIB * 1.048576 / restore:.0f} |")
 
 

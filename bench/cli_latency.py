@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import percentile, real_cloud_env  # noqa: E402
+from _cloud import percentile, real_cloud_env
 
 RUNS = 15
 
@@ -34,8 +34,12 @@ def main() -> None:
         rows = [("cloudlet list (table)", cli), ("cloudlet list -o json", [*cli, "-o", "json"])]
         token = api.headers["authorization"]
         if shutil.which("curl"):
-            rows.append(("curl GET /v1/instances", ["curl", "-sf", "-H", f"Authorization: {token}",
-                                                     f"{str(api.base_url).rstrip('/')}/v1/instances"]))
+            rows.append(
+                (
+                    "curl GET /v1/instances",
+                    ["curl", "-sf", "-H", f"Authorization: {token}", f"{str(api.base_url).rstrip('/')}/v1/instances"],
+                )
+            )
         print("| command (20 instances) | median | p90 |")
         print("|---|---|---|")
         for label, argv in rows:

@@ -27,7 +27,9 @@ def main() -> None:
         subprocess.run(["sync"], check=True)
         before = pool_used(api)
         for i in range(N):
-            api.post("/v1/instances", json={"name": f"d-{i}", "image": "debian-12", "memory_mib": 32}).raise_for_status()
+            api.post(
+                "/v1/instances", json={"name": f"d-{i}", "image": "debian-12", "memory_mib": 32}
+            ).raise_for_status()
         while sum(i["state"] == "running" for i in api.get("/v1/instances").json()["items"]) < N:
             time.sleep(0.5)
         time.sleep(2)

@@ -41,8 +41,10 @@ def main() -> None:
         time.sleep(2)
         before = used_kib()
         for i in range(N):
-            api.post("/v1/instances", json={"name": f"idle-{i}", "image": "busybox", "memory_mib": 32,
-                                            "command": ["sleep", "infinity"]}).raise_for_status()
+            api.post(
+                "/v1/instances",
+                json={"name": f"idle-{i}", "image": "busybox", "memory_mib": 32, "command": ["sleep", "infinity"]},
+            ).raise_for_status()
         while sum(i["state"] == "running" for i in api.get("/v1/instances").json()["items"]) < N + 1:
             time.sleep(0.1)
         time.sleep(2)

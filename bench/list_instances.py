@@ -19,14 +19,32 @@ from tests.helpers import fake_cloud
 def main(n: int = 10_000) -> None:
     sim = fake_cloud(Path(tempfile.mkdtemp(prefix="cloudlet-bench-")))
     cloud, token = sim.cloud, sim.token
-    spec = {"image": "busybox", "image_id": "x", "network": "default", "network_id": "x", "cpus": 1.0,
-            "memory_mib": 64, "restart": "always", "command": None, "zone": None, "state": "running", "run_nonce": 1}
+    spec = {
+        "image": "busybox",
+        "image_id": "x",
+        "network": "default",
+        "network_id": "x",
+        "cpus": 1.0,
+        "memory_mib": 64,
+        "restart": "always",
+        "command": None,
+        "zone": None,
+        "state": "running",
+        "run_nonce": 1,
+    }
     from cloudlet.core.tables import resources
 
     rows = []
     for i in range(n):
-        r = Resource(kind="Instance", tenant="admin", name=f"vm-{i}", spec=spec, host="local", zone="zone-a",
-                     status={"state": "running", "ip": f"10.{240 + i // 65536}.{i // 256 % 256}.{i % 256}"})
+        r = Resource(
+            kind="Instance",
+            tenant="admin",
+            name=f"vm-{i}",
+            spec=spec,
+            host="local",
+            zone="zone-a",
+            status={"state": "running", "ip": f"10.{240 + i // 65536}.{i // 256 % 256}.{i % 256}"},
+        )
         rows.append(r.__dict__)
     with cloud.store.engine.begin() as conn:
         conn.execute(resources.insert(), rows)
@@ -38,7 +56,10 @@ def main(n: int = 10_000) -> None:
     assert client.get("/v1/instances?limit=10000", headers=headers).json()["count"] == n
     cold = (time.perf_counter() - t) * 1000
     print(f"| everything, first request (cold render cache) | {n} | {cold:.0f} ms | - |")
-    for label, query, want in (("default page (limit 1000)", "", 1000), ("everything (limit 10000)", "?limit=10000", n)):
+    for label, query, want in (
+        ("default page (limit 1000)", "", 1000),
+        ("everything (limit 10000)", "?limit=10000", n),
+    ):
         times = []
         for _ in range(7):
             t = time.perf_counter()

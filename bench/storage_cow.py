@@ -31,8 +31,9 @@ def main() -> None:
         for gib in (1, 10):
             vol = f"volumes/v{gib}"
             path = pool.create_volume(vol)
-            subprocess.run(["dd", "if=/dev/urandom", f"of={path}/data", "bs=4M", f"count={gib * 256}",
-                            "status=none"], check=True)
+            subprocess.run(
+                ["dd", "if=/dev/urandom", f"of={path}/data", "bs=4M", f"count={gib * 256}", "status=none"], check=True
+            )
             subprocess.run(["sync"], check=True)
             snaps = [timed(pool.snapshot, vol, f"snapshots/s{gib}-{i}") for i in range(5)]
             clones = [timed(pool.snapshot, f"snapshots/s{gib}-0", f"volumes/c{gib}-{i}", False) for i in range(5)]

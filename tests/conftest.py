@@ -28,13 +28,20 @@ class CloudCLI:
 
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
         self.home = home
-        self.env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_API_PORT": "0", "CLOUDLET_DNS_PORT": "0",
-                    **(extra_env or {})}
+        self.env = {
+            **os.environ,
+            "CLOUDLET_HOME": str(home),
+            "CLOUDLET_API_PORT": "0",
+            "CLOUDLET_DNS_PORT": "0",
+            **(extra_env or {}),
+        }
 
-    def run(self, *args: str, check: bool = True, timeout: float = 180, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                              env={**self.env, **(env or {})})
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 180, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, timeout=timeout, env={**self.env, **(env or {})}
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"cloudlet {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
         return proc
@@ -62,8 +69,9 @@ class CloudCLI:
 
     def runc(self, *args: str) -> subprocess.CompletedProcess[str]:
         """runc itself, beside cloudlet: what is really running, whatever the control plane believes."""
-        return subprocess.run(["runc", "--root", str(self.home / "runc"), *args], capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            ["runc", "--root", str(self.home / "runc"), *args], capture_output=True, text=True, timeout=60
+        )
 
     def wait_state(self, name: str, state: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -103,8 +111,11 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
     try:
         yield cli
     finally:
-        pids = {what: int(f.read_text()) for what, f in (("cloudletd", home / "cloudletd.pid"),
-                                                          ("agent", home / "agents/local/agent.pid")) if f.exists()}
+        pids = {
+            what: int(f.read_text())
+            for what, f in (("cloudletd", home / "cloudletd.pid"), ("agent", home / "agents/local/agent.pid"))
+            if f.exists()
+        }
         cli.run("down", "--purge", check=False)
         left = leaks(cid, home)
         left += [f"{what} process {pid}" for what, pid in pids.items() if Path(f"/proc/{pid}").exists()]

@@ -9,6 +9,5 @@ from cloudlet.core.clock import Clock
 from cloudlet.resilience.sim import SimCloud
 
 
-def fake_cloud(home: Path, clock: Clock | None = None, db_url: str | None = None, **driver_args: Any
-               ) -> SimCloud:
+def fake_cloud(home: Path, clock: Clock | None = None, db_url: str | None = None, **driver_args: Any) -> SimCloud:
     return SimCloud(home, clock=clock, db_url=db_url, **driver_args)

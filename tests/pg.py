@@ -38,10 +38,33 @@ def postgres() -> Iterator[str]:
 
     try:
         as_pg(f"{bindir}/initdb", "-D", f"{data}/db", "-A", "trust", "-U", "cloudlet")
-        as_pg(f"{bindir}/pg_ctl", "-D", f"{data}/db", "-w", "-l", f"{data}/log", "-o",
-              f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        as_pg(
+            f"{bindir}/pg_ctl",
+            "-D",
+            f"{data}/db",
+            "-w",
+            "-l",
+            f"{data}/log",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
         yield f"postgresql+psycopg://cloudlet@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", f"{bindir}/pg_ctl", "-D", f"{data}/db", "-m", "immediate",
-                        "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                f"{bindir}/pg_ctl",
+                "-D",
+                f"{data}/db",
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(data, ignore_errors=True)

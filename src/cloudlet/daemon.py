@@ -90,8 +90,13 @@ def serve(cloud: Cloud) -> None:
 
     cfg = cloud.config
     before = cfg.endpoint()
-    port = choose_port(int(str(before.get("port") or 0)), cfg.api_port, "CLOUDLET_API_PORT" in cfg.explicit_ports,
-                       "API", "CLOUDLET_API_PORT")
+    port = choose_port(
+        int(str(before.get("port") or 0)),
+        cfg.api_port,
+        "CLOUDLET_API_PORT" in cfg.explicit_ports,
+        "API",
+        "CLOUDLET_API_PORT",
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((cfg.api_host, port))
@@ -118,8 +123,9 @@ def serve(cloud: Cloud) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cloud = build_control_plane(load_config())
         bootstrap(cloud)

@@ -28,15 +28,31 @@ class Domain:
 
 
 DOMAINS = (
-    Domain("compute", control_plane=(SchedulerReconciler,), agent=(InstanceReconciler, images.ImageReconciler),
-           routers=("cloudlet.api.routes.compute", "cloudlet.api.routes.images", "cloudlet.api.routes.hosts")),
-    Domain("network", control_plane=(NetworkReconciler,), agent=(BridgeReconciler,),
-           routers=("cloudlet.api.routes.networks",)),
-    Domain("storage", control_plane=(policies.BackupPolicyReconciler,),
-           agent=(lambda ctx: volumes.VolumeReconciler(ctx, restore=backups.restore_into),
-                  lambda ctx: volumes.SnapshotReconciler(ctx, restore=backups.restore_into),
-                  backups.BackupReconciler),
-           routers=("cloudlet.api.routes.storage",)),
-    Domain("system", control_plane=(lambda cloud: OwnerCollector(cloud.store),),
-           routers=("cloudlet.api.routes.system", "cloudlet.api.routes.events", "cloudlet.api.routes.labels")),
+    Domain(
+        "compute",
+        control_plane=(SchedulerReconciler,),
+        agent=(InstanceReconciler, images.ImageReconciler),
+        routers=("cloudlet.api.routes.compute", "cloudlet.api.routes.images", "cloudlet.api.routes.hosts"),
+    ),
+    Domain(
+        "network",
+        control_plane=(NetworkReconciler,),
+        agent=(BridgeReconciler,),
+        routers=("cloudlet.api.routes.networks",),
+    ),
+    Domain(
+        "storage",
+        control_plane=(policies.BackupPolicyReconciler,),
+        agent=(
+            lambda ctx: volumes.VolumeReconciler(ctx, restore=backups.restore_into),
+            lambda ctx: volumes.SnapshotReconciler(ctx, restore=backups.restore_into),
+            backups.BackupReconciler,
+        ),
+        routers=("cloudlet.api.routes.storage",),
+    ),
+    Domain(
+        "system",
+        control_plane=(lambda cloud: OwnerCollector(cloud.store),),
+        routers=("cloudlet.api.routes.system", "cloudlet.api.routes.events", "cloudlet.api.routes.labels"),
+    ),
 )

@@ -69,8 +69,9 @@ def test_control_plane_killed_data_plane_serves(trio: CloudCLI) -> None:
         assert proc.stderr.strip().splitlines() == [want], proc.stderr
     # names keep resolving, inside instances and from the host
     assert _inside(trio, ids["a-2"], "wget", "-qO-", "http://a-1/").strip() == "hello from a-1"
-    reply = DNSRecord.parse(DNSRecord.question("a-1.default.zone-a.cloudlet").send(
-        "127.0.0.1", _agent_dns_port(trio), timeout=2))
+    reply = DNSRecord.parse(
+        DNSRecord.question("a-1.default.zone-a.cloudlet").send("127.0.0.1", _agent_dns_port(trio), timeout=2)
+    )
     assert [str(r.rdata) for r in reply.rr] == [ip]
     # an instance killed from outside comes back by its policy; restart=never stays down
     before = _pids(trio)
@@ -120,6 +121,9 @@ def test_host_token_touches_only_the_agent_api(trio: CloudCLI) -> None:
     url = json.loads((trio.home / "endpoint.json").read_text())["url"]
     r = httpx.get(f"{url}/v1/agent/records", params={"kinds": "Instance"}, headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 403
-    r = httpx.post(f"{url}/v1/hosts/other/heartbeat", headers={"Authorization": f"Bearer {token}"},
-                   json={"zone": "zone-a", "cpus": 1, "memory_mib": 64, "version": "x"})
+    r = httpx.post(
+        f"{url}/v1/hosts/other/heartbeat",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"zone": "zone-a", "cpus": 1, "memory_mib": 64, "version": "x"},
+    )
     assert r.status_code == 403 and "belongs to host local" in r.json()["error"]["message"]

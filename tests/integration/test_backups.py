@@ -22,20 +22,39 @@ def s3() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def bcloud(cloud: CloudCLI, s3: str) -> CloudCLI:
-    cloud.run("backup", "target", "add", "offsite", "--endpoint", s3, "--bucket", "cl-backups",
-              "--access-key", "test", "--secret-key", "test")
+    cloud.run(
+        "backup",
+        "target",
+        "add",
+        "offsite",
+        "--endpoint",
+        s3,
+        "--bucket",
+        "cl-backups",
+        "--access-key",
+        "test",
+        "--secret-key",
+        "test",
+    )
     return cloud
 
 
 def _s3(url: str) -> object:
-    return boto3.client("s3", endpoint_url=url, aws_access_key_id="test", aws_secret_access_key="test",
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
 
 
 def test_instance_backup_restores_into_a_new_instance(bcloud: CloudCLI) -> None:
     bcloud.run("launch", "busybox", "b-1", "--wait")
-    bcloud.run("exec", "b-1", "--", "sh", "-c",
-               "mkdir -p /data/sub && head -c 3000000 /dev/urandom > /data/blob && echo hi > /data/sub/x")
+    bcloud.run(
+        "exec",
+        "b-1",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /data/sub && head -c 3000000 /dev/urandom > /data/blob && echo hi > /data/sub/x",
+    )
     want = bcloud.run("exec", "b-1", "--", "sh", "-c", HASH).stdout
     backup = bcloud.json("backup", "create", "b-1", "--name", "b1-full")
     assert backup["state"] == "ready" and len(backup["sha256"]) == 64 and backup["compressed_bytes"] > 3_000_000
@@ -62,8 +81,11 @@ def test_volume_backup_restores_into_a_volume(bcloud: CloudCLI, s3: str) -> None
 def test_corrupt_backup_is_refused_and_leaves_nothing(bcloud: CloudCLI, s3: str) -> None:
     backup = bcloud.json("backup", "show", "bv-1")
     client = _s3(s3)
-    key = next(o["Key"] for o in client.list_objects_v2(Bucket="cl-backups")["Contents"]  # type: ignore[attr-defined]
-               if backup["id"] in o["Key"] and o["Key"].endswith("data.tar.zst"))
+    key = next(
+        o["Key"]
+        for o in client.list_objects_v2(Bucket="cl-backups")["Contents"]  # type: ignore[attr-defined]
+        if backup["id"] in o["Key"] and o["Key"].endswith("data.tar.zst")
+    )
     data = client.get_object(Bucket="cl-backups", Key=key)["Body"].read()  # type: ignore[attr-defined]
     client.put_object(Bucket="cl-backups", Key=key, Body=data[:-10] + b"0123456789")  # type: ignore[attr-defined]
     proc = bcloud.run("backup", "restore", "bv-1", "bv-bad", check=False)
@@ -83,10 +105,27 @@ def test_delete_removes_objects_and_bad_input(bcloud: CloudCLI, s3: str) -> None
             break
         time.sleep(0.1)
     assert not any(bid in o["Key"] for o in objs)
-    for args, needle in ((["backup", "create", "ghost"], "no volume or instance named"),
-                         (["backup", "restore", "nope", "x"], "not found"),
-                         (["backup", "target", "add", "t2", "--endpoint", "ftp://x", "--bucket", "b",
-                           "--access-key", "a", "--secret-key", "s"], "endpoint")):
+    for args, needle in (
+        (["backup", "create", "ghost"], "no volume or instance named"),
+        (["backup", "restore", "nope", "x"], "not found"),
+        (
+            [
+                "backup",
+                "target",
+                "add",
+                "t2",
+                "--endpoint",
+                "ftp://x",
+                "--bucket",
+                "b",
+                "--access-key",
+                "a",
+                "--secret-key",
+                "s",
+            ],
+            "endpoint",
+        ),
+    ):
         proc = bcloud.run(*args, check=False)
         assert proc.returncode == 1 and needle in proc.stderr, (args, proc.stderr)
 

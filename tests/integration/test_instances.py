@@ -31,8 +31,20 @@ def test_list_and_show_fields(web: CloudCLI) -> None:
     items = web.json("list")
     assert {i["name"] for i in items} == {"web-1", "web-2"}
     v = web.json("show", "web-1")
-    for key in ("id", "name", "state", "image", "network", "ip", "dns_name", "host", "zone", "pid", "cpus",
-                "memory_mib"):
+    for key in (
+        "id",
+        "name",
+        "state",
+        "image",
+        "network",
+        "ip",
+        "dns_name",
+        "host",
+        "zone",
+        "pid",
+        "cpus",
+        "memory_mib",
+    ):
         assert key in v
     assert v["state"] == "running" and v["host"] == "local" and v["zone"] == "zone-a"
     assert v["dns_name"] == "web-1.default.zone-a.cloudlet" and v["ip"].startswith("10.240.")
@@ -134,9 +146,15 @@ def test_console_shows_output(web: CloudCLI) -> None:
 
 
 def test_cli_errors_are_one_line(web: CloudCLI) -> None:
-    for args in (["launch", "busybox", "Bad_Name"], ["launch", "nope", "x"], ["show", "ghost"],
-                 ["launch", "busybox", "web-1"], ["launch", "busybox", "m", "--memory", "99999999"],
-                 ["network", "delete", "default"], ["exec", "ghost", "--", "ls"]):
+    for args in (
+        ["launch", "busybox", "Bad_Name"],
+        ["launch", "nope", "x"],
+        ["show", "ghost"],
+        ["launch", "busybox", "web-1"],
+        ["launch", "busybox", "m", "--memory", "99999999"],
+        ["network", "delete", "default"],
+        ["exec", "ghost", "--", "ls"],
+    ):
         proc = web.run(*args, check=False)
         assert proc.returncode != 0, args
         assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)

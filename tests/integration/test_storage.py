@@ -104,8 +104,9 @@ def test_volume_size_limit_is_enforced(pcloud: CloudCLI) -> None:
         pytest.skip("the dir pool does not enforce sizes (documented)")
     pcloud.run("volume", "create", "small", "--size", "1")
     pcloud.run("volume", "attach", "small", "r-3", "--path", "/small")
-    fill = pcloud.run("exec", "r-3", "--", "sh", "-c", "head -c 1200000000 /dev/zero > /small/fill", check=False,
-                      timeout=120)
+    fill = pcloud.run(
+        "exec", "r-3", "--", "sh", "-c", "head -c 1200000000 /dev/zero > /small/fill", check=False, timeout=120
+    )
     assert fill.returncode != 0, fill.stderr  # EDQUOT, which busybox reports as an I/O error
     written = int(pcloud.run("exec", "r-3", "--", "stat", "-c", "%s", "/small/fill").stdout)
     assert written <= 1 << 30, written
@@ -115,11 +116,13 @@ def test_volume_size_limit_is_enforced(pcloud: CloudCLI) -> None:
 
 
 def test_bad_storage_input(pcloud: CloudCLI) -> None:
-    for args, needle in ((["volume", "create", "Bad", "--size", "1"], "invalid volume name"),
-                         (["volume", "create", "v", "--size", "0"], "size_gib"),
-                         (["volume", "clone", "nope", "x"], "not found"),
-                         (["snapshot", "create", "ghost"], "no volume or instance named"),
-                         (["launch", "--from-snapshot", "nope", "x"], "not found")):
+    for args, needle in (
+        (["volume", "create", "Bad", "--size", "1"], "invalid volume name"),
+        (["volume", "create", "v", "--size", "0"], "size_gib"),
+        (["volume", "clone", "nope", "x"], "not found"),
+        (["snapshot", "create", "ghost"], "no volume or instance named"),
+        (["launch", "--from-snapshot", "nope", "x"], "not found"),
+    ):
         proc = pcloud.run(*args, check=False)
         assert proc.returncode == 1 and needle in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
 

@@ -38,7 +38,9 @@ def test_kill9_during_storage_operations(cloud: CloudCLI) -> None:
                     snaps.pop(item["name"], None)
 
     for step in range(40):
-        choices = ["volume"] + (["snapshot", "delete-volume"] if vols else []) + (["clone", "delete-snap"] if snaps else [])
+        choices = (
+            ["volume"] + (["snapshot", "delete-volume"] if vols else []) + (["clone", "delete-snap"] if snaps else [])
+        )
         op = rng.choice(choices)
         if op == "volume":
             r = api.post("/v1/volumes", json={"name": f"v{step}", "size_gib": 1})

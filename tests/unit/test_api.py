@@ -41,8 +41,11 @@ def test_tenants_are_isolated(api: tuple[TestClient, dict[str, str]]) -> None:
     tok = client.post("/v1/tenants", json={"name": "acme"}, headers=admin).json()["token"]
     acme = {"Authorization": f"Bearer {tok}"}
     assert client.get("/v1/instances", headers=acme).json()["items"] == []
-    for method, path in (("GET", "/v1/instances/web-1"), ("DELETE", "/v1/instances/web-1"),
-                         ("POST", "/v1/instances/web-1/actions")):
+    for method, path in (
+        ("GET", "/v1/instances/web-1"),
+        ("DELETE", "/v1/instances/web-1"),
+        ("POST", "/v1/instances/web-1/actions"),
+    ):
         r = client.request(method, path, headers=acme, json={"action": "stop"} if method == "POST" else None)
         assert r.status_code == 404, (method, path, r.text)
     assert client.post("/v1/tenants", json={"name": "evil"}, headers=acme).status_code == 403
@@ -50,17 +53,21 @@ def test_tenants_are_isolated(api: tuple[TestClient, dict[str, str]]) -> None:
     assert client.post("/v1/instances", json={"name": "web-1", "image": "busybox"}, headers=acme).status_code == 202
 
 
-@pytest.mark.parametrize("body,status,needle", [
-    ({"name": "Bad_Name", "image": "busybox"}, 400, "invalid instance name"),
-    ({"name": "a", "image": "nope"}, 404, "image 'nope' not found"),
-    ({"name": "a", "image": "busybox", "network": "nonet"}, 404, "network 'nonet' not found"),
-    ({"name": "a", "image": "busybox", "memory_mib": 1000000}, 409, "more than the largest host"),
-    ({"name": "a", "image": "busybox", "cpus": -1}, 422, "cpus"),
-    ({"name": "a", "image": "busybox", "restart": "sometimes"}, 422, "restart"),
-    ({"name": "a", "image": "busybox", "colour": "red"}, 422, "colour"),
-])
-def test_bad_input_says_what_to_fix(api: tuple[TestClient, dict[str, str]], body: dict[str, object], status: int,
-                                     needle: str) -> None:
+@pytest.mark.parametrize(
+    "body,status,needle",
+    [
+        ({"name": "Bad_Name", "image": "busybox"}, 400, "invalid instance name"),
+        ({"name": "a", "image": "nope"}, 404, "image 'nope' not found"),
+        ({"name": "a", "image": "busybox", "network": "nonet"}, 404, "network 'nonet' not found"),
+        ({"name": "a", "image": "busybox", "memory_mib": 1000000}, 409, "more than the largest host"),
+        ({"name": "a", "image": "busybox", "cpus": -1}, 422, "cpus"),
+        ({"name": "a", "image": "busybox", "restart": "sometimes"}, 422, "restart"),
+        ({"name": "a", "image": "busybox", "colour": "red"}, 422, "colour"),
+    ],
+)
+def test_bad_input_says_what_to_fix(
+    api: tuple[TestClient, dict[str, str]], body: dict[str, object], status: int, needle: str
+) -> None:
     client, admin = api
     r = client.post("/v1/instances", json=body, headers=admin)
     assert r.status_code == status, r.text
@@ -83,8 +90,10 @@ def test_network_rules(api: tuple[TestClient, dict[str, str]]) -> None:
     assert r.status_code == 409 and "overlaps" in _error(r)
     r = client.post("/v1/networks", json={"name": "n3", "subnet": "192.168.1.0/24"}, headers=admin)
     assert r.status_code == 422 and "10.240.0.0/12" in _error(r)
-    assert client.post("/v1/instances", json={"name": "u", "image": "busybox", "network": "n1"},
-                       headers=admin).status_code == 202
+    assert (
+        client.post("/v1/instances", json={"name": "u", "image": "busybox", "network": "n1"}, headers=admin).status_code
+        == 202
+    )
     r = client.delete("/v1/networks/n1", headers=admin)
     assert r.status_code == 409 and "used by instances u" in _error(r)
 

@@ -42,8 +42,11 @@ def test_selector_syntax() -> None:
 
 def test_labels_at_create_edit_and_select(api: Api) -> None:
     client, admin, _ = api
-    for name, labels in (("front", {"tier": "web", "env": "prod"}), ("back", {"tier": "db", "env": "prod"}),
-                         ("scratch", {})):
+    for name, labels in (
+        ("front", {"tier": "web", "env": "prod"}),
+        ("back", {"tier": "db", "env": "prod"}),
+        ("scratch", {}),
+    ):
         r = client.post("/v1/networks", json={"name": name, "labels": labels}, headers=admin)
         assert r.status_code == 201, r.text
         assert r.json()["labels"] == labels
@@ -69,11 +72,14 @@ def test_labels_at_create_edit_and_select(api: Api) -> None:
     assert [i["name"] for i in listed] == ["i-1", "i-2"]
 
 
-@pytest.mark.parametrize("body,status", [
-    ({"name": "n1", "labels": {"Bad Key": "x"}}, 422),
-    ({"name": "n1", "labels": {"k": "spaces not allowed"}}, 422),
-    ({"name": "n1", "labels": {f"k{i}": "v" for i in range(65)}}, 422),
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"name": "n1", "labels": {"Bad Key": "x"}}, 422),
+        ({"name": "n1", "labels": {"k": "spaces not allowed"}}, 422),
+        ({"name": "n1", "labels": {f"k{i}": "v" for i in range(65)}}, 422),
+    ],
+)
 def test_bad_labels_are_refused(api: Api, body: dict[str, object], status: int) -> None:
     client, admin, _ = api
     r = client.post("/v1/networks", json=body, headers=admin)
@@ -90,12 +96,15 @@ def test_bad_selector_and_unknown_kind(api: Api) -> None:
 def test_owned_records_go_with_their_owner_deepest_first(api: Api) -> None:
     _, _, sim = api
     store = sim.cloud.store
-    owner = store.create(Resource(kind="Network", tenant="admin", name="owner", spec={"subnet": "10.249.0.0/24",
-                                  "gateway": "10.249.0.1"}))
-    child = store.create(Resource(kind="BackupTarget", tenant="admin", name="child", spec={}, owner=owner.id,
-                                  finalizers=[FINALIZER]))
-    grandchild = store.create(Resource(kind="BackupTarget", tenant="admin", name="grandchild", spec={},
-                                       owner=child.id))
+    owner = store.create(
+        Resource(
+            kind="Network", tenant="admin", name="owner", spec={"subnet": "10.249.0.0/24", "gateway": "10.249.0.1"}
+        )
+    )
+    child = store.create(
+        Resource(kind="BackupTarget", tenant="admin", name="child", spec={}, owner=owner.id, finalizers=[FINALIZER])
+    )
+    grandchild = store.create(Resource(kind="BackupTarget", tenant="admin", name="grandchild", spec={}, owner=child.id))
     store.mark_deleted(owner.id)
     deadline = time.monotonic() + 5
     while store.get_by_id(grandchild.id) is not None and time.monotonic() < deadline:
@@ -115,18 +124,21 @@ def test_policy_schedules_and_selectors(api: Api) -> None:
     assert datetime.fromtimestamp(nightly, UTC) == datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
     assert next_run(cron, nightly, created) == nightly + 86400
     assert next_run(every, 1000.0, created) == 1060.0
-    for body, needle in (({"name": "p", "volumes": ["v"]}, "either an interval"),
-                         ({"name": "p", "volumes": ["v"], "interval_seconds": 60, "schedule": "0 3 * * *"},
-                          "either an interval"),
-                         ({"name": "p", "schedule": "61 * * * *", "volumes": ["v"]}, "schedule"),
-                         ({"name": "p", "interval_seconds": 60}, "at least one")):
+    for body, needle in (
+        ({"name": "p", "volumes": ["v"]}, "either an interval"),
+        ({"name": "p", "volumes": ["v"], "interval_seconds": 60, "schedule": "0 3 * * *"}, "either an interval"),
+        ({"name": "p", "schedule": "61 * * * *", "volumes": ["v"]}, "schedule"),
+        ({"name": "p", "interval_seconds": 60}, "at least one"),
+    ):
         r = client.post("/v1/backup-policies", json=body, headers=admin)
         assert r.status_code == 422 and needle in r.json()["error"]["message"], r.text
-    client.post("/v1/volumes", json={"name": "db-data", "size_gib": 1, "labels": {"backup": "nightly"}},
-                headers=admin)
+    client.post("/v1/volumes", json={"name": "db-data", "size_gib": 1, "labels": {"backup": "nightly"}}, headers=admin)
     client.post("/v1/volumes", json={"name": "tmp", "size_gib": 1}, headers=admin)
-    r = client.post("/v1/backup-policies", json={"name": "nightly", "schedule": "0 3 * * *", "selector": "backup=nightly",
-                                                  "volumes": []}, headers=admin)
+    r = client.post(
+        "/v1/backup-policies",
+        json={"name": "nightly", "schedule": "0 3 * * *", "selector": "backup=nightly", "volumes": []},
+        headers=admin,
+    )
     assert r.status_code == 201, r.text
     policy = sim.cloud.store.get("BackupPolicy", "admin", "nightly")
     assert sources(sim.cloud, policy) == ["db-data"]

@@ -43,8 +43,9 @@ def _violations(prefix: str, forbidden: tuple[str, ...], allowed: tuple[str, ...
     out = []
     for mod, imports in MODULES.items():
         if mod == prefix or mod.startswith(prefix + "."):
-            out += [f"{mod} imports {imp}" for imp in imports
-                    if imp.startswith(forbidden) and not imp.startswith(allowed)]
+            out += [
+                f"{mod} imports {imp}" for imp in imports if imp.startswith(forbidden) and not imp.startswith(allowed)
+            ]
     return out
 
 
@@ -59,8 +60,10 @@ def test_domains_import_no_api_or_cli(domain: str) -> None:
 
 
 def test_cli_talks_only_http() -> None:
-    assert _violations("cloudlet.cli", ("cloudlet.",), ("cloudlet.cli", "cloudlet.core.config",
-                                                         "cloudlet.core.errors")) == []
+    assert (
+        _violations("cloudlet.cli", ("cloudlet.",), ("cloudlet.cli", "cloudlet.core.config", "cloudlet.core.errors"))
+        == []
+    )
 
 
 def test_routes_do_not_import_the_app() -> None:

@@ -46,9 +46,19 @@ BATCH = 0.01  # seconds the outbox waits to gather writes into one request
 
 
 class Agent:
-    def __init__(self, config: Config, cp: ControlPlane, host: str, zone: str, clock: Clock,
-                 compute: ComputeDriver, net: NetworkDriver, pool: StoragePool, state_dir: Path | None = None,
-                 capacity: tuple[int, int] = (1, 1024)) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cp: ControlPlane,
+        host: str,
+        zone: str,
+        clock: Clock,
+        compute: ComputeDriver,
+        net: NetworkDriver,
+        pool: StoragePool,
+        state_dir: Path | None = None,
+        capacity: tuple[int, int] = (1, 1024),
+    ) -> None:
         self.cp = cp
         self.state_dir = state_dir
         self.capacity = capacity
@@ -73,8 +83,18 @@ class Agent:
     # talking to the control plane
     def heartbeat(self) -> None:
         cpus, memory = self.capacity
-        self.cp.heartbeat(self.host, {"zone": self.ctx.zone, "cpus": cpus, "memory_mib": memory, "version": VERSION,
-                                      "endpoint": self.endpoint, "key": self.key, "dns_port": self.dns_port})
+        self.cp.heartbeat(
+            self.host,
+            {
+                "zone": self.ctx.zone,
+                "cpus": cpus,
+                "memory_mib": memory,
+                "version": VERSION,
+                "endpoint": self.endpoint,
+                "key": self.key,
+                "dns_port": self.dns_port,
+            },
+        )
 
     def flush(self) -> None:
         """Sends the outbox; raises Unreachable (and keeps it) when the control plane does not answer."""
@@ -104,8 +124,11 @@ class Agent:
         except CloudletError as exc:
             log.warning("control plane not reachable at start (%s); serving from the cache", exc)
         self.manager.start()
-        for name, target in (("watch", self._watch_loop), ("outbox", self._outbox_loop),
-                             ("heartbeat", self._heartbeat_loop)):
+        for name, target in (
+            ("watch", self._watch_loop),
+            ("outbox", self._outbox_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
             t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             t.start()
             self._threads.append(t)

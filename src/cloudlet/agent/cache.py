@@ -60,8 +60,16 @@ class RecordCache:
     def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> builtins.list[Resource]:
         with self._lock:
             items = list(self._items.values())
-        return sorted((r for r in items if (kind is None or r.kind == kind) and (tenant is None or r.tenant == tenant)
-                       and all(getattr(r, k) == v for k, v in filters.items())), key=lambda r: r.id)
+        return sorted(
+            (
+                r
+                for r in items
+                if (kind is None or r.kind == kind)
+                and (tenant is None or r.tenant == tenant)
+                and all(getattr(r, k) == v for k, v in filters.items())
+            ),
+            key=lambda r: r.id,
+        )
 
     def update_status(self, rid: str, **values: Any) -> Resource:
         unknown = set(values) - set(STATUS_FIELDS)
@@ -83,8 +91,17 @@ class RecordCache:
 
     def add_event(self, res: Resource, reason: str, message: str, type_: str = "Normal") -> None:
         with self._lock:
-            self._queue({"op": "event", "uid": new_id(), "id": res.id, "reason": reason, "message": message,
-                         "type": type_, "time": time.time()})
+            self._queue(
+                {
+                    "op": "event",
+                    "uid": new_id(),
+                    "id": res.id,
+                    "reason": reason,
+                    "message": message,
+                    "type": type_,
+                    "time": time.time(),
+                }
+            )
 
     def finalize(self, rid: str) -> bool:
         with self._lock:
@@ -128,7 +145,9 @@ class RecordCache:
             live = {r.id for r in records}
             self._finalized &= live
             gone = [rid for rid in self._items if rid not in live]
-            changes: builtins.list[Change] = [("upsert", r.id, r) for r in records] + [("delete", rid, None) for rid in gone]
+            changes: builtins.list[Change] = [("upsert", r.id, r) for r in records] + [
+                ("delete", rid, None) for rid in gone
+            ]
         self.apply(changes, rev)
         self.listed = True
 
@@ -167,9 +186,15 @@ class RecordCache:
         with self._lock:
             if not self._dirty:
                 return
-            data = {"rev": self.rev, "listed": self.listed, "items": [to_wire(r) for r in self._items.values()],
-                    "outbox": self._outbox, "seq": self._seq, "finalized": sorted(self._finalized),
-                    "pending": {rid: [v, s] for rid, (v, s) in self._pending.items()}}
+            data = {
+                "rev": self.rev,
+                "listed": self.listed,
+                "items": [to_wire(r) for r in self._items.values()],
+                "outbox": self._outbox,
+                "seq": self._seq,
+                "finalized": sorted(self._finalized),
+                "pending": {rid: [v, s] for rid, (v, s) in self._pending.items()},
+            }
             self._dirty = False
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -27,8 +27,9 @@ class HostClient:
         return self.api.call(method, path, timeout, **kwargs)
 
     def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/instances/{iid}/exec", timeout=timeout + 10,
-                                            json={"command": argv, "timeout": timeout})
+        result: dict[str, Any] = self._call(
+            "POST", f"/instances/{iid}/exec", timeout=timeout + 10, json={"command": argv, "timeout": timeout}
+        )
         return result
 
     def console_log(self, iid: str, tail: int) -> str:

@@ -1,6 +1,6 @@
 """`cloudlet agent`: run one host's agent in the foreground (`cloudlet up` daemonises the one for `local`).
 
-    cloudlet agent --host NAME --zone ZONE --api URL --token-file F
+cloudlet agent --host NAME --zone ZONE --api URL --token-file F
 """
 
 from __future__ import annotations
@@ -45,8 +45,18 @@ def build_agent(config: Config, host: str, zone: str, api: str, token: str) -> A
         compute = get_driver(config.compute_driver, home=config.home, cloud_id=cloud_id)
         net = get_network_driver("linux", cloud_id=cloud_id)
         pool = get_pool(config.storage_pool, config.home)
-    return Agent(config, HttpControlPlane(api, token), host, zone, RealClock(), compute, net, pool, state_dir,
-                 capacity=host_capacity())
+    return Agent(
+        config,
+        HttpControlPlane(api, token),
+        host,
+        zone,
+        RealClock(),
+        compute,
+        net,
+        pool,
+        state_dir,
+        capacity=host_capacity(),
+    )
 
 
 def _write_private(path: Path, data: dict[str, object]) -> None:
@@ -63,8 +73,9 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     from cloudlet.agent.server import create_agent_app
     from cloudlet.network.dns import DNSService, Resolver
 
-    logging.basicConfig(level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
     config = load_config()
     try:
@@ -79,8 +90,14 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     state_dir = config.agent_dir(host)
     endpoint_file = state_dir / "endpoint.json"
     before = config.endpoint(endpoint_file)
-    dns_port = choose_port(int(str(before.get("dns_port") or 0)), config.dns_port,
-                           "CLOUDLET_DNS_PORT" in config.explicit_ports, "DNS", "CLOUDLET_DNS_PORT", udp=True)
+    dns_port = choose_port(
+        int(str(before.get("dns_port") or 0)),
+        config.dns_port,
+        "CLOUDLET_DNS_PORT" in config.explicit_ports,
+        "DNS",
+        "CLOUDLET_DNS_PORT",
+        udp=True,
+    )
     resolver = Resolver(agent.cache)
     dns = DNSService(resolver, dns_port)
     agent.dns_port = dns.port
@@ -94,8 +111,10 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     if hub:
         agent.ctx.net.ensure_hub()
         dns.serve_hub(hub)
-    _write_private(endpoint_file, {"url": agent.endpoint, "port": port, "key": agent.key, "dns_port": dns.port,
-                                   "pid": os.getpid(), "host": host})
+    _write_private(
+        endpoint_file,
+        {"url": agent.endpoint, "port": port, "key": agent.key, "dns_port": dns.port, "pid": os.getpid(), "host": host},
+    )
     (state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
     log.info("agent %s in %s serving on %s, DNS on 127.0.0.1:%s", host, zone, agent.endpoint, dns.port)
     app = create_agent_app(agent, state_dir, lambda: setattr(server, "should_exit", True))

@@ -92,8 +92,9 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
         return agent.repair(fix=True)
 
     @app.put("/images/{digest}", dependencies=[Depends(authorized)])
-    async def import_image(request: Request,
-                           digest: str = PathParam(pattern=r"^import-[0-9a-f]{16}$")) -> dict[str, Any]:
+    async def import_image(
+        request: Request, digest: str = PathParam(pattern=r"^import-[0-9a-f]{16}$")
+    ) -> dict[str, Any]:
         fd, tmp = tempfile.mkstemp(dir=uploads, suffix=".tar")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -49,8 +49,12 @@ class HttpControlPlane(ControlPlane):
         return [from_wire(d) for d in data["items"]], int(data["rev"])
 
     def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
-        data = self._call("GET", "/v1/agent/watch", timeout=timeout + 15,
-                          params={"rev": rev, "kinds": ",".join(kinds), "timeout": timeout})
+        data = self._call(
+            "GET",
+            "/v1/agent/watch",
+            timeout=timeout + 15,
+            params={"rev": rev, "kinds": ",".join(kinds), "timeout": timeout},
+        )
         return _changes(data["events"]), int(data["rev"])
 
     def push(self, ops: builtins.list[dict[str, Any]]) -> int:

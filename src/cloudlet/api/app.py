@@ -47,8 +47,11 @@ def _allowed_methods(request: Request) -> str:
     """A 405's Allow: the methods the schema lists for the path, a literal path item (/v1/volumes/clone) before a
     templated one (/v1/volumes/{name}) as OpenAPI reads them. (Starlette would name only the methods of the first
     route whose path matched, and FastAPI makes one route per method.) Empty for a path outside the schema."""
-    matched = [(template.count("{"), item) for template, item in request.app.openapi()["paths"].items()
-               if compile_path(template)[0].match(request.url.path)]
+    matched = [
+        (template.count("{"), item)
+        for template, item in request.app.openapi()["paths"].items()
+        if compile_path(template)[0].match(request.url.path)
+    ]
     fewest = min((params for params, _ in matched), default=0)
     methods = {m.upper() for params, item in matched if params == fewest for m in item if m in _METHODS}
     return ", ".join(sorted(methods))
@@ -74,7 +77,9 @@ def create_app(cloud: Cloud) -> FastAPI:
     from cloudlet.domains import DOMAINS
 
     app = FastAPI(
-        title="cloudlet", version="0.1.0", description="cloudlet control plane API",
+        title="cloudlet",
+        version="0.1.0",
+        description="cloudlet control plane API",
         # every reply the error tree (core/errors.py) can give; 405 is for methods the schema does not list
         responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422, 500, 501, 502, 503)},
     )

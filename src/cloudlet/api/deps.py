@@ -16,8 +16,9 @@ from cloudlet.core.errors import Forbidden, Unauthorized
 from cloudlet.core.records import NAME_RE, NAME_RULES
 
 # A {name} in a path: the schema states the rules every record's name was made with.
-NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=NAME_RE.pattern,
-                               description=f"a name: {NAME_RULES}")]
+NamePath = Annotated[
+    str, Path(min_length=1, max_length=63, pattern=NAME_RE.pattern, description=f"a name: {NAME_RULES}")
+]
 
 
 def get_cloud(request: Request) -> Cloud:

@@ -33,15 +33,20 @@ class RenderCache:
         with self._lock:
             items = self._by_tenant.setdefault(tenant, {})
             stale = [rid for rid, ver in versions if rid not in items or items[rid][0] != ver]
-        fresh = {r.id: (r.updated_at, json.dumps(self.view(r), separators=(",", ":")).encode(), r.labels)
-                 for r in self.store.get_many(stale)}
+        fresh = {
+            r.id: (r.updated_at, json.dumps(self.view(r), separators=(",", ":")).encode(), r.labels)
+            for r in self.store.get_many(stale)
+        }
         with self._lock:
             items.update(fresh)
             if after is None and len(versions) < limit:  # a complete listing: forget records that are gone
                 live = {rid for rid, _ in versions}
                 for rid in [rid for rid in items if rid not in live]:
                     del items[rid]
-            parts = [items[rid][1] for rid, _ in versions
-                     if rid in items and (not selector or selector.matches(items[rid][2]))]
+            parts = [
+                items[rid][1]
+                for rid, _ in versions
+                if rid in items and (not selector or selector.matches(items[rid][2]))
+            ]
         nxt = json.dumps(versions[-1][0]) if len(versions) == limit else "null"
         return b'{"items":[' + b",".join(parts) + b'],"count":%d,"next":%s}' % (len(parts), nxt.encode())

@@ -15,8 +15,9 @@ from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, 
 from cloudlet.cli.volume import wait_ready
 from cloudlet.core.errors import CloudletError
 
-app = typer.Typer(help="Backups of snapshots, volumes and instances, shipped to S3-compatible storage.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Backups of snapshots, volumes and instances, shipped to S3-compatible storage.", no_args_is_help=True
+)
 target_app = typer.Typer(help="Where backups go: any S3-compatible endpoint.", no_args_is_help=True)
 app.add_typer(target_app, name="target")
 COLUMNS = ["name", "source_kind", "source", "target", "state", "bytes", "compressed_bytes", "seconds"]
@@ -37,30 +38,49 @@ def _wait(client: Client, name: str, timeout: float = 3600) -> dict[str, Any]:
 
 
 @target_app.command("add")
-def target_add(name: str, endpoint: Annotated[str, typer.Option(help="e.g. http://127.0.0.1:9000")],
-               bucket: Annotated[str, typer.Option()], access_key: Annotated[str, typer.Option()],
-               secret_key: Annotated[str, typer.Option()],
-               region: Annotated[str, typer.Option()] = "us-east-1", output: OutputOpt = Format.table) -> None:
+def target_add(
+    name: str,
+    endpoint: Annotated[str, typer.Option(help="e.g. http://127.0.0.1:9000")],
+    bucket: Annotated[str, typer.Option()],
+    access_key: Annotated[str, typer.Option()],
+    secret_key: Annotated[str, typer.Option()],
+    region: Annotated[str, typer.Option()] = "us-east-1",
+    output: OutputOpt = Format.table,
+) -> None:
     """Add an S3-compatible backup target."""
-    view = connect().post("/v1/backup-targets", {"name": name, "endpoint": endpoint, "bucket": bucket,
-                                                  "access_key": access_key, "secret_key": secret_key,
-                                                  "region": region})
+    view = connect().post(
+        "/v1/backup-targets",
+        {
+            "name": name,
+            "endpoint": endpoint,
+            "bucket": bucket,
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "region": region,
+        },
+    )
     say(f"Backup target {name} added") if output == Format.table else emit(view, output)
 
 
 @target_app.command("list")
 def target_list(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List backup targets (secrets are never shown)."""
-    emit(connect().get("/v1/backup-targets", {"selector": selector})["items"], output,
-         ["name", "endpoint", "bucket", "access_key"])
+    emit(
+        connect().get("/v1/backup-targets", {"selector": selector})["items"],
+        output,
+        ["name", "endpoint", "bucket", "access_key"],
+    )
 
 
 @app.command()
-def create(source: Annotated[str, typer.Argument(help="snapshot, volume or instance")],
-           target: Annotated[str | None, typer.Option(help="backup target (default: the only one)")] = None,
-           name: Annotated[str | None, typer.Option(help="backup name")] = None,
-           wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True, label: LabelOpt = None,
-           output: OutputOpt = Format.table) -> None:
+def create(
+    source: Annotated[str, typer.Argument(help="snapshot, volume or instance")],
+    target: Annotated[str | None, typer.Option(help="backup target (default: the only one)")] = None,
+    name: Annotated[str | None, typer.Option(help="backup name")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
+    label: LabelOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
     """Back up a snapshot (a volume or instance is snapshotted first) to a target."""
     client = connect()
     view = client.post("/v1/backups", {"source": source, "target": target, "name": name, "labels": labels_of(label)})
@@ -82,8 +102,11 @@ def show(name: str, output: OutputOpt = Format.table) -> None:
 
 
 @app.command()
-def restore(name: str, new_name: Annotated[str, typer.Argument(help="volume (or bootable snapshot) to create")],
-            output: OutputOpt = Format.table) -> None:
+def restore(
+    name: str,
+    new_name: Annotated[str, typer.Argument(help="volume (or bootable snapshot) to create")],
+    output: OutputOpt = Format.table,
+) -> None:
     """Restore a backup into a new volume, or a bootable snapshot for instance backups; checksum verified."""
     client = connect()
     view = client.post(f"/v1/backups/{name}/restore", {"name": new_name})
@@ -96,8 +119,9 @@ def restore(name: str, new_name: Annotated[str, typer.Argument(help="volume (or 
 
 
 @app.command()
-def delete(names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-           output: OutputOpt = Format.table) -> None:
+def delete(
+    names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False, output: OutputOpt = Format.table
+) -> None:
     """Delete backups, from the target too."""
     client = connect()
     bulk(names, lambda n: client.delete(f"/v1/backups/{n}"), lambda n: f"Backup {n} deleted", quiet, output)
@@ -118,24 +142,37 @@ app.add_typer(policy_app, name="policy")
 
 
 @policy_app.command("create")
-def policy_create(name: str,
-                  every: Annotated[str | None, typer.Option(help="interval: 30s, 15m, 6h, 1d, 1w")] = None,
-                  cron: Annotated[str | None, typer.Option(help="or a cron schedule (UTC): '0 3 * * *'")] = None,
-                  volume: Annotated[list[str] | None, typer.Option(help="volume to back up (repeatable)")] = None,
-                  instance: Annotated[list[str] | None, typer.Option(help="instance to back up (repeatable)")] = None,
-                  selector: Annotated[str | None, typer.Option(
-                      help="and every volume and instance whose labels match, e.g. backup=nightly")] = None,
-                  label: LabelOpt = None,
-                  keep_last: Annotated[int, typer.Option(help="keep the newest N")] = 7,
-                  keep_daily: Annotated[int, typer.Option(help="and the newest of each of D days")] = 0,
-                  keep_weekly: Annotated[int, typer.Option(help="and the newest of each of W weeks")] = 0,
-                  target: Annotated[str | None, typer.Option(help="backup target")] = None,
-                  output: OutputOpt = Format.table) -> None:
+def policy_create(
+    name: str,
+    every: Annotated[str | None, typer.Option(help="interval: 30s, 15m, 6h, 1d, 1w")] = None,
+    cron: Annotated[str | None, typer.Option(help="or a cron schedule (UTC): '0 3 * * *'")] = None,
+    volume: Annotated[list[str] | None, typer.Option(help="volume to back up (repeatable)")] = None,
+    instance: Annotated[list[str] | None, typer.Option(help="instance to back up (repeatable)")] = None,
+    selector: Annotated[
+        str | None, typer.Option(help="and every volume and instance whose labels match, e.g. backup=nightly")
+    ] = None,
+    label: LabelOpt = None,
+    keep_last: Annotated[int, typer.Option(help="keep the newest N")] = 7,
+    keep_daily: Annotated[int, typer.Option(help="and the newest of each of D days")] = 0,
+    keep_weekly: Annotated[int, typer.Option(help="and the newest of each of W weeks")] = 0,
+    target: Annotated[str | None, typer.Option(help="backup target")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
     """Back up volumes and instances on an interval or a cron schedule; older backups beyond the retention are
     deleted."""
-    body = {"name": name, "interval_seconds": parse_duration(every) if every else None, "schedule": cron,
-            "keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly, "volumes": volume or [],
-            "instances": instance or [], "selector": selector, "target": target, "labels": labels_of(label)}
+    body = {
+        "name": name,
+        "interval_seconds": parse_duration(every) if every else None,
+        "schedule": cron,
+        "keep_last": keep_last,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "volumes": volume or [],
+        "instances": instance or [],
+        "selector": selector,
+        "target": target,
+        "labels": labels_of(label),
+    }
     view = connect().post("/v1/backup-policies", body)
     say(f"Backup policy {name} created") if output == Format.table else emit(view, output)
 
@@ -143,9 +180,22 @@ def policy_create(name: str,
 @policy_app.command("list")
 def policy_list(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List backup policies."""
-    emit(connect().get("/v1/backup-policies", {"selector": selector})["items"], output,
-         ["name", "interval_seconds", "schedule", "keep_last", "keep_daily", "keep_weekly", "volumes", "instances",
-          "selector", "last_run"])
+    emit(
+        connect().get("/v1/backup-policies", {"selector": selector})["items"],
+        output,
+        [
+            "name",
+            "interval_seconds",
+            "schedule",
+            "keep_last",
+            "keep_daily",
+            "keep_weekly",
+            "volumes",
+            "instances",
+            "selector",
+            "last_run",
+        ],
+    )
 
 
 @policy_app.command("delete")

@@ -21,9 +21,18 @@ def _encode(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def call(url: str, method: str, path: str, token: str = "", timeout: float = 120.0, params: dict[str, Any] | None = None,
-         json_body: Any = None, content: Iterable[bytes] | None = None, headers: dict[str, str] | None = None,
-         what: str = "control plane") -> Any:
+def call(
+    url: str,
+    method: str,
+    path: str,
+    token: str = "",
+    timeout: float = 120.0,
+    params: dict[str, Any] | None = None,
+    json_body: Any = None,
+    content: Iterable[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    what: str = "control plane",
+) -> Any:
     """One request; raises Unreachable when nothing answers at url, the matching CloudletError on an error."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
@@ -63,8 +72,15 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None,
-                content: Iterable[bytes] | None = None, headers: dict[str, str] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: Iterable[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         return call(self.url, method, path, self.token, self.timeout, params, json, content, headers)
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:

@@ -15,8 +15,10 @@ from cloudlet.cli.client import connect
 from cloudlet.cli.output import Format, OutputOpt, SelectorOpt, console, emit, say
 from cloudlet.core.errors import CloudletError
 
-app = typer.Typer(help="Images instances boot from: busybox (built in), Debian (debootstrap), imported tarballs.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Images instances boot from: busybox (built in), Debian (debootstrap), imported tarballs.",
+    no_args_is_help=True,
+)
 COLUMNS = ["name", "source", "state", "packages", "size_mib", "digest"]
 
 
@@ -36,10 +38,12 @@ def show(name: str, output: OutputOpt = Format.table) -> None:
 
 
 @app.command()
-def build(name: Annotated[str, typer.Argument(help="image name, e.g. debian-12")],
-          packages: Annotated[str, typer.Option(help="comma-separated Debian packages to include")] = "",
-          wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the build")] = True,
-          output: OutputOpt = Format.table) -> None:
+def build(
+    name: Annotated[str, typer.Argument(help="image name, e.g. debian-12")],
+    packages: Annotated[str, typer.Option(help="comma-separated Debian packages to include")] = "",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the build")] = True,
+    output: OutputOpt = Format.table,
+) -> None:
     """Build a Debian image with debootstrap (cached by content)."""
     client = connect()
     pkgs = [p.strip() for p in packages.split(",") if p.strip()]
@@ -60,8 +64,11 @@ def build(name: Annotated[str, typer.Argument(help="image name, e.g. debian-12")
 
 
 @app.command("import")
-def import_(file: Annotated[Path, typer.Argument(help="rootfs tarball (.tar or .tar.gz)")], name: str,
-            output: OutputOpt = Format.table) -> None:
+def import_(
+    file: Annotated[Path, typer.Argument(help="rootfs tarball (.tar or .tar.gz)")],
+    name: str,
+    output: OutputOpt = Format.table,
+) -> None:
     """Import a root filesystem tarball as image NAME."""
     if not file.is_file():
         raise CloudletError(f"{file} is not a readable file")
@@ -71,8 +78,9 @@ def import_(file: Annotated[Path, typer.Argument(help="rootfs tarball (.tar or .
             while block := f.read(1 << 20):
                 yield block
 
-    view = connect().request("PUT", f"/v1/images/{name}/rootfs", content=chunks(),
-                             headers={"Content-Type": "application/octet-stream"})
+    view = connect().request(
+        "PUT", f"/v1/images/{name}/rootfs", content=chunks(), headers={"Content-Type": "application/octet-stream"}
+    )
     if output == Format.table:
         say(f"Image {name} imported")
     else:

@@ -71,9 +71,18 @@ def register(app: typer.Typer) -> None:
         else:
             image_name = image
         client = connect()
-        body = {"name": name, "image": image_name, "from_snapshot": from_snapshot, "network": network, "cpus": cpus, "memory_mib": memory,
-                "restart": restart, "zone": zone, "command": ["/bin/sh", "-c", command] if command else None,
-                "labels": labels_of(label)}
+        body = {
+            "name": name,
+            "image": image_name,
+            "from_snapshot": from_snapshot,
+            "network": network,
+            "cpus": cpus,
+            "memory_mib": memory,
+            "restart": restart,
+            "zone": zone,
+            "command": ["/bin/sh", "-c", command] if command else None,
+            "labels": labels_of(label),
+        }
         view = client.post("/v1/instances", body)
         if wait:
             view = wait_for(client, name, TERMINAL)
@@ -127,15 +136,18 @@ def register(app: typer.Typer) -> None:
         _action("stop", names, wait, quiet, "stopped", output)
 
     @app.command()
-    def restart(names: list[str], wait: Wait = False, quiet: Quiet = False,
-                output: OutputOpt = Format.table) -> None:
+    def restart(names: list[str], wait: Wait = False, quiet: Quiet = False, output: OutputOpt = Format.table) -> None:
         """Restart instances."""
         _action("restart", names, wait, quiet, "running", output)
 
     @app.command()
-    def delete(names: list[str], wait: Wait = False, quiet: Quiet = False,
-               cascade: Annotated[bool, typer.Option("--cascade", help="also its snapshots and their clones")] = False,
-               output: OutputOpt = Format.table) -> None:
+    def delete(
+        names: list[str],
+        wait: Wait = False,
+        quiet: Quiet = False,
+        cascade: Annotated[bool, typer.Option("--cascade", help="also its snapshots and their clones")] = False,
+        output: OutputOpt = Format.table,
+    ) -> None:
         """Delete instances and everything they own; carries on past failures and reports them all."""
         client = connect()
 
@@ -150,9 +162,12 @@ def register(app: typer.Typer) -> None:
     app.command("rm", hidden=True)(delete)
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def exec(name: str, command: Annotated[list[str], typer.Argument(help="command after --")],
-             timeout: Annotated[float, typer.Option(help="seconds before giving up")] = 60.0,
-             output: OutputOpt = Format.table) -> None:
+    def exec(
+        name: str,
+        command: Annotated[list[str], typer.Argument(help="command after --")],
+        timeout: Annotated[float, typer.Option(help="seconds before giving up")] = 60.0,
+        output: OutputOpt = Format.table,
+    ) -> None:
         """Run a command in an instance: cloudlet exec NAME -- CMD...; its exit code passes through."""
         result = connect().post(f"/v1/instances/{name}/exec", {"command": command, "timeout": timeout})
         if output != Format.table:
@@ -172,12 +187,17 @@ def register(app: typer.Typer) -> None:
             emit(result, output)
 
     @app.command()
-    def events(name: Annotated[str | None, typer.Argument()] = None,
-               limit: Annotated[int, typer.Option(help="most recent N")] = 50,
-               output: OutputOpt = Format.table) -> None:
+    def events(
+        name: Annotated[str | None, typer.Argument()] = None,
+        limit: Annotated[int, typer.Option(help="most recent N")] = 50,
+        output: OutputOpt = Format.table,
+    ) -> None:
         """Show what happened, and why (all resources, or one by NAME)."""
         params: dict[str, Any] = {"limit": limit}
         if name:
             params["name"] = name
-        emit(connect().get("/v1/events", params=params)["items"], output,
-             ["time", "kind", "name", "type", "reason", "message"])
+        emit(
+            connect().get("/v1/events", params=params)["items"],
+            output,
+            ["time", "kind", "name", "type", "reason", "message"],
+        )

@@ -22,8 +22,12 @@ from cloudlet.cli.output import Format, OutputOpt, emit, say
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.errors import CloudletError
 
-app = typer.Typer(help="cloudlet: a cloud in a box. Start with 'cloudlet up'.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="cloudlet: a cloud in a box. Start with 'cloudlet up'.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(network.app, name="network")
 app.add_typer(image.app, name="image")
 app.add_typer(tenant.app, name="tenant")
@@ -57,8 +61,13 @@ def _last_log_line(log_file: Path) -> str:
 def _spawn(argv: list[str], log_file: Path) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        return subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_until(proc: subprocess.Popen[bytes], what: str, log_file: Path, ready: Callable[[], bool]) -> None:
@@ -89,8 +98,22 @@ def _start_control_plane(cfg: Config) -> None:
 def _start_agent(cfg: Config, url: str) -> None:
     host, adir = cfg.host, cfg.agent_dir(cfg.host)
     log_file = adir / "agent.log"
-    proc = _spawn(["-m", "cloudlet.cli.main", "agent", "--host", host, "--zone", cfg.zone, "--api", url,
-                   "--token-file", str(cfg.host_token_file(host))], log_file)
+    proc = _spawn(
+        [
+            "-m",
+            "cloudlet.cli.main",
+            "agent",
+            "--host",
+            host,
+            "--zone",
+            cfg.zone,
+            "--api",
+            url,
+            "--token-file",
+            str(cfg.host_token_file(host)),
+        ],
+        log_file,
+    )
     client = connect(cfg)
 
     def ready() -> bool:
@@ -148,25 +171,45 @@ def _shutdown_agent(cfg: Config, purge: bool) -> None:
     endpoint = cfg.endpoint(adir / "endpoint.json")
     if pid is not None and endpoint.get("url"):
         try:
-            call(str(endpoint["url"]), "POST", "/shutdown", str(endpoint["key"]), json_body={"purge": purge},
-                 what=f"the agent of host {cfg.host}")
+            call(
+                str(endpoint["url"]),
+                "POST",
+                "/shutdown",
+                str(endpoint["key"]),
+                json_body={"purge": purge},
+                what=f"the agent of host {cfg.host}",
+            )
             _stop(pid if Path(f"/proc/{pid}").exists() else None)
             return
         except CloudletError:
             _stop(pid)
     if not adir.exists():
         return
-    argv = [sys.executable, "-m", "cloudlet.cli.main", "agent", "--host", cfg.host, "--zone", cfg.zone,
-            "--api", str(cfg.endpoint().get("url") or "http://127.0.0.1:1"),
-            "--token-file", str(cfg.host_token_file(cfg.host)), "--shutdown"] + (["--purge"] if purge else [])
+    argv = [
+        sys.executable,
+        "-m",
+        "cloudlet.cli.main",
+        "agent",
+        "--host",
+        cfg.host,
+        "--zone",
+        cfg.zone,
+        "--api",
+        str(cfg.endpoint().get("url") or "http://127.0.0.1:1"),
+        "--token-file",
+        str(cfg.host_token_file(cfg.host)),
+        "--shutdown",
+    ] + (["--purge"] if purge else [])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise CloudletError(f"cleaning up host {cfg.host} failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
 @app.command()
-def down(purge: Annotated[bool, typer.Option("--purge", help="also delete all state and files")] = False,
-         output: OutputOpt = Format.table) -> None:
+def down(
+    purge: Annotated[bool, typer.Option("--purge", help="also delete all state and files")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Stop the agent (and every instance) and cloudletd; --purge also removes all state."""
     cfg = load_config()
     if not cfg.home.exists():
@@ -190,14 +233,16 @@ def down(purge: Annotated[bool, typer.Option("--purge", help="also delete all st
 
 
 @app.command()
-def agent(host: Annotated[str, typer.Option(help="this host's name")] = "local",
-          zone: Annotated[str, typer.Option(help="its zone")] = "zone-a",
-          api: Annotated[str, typer.Option(help="the control plane's URL")] = "http://127.0.0.1:8470",
-          token_file: Annotated[Path | None, typer.Option(
-              help="the host token [default: $CLOUDLET_HOME/hosts/HOST.token]")] = None,
-          shutdown: Annotated[bool, typer.Option("--shutdown", help="stop this host's instances and exit")] = False,
-          purge: Annotated[bool, typer.Option("--purge", help="with --shutdown: remove every artefact")] = False,
-          ) -> None:
+def agent(
+    host: Annotated[str, typer.Option(help="this host's name")] = "local",
+    zone: Annotated[str, typer.Option(help="its zone")] = "zone-a",
+    api: Annotated[str, typer.Option(help="the control plane's URL")] = "http://127.0.0.1:8470",
+    token_file: Annotated[
+        Path | None, typer.Option(help="the host token [default: $CLOUDLET_HOME/hosts/HOST.token]")
+    ] = None,
+    shutdown: Annotated[bool, typer.Option("--shutdown", help="stop this host's instances and exit")] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="with --shutdown: remove every artefact")] = False,
+) -> None:
     """Run a host agent in the foreground: the data plane of one host."""
     from cloudlet.agent.main import run_agent
 
@@ -209,14 +254,19 @@ def info(output: OutputOpt = Format.table) -> None:
     """Show the API URL, every port, the hosts, and who you are."""
     data = connect().get("/v1/info")
     if output == Format.table:
-        data = {**data, "ports": ", ".join(f"{k}={v}" for k, v in data["ports"].items()),
-                "hosts": ", ".join(f"{h['name']} ({h['zone']}, {h['state']})" for h in data["hosts"])}
+        data = {
+            **data,
+            "ports": ", ".join(f"{k}={v}" for k, v in data["ports"].items()),
+            "hosts": ", ".join(f"{h['name']} ({h['zone']}, {h['state']})" for h in data["hosts"]),
+        }
     emit(data, output)
 
 
 @app.command()
-def repair(check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if anything is wrong")] = False,
-           output: OutputOpt = Format.table) -> None:
+def repair(
+    check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if anything is wrong")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Find (and fix) orphaned artefacts and resources whose artefacts vanished."""
     client = connect()
     if check:

@@ -11,14 +11,19 @@ import typer
 from cloudlet.cli.client import connect
 from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, emit, labels_of, say
 
-app = typer.Typer(help="Tenant networks: a bridge, a subnet from 10.240.0.0/12, DNS on the gateway.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Tenant networks: a bridge, a subnet from 10.240.0.0/12, DNS on the gateway.", no_args_is_help=True
+)
 COLUMNS = ["name", "subnet", "gateway", "zone", "state"]
 
 
 @app.command()
-def create(name: str, subnet: Annotated[str | None, typer.Option(help="CIDR inside 10.240.0.0/12")] = None,
-           label: LabelOpt = None, output: OutputOpt = Format.table) -> None:
+def create(
+    name: str,
+    subnet: Annotated[str | None, typer.Option(help="CIDR inside 10.240.0.0/12")] = None,
+    label: LabelOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
     """Create a network."""
     view = connect().post("/v1/networks", {"name": name, "subnet": subnet, "labels": labels_of(label)})
     if output == Format.table:
@@ -43,8 +48,9 @@ def show(name: str, output: OutputOpt = Format.table) -> None:
 
 
 @app.command()
-def delete(names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-           output: OutputOpt = Format.table) -> None:
+def delete(
+    names: list[str], quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False, output: OutputOpt = Format.table
+) -> None:
     """Delete networks (refused while instances use them)."""
     client = connect()
     bulk(names, lambda n: client.delete(f"/v1/networks/{n}"), lambda n: f"Network {n} deleted", quiet, output)

@@ -29,8 +29,10 @@ class Format(str, Enum):
 
 OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]
 LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="label KEY=VALUE (repeatable)")]
-SelectorOpt = Annotated[str | None, typer.Option("-l", "--selector", help="only those whose labels match: "
-                                                 "k=v, k!=v, k or !k, joined by ','")]
+SelectorOpt = Annotated[
+    str | None,
+    typer.Option("-l", "--selector", help="only those whose labels match: k=v, k!=v, k or !k, joined by ','"),
+]
 
 
 def labels_of(pairs: list[str] | None) -> dict[str, str]:
@@ -42,6 +44,8 @@ def labels_of(pairs: list[str] | None) -> dict[str, str]:
             raise CloudletError(f"label {pair!r} is not KEY=VALUE")
         out[key] = value
     return out
+
+
 @functools.cache
 def console() -> Console:
     from rich.console import Console
@@ -83,8 +87,9 @@ def say(message: str, quiet: bool = False) -> None:
         print(message, flush=True)
 
 
-def bulk(names: list[str], op: Callable[[str], dict[str, Any]], done: Callable[[str], str], quiet: bool,
-         fmt: Format) -> None:
+def bulk(
+    names: list[str], op: Callable[[str], dict[str, Any]], done: Callable[[str], str], quiet: bool, fmt: Format
+) -> None:
     """Applies op to every name, carrying on past failures; reports each success, then all failures at once."""
     failures, views = [], []
     for name in names:

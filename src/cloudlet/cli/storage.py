@@ -21,15 +21,19 @@ def usage(output: OutputOpt = Format.table) -> None:
     if output != Format.table:
         emit(report, output)
         return
-    say(f"pool {report['pool']}: {report['logical_bytes'] / 2**20:.1f} MiB logical, "
-        f"{report['physical_bytes'] / 2**20:.1f} MiB physical")
+    say(
+        f"pool {report['pool']}: {report['logical_bytes'] / 2**20:.1f} MiB logical, "
+        f"{report['physical_bytes'] / 2**20:.1f} MiB physical"
+    )
     emit(report["volumes"], output, ["volume", "kind", "tenant", "name", "logical_bytes", "exclusive_bytes"])
     emit(report["tenants"], output, ["tenant", "logical_bytes", "exclusive_bytes"])
 
 
 @app.command()
-def gc(check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if anything is held")] = False,
-       output: OutputOpt = Format.table) -> None:
+def gc(
+    check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if anything is held")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Free pool space that no record owns (or, with --check, only report it)."""
     client = connect()
     items = client.get("/v1/storage/gc")["items"] if check else client.post("/v1/storage/gc")["items"]

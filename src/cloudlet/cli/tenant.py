@@ -26,13 +26,17 @@ def create(name: str, output: OutputOpt = Format.table) -> None:
 
 
 @app.command()
-def quota(name: str, volumes: Annotated[int | None, typer.Option(help="most volumes")] = None,
-          gib: Annotated[int | None, typer.Option(help="most GiB of volumes in all")] = None,
-          snapshots: Annotated[int | None, typer.Option(help="most snapshots")] = None,
-          output: OutputOpt = Format.table) -> None:
+def quota(
+    name: str,
+    volumes: Annotated[int | None, typer.Option(help="most volumes")] = None,
+    gib: Annotated[int | None, typer.Option(help="most GiB of volumes in all")] = None,
+    snapshots: Annotated[int | None, typer.Option(help="most snapshots")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
     """Set a tenant's storage quota (admin); limits not given stay as they are."""
-    view = connect().request("PUT", f"/v1/tenants/{name}/quota",
-                             json={"volumes": volumes, "volume_gib": gib, "snapshots": snapshots})
+    view = connect().request(
+        "PUT", f"/v1/tenants/{name}/quota", json={"volumes": volumes, "volume_gib": gib, "snapshots": snapshots}
+    )
     emit(view["quota"], output) if output != Format.table else say(f"Tenant {name} quota: {view['quota']}")
 
 

@@ -31,8 +31,12 @@ def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dic
 
 
 @app.command()
-def create(name: str, size: Annotated[int, typer.Option("--size", help="size in GiB")], label: LabelOpt = None,
-           output: OutputOpt = Format.table) -> None:
+def create(
+    name: str,
+    size: Annotated[int, typer.Option("--size", help="size in GiB")],
+    label: LabelOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
     """Create an empty volume of SIZE GiB."""
     client = connect()
     client.post("/v1/volumes", {"name": name, "size_gib": size, "labels": labels_of(label)})
@@ -60,8 +64,12 @@ def _wait_attached(client: Client, name: str, want: bool) -> dict[str, Any]:
 
 
 @app.command()
-def attach(name: str, instance: str, path: Annotated[str, typer.Option(help="mount point inside")] = "/data",
-           output: OutputOpt = Format.table) -> None:
+def attach(
+    name: str,
+    instance: str,
+    path: Annotated[str, typer.Option(help="mount point inside")] = "/data",
+    output: OutputOpt = Format.table,
+) -> None:
     """Attach a volume to an instance; a running instance sees it at once, and after every restart."""
     client = connect()
     client.post(f"/v1/volumes/{name}/attach", {"instance": instance, "path": path})
@@ -94,12 +102,21 @@ def show(name: str, output: OutputOpt = Format.table) -> None:
 
 
 @app.command()
-def delete(names: list[str], cascade: Cascade = False, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-           output: OutputOpt = Format.table) -> None:
+def delete(
+    names: list[str],
+    cascade: Cascade = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Delete volumes (refused while snapshots depend on them, unless --cascade)."""
     client = connect()
-    bulk(names, lambda n: client.request("DELETE", f"/v1/volumes/{n}", params={"cascade": cascade}),
-         lambda n: f"Volume {n} deleted", quiet, output)
+    bulk(
+        names,
+        lambda n: client.request("DELETE", f"/v1/volumes/{n}", params={"cascade": cascade}),
+        lambda n: f"Volume {n} deleted",
+        quiet,
+        output,
+    )
 
 
 app.command("rm", hidden=True)(delete)

@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import builtins
 
-__all__ = ["HOST_KIND", "AGENT_KINDS", "HOSTLESS_KINDS", "register_host", "host_token", "heartbeat", "host_view",
-           "visible_to", "apply_ops", "Heartbeat", "AgentOp", "AgentOps", "AgentService"]
+__all__ = [
+    "HOST_KIND",
+    "AGENT_KINDS",
+    "HOSTLESS_KINDS",
+    "register_host",
+    "host_token",
+    "heartbeat",
+    "host_view",
+    "visible_to",
+    "apply_ops",
+    "Heartbeat",
+    "AgentOp",
+    "AgentOps",
+    "AgentService",
+]
 
 import logging
 import os
@@ -100,18 +113,27 @@ def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat) -> Resou
     if caller.host != name:
         raise Forbidden(f"this token belongs to host {caller.host}, not {name}")
     res = register_host(store, name, beat.zone, beat.cpus, beat.memory_mib)
-    status = HostStatus(version=beat.version, endpoint=beat.endpoint, key=beat.key, dns_port=beat.dns_port,
-                        last_heartbeat=time.time())
+    status = HostStatus(
+        version=beat.version, endpoint=beat.endpoint, key=beat.key, dns_port=beat.dns_port, last_heartbeat=time.time()
+    )
     return store.update_status(res.id, status=status.dump(), phase="up")
 
 
 def host_view(res: Resource) -> dict[str, Any]:
     spec, st = HostSpec.of(res), HostStatus.of(res)
     age = time.time() - (st.last_heartbeat or 0)
-    return {"name": res.name, "zone": res.zone, "state": res.phase if age <= STALE_AFTER else "unreachable",
-            "cpus": spec.cpus, "memory_mib": spec.memory_mib, "version": st.version, "endpoint": st.endpoint,
-            "dns_port": st.dns_port, "last_heartbeat": st.last_heartbeat,
-            "heartbeat_age_s": round(age, 2) if st.last_heartbeat else None}
+    return {
+        "name": res.name,
+        "zone": res.zone,
+        "state": res.phase if age <= STALE_AFTER else "unreachable",
+        "cpus": spec.cpus,
+        "memory_mib": spec.memory_mib,
+        "version": st.version,
+        "endpoint": st.endpoint,
+        "dns_port": st.dns_port,
+        "last_heartbeat": st.last_heartbeat,
+        "heartbeat_age_s": round(age, 2) if st.last_heartbeat else None,
+    }
 
 
 def visible_to(host: str) -> Callable[[Resource], bool]:

@@ -8,8 +8,20 @@ host's agent (an import is handed to the agents by the control plane); instance 
 
 from __future__ import annotations
 
-__all__ = ["KIND", "BUSYBOX_COMMAND", "ensure_busybox", "request_build", "import_image", "image_view",
-           "ImageReconciler", "volume_of", "get_image", "ImageBuild", "uploads_dir", "unpack_import"]
+__all__ = [
+    "KIND",
+    "BUSYBOX_COMMAND",
+    "ensure_busybox",
+    "request_build",
+    "import_image",
+    "image_view",
+    "ImageReconciler",
+    "volume_of",
+    "get_image",
+    "ImageBuild",
+    "uploads_dir",
+    "unpack_import",
+]
 
 import hashlib
 import json
@@ -34,14 +46,16 @@ from cloudlet.core.records import Name, Resource, check_name
 KIND = IMAGE
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_COMMAND = [
-    "/bin/sh", "-c",
+    "/bin/sh",
+    "-c",
     'mkdir -p /var/www && echo "hello from $(hostname)" > /var/www/index.html && exec httpd -f -p 80 -h /var/www',
 ]
 DEBIAN_COMMAND = ["/bin/sh", "-c", "exec sleep infinity"]
 SUITES = {"debian-12": "bookworm"}
 _lock = threading.Lock()
-Package = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9+.:-]+$",
-                               description="a Debian package name")]
+Package = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9+.:-]+$", description="a Debian package name")
+]
 
 
 class ImageBuild(BaseModel):
@@ -102,8 +116,9 @@ def _busybox_tree(root: Path) -> None:
     os.chmod(root / "tmp", 0o1777)
 
 
-def _record(cloud: Cloud, name: str, spec: dict[str, Any], phase: str, labels: dict[str, str] | None = None
-            ) -> Resource:
+def _record(
+    cloud: Cloud, name: str, spec: dict[str, Any], phase: str, labels: dict[str, str] | None = None
+) -> Resource:
     res = Resource(kind=KIND, tenant=PUBLIC_TENANT, name=name, spec=spec, phase=phase, labels=labels or {})
     cloud.store.create(res, created=f"image {name} from {ImageSpec.of(res).source}")
     return res
@@ -130,8 +145,9 @@ def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
     mirror = cloud.config.debian_mirror
     key = json.dumps({"suite": suite, "packages": req.packages, "mirror": mirror}, sort_keys=True)
     digest = f"{base}-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    spec = ImageSpec(source="debootstrap", suite=suite, packages=req.packages, mirror=mirror, digest=digest,
-                     command=DEBIAN_COMMAND).dump()
+    spec = ImageSpec(
+        source="debootstrap", suite=suite, packages=req.packages, mirror=mirror, digest=digest, command=DEBIAN_COMMAND
+    ).dump()
     for res in cloud.store.list(KIND, name=req.name):
         if ImageSpec.of(res).digest == digest and res.phase != "failed":
             return res  # same content: the build is cached
@@ -179,9 +195,18 @@ def get_image(cloud: Cloud, name: str) -> Resource:
 
 def image_view(res: Resource) -> dict[str, object]:
     spec, st = ImageSpec.of(res), ImageStatus.of(res)
-    return {"id": res.id, "name": res.name, "source": spec.source, "digest": spec.digest, "packages": spec.packages,
-            "state": res.phase, "message": st.message, "size_mib": st.size_mib, "created_at": res.created_at,
-            "labels": res.labels}
+    return {
+        "id": res.id,
+        "name": res.name,
+        "source": spec.source,
+        "digest": spec.digest,
+        "packages": spec.packages,
+        "state": res.phase,
+        "message": st.message,
+        "size_mib": st.size_mib,
+        "created_at": res.created_at,
+        "labels": res.labels,
+    }
 
 
 class ImageReconciler(KindReconciler):
@@ -196,8 +221,9 @@ class ImageReconciler(KindReconciler):
     def _ready(self, res: Resource, volume: str | None) -> Result:
         if res.phase != "ready" or res.observed_generation != res.generation:
             size = self.ctx.pool.usage(volume).logical_bytes >> 20 if volume else 0
-            self.records.update_status(res.id, phase="ready", observed_generation=res.generation,
-                                       status=ImageStatus(size_mib=size).dump())
+            self.records.update_status(
+                res.id, phase="ready", observed_generation=res.generation, status=ImageStatus(size_mib=size).dump()
+            )
             self.records.add_event(res, "Ready", "image is ready")
         return Result()
 
@@ -216,13 +242,16 @@ class ImageReconciler(KindReconciler):
         if res.phase == "failed" and res.observed_generation == res.generation:
             return Result()
         self.records.update_status(res.id, phase="building", status=ImageStatus(message="debootstrap running").dump())
-        self.records.add_event(res, "Building",
-                               f"debootstrap {spec.suite} with {spec.packages or 'minbase'}")
+        self.records.add_event(res, "Building", f"debootstrap {spec.suite} with {spec.packages or 'minbase'}")
         try:
             _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root))
         except DriverError as exc:
-            self.records.update_status(res.id, phase="failed", observed_generation=res.generation,
-                                       status=ImageStatus(message=exc.message).dump())
+            self.records.update_status(
+                res.id,
+                phase="failed",
+                observed_generation=res.generation,
+                status=ImageStatus(message=exc.message).dump(),
+            )
             self.records.add_event(res, "Failed", exc.message, "Warning")
             raise TerminalError(exc.message) from exc
         return self._ready(res, volume)

@@ -8,8 +8,19 @@ the host it landed on (compute/runtime.py) makes it real and keeps it so.
 
 from __future__ import annotations
 
-__all__ = ["KIND", "READY", "InstanceCreate", "InstanceAction", "ExecRequest", "launch", "instance_view", "act",
-           "delete_instance", "exec_in", "set_state"]
+__all__ = [
+    "KIND",
+    "READY",
+    "InstanceCreate",
+    "InstanceAction",
+    "ExecRequest",
+    "launch",
+    "instance_view",
+    "act",
+    "delete_instance",
+    "exec_in",
+    "set_state",
+]
 
 from typing import Any, Literal
 
@@ -32,9 +43,15 @@ READY = "Ready"
 
 class InstanceCreate(BaseModel):
     # boots an image or an instance snapshot: the schema says one of them must be given
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
-        {"required": ["image"], "properties": {"image": {"type": "string"}}},
-        {"required": ["from_snapshot"], "properties": {"from_snapshot": {"type": "string"}}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["image"], "properties": {"image": {"type": "string"}}},
+                {"required": ["from_snapshot"], "properties": {"from_snapshot": {"type": "string"}}},
+            ]
+        },
+    )
     labels: Labels = {}
     name: Name
     image: NameRef | None = Field(None, description="image to boot; omit with from_snapshot")
@@ -88,11 +105,27 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
     largest = cloud.placement.largest_memory()
     if req.memory_mib > largest:
         raise Conflict(f"memory {req.memory_mib} MiB is more than the largest host has ({largest} MiB)")
-    spec = InstanceSpec(image=image.name, image_id=image.id, network=net.name, network_id=net.id, cpus=req.cpus,
-                        memory_mib=req.memory_mib, restart=req.restart, command=req.command, zone=req.zone,
-                        from_snapshot_id=snapshot.id if snapshot else None)
-    res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, spec=spec.dump(), finalizers=[FINALIZER],
-                   labels=req.labels, status=InstanceStatus().dump())
+    spec = InstanceSpec(
+        image=image.name,
+        image_id=image.id,
+        network=net.name,
+        network_id=net.id,
+        cpus=req.cpus,
+        memory_mib=req.memory_mib,
+        restart=req.restart,
+        command=req.command,
+        zone=req.zone,
+        from_snapshot_id=snapshot.id if snapshot else None,
+    )
+    res = Resource(
+        kind=KIND,
+        tenant=caller.tenant,
+        name=req.name,
+        spec=spec.dump(),
+        finalizers=[FINALIZER],
+        labels=req.labels,
+        status=InstanceStatus().dump(),
+    )
     if snapshot and cloud.store.list(KIND, tenant=caller.tenant, name=req.name):
         raise Conflict(f"Instance {req.name!r} already exists; choose another name or delete it first")
     # clones of the volumes it had, stored first: its agent sees them before the instance, which waits for them
@@ -132,24 +165,40 @@ def exec_in(cloud: Cloud, caller: Caller, name: str, req: ExecRequest) -> dict[s
 def instance_view(res: Resource) -> dict[str, Any]:
     spec, st = InstanceSpec.of(res), InstanceStatus.of(res)
     return {
-        "id": res.id, "name": res.name, "tenant": res.tenant, "state": "deleting" if res.deleting else st.state,
-        "image": spec.image, "network": spec.network, "ip": st.ip, "dns_name": st.dns_name, "host": res.host,
-        "zone": res.zone, "pid": st.pid, "cpus": spec.cpus, "memory_mib": spec.memory_mib, "restart": spec.restart,
-        "desired_state": spec.state, "restarts": st.restarts, "message": st.message,
-        "generation": res.generation, "observed_generation": res.observed_generation,
-        "created_at": res.created_at, "started_at": st.started_at, "placement": st.placement,
-        "conditions": st.conditions, "labels": res.labels,
+        "id": res.id,
+        "name": res.name,
+        "tenant": res.tenant,
+        "state": "deleting" if res.deleting else st.state,
+        "image": spec.image,
+        "network": spec.network,
+        "ip": st.ip,
+        "dns_name": st.dns_name,
+        "host": res.host,
+        "zone": res.zone,
+        "pid": st.pid,
+        "cpus": spec.cpus,
+        "memory_mib": spec.memory_mib,
+        "restart": spec.restart,
+        "desired_state": spec.state,
+        "restarts": st.restarts,
+        "message": st.message,
+        "generation": res.generation,
+        "observed_generation": res.observed_generation,
+        "created_at": res.created_at,
+        "started_at": st.started_at,
+        "placement": st.placement,
+        "conditions": st.conditions,
+        "labels": res.labels,
     }
-
-
 
 
 def set_state(records: Records, res: Resource, state: str, **fields: Any) -> None:
     """Writes status (with the Ready condition) only when something changed."""
     old = InstanceStatus.of(res)
     new = old.model_copy(update={**fields, "state": state})
-    new.conditions = set_condition(old.conditions, READY, state == "running", state.capitalize(), new.message,
-                                   res.generation)
+    new.conditions = set_condition(
+        old.conditions, READY, state == "running", state.capitalize(), new.message, res.generation
+    )
     status = new.dump()
     if status != res.status or res.phase != state or res.observed_generation != res.generation:
         records.update_status(res.id, status=status, phase=state, observed_generation=res.generation)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["INSTANCE", "IMAGE", "HOST", "InstanceSpec", "InstanceStatus", "ImageSpec", "ImageStatus", "HostSpec", "HostStatus"]
+__all__ = [
+    "INSTANCE",
+    "IMAGE",
+    "HOST",
+    "InstanceSpec",
+    "InstanceStatus",
+    "ImageSpec",
+    "ImageStatus",
+    "HostSpec",
+    "HostStatus",
+]
 
 from typing import Any, Literal
 

@@ -48,14 +48,20 @@ class InstanceReconciler(KindReconciler):
     def __init__(self, ctx: HostContext) -> None:
         super().__init__(ctx.store)
         self.ctx = ctx
-        self.watches = {NETWORK: self._users_of("network_id"), IMAGE: self._users_of("image_id"),
-                        VOLUME: self._attached_instance}
+        self.watches = {
+            NETWORK: self._users_of("network_id"),
+            IMAGE: self._users_of("image_id"),
+            VOLUME: self._attached_instance,
+        }
 
     def _users_of(self, field: str) -> Callable[[Resource], list[str]]:
         """A network or image becoming ready wakes the instances here that wait for it."""
+
         def mapper(dep: Resource) -> list[str]:
-            return [i.id for i in self.records.list(KIND)
-                    if self.serves(i) and getattr(InstanceSpec.of(i), field) == dep.id]
+            return [
+                i.id for i in self.records.list(KIND) if self.serves(i) and getattr(InstanceSpec.of(i), field) == dep.id
+            ]
+
         return mapper
 
     @staticmethod
@@ -99,12 +105,17 @@ class InstanceReconciler(KindReconciler):
             if attachment:
                 mounts.append((str(pool.path(volume_name(vol.id))), attachment.path))
         launch = LaunchSpec(
-            id=res.id, hostname=res.name, rootfs=pool.path(disk_of(res.id)),
-            command=spec.command or ImageSpec.of(image).command, cpus=spec.cpus, memory_mib=spec.memory_mib,
-            netns="", hosts=f"127.0.0.1\tlocalhost\n{ip}\t{fqdn} {res.name}\n",
-            resolv_conf=(f"nameserver {gateway}\nsearch {net.name}.{zone}.{DOMAIN}\n"
-                         "options timeout:1 attempts:2\n"),
-            host=self.ctx.host, mounts=tuple(mounts),
+            id=res.id,
+            hostname=res.name,
+            rootfs=pool.path(disk_of(res.id)),
+            command=spec.command or ImageSpec.of(image).command,
+            cpus=spec.cpus,
+            memory_mib=spec.memory_mib,
+            netns="",
+            hosts=f"127.0.0.1\tlocalhost\n{ip}\t{fqdn} {res.name}\n",
+            resolv_conf=(f"nameserver {gateway}\nsearch {net.name}.{zone}.{DOMAIN}\noptions timeout:1 attempts:2\n"),
+            host=self.ctx.host,
+            mounts=tuple(mounts),
         )
         source = snapshot_name(spec.from_snapshot_id) if spec.from_snapshot_id else volume_of(image)
         return _Plan(launch, net, ip, fqdn, source)
@@ -158,8 +169,17 @@ class InstanceReconciler(KindReconciler):
         if info.state != InstanceState.RUNNING:
             set_state(records, res, "starting", run_nonce=nonce, restarts=restarts, message="init exited at start")
             raise RuntimeError(f"instance {res.name} did not stay running")
-        set_state(records, res, "running", pid=info.pid, run_nonce=nonce, restarts=restarts, dns_name=plan.fqdn,
-                  message="", started_at=st.started_at if st.state == "running" else time.time())
+        set_state(
+            records,
+            res,
+            "running",
+            pid=info.pid,
+            run_nonce=nonce,
+            restarts=restarts,
+            dns_name=plan.fqdn,
+            message="",
+            started_at=st.started_at if st.state == "running" else time.time(),
+        )
         return Result()
 
     def _converge_stopped(self, res: Resource, state: InstanceState) -> Result:

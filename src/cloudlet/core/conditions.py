@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 
-def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: bool, reason: str, message: str,
-                  generation: int) -> list[dict[str, Any]]:
+def set_condition(
+    conditions: list[dict[str, Any]] | None, type_: str, status: bool, reason: str, message: str, generation: int
+) -> list[dict[str, Any]]:
     out = [dict(c) for c in conditions or []]
     for cond in out:
         if cond["type"] == type_:
@@ -21,6 +22,14 @@ def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: b
                 cond["last_transition_time"] = time.time()
             cond.update(status=status, reason=reason, message=message, observed_generation=generation)
             return out
-    out.append({"type": type_, "status": status, "reason": reason, "message": message,
-                "observed_generation": generation, "last_transition_time": time.time()})
+    out.append(
+        {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observed_generation": generation,
+            "last_transition_time": time.time(),
+        }
+    )
     return out

@@ -24,8 +24,16 @@ if TYPE_CHECKING:
     from cloudlet.network.drivers.base import NetworkDriver
     from cloudlet.storage.pools.base import StoragePool
 
-__all__ = ["Cloud", "HostContext", "Records", "Caller", "HostDirectory", "ADMIN_TENANT", "PUBLIC_TENANT",
-           "SYSTEM_TENANT"]
+__all__ = [
+    "Cloud",
+    "HostContext",
+    "Records",
+    "Caller",
+    "HostDirectory",
+    "ADMIN_TENANT",
+    "PUBLIC_TENANT",
+    "SYSTEM_TENANT",
+]
 
 ADMIN_TENANT = "admin"
 PUBLIC_TENANT = "public"  # images: readable by every tenant

@@ -1,16 +1,16 @@
 """One error tree for the whole of cloudlet, mapped to HTTP (api/app.py) and CLI (cli/client.py) in one place.
 
-    CloudletError (500, "internal")
-    ├── BadRequest (400, "bad_request")        malformed input, name mismatch
-    ├── Unauthorized (401, "unauthorized")     missing or unknown token
-    ├── Forbidden (403, "forbidden")           token valid but the action needs admin
-    ├── NotFound (404, "not_found")            missing, or owned by another tenant
-    ├── Conflict (409, "conflict")             duplicate name, resource in use
-    ├── InvalidSpec (422, "invalid_spec")      well-formed but impossible (memory beyond any host)
-    ├── NotSupported (501, "not_supported")    the driver cannot do this
-    ├── DriverError (502, "driver_error")      a real component (runc, netlink, nft) failed
-    ├── Unreachable (503, "unreachable")       the control plane or a host's agent does not answer
-    └── TerminalError (422, "terminal")        a reconciler gives up retrying: the spec can never converge
+CloudletError (500, "internal")
+├── BadRequest (400, "bad_request")        malformed input, name mismatch
+├── Unauthorized (401, "unauthorized")     missing or unknown token
+├── Forbidden (403, "forbidden")           token valid but the action needs admin
+├── NotFound (404, "not_found")            missing, or owned by another tenant
+├── Conflict (409, "conflict")             duplicate name, resource in use
+├── InvalidSpec (422, "invalid_spec")      well-formed but impossible (memory beyond any host)
+├── NotSupported (501, "not_supported")    the driver cannot do this
+├── DriverError (502, "driver_error")      a real component (runc, netlink, nft) failed
+├── Unreachable (503, "unreachable")       the control plane or a host's agent does not answer
+└── TerminalError (422, "terminal")        a reconciler gives up retrying: the spec can never converge
 """
 
 from __future__ import annotations
@@ -20,8 +20,19 @@ import subprocess
 from collections.abc import Iterator
 
 __all__ = [
-    "CloudletError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "InvalidSpec",
-    "NotSupported", "DriverError", "Unreachable", "TerminalError", "ERRORS_BY_CODE", "translate_errors",
+    "CloudletError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "InvalidSpec",
+    "NotSupported",
+    "DriverError",
+    "Unreachable",
+    "TerminalError",
+    "ERRORS_BY_CODE",
+    "translate_errors",
 ]
 
 
@@ -76,8 +87,19 @@ class TerminalError(CloudletError):
 
 ERRORS_BY_CODE: dict[str, type[CloudletError]] = {
     cls.code: cls
-    for cls in (CloudletError, BadRequest, Unauthorized, Forbidden, NotFound, Conflict, InvalidSpec,
-                NotSupported, DriverError, Unreachable, TerminalError)
+    for cls in (
+        CloudletError,
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        InvalidSpec,
+        NotSupported,
+        DriverError,
+        Unreachable,
+        TerminalError,
+    )
 }
 
 

@@ -1,10 +1,10 @@
 """Labels on every record and the selectors that choose records by them (Kubernetes' equality-based syntax).
 
-    env=prod          the label env has the value prod
-    env!=prod         env is missing or has another value
-    tier              the label tier is present (any value)
-    !tier             the label tier is absent
-    env=prod,tier     all of them (comma = and)
+env=prod          the label env has the value prod
+env!=prod         env is missing or has another value
+tier              the label tier is present (any value)
+!tier             the label tier is absent
+env=prod,tier     all of them (comma = and)
 """
 
 from __future__ import annotations
@@ -30,18 +30,27 @@ MAX_LABELS = 64
 def _check(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
         if not _KEY.fullmatch(key):
-            raise ValueError(f"label key {key!r}: use 1-63 lowercase letters, digits and '.', '_', '/', '-', "
-                             "starting and ending with a letter or digit")
+            raise ValueError(
+                f"label key {key!r}: use 1-63 lowercase letters, digits and '.', '_', '/', '-', "
+                "starting and ending with a letter or digit"
+            )
         if not _VALUE.fullmatch(value):
             raise ValueError(f"label value {value!r} of {key}: use up to 63 letters, digits and '.', '_', '-'")
     return labels
 
 
-Labels = Annotated[dict[str, str], Field(
-    max_length=MAX_LABELS, description="labels: key=value pairs",
-    json_schema_extra={"propertyNames": {"pattern": KEY_PATTERN, "maxLength": 63},
-                       "additionalProperties": {"type": "string", "pattern": VALUE_PATTERN, "maxLength": 63}}),
-    AfterValidator(_check)]
+Labels = Annotated[
+    dict[str, str],
+    Field(
+        max_length=MAX_LABELS,
+        description="labels: key=value pairs",
+        json_schema_extra={
+            "propertyNames": {"pattern": KEY_PATTERN, "maxLength": 63},
+            "additionalProperties": {"type": "string", "pattern": VALUE_PATTERN, "maxLength": 63},
+        },
+    ),
+    AfterValidator(_check),
+]
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,12 @@ class Selector:
     def matches(self, labels: dict[str, str]) -> bool:
         for key, op, value in self.terms:
             have = labels.get(key)
-            if (op == "=" and have != value) or (op == "!=" and have == value) or (op == "exists" and have is None) \
-                    or (op == "absent" and have is not None):
+            if (
+                (op == "=" and have != value)
+                or (op == "!=" and have == value)
+                or (op == "exists" and have is None)
+                or (op == "absent" and have is not None)
+            ):
                 return False
         return True
 

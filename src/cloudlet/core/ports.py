@@ -24,8 +24,7 @@ def _free(port: int, udp: bool) -> bool:
     return True
 
 
-def choose_port(recorded: int | None, configured: int, explicit: bool, what: str, env: str,
-                udp: bool = False) -> int:
+def choose_port(recorded: int | None, configured: int, explicit: bool, what: str, env: str, udp: bool = False) -> int:
     """A port to bind on 127.0.0.1; 0 means "let the kernel pick"."""
     if recorded and _free(recorded, udp):
         return recorded

@@ -14,19 +14,41 @@ from ulid import ULID
 
 from cloudlet.core.errors import BadRequest
 
-__all__ = ["Resource", "Event", "new_id", "check_name", "Name", "NameRef", "NAME_RULES", "Int", "Number",
-           "JsonNumber", "Text", "NO_NUL", "FINALIZER", "to_wire", "from_wire"]
+__all__ = [
+    "Resource",
+    "Event",
+    "new_id",
+    "check_name",
+    "Name",
+    "NameRef",
+    "NAME_RULES",
+    "Int",
+    "Number",
+    "JsonNumber",
+    "Text",
+    "NO_NUL",
+    "FINALIZER",
+    "to_wire",
+    "from_wire",
+]
 
 FINALIZER = "cloudlet.io/artefacts"
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 NAME_RULES = "1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
 # The name of the record a request makes. The schema states the rules and check_name() enforces them, so a bad
 # name gets a 400 that says which name is wrong ("invalid volume name ...").
-Name = Annotated[str, Field(description=f"a DNS label (RFC 1123): {NAME_RULES}",
-                            json_schema_extra={"minLength": 1, "maxLength": 63, "pattern": NAME_RE.pattern})]
+Name = Annotated[
+    str,
+    Field(
+        description=f"a DNS label (RFC 1123): {NAME_RULES}",
+        json_schema_extra={"minLength": 1, "maxLength": 63, "pattern": NAME_RE.pattern},
+    ),
+]
 # The name of a record a request refers to; checked as the request is parsed (422).
-NameRef = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_RE.pattern,
-                               description=f"a name (RFC 1123 label): {NAME_RULES}")]
+NameRef = Annotated[
+    str,
+    Field(min_length=1, max_length=63, pattern=NAME_RE.pattern, description=f"a name (RFC 1123 label): {NAME_RULES}"),
+]
 # Free text the kernel (argv, paths) or Postgres will be handed: anything but NUL.
 NO_NUL = r"^[^\x00]*$"
 Text = Annotated[str, Field(pattern=NO_NUL)]
@@ -52,7 +74,7 @@ def new_id() -> str:
 
 def derived_name(base: str, suffix: str) -> str:
     """A name made from another and a suffix (a timestamp), shortened to stay a valid name."""
-    return base[:62 - len(suffix)].rstrip("-") + "-" + suffix
+    return base[: 62 - len(suffix)].rstrip("-") + "-" + suffix
 
 
 def check_name(kind: str, name: str) -> str:

@@ -84,9 +84,18 @@ class Store:
                 conn.execute(resources.insert().values(**values))
                 rev = self._changed(conn, res.id, res.kind, res.host)
                 if created is not None:
-                    conn.execute(events.insert().values(
-                        resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=time.time(),
-                        type="Normal", reason="Created", message=created))
+                    conn.execute(
+                        events.insert().values(
+                            resource_id=res.id,
+                            kind=res.kind,
+                            tenant=res.tenant,
+                            name=res.name,
+                            time=time.time(),
+                            type="Normal",
+                            reason="Created",
+                            message=created,
+                        )
+                    )
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
         self._notify(res, rev)
@@ -119,8 +128,9 @@ class Store:
         with self.engine.connect() as conn:
             return [_row_to_resource(r) for r in conn.execute(q.order_by(resources.c.id))]
 
-    def versions(self, kind: str, tenant: str | None, limit: int | None = None,
-                 after: str | None = None) -> builtins.list[tuple[str, float]]:
+    def versions(
+        self, kind: str, tenant: str | None, limit: int | None = None, after: str | None = None
+    ) -> builtins.list[tuple[str, float]]:
         """(id, updated_at) of records in id order: what a cached rendering needs to know it is still fresh."""
         q = sa.select(resources.c.id, resources.c.updated_at).where(resources.c.kind == kind)
         if tenant is not None:
@@ -137,15 +147,13 @@ class Store:
         out: builtins.list[Resource] = []
         with self.engine.connect() as conn:
             for i in range(0, len(ids), 500):
-                out += [_row_to_resource(r) for r in conn.execute(_SELECT.where(resources.c.id.in_(ids[i:i + 500])))]
+                out += [_row_to_resource(r) for r in conn.execute(_SELECT.where(resources.c.id.in_(ids[i : i + 500])))]
         return out
 
     def sum_by_host(self, kind: str, json_key: str) -> dict[str, tuple[int, int]]:
         """Per host: (count, sum of spec[json_key]) of live records; placement's view of used capacity."""
         out: dict[str, tuple[int, int]] = {}
-        q = sa.select(resources.c.host, resources.c.spec).where(
-            resources.c.kind == kind, resources.c.host.is_not(None)
-        )
+        q = sa.select(resources.c.host, resources.c.spec).where(resources.c.kind == kind, resources.c.host.is_not(None))
         with self.engine.connect() as conn:
             for host, spec in conn.execute(q):
                 n, total = out.get(host, (0, 0))
@@ -217,16 +225,20 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
 
-    def changed_since(self, rev: int, kinds: Iterable[str], host: str | None = None, hostless: Iterable[str] = ()
-                      ) -> tuple[builtins.list[str], int]:
+    def changed_since(
+        self, rev: int, kinds: Iterable[str], host: str | None = None, hostless: Iterable[str] = ()
+    ) -> tuple[builtins.list[str], int]:
         """Ids of records of `kinds` written after `rev` (for a host: those written while on it, and the
         `hostless` kinds; not its own status reports), in write order, each once; and the revision they bring
         the watcher up to."""
-        q = (sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
-             .where(changes.c.rev > rev, changes.c.kind.in_(list(kinds))))
+        q = sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev")).where(
+            changes.c.rev > rev, changes.c.kind.in_(list(kinds))
+        )
         if host is not None:
-            q = q.where(sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))),
-                        sa.or_(changes.c.writer.is_(None), changes.c.writer != host))
+            q = q.where(
+                sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))),
+                sa.or_(changes.c.writer.is_(None), changes.c.writer != host),
+            )
         with self.engine.connect() as conn:
             rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
             latest = int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
@@ -240,21 +252,36 @@ class Store:
             return int(conn.execute(changes.delete().where(changes.c.rev.not_in(latest))).rowcount)
 
     # events
-    def add_event(self, res: Resource, reason: str, message: str, type_: str = "Normal", uid: str | None = None,
-                  at: float | None = None) -> None:
+    def add_event(
+        self,
+        res: Resource,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        uid: str | None = None,
+        at: float | None = None,
+    ) -> None:
         """With `uid` (an agent's replayed events), an event already stored is kept once."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(events.insert().values(
-                    resource_id=res.id, kind=res.kind, tenant=res.tenant, name=res.name, time=at or time.time(),
-                    type=type_, reason=reason, message=message, uid=uid,
-                ))
+                conn.execute(
+                    events.insert().values(
+                        resource_id=res.id,
+                        kind=res.kind,
+                        tenant=res.tenant,
+                        name=res.name,
+                        time=at or time.time(),
+                        type=type_,
+                        reason=reason,
+                        message=message,
+                        uid=uid,
+                    )
+                )
         except sa.exc.IntegrityError:
             if uid is None:
                 raise
 
-    def list_events(self, tenant: str | None = None, name: str | None = None, limit: int = 200
-                    ) -> builtins.list[Event]:
+    def list_events(self, tenant: str | None = None, name: str | None = None, limit: int = 200) -> builtins.list[Event]:
         q = events.select()
         if tenant is not None:
             q = q.where(events.c.tenant == tenant)
@@ -263,14 +290,22 @@ class Store:
         q = q.order_by(events.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             rows = list(conn.execute(q))
-        return [Event(**{k: getattr(r, k) for k in (
-            "resource_id", "kind", "tenant", "name", "time", "type", "reason", "message")}) for r in reversed(rows)]
+        return [
+            Event(
+                **{
+                    k: getattr(r, k)
+                    for k in ("resource_id", "kind", "tenant", "name", "time", "type", "reason", "message")
+                }
+            )
+            for r in reversed(rows)
+        ]
 
     # tokens
     def add_token(self, token: str, tenant: str, role: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(tokens.insert().values(
-                token_hash=hash_token(token), tenant=tenant, role=role, created_at=time.time()))
+            conn.execute(
+                tokens.insert().values(token_hash=hash_token(token), tenant=tenant, role=role, created_at=time.time())
+            )
 
     def lookup_token(self, token: str) -> tuple[str, str] | None:
         with self.engine.connect() as conn:
@@ -285,12 +320,19 @@ class Store:
     def allocate_ip(self, network_id: str, owner_id: str, candidates: Iterable[str]) -> str:
         """First free candidate address; the primary key makes two owners of one address impossible."""
         with self.engine.begin() as conn:
-            row = conn.execute(ip_allocations.select().where(
-                ip_allocations.c.network_id == network_id, ip_allocations.c.owner_id == owner_id)).first()
+            row = conn.execute(
+                ip_allocations.select().where(
+                    ip_allocations.c.network_id == network_id, ip_allocations.c.owner_id == owner_id
+                )
+            ).first()
             if row:
                 return str(row.address)
-            used = {r.address for r in conn.execute(
-                sa.select(ip_allocations.c.address).where(ip_allocations.c.network_id == network_id))}
+            used = {
+                r.address
+                for r in conn.execute(
+                    sa.select(ip_allocations.c.address).where(ip_allocations.c.network_id == network_id)
+                )
+            }
         for addr in candidates:
             if addr in used:
                 continue

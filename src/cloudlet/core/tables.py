@@ -9,7 +9,8 @@ __all__ = ["metadata", "resources", "events", "tokens", "ip_allocations", "chang
 metadata = sa.MetaData()
 
 resources = sa.Table(
-    "resources", metadata,
+    "resources",
+    metadata,
     sa.Column("id", sa.String(26), primary_key=True),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("tenant", sa.String(64), nullable=False),
@@ -33,7 +34,8 @@ resources = sa.Table(
 )
 
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("resource_id", sa.String(26), nullable=False, index=True),
     sa.Column("kind", sa.String(32), nullable=False),
@@ -48,7 +50,8 @@ events = sa.Table(
 
 # One row per write to a record: its revision is what watchers resume from (DESIGN.md section 1).
 changes = sa.Table(
-    "changes", metadata,
+    "changes",
+    metadata,
     sa.Column("rev", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("resource_id", sa.String(26), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
@@ -57,7 +60,8 @@ changes = sa.Table(
 )
 
 tokens = sa.Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
@@ -65,7 +69,8 @@ tokens = sa.Table(
 )
 
 ip_allocations = sa.Table(
-    "ip_allocations", metadata,
+    "ip_allocations",
+    metadata,
     sa.Column("network_id", sa.String(26), primary_key=True),
     sa.Column("address", sa.String(45), primary_key=True),
     sa.Column("owner_id", sa.String(26), nullable=False, index=True),

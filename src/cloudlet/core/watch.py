@@ -31,13 +31,22 @@ class Watch:
             self._latest = max(self._latest, rev)
             self._cond.notify_all()
 
-    def list(self, kinds: Iterable[str], visible: Callable[[Resource], bool]) -> tuple[builtins.list[dict[str, Any]], int]:
+    def list(
+        self, kinds: Iterable[str], visible: Callable[[Resource], bool]
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
         rev = self.store.revision()  # read first: a write racing the listing is delivered again, never lost
         items = [to_wire(r) for kind in kinds for r in self.store.list(kind) if visible(r)]
         return items, rev
 
-    def wait(self, rev: int, kinds: Iterable[str], host: str | None, hostless: Iterable[str], timeout: float,
-             visible: Callable[[Resource], bool]) -> tuple[builtins.list[WatchEvent], int]:
+    def wait(
+        self,
+        rev: int,
+        kinds: Iterable[str],
+        host: str | None,
+        hostless: Iterable[str],
+        timeout: float,
+        visible: Callable[[Resource], bool],
+    ) -> tuple[builtins.list[WatchEvent], int]:
         kinds = list(kinds)
         deadline = time.monotonic() + timeout
         while True:

@@ -126,8 +126,12 @@ class DNSService:
         if self.hub == hub:
             return
         for tcp in (False, True):
-            srv = run_in_netns(hub, lambda tcp=tcp: DNSServer(  # type: ignore[misc]
-                self.resolver, port=53, address="0.0.0.0", tcp=tcp, logger=_QuietLogger()))
+            srv = run_in_netns(
+                hub,
+                lambda tcp=tcp: DNSServer(  # type: ignore[misc]
+                    self.resolver, port=53, address="0.0.0.0", tcp=tcp, logger=_QuietLogger()
+                ),
+            )
             srv.start_thread()
             self.servers.append(srv)
         self.hub = hub

@@ -19,8 +19,16 @@ from cloudlet.network import ipam
 from cloudlet.network.drivers.base import short
 from cloudlet.network.resource import NETWORK, NetworkSpec, NetworkStatus
 
-__all__ = ["KIND", "NetworkCreate", "create_network", "ensure_default_network", "delete_network",
-           "NetworkReconciler", "BridgeReconciler", "network_view"]
+__all__ = [
+    "KIND",
+    "NetworkCreate",
+    "create_network",
+    "ensure_default_network",
+    "delete_network",
+    "NetworkReconciler",
+    "BridgeReconciler",
+    "network_view",
+]
 
 KIND = NETWORK
 DEFAULT = "default"
@@ -30,8 +38,9 @@ _create_lock = threading.Lock()
 def _subnet_pattern() -> str:
     """What ipam.parse_subnet() takes, as a regex for the schema: a network (host bits zero) inside the tenant
     space with a prefix from /16 to /29; empty means pick one."""
-    heads = "|".join(str(n.network_address).rsplit(".", 2)[0].replace(".", r"\.")
-                     for n in ipam.SPACE.subnets(new_prefix=16))
+    heads = "|".join(
+        str(n.network_address).rsplit(".", 2)[0].replace(".", r"\.") for n in ipam.SPACE.subnets(new_prefix=16)
+    )
     octet = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
     branches = []
     for prefix in range(16, 30):
@@ -41,9 +50,14 @@ def _subnet_pattern() -> str:
     return rf"^(({heads})\.({'|'.join(branches)}))?$"
 
 
-Subnet = Annotated[str, Field(description=f"a free network inside {ipam.SPACE} with a prefix from /16 to /29, e.g. "
-                                          "10.240.5.0/24; omit it for the next free /24",
-                              json_schema_extra={"pattern": _subnet_pattern()})]
+Subnet = Annotated[
+    str,
+    Field(
+        description=f"a free network inside {ipam.SPACE} with a prefix from /16 to /29, e.g. "
+        "10.240.5.0/24; omit it for the next free /24",
+        json_schema_extra={"pattern": _subnet_pattern()},
+    ),
+]
 
 
 class NetworkCreate(BaseModel):
@@ -53,8 +67,9 @@ class NetworkCreate(BaseModel):
     subnet: Subnet | None = None
 
 
-def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None = None,
-                   labels: dict[str, str] | None = None) -> Resource:
+def create_network(
+    cloud: Cloud, caller: Caller, name: str, subnet: str | None = None, labels: dict[str, str] | None = None
+) -> Resource:
     check_name("network", name)
     with _create_lock:
         taken = [NetworkSpec.of(n).subnet for n in cloud.store.list(KIND)]
@@ -64,7 +79,11 @@ def create_network(cloud: Cloud, caller: Caller, name: str, subnet: str | None =
         else:
             net = ipam.pick_subnet(taken)
         res = Resource(
-            kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, finalizers=[FINALIZER],
+            kind=KIND,
+            tenant=caller.tenant,
+            name=name,
+            zone=cloud.config.zone,
+            finalizers=[FINALIZER],
             labels=labels or {},
             spec=NetworkSpec(subnet=str(net), gateway=ipam.gateway_of(net)).dump(),
         )
@@ -99,8 +118,15 @@ def _users(records: Records, net: Resource) -> list[Resource]:
 def network_view(res: Resource) -> dict[str, object]:
     spec = NetworkSpec.of(res)
     return {
-        "id": res.id, "name": res.name, "tenant": res.tenant, "subnet": spec.subnet, "gateway": spec.gateway, "zone": res.zone, "state": "deleting" if res.deleting else res.phase,
-        "created_at": res.created_at, "labels": res.labels,
+        "id": res.id,
+        "name": res.name,
+        "tenant": res.tenant,
+        "subnet": spec.subnet,
+        "gateway": spec.gateway,
+        "zone": res.zone,
+        "state": "deleting" if res.deleting else res.phase,
+        "created_at": res.created_at,
+        "labels": res.labels,
     }
 
 
@@ -117,11 +143,18 @@ class NetworkReconciler(KindReconciler):
     def converge(self, res: Resource) -> Result:
         if res.phase != "ready":
             spec = NetworkSpec.of(res)
-            status = NetworkStatus(bridge=f"br{short(res.id)}", conditions=set_condition(
-                NetworkStatus.of(res).conditions, "Ready", True, "Allocated",
-                f"{spec.subnet} with gateway {spec.gateway}", res.generation))
-            self.records.update_status(res.id, phase="ready", observed_generation=res.generation,
-                                       status=status.dump())
+            status = NetworkStatus(
+                bridge=f"br{short(res.id)}",
+                conditions=set_condition(
+                    NetworkStatus.of(res).conditions,
+                    "Ready",
+                    True,
+                    "Allocated",
+                    f"{spec.subnet} with gateway {spec.gateway}",
+                    res.generation,
+                ),
+            )
+            self.records.update_status(res.id, phase="ready", observed_generation=res.generation, status=status.dump())
             self.records.add_event(res, "Ready", f"network {spec.subnet} is ready")
         return Result()
 

@@ -24,10 +24,10 @@ from cloudlet.storage.pools.memory import MemoryPool
 
 
 class SimCloud:
-    def __init__(self, home: Path, clock: Clock | None = None, db_url: str | None = None,
-                 **driver_args: Any) -> None:
-        self.config = dataclasses.replace(load_config(), home=home, compute_driver="fake",
-                                          db_url=db_url or f"sqlite:///{home / 'state.db'}")
+    def __init__(self, home: Path, clock: Clock | None = None, db_url: str | None = None, **driver_args: Any) -> None:
+        self.config = dataclasses.replace(
+            load_config(), home=home, compute_driver="fake", db_url=db_url or f"sqlite:///{home / 'state.db'}"
+        )
         self.hosts = LocalHosts()
         self.cloud = build_control_plane(self.config, clock, self.hosts)
         self.clock = self.cloud.clock
@@ -39,8 +39,17 @@ class SimCloud:
 
     def add_host(self, name: str, zone: str, cpus: int = 32, memory_mib: int = 64 * 1024) -> Agent:
         cp = LocalControlPlane(self.cloud.agent_api, Caller(SYSTEM_TENANT, "host", host=name))
-        agent = Agent(self.config, cp, name, zone, self.clock, FakeDriver(clock=self.clock, **self.driver_args),
-                      FakeNetworkDriver(), MemoryPool(), capacity=(cpus, memory_mib))
+        agent = Agent(
+            self.config,
+            cp,
+            name,
+            zone,
+            self.clock,
+            FakeDriver(clock=self.clock, **self.driver_args),
+            FakeNetworkDriver(),
+            MemoryPool(),
+            capacity=(cpus, memory_mib),
+        )
         agent.heartbeat()
         self.hosts.agents[name] = agent
         self.agents[name] = agent

@@ -8,8 +8,21 @@ through the same hash and refuses to mark the result ready unless the checksum m
 
 from __future__ import annotations
 
-__all__ = ["TARGET", "BACKUP", "TargetCreate", "BackupCreate", "RestoreRequest", "add_target", "create_backup",
-           "delete_backup", "restore_backup", "target_view", "backup_view", "BackupReconciler", "restore_into"]
+__all__ = [
+    "TARGET",
+    "BACKUP",
+    "TargetCreate",
+    "BackupCreate",
+    "RestoreRequest",
+    "add_target",
+    "create_backup",
+    "delete_backup",
+    "restore_backup",
+    "target_view",
+    "backup_view",
+    "BackupReconciler",
+    "restore_into",
+]
 
 import hashlib
 import json
@@ -77,8 +90,14 @@ def add_target(cloud: Cloud, caller: Caller, req: TargetCreate) -> Resource:
 
 def target_view(res: Resource) -> dict[str, Any]:
     spec = TargetSpec.of(res)  # the secret is never shown
-    return {"name": res.name, "endpoint": spec.endpoint, "bucket": spec.bucket, "access_key": spec.access_key,
-            "region": spec.region, "labels": res.labels}
+    return {
+        "name": res.name,
+        "endpoint": spec.endpoint,
+        "bucket": spec.bucket,
+        "access_key": spec.access_key,
+        "region": spec.region,
+        "labels": res.labels,
+    }
 
 
 def _pick_target(cloud: Cloud, tenant: str, name: str | None) -> Resource:
@@ -86,8 +105,11 @@ def _pick_target(cloud: Cloud, tenant: str, name: str | None) -> Resource:
         return cloud.store.get(TARGET, tenant, name)
     targets = cloud.store.list(TARGET, tenant=tenant)
     if len(targets) != 1:
-        raise NotFound("name a backup target with --target (add one with 'cloudlet backup target add')"
-                       if targets else "no backup target; add one with 'cloudlet backup target add'")
+        raise NotFound(
+            "name a backup target with --target (add one with 'cloudlet backup target add')"
+            if targets
+            else "no backup target; add one with 'cloudlet backup target add'"
+        )
     return targets[0]
 
 
@@ -98,17 +120,35 @@ def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: st
     try:
         snap = cloud.store.get(SNAPSHOT, caller.tenant, req.source)
     except NotFound:
-        snap = create_snapshot(cloud, caller, SnapshotCreate(
-            source=req.source, name=f"{req.source}-backup-{time.strftime('%Y%m%d-%H%M%S')}"))
+        snap = create_snapshot(
+            cloud,
+            caller,
+            SnapshotCreate(source=req.source, name=f"{req.source}-backup-{time.strftime('%Y%m%d-%H%M%S')}"),
+        )
     name = req.name or derived_name(snap.name, str(int(time.time())))
     check_name("backup", name)
     snap_spec = SnapshotSpec.of(snap)
-    spec = BackupSpec(snapshot_id=snap.id, snapshot=snap.name, target_id=target.id, target=target.name,
-                      source_kind=snap_spec.source_kind, source=snap_spec.source_name, image_id=snap_spec.image_id,
-                      policy_id=policy_id, drop_snapshot=policy_id is not None)
-    res = Resource(kind=BACKUP, tenant=caller.tenant, name=name, spec=spec.dump(), finalizers=[FINALIZER],
-                   labels=req.labels,
-                   host=snap.host, zone=snap.zone)
+    spec = BackupSpec(
+        snapshot_id=snap.id,
+        snapshot=snap.name,
+        target_id=target.id,
+        target=target.name,
+        source_kind=snap_spec.source_kind,
+        source=snap_spec.source_name,
+        image_id=snap_spec.image_id,
+        policy_id=policy_id,
+        drop_snapshot=policy_id is not None,
+    )
+    res = Resource(
+        kind=BACKUP,
+        tenant=caller.tenant,
+        name=name,
+        spec=spec.dump(),
+        finalizers=[FINALIZER],
+        labels=req.labels,
+        host=snap.host,
+        zone=snap.zone,
+    )
     return cloud.store.create(res, created=f"backup {name} of snapshot {snap.name} to {target.name}")
 
 
@@ -128,27 +168,56 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
     check_name("volume", req.name)
     bspec, size = BackupSpec.of(backup), BackupStatus.of(backup).size_gib or 1
     is_instance = bspec.source_kind == INSTANCE
-    check_quota(cloud, caller.tenant, snapshots=1 if is_instance else 0, volumes=0 if is_instance else 1,
-                gib=0 if is_instance else size)
+    check_quota(
+        cloud,
+        caller.tenant,
+        snapshots=1 if is_instance else 0,
+        volumes=0 if is_instance else 1,
+        gib=0 if is_instance else size,
+    )
     spec: Spec
     if is_instance:
-        spec = SnapshotSpec(source_kind="Instance", source_id=None, source_name=bspec.source, image_id=bspec.image_id,
-                            restore_from=backup.id)
+        spec = SnapshotSpec(
+            source_kind="Instance",
+            source_id=None,
+            source_name=bspec.source,
+            image_id=bspec.image_id,
+            restore_from=backup.id,
+        )
         kind = SNAPSHOT
     else:
         spec = VolumeSpec(size_gib=size, restore_from=backup.id)
         kind = VOLUME
-    res = Resource(kind=kind, tenant=caller.tenant, name=req.name, spec=spec.dump(), finalizers=[FINALIZER],
-                   zone=backup.zone, host=backup.host)
+    res = Resource(
+        kind=kind,
+        tenant=caller.tenant,
+        name=req.name,
+        spec=spec.dump(),
+        finalizers=[FINALIZER],
+        zone=backup.zone,
+        host=backup.host,
+    )
     return cloud.store.create(res, created=f"{kind.lower()} {req.name} restored from backup {name}")
 
 
 def backup_view(res: Resource) -> dict[str, Any]:
     spec, st = BackupSpec.of(res), BackupStatus.of(res)
-    return {"id": res.id, "name": res.name, "source_kind": spec.source_kind, "source": spec.source,
-            "snapshot": spec.snapshot, "target": spec.target, "state": "deleting" if res.deleting else res.phase,
-            "bytes": st.bytes, "compressed_bytes": st.compressed_bytes, "sha256": st.sha256, "seconds": st.seconds,
-            "message": st.message, "created_at": res.created_at, "labels": res.labels}
+    return {
+        "id": res.id,
+        "name": res.name,
+        "source_kind": spec.source_kind,
+        "source": spec.source,
+        "snapshot": spec.snapshot,
+        "target": spec.target,
+        "state": "deleting" if res.deleting else res.phase,
+        "bytes": st.bytes,
+        "compressed_bytes": st.compressed_bytes,
+        "sha256": st.sha256,
+        "seconds": st.seconds,
+        "message": st.message,
+        "created_at": res.created_at,
+        "labels": res.labels,
+    }
 
 
 def _s3(target: Resource) -> Any:
@@ -156,9 +225,14 @@ def _s3(target: Resource) -> Any:
     from botocore.config import Config
 
     spec = TargetSpec.of(target)
-    return boto3.client("s3", endpoint_url=spec.endpoint, aws_access_key_id=spec.access_key,
-                        aws_secret_access_key=spec.secret_key, region_name=spec.region,
-                        config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=60))
+    return boto3.client(
+        "s3",
+        endpoint_url=spec.endpoint,
+        aws_access_key_id=spec.access_key,
+        aws_secret_access_key=spec.secret_key,
+        region_name=spec.region,
+        config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=60),
+    )
 
 
 def _prefix(res: Resource) -> str:
@@ -202,8 +276,11 @@ def upload(cloud: HostContext, backup: Resource, target: Resource) -> BackupStat
     except Exception:
         s3.create_bucket(Bucket=bucket)
     t = time.perf_counter()
-    tar = subprocess.Popen(["tar", "-C", str(source), "--numeric-owner", "--xattrs", "-cf", "-", "."],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tar = subprocess.Popen(
+        ["tar", "-C", str(source), "--numeric-owner", "--xattrs", "-cf", "-", "."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     zstd = subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=tar.stdout, stdout=subprocess.PIPE)
     assert tar.stdout is not None and zstd.stdout is not None
     tar.stdout.close()
@@ -212,13 +289,27 @@ def upload(cloud: HostContext, backup: Resource, target: Resource) -> BackupStat
     if tar.wait() != 0 or zstd.wait() != 0:
         raise DriverError(f"packing snapshot {spec.snapshot} failed: {_tail(tar.stderr)}")
     raw_bytes = _tree_bytes(source)
-    manifest = {"format": "tar+zstd", "backup_id": backup.id, "name": backup.name, "tenant": backup.tenant,
-                "source_kind": spec.source_kind, "source": spec.source, "snapshot": spec.snapshot,
-                "sha256": body.sha.hexdigest(),
-                "compressed_bytes": body.size, "bytes": raw_bytes, "created_at": time.time()}
+    manifest = {
+        "format": "tar+zstd",
+        "backup_id": backup.id,
+        "name": backup.name,
+        "tenant": backup.tenant,
+        "source_kind": spec.source_kind,
+        "source": spec.source,
+        "snapshot": spec.snapshot,
+        "sha256": body.sha.hexdigest(),
+        "compressed_bytes": body.size,
+        "bytes": raw_bytes,
+        "created_at": time.time(),
+    }
     s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
-    return BackupStatus(sha256=body.sha.hexdigest(), compressed_bytes=body.size, bytes=raw_bytes,
-                        size_gib=max(1, -(-raw_bytes // (1 << 30))), seconds=round(time.perf_counter() - t, 3))
+    return BackupStatus(
+        sha256=body.sha.hexdigest(),
+        compressed_bytes=body.size,
+        bytes=raw_bytes,
+        size_gib=max(1, -(-raw_bytes // (1 << 30))),
+        seconds=round(time.perf_counter() - t, 3),
+    )
 
 
 def restore_into(cloud: HostContext, backup_id: str, root: Path) -> None:
@@ -234,8 +325,9 @@ def restore_into(cloud: HostContext, backup_id: str, root: Path) -> None:
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
     stream = s3.get_object(Bucket=bucket, Key=prefix + "data.tar.zst")["Body"]
     zstd = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xf", "-"], stdin=zstd.stdout,
-                           stderr=subprocess.PIPE)
+    tar = subprocess.Popen(
+        ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "-xf", "-"], stdin=zstd.stdout, stderr=subprocess.PIPE
+    )
     assert zstd.stdin is not None and zstd.stdout is not None
     zstd.stdout.close()
     sha = hashlib.sha256()
@@ -253,8 +345,10 @@ def restore_into(cloud: HostContext, backup_id: str, root: Path) -> None:
         pass
     unpacked = zstd.wait() == 0 and tar.wait() == 0
     if sha.hexdigest() != manifest["sha256"]:
-        raise DriverError(f"backup {backup.name} is corrupt: sha256 {sha.hexdigest()[:16]}… does not match "
-                          f"the manifest's {manifest['sha256'][:16]}…")
+        raise DriverError(
+            f"backup {backup.name} is corrupt: sha256 {sha.hexdigest()[:16]}… does not match "
+            f"the manifest's {manifest['sha256'][:16]}…"
+        )
     if not unpacked:
         raise DriverError(f"unpacking backup {backup.name} failed: {_tail(tar.stderr)}")
 
@@ -300,6 +394,7 @@ class BackupReconciler(KindReconciler):
         with self._uploads:
             done = upload(self.ctx, res, target)
         records.update_status(rid, phase="ready", observed_generation=res.generation, status=done.dump())
-        records.add_event(res, "Ready", f"{done.compressed_bytes} bytes in {done.seconds} s, "
-                                        f"sha256 {str(done.sha256)[:12]}…")
+        records.add_event(
+            res, "Ready", f"{done.compressed_bytes} bytes in {done.seconds} s, sha256 {str(done.sha256)[:12]}…"
+        )
         return Result()

@@ -32,35 +32,70 @@ def _cron_field(value: str) -> str:
 
 
 # numeric cron (what croniter accepts, stated exactly enough that every match is a valid schedule)
-CRON_PATTERN = "^" + " ".join(_cron_field(v) for v in (
-    r"(0?[0-9]|[1-5][0-9])", r"(0?[0-9]|1[0-9]|2[0-3])", r"(0?[1-9]|[12][0-9]|3[01])", r"(0?[1-9]|1[0-2])",
-    r"0?[0-7]")) + "$"
+CRON_PATTERN = (
+    "^"
+    + " ".join(
+        _cron_field(v)
+        for v in (
+            r"(0?[0-9]|[1-5][0-9])",
+            r"(0?[0-9]|1[0-9]|2[0-3])",
+            r"(0?[1-9]|[12][0-9]|3[01])",
+            r"(0?[1-9]|1[0-2])",
+            r"0?[0-7]",
+        )
+    )
+    + "$"
+)
 DAY, WEEK = 86400, 7 * 86400
 
 
 class PolicyCreate(BaseModel):
     # the schema states the rules create_policy() checks: an interval or a cron schedule, and something to back up
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
-        {"oneOf": [{"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "integer"},
-                                                                     "schedule": {"type": "null"}}},
-                   {"required": ["schedule"], "properties": {"schedule": {"type": "string"},
-                                                             "interval_seconds": {"type": "null"}}}]},
-        {"anyOf": [{"required": ["volumes"], "properties": {"volumes": {"minItems": 1}}},
-                   {"required": ["instances"], "properties": {"instances": {"minItems": 1}}},
-                   {"required": ["selector"], "properties": {"selector": {"type": "string"}}}]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "allOf": [
+                {
+                    "oneOf": [
+                        {
+                            "required": ["interval_seconds"],
+                            "properties": {"interval_seconds": {"type": "integer"}, "schedule": {"type": "null"}},
+                        },
+                        {
+                            "required": ["schedule"],
+                            "properties": {"schedule": {"type": "string"}, "interval_seconds": {"type": "null"}},
+                        },
+                    ]
+                },
+                {
+                    "anyOf": [
+                        {"required": ["volumes"], "properties": {"volumes": {"minItems": 1}}},
+                        {"required": ["instances"], "properties": {"instances": {"minItems": 1}}},
+                        {"required": ["selector"], "properties": {"selector": {"type": "string"}}},
+                    ]
+                },
+            ]
+        },
+    )
     labels: Labels = {}
     name: Name
     interval_seconds: Annotated[int, Field(ge=1, le=365 * DAY), JsonNumber] | None = Field(
-        None, description="run every N seconds, or:")
-    schedule: str | None = Field(None, max_length=200, pattern=CRON_PATTERN,
-                                 description="cron expression (UTC): minute hour day month weekday, e.g. '0 3 * * *'")
+        None, description="run every N seconds, or:"
+    )
+    schedule: str | None = Field(
+        None,
+        max_length=200,
+        pattern=CRON_PATTERN,
+        description="cron expression (UTC): minute hour day month weekday, e.g. '0 3 * * *'",
+    )
     keep_last: Int = Field(1, ge=1, le=1000)
     keep_daily: Int = Field(0, ge=0, le=3650)
     keep_weekly: Int = Field(0, ge=0, le=520)
     volumes: list[NameRef] = Field(default_factory=list, max_length=1000)
     instances: list[NameRef] = Field(default_factory=list, max_length=1000)
-    selector: str | None = Field(None, max_length=1024, pattern=SELECTOR_PATTERN,
-                                 description="also every volume and instance whose labels match")
+    selector: str | None = Field(
+        None, max_length=1024, pattern=SELECTOR_PATTERN, description="also every volume and instance whose labels match"
+    )
     target: NameRef | None = None
 
 
@@ -71,19 +106,33 @@ def create_policy(cloud: Cloud, caller: Caller, req: PolicyCreate) -> Resource:
     if (req.interval_seconds is None) == (req.schedule is None):
         raise InvalidSpec("give a backup policy either an interval (--every) or a cron schedule (--cron)")
     if req.schedule is not None and not croniter.is_valid(req.schedule):
-        raise InvalidSpec(f"{req.schedule!r} is not a cron expression such as '0 3 * * *' (minute hour day month "
-                          "weekday)")
+        raise InvalidSpec(
+            f"{req.schedule!r} is not a cron expression such as '0 3 * * *' (minute hour day month weekday)"
+        )
     spec = PolicySpec.model_validate(req.model_dump(exclude={"name", "labels"}))
-    res = Resource(kind=POLICY, tenant=caller.tenant, name=req.name, spec=spec.dump(), labels=req.labels,
-                   finalizers=[FINALIZER], phase="active")
+    res = Resource(
+        kind=POLICY,
+        tenant=caller.tenant,
+        name=req.name,
+        spec=spec.dump(),
+        labels=req.labels,
+        finalizers=[FINALIZER],
+        phase="active",
+    )
     when = f"every {req.interval_seconds} s" if req.schedule is None else f"on cron {req.schedule!r}"
     return cloud.store.create(res, created=f"backup policy {req.name} {when}")
 
 
 def policy_view(res: Resource) -> dict[str, Any]:
     st = PolicyStatus.of(res)
-    return {"name": res.name, **PolicySpec.of(res).dump(), "state": "deleting" if res.deleting else res.phase,
-            "last_run": st.last_run, "message": st.message, "labels": res.labels}
+    return {
+        "name": res.name,
+        **PolicySpec.of(res).dump(),
+        "state": "deleting" if res.deleting else res.phase,
+        "last_run": st.last_run,
+        "message": st.message,
+        "labels": res.labels,
+    }
 
 
 def next_run(spec: PolicySpec, last_run: float, created_at: float) -> float:
@@ -101,8 +150,11 @@ def sources(cloud: Cloud, res: Resource) -> list[str]:
     selector = parse_selector(spec.selector)
     if selector:
         for kind in (VOLUME, INSTANCE):
-            names += [r.name for r in cloud.store.list(kind, tenant=res.tenant)
-                      if not r.deleting and selector.matches(r.labels) and r.name not in names]
+            names += [
+                r.name
+                for r in cloud.store.list(kind, tenant=res.tenant)
+                if not r.deleting and selector.matches(r.labels) and r.name not in names
+            ]
     return names
 
 
@@ -142,8 +194,9 @@ class BackupPolicyReconciler(KindReconciler):
         for source in sources(self.cloud, res):
             name = derived_name(f"{res.name}-{source}", time.strftime("%Y%m%d%H%M%S"))
             try:
-                create_backup(self.cloud, caller, BackupCreate(source=source, target=spec.target, name=name),
-                              policy_id=rid)
+                create_backup(
+                    self.cloud, caller, BackupCreate(source=source, target=spec.target, name=name), policy_id=rid
+                )
             except CloudletError as exc:
                 errors.append(f"{source}: {exc.message}")
         expired = 0

@@ -3,8 +3,25 @@ and Status models; and the Tenant's spec (its quotas)."""
 
 from __future__ import annotations
 
-__all__ = ["VOLUME", "SNAPSHOT", "BACKUP_TARGET", "BACKUP", "BACKUP_POLICY", "Attachment", "VolumeSpec", "VolumeStatus", "SnapshotPart", "SnapshotSpec", "SnapshotStatus",
-           "TargetSpec", "BackupSpec", "BackupStatus", "PolicySpec", "PolicyStatus", "TenantSpec"]
+__all__ = [
+    "VOLUME",
+    "SNAPSHOT",
+    "BACKUP_TARGET",
+    "BACKUP",
+    "BACKUP_POLICY",
+    "Attachment",
+    "VolumeSpec",
+    "VolumeStatus",
+    "SnapshotPart",
+    "SnapshotSpec",
+    "SnapshotStatus",
+    "TargetSpec",
+    "BackupSpec",
+    "BackupStatus",
+    "PolicySpec",
+    "PolicyStatus",
+    "TenantSpec",
+]
 
 from typing import Any, Literal
 

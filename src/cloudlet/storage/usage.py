@@ -36,14 +36,27 @@ def usage_report(cloud: HostContext) -> dict[str, Any]:
         for vol in sorted(cloud.pool.list(prefix)):
             kind, tenant, name, _ = owners.get(vol, ("-", "-", "-", True))
             u = cloud.pool.usage(vol)
-            rows.append({"volume": vol, "kind": kind, "tenant": tenant, "name": name,
-                         "logical_bytes": u.logical_bytes, "exclusive_bytes": u.exclusive_bytes})
+            rows.append(
+                {
+                    "volume": vol,
+                    "kind": kind,
+                    "tenant": tenant,
+                    "name": name,
+                    "logical_bytes": u.logical_bytes,
+                    "exclusive_bytes": u.exclusive_bytes,
+                }
+            )
             t = tenants.setdefault(tenant, {"tenant": tenant, "logical_bytes": 0, "exclusive_bytes": 0})
             t["logical_bytes"] += u.logical_bytes
             t["exclusive_bytes"] += u.exclusive_bytes
     total = cloud.pool.total()
-    return {"pool": cloud.pool.name, "logical_bytes": total.logical_bytes, "physical_bytes": total.exclusive_bytes,
-            "volumes": rows, "tenants": sorted(tenants.values(), key=lambda t: str(t["tenant"]))}
+    return {
+        "pool": cloud.pool.name,
+        "logical_bytes": total.logical_bytes,
+        "physical_bytes": total.exclusive_bytes,
+        "volumes": rows,
+        "tenants": sorted(tenants.values(), key=lambda t: str(t["tenant"])),
+    }
 
 
 def garbage(cloud: HostContext) -> list[dict[str, Any]]:
@@ -59,8 +72,13 @@ def garbage(cloud: HostContext) -> list[dict[str, Any]]:
             partial = vol.endswith(".partial")
             owner = owners.get(vol.removesuffix(".partial"))
             if owner is None or (partial and owner[3]):
-                found.append({"volume": vol, "bytes": cloud.pool.usage(vol).exclusive_bytes,
-                              "reason": "half-made" if partial else "no record owns it"})
+                found.append(
+                    {
+                        "volume": vol,
+                        "bytes": cloud.pool.usage(vol).exclusive_bytes,
+                        "reason": "half-made" if partial else "no record owns it",
+                    }
+                )
     return found
 
 

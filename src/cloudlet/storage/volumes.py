@@ -8,10 +8,30 @@ Deleting something with live dependents is refused with their names, or done dep
 
 from __future__ import annotations
 
-__all__ = ["VOLUME", "SNAPSHOT", "VolumeCreate", "SnapshotCreate", "create_volume", "clone_volume",
-           "create_snapshot", "delete_volume", "delete_snapshot", "delete_resource", "dependents", "volume_view", "snapshot_view",
-           "VolumeReconciler", "SnapshotReconciler", "check_quota", "AttachRequest", "attach_volume", "detach_volume",
-           "attached_to", "quota_of", "release_attachments"]
+__all__ = [
+    "VOLUME",
+    "SNAPSHOT",
+    "VolumeCreate",
+    "SnapshotCreate",
+    "create_volume",
+    "clone_volume",
+    "create_snapshot",
+    "delete_volume",
+    "delete_snapshot",
+    "delete_resource",
+    "dependents",
+    "volume_view",
+    "snapshot_view",
+    "VolumeReconciler",
+    "SnapshotReconciler",
+    "check_quota",
+    "AttachRequest",
+    "attach_volume",
+    "detach_volume",
+    "attached_to",
+    "quota_of",
+    "release_attachments",
+]
 
 import time
 from collections.abc import Callable
@@ -91,37 +111,66 @@ def check_quota(cloud: Cloud, tenant: str, volumes: int = 0, gib: int = 0, snaps
     vols = [v for v in cloud.store.list(VOLUME, tenant=tenant) if not v.deleting]
     snaps = [s for s in cloud.store.list(SNAPSHOT, tenant=tenant) if not s.deleting]
     used_gib = sum(VolumeSpec.of(v).size_gib for v in vols)
-    for what, used, extra in (("volumes", len(vols), volumes), ("volume_gib", used_gib, gib),
-                              ("snapshots", len(snaps), snapshots)):
+    for what, used, extra in (
+        ("volumes", len(vols), volumes),
+        ("volume_gib", used_gib, gib),
+        ("snapshots", len(snaps), snapshots),
+    ):
         if extra and used + extra > quota[what]:
-            raise Conflict(f"quota exceeded: {what} would be {used + extra}, the limit is {quota[what]}; "
-                           "delete something or ask the admin for a larger quota")
+            raise Conflict(
+                f"quota exceeded: {what} would be {used + extra}, the limit is {quota[what]}; "
+                "delete something or ask the admin for a larger quota"
+            )
 
 
-def _new(cloud: Cloud, kind: str, caller: Caller, name: str, spec: dict[str, Any], what: str,
-         labels: dict[str, str]) -> Resource:
-    res = Resource(kind=kind, tenant=caller.tenant, name=name, spec=spec, finalizers=[FINALIZER], labels=labels,
-                   zone=cloud.config.zone, host=cloud.config.host)
+def _new(
+    cloud: Cloud, kind: str, caller: Caller, name: str, spec: dict[str, Any], what: str, labels: dict[str, str]
+) -> Resource:
+    res = Resource(
+        kind=kind,
+        tenant=caller.tenant,
+        name=name,
+        spec=spec,
+        finalizers=[FINALIZER],
+        labels=labels,
+        zone=cloud.config.zone,
+        host=cloud.config.host,
+    )
     return cloud.store.create(res, created=what)
 
 
 def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
     check_name("volume", req.name)
     check_quota(cloud, caller.tenant, volumes=1, gib=req.size_gib)
-    return _new(cloud, VOLUME, caller, req.name, {"size_gib": req.size_gib, "source_snapshot_id": None},
-                f"volume {req.name} of {req.size_gib} GiB", req.labels)
+    return _new(
+        cloud,
+        VOLUME,
+        caller,
+        req.name,
+        {"size_gib": req.size_gib, "source_snapshot_id": None},
+        f"volume {req.name} of {req.size_gib} GiB",
+        req.labels,
+    )
 
 
-def clone_volume(cloud: Cloud, caller: Caller, snapshot: str, name: str,
-                 labels: dict[str, str] | None = None) -> Resource:
+def clone_volume(
+    cloud: Cloud, caller: Caller, snapshot: str, name: str, labels: dict[str, str] | None = None
+) -> Resource:
     check_name("volume", name)
     snap = cloud.store.get(SNAPSHOT, caller.tenant, snapshot)
     if snap.deleting:
         raise Conflict(f"snapshot {snapshot} is being deleted")
     size = SnapshotSpec.of(snap).size_gib or 1
     check_quota(cloud, caller.tenant, volumes=1, gib=size)
-    return _new(cloud, VOLUME, caller, name, VolumeSpec(size_gib=size, source_snapshot_id=snap.id).dump(),
-                f"volume {name} cloned from snapshot {snapshot}", labels or {})
+    return _new(
+        cloud,
+        VOLUME,
+        caller,
+        name,
+        VolumeSpec(size_gib=size, source_snapshot_id=snap.id).dump(),
+        f"volume {name} cloned from snapshot {snapshot}",
+        labels or {},
+    )
 
 
 def attach_volume(cloud: Cloud, caller: Caller, name: str, req: AttachRequest) -> Resource:
@@ -158,8 +207,9 @@ def detach_volume(cloud: Cloud, caller: Caller, name: str) -> Resource:
 
 
 def attached_to(cloud: Cloud | HostContext, instance: Resource) -> list[Resource]:
-    return [v for v in cloud.store.list(VOLUME, tenant=instance.tenant)
-            if _attached_id(v) == instance.id and not v.deleting]
+    return [
+        v for v in cloud.store.list(VOLUME, tenant=instance.tenant) if _attached_id(v) == instance.id and not v.deleting
+    ]
 
 
 def _attached_id(vol: Resource) -> str | None:
@@ -167,8 +217,9 @@ def _attached_id(vol: Resource) -> str | None:
     return attachment.instance_id if attachment else None
 
 
-def volumes_of_snapshot(cloud: Cloud, caller: Caller, snapshot: Resource, instance_id: str, instance: str
-                        ) -> list[Resource]:
+def volumes_of_snapshot(
+    cloud: Cloud, caller: Caller, snapshot: Resource, instance_id: str, instance: str
+) -> list[Resource]:
     """Volume records (not yet stored) that clone the volumes attached when an instance snapshot was taken, for a
     new instance launched from it: attached at the same paths, named INSTANCE-VOLUME. Checked for names and quota."""
     out, gib = [], 0
@@ -177,11 +228,24 @@ def volumes_of_snapshot(cloud: Cloud, caller: Caller, snapshot: Resource, instan
         check_name("volume", name)
         if cloud.store.list(VOLUME, tenant=caller.tenant, name=name):
             raise Conflict(f"volume {name} exists; the clone of {part.volume} needs that name")
-        spec = VolumeSpec(size_gib=part.size_gib or 1, source_snapshot_id=snapshot.id, source_part=part.pool,
-                          attachment=Attachment(instance_id=instance_id, instance=instance, path=part.path))
+        spec = VolumeSpec(
+            size_gib=part.size_gib or 1,
+            source_snapshot_id=snapshot.id,
+            source_part=part.pool,
+            attachment=Attachment(instance_id=instance_id, instance=instance, path=part.path),
+        )
         gib += spec.size_gib
-        out.append(Resource(kind=VOLUME, tenant=caller.tenant, name=name, finalizers=[FINALIZER],
-                            zone=cloud.config.zone, host=cloud.config.host, spec=spec.dump()))
+        out.append(
+            Resource(
+                kind=VOLUME,
+                tenant=caller.tenant,
+                name=name,
+                finalizers=[FINALIZER],
+                zone=cloud.config.zone,
+                host=cloud.config.host,
+                spec=spec.dump(),
+            )
+        )
     check_quota(cloud, caller.tenant, volumes=len(out), gib=gib)
     return out
 
@@ -210,13 +274,16 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resour
     check_name("snapshot", name)
     check_quota(cloud, caller.tenant, snapshots=1)
     if src.kind == VOLUME:
-        spec = SnapshotSpec(source_kind="Volume", source_id=src.id, source_name=src.name,
-                            size_gib=VolumeSpec.of(src).size_gib)
+        spec = SnapshotSpec(
+            source_kind="Volume", source_id=src.id, source_name=src.name, size_gib=VolumeSpec.of(src).size_gib
+        )
     else:
-        spec = SnapshotSpec(source_kind="Instance", source_id=src.id, source_name=src.name,
-                            image_id=InstanceSpec.of(src).image_id)
-    return _new(cloud, SNAPSHOT, caller, name, spec.dump(), f"snapshot {name} of {src.kind.lower()} {src.name}",
-                req.labels)
+        spec = SnapshotSpec(
+            source_kind="Instance", source_id=src.id, source_name=src.name, image_id=InstanceSpec.of(src).image_id
+        )
+    return _new(
+        cloud, SNAPSHOT, caller, name, spec.dump(), f"snapshot {name} of {src.kind.lower()} {src.name}", req.labels
+    )
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
@@ -227,8 +294,11 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
     elif res.kind == SNAPSHOT:
         out = [v for v in store.list(VOLUME, tenant=res.tenant) if VolumeSpec.of(v).source_snapshot_id == res.id]
         out += [i for i in store.list(INSTANCE, tenant=res.tenant) if InstanceSpec.of(i).from_snapshot_id == res.id]
-        out += [b for b in store.list(BACKUP, tenant=res.tenant)  # a backup in flight still reads it
-                if BackupSpec.of(b).snapshot_id == res.id and b.phase not in ("ready", "failed")]
+        out += [
+            b
+            for b in store.list(BACKUP, tenant=res.tenant)  # a backup in flight still reads it
+            if BackupSpec.of(b).snapshot_id == res.id and b.phase not in ("ready", "failed")
+        ]
     elif res.kind == INSTANCE:
         out = [s for s in store.list(SNAPSHOT, tenant=res.tenant) if SnapshotSpec.of(s).source_id == res.id]
     else:
@@ -264,20 +334,38 @@ def delete_snapshot(cloud: Cloud, caller: Caller, name: str, cascade: bool = Fal
 
 def volume_view(res: Resource) -> dict[str, Any]:
     spec, st = VolumeSpec.of(res), VolumeStatus.of(res)
-    return {"id": res.id, "name": res.name, "tenant": res.tenant, "size_gib": spec.size_gib,
-            "state": "deleting" if res.deleting else res.phase, "source_snapshot_id": spec.source_snapshot_id,
-            "attached_to": spec.attachment.instance if spec.attachment else None,
-            "path": spec.attachment.path if spec.attachment else None,
-            "attached": st.attached is not None, "message": st.message,
-            "created_at": res.created_at, "labels": res.labels}
+    return {
+        "id": res.id,
+        "name": res.name,
+        "tenant": res.tenant,
+        "size_gib": spec.size_gib,
+        "state": "deleting" if res.deleting else res.phase,
+        "source_snapshot_id": spec.source_snapshot_id,
+        "attached_to": spec.attachment.instance if spec.attachment else None,
+        "path": spec.attachment.path if spec.attachment else None,
+        "attached": st.attached is not None,
+        "message": st.message,
+        "created_at": res.created_at,
+        "labels": res.labels,
+    }
 
 
 def snapshot_view(res: Resource) -> dict[str, Any]:
     spec, st = SnapshotSpec.of(res), SnapshotStatus.of(res)
-    return {"id": res.id, "name": res.name, "tenant": res.tenant, "source_kind": spec.source_kind,
-            "source": spec.source_name, "state": "deleting" if res.deleting else res.phase,
-            "frozen": st.frozen, "took_ms": st.took_ms, "volumes": [p.volume for p in st.volumes],
-            "message": st.message, "created_at": res.created_at, "labels": res.labels}
+    return {
+        "id": res.id,
+        "name": res.name,
+        "tenant": res.tenant,
+        "source_kind": spec.source_kind,
+        "source": spec.source_name,
+        "state": "deleting" if res.deleting else res.phase,
+        "frozen": st.frozen,
+        "took_ms": st.took_ms,
+        "volumes": [p.volume for p in st.volumes],
+        "message": st.message,
+        "created_at": res.created_at,
+        "labels": res.labels,
+    }
 
 
 Restorer = Callable[[HostContext, str, Path], None]
@@ -346,8 +434,13 @@ class _PoolReconciler(KindReconciler):
         if res.phase in ("lost", "failed"):
             return Result()
         old = self.status_model.of(res)
-        status = old.model_validate({**old.dump(), **self.make(res), "conditions": set_condition(
-            old.conditions, "Ready", True, "Created", "", res.generation)})
+        status = old.model_validate(
+            {
+                **old.dump(),
+                **self.make(res),
+                "conditions": set_condition(old.conditions, "Ready", True, "Created", "", res.generation),
+            }
+        )
         store.update_status(rid, phase="ready", observed_generation=res.generation, status=status.dump())
         store.add_event(res, "Ready", f"{res.kind.lower()} {res.name} is ready")
         return Result()
@@ -421,8 +514,15 @@ class SnapshotReconciler(_PoolReconciler):
             for vol in attached_to(self.cloud, inst) if inst else []:
                 vspec = VolumeSpec.of(vol)
                 assert vspec.attachment is not None  # attached_to() chose it for its attachment
-                parts.append(SnapshotPart(volume=vol.name, volume_id=vol.id, path=vspec.attachment.path,
-                                          pool=f"{snapshot_name(res.id)}.vol-{vol.id}", size_gib=vspec.size_gib))
+                parts.append(
+                    SnapshotPart(
+                        volume=vol.name,
+                        volume_id=vol.id,
+                        path=vspec.attachment.path,
+                        pool=f"{snapshot_name(res.id)}.vol-{vol.id}",
+                        size_gib=vspec.size_gib,
+                    )
+                )
         frozen = src_kind == INSTANCE and self.cloud.compute.pause_instance(src_id)
         t = time.perf_counter()
         try:  # one frozen moment for the root disk and every attached volume
@@ -432,5 +532,8 @@ class SnapshotReconciler(_PoolReconciler):
         finally:
             if frozen:
                 self.cloud.compute.resume_instance(src_id)
-        return {"frozen": frozen, "took_ms": round((time.perf_counter() - t) * 1000, 2),
-                "volumes": [p.model_dump() for p in parts]}
+        return {
+            "frozen": frozen,
+            "took_ms": round((time.perf_counter() - t) * 1000, 2),
+            "volumes": [p.model_dump() for p in parts],
+        }

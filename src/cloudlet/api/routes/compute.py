@@ -20,16 +20,21 @@ router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
 
 @router.get("", response_class=Response)
-def list_instances(request: Request, limit: int = Query(1000, ge=1, le=100_000),
-                   after: str | None = Query(None, max_length=26), who: Caller = Depends(caller),
-                   sel: Selector = Depends(label_selector)) -> Response:
+def list_instances(
+    request: Request,
+    limit: int = Query(1000, ge=1, le=100_000),
+    after: str | None = Query(None, max_length=26),
+    who: Caller = Depends(caller),
+    sel: Selector = Depends(label_selector),
+) -> Response:
     cache: RenderCache = request.app.state.instance_list
     return Response(cache.page(who.tenant, limit, after, sel), media_type="application/json")
 
 
 @router.post("", status_code=202)
-def launch(body: instances.InstanceCreate, cloud: Cloud = Depends(get_cloud),
-           who: Caller = Depends(caller)) -> dict[str, Any]:
+def launch(
+    body: instances.InstanceCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return instances.instance_view(instances.launch(cloud, who, body))
 
 
@@ -47,27 +52,37 @@ def show_instance(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller
 
 
 @router.post("/{name}/actions", status_code=202)
-def act(name: NamePath, body: instances.InstanceAction, cloud: Cloud = Depends(get_cloud),
-        who: Caller = Depends(caller)) -> dict[str, Any]:
+def act(
+    name: NamePath, body: instances.InstanceAction, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return instances.instance_view(instances.act(cloud, who, name, body.action))
 
 
 @router.post("/{name}/exec")
-def exec_in(name: NamePath, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud),
-            who: Caller = Depends(caller)) -> dict[str, Any]:
+def exec_in(
+    name: NamePath, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return instances.exec_in(cloud, who, name, body)
 
 
 @router.get("/{name}/console")
-def console(name: NamePath, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024), cloud: Cloud = Depends(get_cloud),
-            who: Caller = Depends(caller)) -> dict[str, Any]:
+def console(
+    name: NamePath,
+    tail: int = Query(65536, ge=1, le=16 * 1024 * 1024),
+    cloud: Cloud = Depends(get_cloud),
+    who: Caller = Depends(caller),
+) -> dict[str, Any]:
     res = cloud.store.get(instances.KIND, who.tenant, name)
     output = cloud.hosts.agent(res.host).console_log(res.id, tail) if res.host else ""
     return {"name": name, "output": output}
 
 
 @router.delete("/{name}", status_code=202)
-def delete(name: NamePath, cascade: bool = Query(False, description="also delete its snapshots and their clones"),
-           cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def delete(
+    name: NamePath,
+    cascade: bool = Query(False, description="also delete its snapshots and their clones"),
+    cloud: Cloud = Depends(get_cloud),
+    who: Caller = Depends(caller),
+) -> dict[str, Any]:
     deleted = instances.delete_instance(cloud, who, name, cascade)
     return {**instances.instance_view(deleted[-1]), "deleted": [{"kind": r.kind, "name": r.name} for r in deleted]}

@@ -32,25 +32,33 @@ def show_host(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depend
 
 
 @router.post("/v1/hosts/{name}/heartbeat")
-def heartbeat(name: str, body: Heartbeat, cloud: Cloud = Depends(get_cloud),
-              agent: Caller = Depends(agent_caller)) -> dict[str, Any]:
+def heartbeat(
+    name: str, body: Heartbeat, cloud: Cloud = Depends(get_cloud), agent: Caller = Depends(agent_caller)
+) -> dict[str, Any]:
     return host_view(cloud.agent_api.heartbeat(agent, name, body))
 
 
 @router.get("/v1/agent/records")
-def agent_list(kinds: str = KINDS, cloud: Cloud = Depends(get_cloud),
-               agent: Caller = Depends(agent_caller)) -> dict[str, Any]:
+def agent_list(
+    kinds: str = KINDS, cloud: Cloud = Depends(get_cloud), agent: Caller = Depends(agent_caller)
+) -> dict[str, Any]:
     return cloud.agent_api.list(agent, kinds.split(","))
 
 
 @router.get("/v1/agent/watch")
-def agent_watch(rev: int = Query(..., ge=0), kinds: str = KINDS, timeout: float = Query(20.0, ge=0, le=60),
-                cloud: Cloud = Depends(get_cloud), agent: Caller = Depends(agent_caller)) -> dict[str, Any]:
+def agent_watch(
+    rev: int = Query(..., ge=0),
+    kinds: str = KINDS,
+    timeout: float = Query(20.0, ge=0, le=60),
+    cloud: Cloud = Depends(get_cloud),
+    agent: Caller = Depends(agent_caller),
+) -> dict[str, Any]:
     """Changes after `rev`, waiting up to `timeout` seconds for the first one (long-poll)."""
     return cloud.agent_api.wait(agent, rev, kinds.split(","), timeout)
 
 
 @router.post("/v1/agent/ops")
-def agent_ops(body: AgentOps, cloud: Cloud = Depends(get_cloud),
-              agent: Caller = Depends(agent_caller)) -> dict[str, int]:
+def agent_ops(
+    body: AgentOps, cloud: Cloud = Depends(get_cloud), agent: Caller = Depends(agent_caller)
+) -> dict[str, int]:
     return cloud.agent_api.apply(agent, body)

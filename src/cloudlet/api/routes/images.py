@@ -30,16 +30,25 @@ def show_image(name: NamePath, cloud: Cloud = Depends(get_cloud)) -> dict[str, A
 
 
 @router.post("", status_code=202)
-def build_image(body: images.ImageBuild, cloud: Cloud = Depends(get_cloud),
-                who: Caller = Depends(caller)) -> dict[str, Any]:
+def build_image(
+    body: images.ImageBuild, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return images.image_view(images.request_build(cloud, who, body))
 
 
-@router.put("/{name}/rootfs", status_code=201,
-            openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
-                "type": "string", "format": "binary"}}}, "required": True}})
-async def import_image(name: NamePath, request: Request, cloud: Cloud = Depends(get_cloud),
-                       who: Caller = Depends(caller)) -> dict[str, Any]:
+@router.put(
+    "/{name}/rootfs",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "required": True,
+        }
+    },
+)
+async def import_image(
+    name: NamePath, request: Request, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     """The body is streamed to a file next to the images, never held in memory whole."""
     fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=images.uploads_dir(cloud))
     try:

@@ -16,17 +16,21 @@ from cloudlet.core.labels import KEY_PATTERN, SELECTOR_PATTERN, Labels, Selector
 router = APIRouter(tags=["labels"])
 
 
-def label_selector(selector: str | None = Query(
-        None, max_length=1024, pattern=SELECTOR_PATTERN,
-        description="only records whose labels match: k=v, k!=v, k or !k, joined by ','")) -> Selector:
+def label_selector(
+    selector: str | None = Query(
+        None,
+        max_length=1024,
+        pattern=SELECTOR_PATTERN,
+        description="only records whose labels match: k=v, k!=v, k or !k, joined by ','",
+    ),
+) -> Selector:
     return parse_selector(selector)
 
 
 class LabelEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
     set: Labels = {}
-    remove: list[Annotated[str, Field(pattern=KEY_PATTERN, max_length=63)]] = Field(default_factory=list,
-                                                                                      max_length=64)
+    remove: list[Annotated[str, Field(pattern=KEY_PATTERN, max_length=63)]] = Field(default_factory=list, max_length=64)
 
 
 def _plurals() -> str:
@@ -34,8 +38,13 @@ def _plurals() -> str:
 
 
 @router.patch("/v1/{kinds}/{name}/labels")
-def edit(body: LabelEdit, kinds: str = Path(pattern=_plurals()), name: str = Path(max_length=63),
-         cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def edit(
+    body: LabelEdit,
+    kinds: str = Path(pattern=_plurals()),
+    name: str = Path(max_length=63),
+    cloud: Cloud = Depends(get_cloud),
+    who: Caller = Depends(caller),
+) -> dict[str, Any]:
     """Sets and removes labels (`cloudlet label KIND NAME k=v k-`); shared kinds need the admin token."""
     info = by_plural(kinds)
     if info is None or not info.labelled:

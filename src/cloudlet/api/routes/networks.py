@@ -16,15 +16,18 @@ router = APIRouter(prefix="/v1/networks", tags=["networks"])
 
 
 @router.get("")
-def list_networks(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-                  sel: Selector = Depends(label_selector)) -> dict[str, Any]:
-    return page([networks.network_view(r) for r in cloud.store.list(networks.KIND, tenant=who.tenant)
-                 if sel.matches(r.labels)])
+def list_networks(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
+    return page(
+        [networks.network_view(r) for r in cloud.store.list(networks.KIND, tenant=who.tenant) if sel.matches(r.labels)]
+    )
 
 
 @router.post("", status_code=201)
-def create_network(body: networks.NetworkCreate, cloud: Cloud = Depends(get_cloud),
-                   who: Caller = Depends(caller)) -> dict[str, Any]:
+def create_network(
+    body: networks.NetworkCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return networks.network_view(networks.create_network(cloud, who, body.name, body.subnet, body.labels))
 
 

@@ -28,26 +28,32 @@ class CloneRequest(BaseModel):
 
 
 @router.get("/volumes")
-def list_volumes(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-                 sel: Selector = Depends(label_selector)) -> dict[str, Any]:
-    return page([volumes.volume_view(r) for r in cloud.store.list(volumes.VOLUME, tenant=who.tenant) if sel.matches(r.labels)])
+def list_volumes(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
+    return page(
+        [volumes.volume_view(r) for r in cloud.store.list(volumes.VOLUME, tenant=who.tenant) if sel.matches(r.labels)]
+    )
 
 
 @router.post("/volumes", status_code=202)
-def create_volume(body: volumes.VolumeCreate, cloud: Cloud = Depends(get_cloud),
-                  who: Caller = Depends(caller)) -> dict[str, Any]:
+def create_volume(
+    body: volumes.VolumeCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return volumes.volume_view(volumes.create_volume(cloud, who, body))
 
 
 @router.post("/volumes/clone", status_code=202)
-def clone_volume(body: CloneRequest, cloud: Cloud = Depends(get_cloud),
-                 who: Caller = Depends(caller)) -> dict[str, Any]:
+def clone_volume(
+    body: CloneRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return volumes.volume_view(volumes.clone_volume(cloud, who, body.snapshot, body.name, body.labels))
 
 
 @router.post("/volumes/{name}/attach", status_code=202)
-def attach(name: NamePath, body: volumes.AttachRequest, cloud: Cloud = Depends(get_cloud),
-           who: Caller = Depends(caller)) -> dict[str, Any]:
+def attach(
+    name: NamePath, body: volumes.AttachRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return volumes.volume_view(volumes.attach_volume(cloud, who, name, body))
 
 
@@ -69,20 +75,29 @@ def show_volume(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller =
 
 
 @router.delete("/volumes/{name}", status_code=202)
-def delete_volume(name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
-                  who: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_volume(
+    name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return page([{"kind": r.kind, "name": r.name} for r in volumes.delete_volume(cloud, who, name, cascade)])
 
 
 @router.get("/snapshots")
-def list_snapshots(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-                   sel: Selector = Depends(label_selector)) -> dict[str, Any]:
-    return page([volumes.snapshot_view(r) for r in cloud.store.list(volumes.SNAPSHOT, tenant=who.tenant) if sel.matches(r.labels)])
+def list_snapshots(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
+    return page(
+        [
+            volumes.snapshot_view(r)
+            for r in cloud.store.list(volumes.SNAPSHOT, tenant=who.tenant)
+            if sel.matches(r.labels)
+        ]
+    )
 
 
 @router.post("/snapshots", status_code=202)
-def create_snapshot(body: volumes.SnapshotCreate, cloud: Cloud = Depends(get_cloud),
-                    who: Caller = Depends(caller)) -> dict[str, Any]:
+def create_snapshot(
+    body: volumes.SnapshotCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return volumes.snapshot_view(volumes.create_snapshot(cloud, who, body))
 
 
@@ -93,8 +108,9 @@ def show_snapshot(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller
 
 
 @router.delete("/snapshots/{name}", status_code=202)
-def delete_snapshot(name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud),
-                    who: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_snapshot(
+    name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return page([{"kind": r.kind, "name": r.name} for r in volumes.delete_snapshot(cloud, who, name, cascade)])
 
 
@@ -102,9 +118,12 @@ def delete_snapshot(name: NamePath, cascade: bool = Cascade, cloud: Cloud = Depe
 def storage_usage(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     reports = [cloud.hosts.agent(h).storage_report() for h in host_names(cloud)]
     report: dict[str, Any] = {
-        "pool": ",".join(sorted({r["pool"] for r in reports})), "volumes": [v for r in reports for v in r["volumes"]],
+        "pool": ",".join(sorted({r["pool"] for r in reports})),
+        "volumes": [v for r in reports for v in r["volumes"]],
         "logical_bytes": sum(r["logical_bytes"] for r in reports),
-        "physical_bytes": sum(r["physical_bytes"] for r in reports), "tenants": _tenant_totals(reports)}
+        "physical_bytes": sum(r["physical_bytes"] for r in reports),
+        "tenants": _tenant_totals(reports),
+    }
     if not who.is_admin:
         report["volumes"] = [v for v in report["volumes"] if v["tenant"] == who.tenant]
         report["tenants"] = [t for t in report["tenants"] if t["tenant"] == who.tenant]
@@ -124,26 +143,34 @@ def gc_collect(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller))
 
 
 @router.get("/backup-targets")
-def list_targets(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-                 sel: Selector = Depends(label_selector)) -> dict[str, Any]:
-    return page([backups.target_view(r) for r in cloud.store.list(backups.TARGET, tenant=who.tenant) if sel.matches(r.labels)])
+def list_targets(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
+    return page(
+        [backups.target_view(r) for r in cloud.store.list(backups.TARGET, tenant=who.tenant) if sel.matches(r.labels)]
+    )
 
 
 @router.post("/backup-targets", status_code=201)
-def add_target(body: backups.TargetCreate, cloud: Cloud = Depends(get_cloud),
-               who: Caller = Depends(caller)) -> dict[str, Any]:
+def add_target(
+    body: backups.TargetCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return backups.target_view(backups.add_target(cloud, who, body))
 
 
 @router.get("/backups")
-def list_backups(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-                 sel: Selector = Depends(label_selector)) -> dict[str, Any]:
-    return page([backups.backup_view(r) for r in cloud.store.list(backups.BACKUP, tenant=who.tenant) if sel.matches(r.labels)])
+def list_backups(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
+    return page(
+        [backups.backup_view(r) for r in cloud.store.list(backups.BACKUP, tenant=who.tenant) if sel.matches(r.labels)]
+    )
 
 
 @router.post("/backups", status_code=202)
-def create_backup(body: backups.BackupCreate, cloud: Cloud = Depends(get_cloud),
-                  who: Caller = Depends(caller)) -> dict[str, Any]:
+def create_backup(
+    body: backups.BackupCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return backups.backup_view(backups.create_backup(cloud, who, body))
 
 
@@ -153,8 +180,9 @@ def show_backup(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller =
 
 
 @router.post("/backups/{name}/restore", status_code=202)
-def restore_backup(name: NamePath, body: backups.RestoreRequest, cloud: Cloud = Depends(get_cloud),
-                   who: Caller = Depends(caller)) -> dict[str, Any]:
+def restore_backup(
+    name: NamePath, body: backups.RestoreRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     res = backups.restore_backup(cloud, who, name, body)
     return volumes.volume_view(res) if res.kind == volumes.VOLUME else volumes.snapshot_view(res)
 
@@ -165,14 +193,18 @@ def delete_backup(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller
 
 
 @router.get("/backup-policies")
-def list_policies(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller),
-                  sel: Selector = Depends(label_selector)) -> dict[str, Any]:
-    return page([policies.policy_view(r) for r in cloud.store.list(policies.POLICY, tenant=who.tenant) if sel.matches(r.labels)])
+def list_policies(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
+    return page(
+        [policies.policy_view(r) for r in cloud.store.list(policies.POLICY, tenant=who.tenant) if sel.matches(r.labels)]
+    )
 
 
 @router.post("/backup-policies", status_code=201)
-def create_policy(body: policies.PolicyCreate, cloud: Cloud = Depends(get_cloud),
-                  who: Caller = Depends(caller)) -> dict[str, Any]:
+def create_policy(
+    body: policies.PolicyCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     return policies.policy_view(policies.create_policy(cloud, who, body))
 
 

@@ -33,13 +33,21 @@ def info(request: Request, cloud: Cloud = Depends(get_cloud), who: Caller = Depe
     hosts = [host_view(h) for h in cloud.store.list(HOST_KIND)]
     api_port = request.url.port
     return {
-        "version": "0.2.0", "cloud_id": cloud.config.cloud_id(), "tenant": who.tenant, "role": who.role,
-        "api": str(request.base_url).rstrip("/"), "zone": cloud.config.zone,
-        "compute_driver": cloud.config.compute_driver, "home": str(cloud.config.home),
+        "version": "0.2.0",
+        "cloud_id": cloud.config.cloud_id(),
+        "tenant": who.tenant,
+        "role": who.role,
+        "api": str(request.base_url).rstrip("/"),
+        "zone": cloud.config.zone,
+        "compute_driver": cloud.config.compute_driver,
+        "home": str(cloud.config.home),
         "database": cloud.store.engine.url.get_backend_name(),
         "hosts": [{k: h[k] for k in ("name", "zone", "state", "endpoint", "dns_port")} for h in hosts],
-        "ports": {"api": api_port, **{f"dns@{h['name']}": h["dns_port"] for h in hosts},
-                  **{f"agent@{h['name']}": _port(h["endpoint"]) for h in hosts}},
+        "ports": {
+            "api": api_port,
+            **{f"dns@{h['name']}": h["dns_port"] for h in hosts},
+            **{f"agent@{h['name']}": _port(h["endpoint"]) for h in hosts},
+        },
     }
 
 
@@ -58,15 +66,18 @@ def shutdown(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.post("/tenants", status_code=201)
-def create_tenant(body: TenantCreate, cloud: Cloud = Depends(get_cloud),
-                  who: Caller = Depends(caller)) -> dict[str, Any]:
+def create_tenant(
+    body: TenantCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     who.require_admin("creating tenants")
     check_name("tenant", body.name)
     if body.name in RESERVED or cloud.store.has_tenant(body.name):
         raise Conflict(f"tenant {body.name!r} already exists")
     token = secrets.token_urlsafe(32)
-    cloud.store.create(Resource(kind=TENANT, tenant=body.name, name=body.name, spec={}, phase="ready"),
-                       created=f"tenant {body.name} created")
+    cloud.store.create(
+        Resource(kind=TENANT, tenant=body.name, name=body.name, spec={}, phase="ready"),
+        created=f"tenant {body.name} created",
+    )
     cloud.store.add_token(token, body.name, "member")
     return {"name": body.name, "token": token}
 
@@ -79,8 +90,9 @@ class QuotaUpdate(BaseModel):
 
 
 @router.put("/tenants/{name}/quota")
-def set_quota(name: NamePath, body: QuotaUpdate, cloud: Cloud = Depends(get_cloud),
-              who: Caller = Depends(caller)) -> dict[str, Any]:
+def set_quota(
+    name: NamePath, body: QuotaUpdate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
     who.require_admin("setting quotas")
     res = cloud.store.get(TENANT, name, name)
     spec = TenantSpec.of(res)
@@ -108,4 +120,7 @@ def repair_check(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller
 def repair_fix(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("repair")
     results = [cloud.hosts.agent(h).repair(fix=True) for h in host_names(cloud)]
-    return {"findings": [f for r in results for f in r["findings"]], "actions": [a for r in results for a in r["actions"]]}
+    return {
+        "findings": [f for r in results for f in r["findings"]],
+        "actions": [a for r in results for a in r["actions"]],
+    }

@@ -36,8 +36,9 @@ class FakeDriver(ComputeDriver):
     name = "fake"
     capabilities = Capabilities(exec=True, console=True, real_processes=False)
 
-    def __init__(self, clock: Clock | None = None, boot_seconds: float = 0.0, crash_rate: float = 0.0,
-                 seed: int = 0, **_: object) -> None:
+    def __init__(
+        self, clock: Clock | None = None, boot_seconds: float = 0.0, crash_rate: float = 0.0, seed: int = 0, **_: object
+    ) -> None:
         self.clock = clock or RealClock()
         self.boot_seconds = boot_seconds
         self.crash_rate = crash_rate

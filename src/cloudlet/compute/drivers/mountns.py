@@ -37,8 +37,10 @@ def _enter(pid: int) -> None:
 
 
 def attach(pid: int, source: str, target: str) -> None:
-    tree = _check(libc.syscall(SYS_OPEN_TREE, AT_FDCWD, source.encode(),
-                               OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC), "open_tree")
+    tree = _check(
+        libc.syscall(SYS_OPEN_TREE, AT_FDCWD, source.encode(), OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC),
+        "open_tree",
+    )
     _enter(pid)
     os.makedirs(target, exist_ok=True)
     _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH), "move_mount")

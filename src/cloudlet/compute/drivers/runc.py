@@ -47,8 +47,19 @@ INIT = "/sbin/cloudlet-init"
 TINI = "/usr/bin/tini-static"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
 
@@ -83,9 +94,24 @@ class RuncDriver(ComputeDriver):
             self._runc("delete", "--force", self._cid(spec.id), check=False)
         with open(d / "console.log", "ab") as console:
             proc = subprocess.run(
-                ["runc", "--root", str(self.root), "--log", str(d / "runc.log"), "run", "-d",
-                 "--pid-file", str(d / "init.pid"), "-b", str(d), self._cid(spec.id)],
-                stdin=subprocess.DEVNULL, stdout=console, stderr=console, timeout=60,
+                [
+                    "runc",
+                    "--root",
+                    str(self.root),
+                    "--log",
+                    str(d / "runc.log"),
+                    "run",
+                    "-d",
+                    "--pid-file",
+                    str(d / "init.pid"),
+                    "-b",
+                    str(d),
+                    self._cid(spec.id),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=console,
+                timeout=60,
             )
         if proc.returncode != 0:
             raise DriverError(f"runc could not start instance {spec.id}: {self._last_runc_error(d)}")
@@ -129,8 +155,9 @@ class RuncDriver(ComputeDriver):
         pid = int(data.get("pid") or 0) or None
         if state == InstanceState.RUNNING and pid:
             self._track(iid, pid)
-        return InstanceInfo(iid, state, pid if state == InstanceState.RUNNING else None,
-                            {"runc_status": data.get("status")})
+        return InstanceInfo(
+            iid, state, pid if state == InstanceState.RUNNING else None, {"runc_status": data.get("status")}
+        )
 
     def list_instances(self) -> set[str]:
         ids = {p.name for p in self.dir.iterdir() if p.is_dir()}
@@ -144,7 +171,9 @@ class RuncDriver(ComputeDriver):
         try:
             proc = subprocess.run(
                 ["runc", "--root", str(self.root), "exec", self._cid(iid), *argv],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired as exc:  # 124, as timeout(1) says it: a result, not a failure of ours
             out = (exc.stdout or b"").decode(errors="replace")
@@ -170,8 +199,12 @@ class RuncDriver(ComputeDriver):
         info = self.get_instance(iid)
         if info.state != InstanceState.RUNNING or not info.pid:
             return  # not running: config.json carries the mounts at the next start
-        proc = subprocess.run([sys.executable, "-m", "cloudlet.compute.drivers.mountns", verb, str(info.pid), *paths],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [sys.executable, "-m", "cloudlet.compute.drivers.mountns", verb, str(info.pid), *paths],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if proc.returncode != 0:
             raise DriverError(f"could not {verb} a volume at {paths[-1]}: {proc.stderr.strip()}")
 
@@ -266,8 +299,12 @@ class RuncDriver(ComputeDriver):
 
     def _oci_config(self, spec: LaunchSpec, d: Path) -> dict[str, Any]:
         def bind(src: str | Path, dst: str, ro: bool = True) -> dict[str, Any]:
-            return {"destination": dst, "type": "bind", "source": str(src),
-                    "options": ["rbind", "ro" if ro else "rw", "nosuid", "nodev"]}
+            return {
+                "destination": dst,
+                "type": "bind",
+                "source": str(src),
+                "options": ["rbind", "ro" if ro else "rw", "nosuid", "nodev"],
+            }
 
         return {
             "ociVersion": "1.0.2",
@@ -275,8 +312,12 @@ class RuncDriver(ComputeDriver):
                 "terminal": False,
                 "user": {"uid": 0, "gid": 0},
                 "args": [INIT, "--", *spec.command],
-                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                        f"HOSTNAME={spec.hostname}", "HOME=/root", "TERM=xterm"],
+                "env": [
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    f"HOSTNAME={spec.hostname}",
+                    "HOME=/root",
+                    "TERM=xterm",
+                ],
                 "cwd": "/",
                 "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}],
@@ -286,18 +327,42 @@ class RuncDriver(ComputeDriver):
             "hostname": spec.hostname,
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-                 "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                 "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
+                {
+                    "destination": "/dev",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+                },
+                {
+                    "destination": "/dev/pts",
+                    "type": "devpts",
+                    "source": "devpts",
+                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+                },
+                {
+                    "destination": "/dev/shm",
+                    "type": "tmpfs",
+                    "source": "shm",
+                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+                },
+                {
+                    "destination": "/dev/mqueue",
+                    "type": "mqueue",
+                    "source": "mqueue",
+                    "options": ["nosuid", "noexec", "nodev"],
+                },
+                {
+                    "destination": "/sys",
+                    "type": "sysfs",
+                    "source": "sysfs",
+                    "options": ["nosuid", "noexec", "nodev", "ro"],
+                },
+                {
+                    "destination": "/tmp",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "mode=1777", "size=65536k"],
+                },
                 bind(TINI, INIT),
                 bind(d / "etc" / "hostname", "/etc/hostname"),
                 bind(d / "etc" / "hosts", "/etc/hosts"),
@@ -305,8 +370,13 @@ class RuncDriver(ComputeDriver):
                 *[bind(src, dst, ro=False) for src, dst in spec.mounts],
             ],
             "linux": {
-                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                               {"type": "network", "path": spec.netns}],
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"},
+                    {"type": "network", "path": spec.netns},
+                ],
                 "cgroupsPath": f"/{self.cgroup_parent}/{spec.id}",
                 "resources": {
                     "devices": [{"allow": False, "access": "rwm"}],
@@ -314,11 +384,25 @@ class RuncDriver(ComputeDriver):
                     "cpu": {"quota": int(spec.cpus * 100000), "period": 100000},
                     "pids": {"limit": 1024},
                 },
-                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                                "/proc/scsi"],
-                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                                  "/proc/sysrq-trigger"],
+                "maskedPaths": [
+                    "/proc/acpi",
+                    "/proc/kcore",
+                    "/proc/keys",
+                    "/proc/latency_stats",
+                    "/proc/timer_list",
+                    "/proc/timer_stats",
+                    "/proc/sched_debug",
+                    "/sys/firmware",
+                    "/proc/scsi",
+                ],
+                "readonlyPaths": [
+                    "/proc/asound",
+                    "/proc/bus",
+                    "/proc/fs",
+                    "/proc/irq",
+                    "/proc/sys",
+                    "/proc/sysrq-trigger",
+                ],
             },
         }
 
@@ -364,5 +448,3 @@ class RuncDriver(ComputeDriver):
                 log.info("init of instance %s exited", iid)
                 if self._on_exit and iid:
                     self._on_exit(iid)
-
-

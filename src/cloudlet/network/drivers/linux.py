@@ -72,11 +72,27 @@ class LinuxNetworkDriver(NetworkDriver):
             self._in(self.hub, lambda ns: ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up"))
             # br_netfilter would send bridged frames through the inet forward hook below; same-network traffic
             # is plain L2 and must not be, routed traffic (there should be none) is dropped there.
-            subprocess.run(["ip", "netns", "exec", self.hub, "sysctl", "-qw", "net.ipv4.ip_forward=0",
-                            "net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0"],
-                           check=True, capture_output=True)
-            subprocess.run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], input=HUB_NFT.encode(),
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.hub,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=0",
+                    "net.bridge.bridge-nf-call-iptables=0",
+                    "net.bridge.bridge-nf-call-ip6tables=0",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(
+                ["ip", "netns", "exec", self.hub, "nft", "-f", "-"],
+                input=HUB_NFT.encode(),
+                check=True,
+                capture_output=True,
+            )
 
     def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
         self.ensure_hub()
@@ -165,7 +181,7 @@ class LinuxNetworkDriver(NetworkDriver):
 
     def list_ports(self) -> set[str]:
         names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
-        return {n[len(self.port_prefix):] for n in names if n.startswith(self.port_prefix)}
+        return {n[len(self.port_prefix) :] for n in names if n.startswith(self.port_prefix)}
 
     def teardown(self) -> None:
         for iid in self.list_ports():

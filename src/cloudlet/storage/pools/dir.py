@@ -52,8 +52,9 @@ class DirPool(StoragePool):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         with translate_errors(f"copying {src} to {dst}"):
-            subprocess.run(["cp", "-a", "--reflink=auto", str(self.path(src)), str(tmp)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["cp", "-a", "--reflink=auto", str(self.path(src)), str(tmp)], check=True, capture_output=True
+            )
         os.replace(tmp, p)
         return p
 
