@@ -99,6 +99,27 @@ def leaks(cloud_id: str, home: Path) -> list[str]:
     return found
 
 
+ACTIVE: list[Path] = []  # homes of the clouds running now, for the logs a failing test reports
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test shows what its clouds' control plane and agent said last."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        for home in ACTIVE:
+            report.sections.append((f"cloudletd.log of {home}", _tail(home / "cloudletd.log")))
+            report.sections.append((f"agent.log of {home}", _tail(home / "agents/local/agent.log")))
+
+
 @contextmanager
 def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]:
     """A real cloud in a fresh home; purged afterwards, and failing if anything of it is left."""
@@ -108,9 +129,11 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
     cli = CloudCLI(home, extra_env)
     cli.run("up")
     cid = cli.cloud_id()
+    ACTIVE.append(home)
     try:
         yield cli
     finally:
+        ACTIVE.remove(home)
         pids = {
             what: int(f.read_text())
             for what, f in (("cloudletd", home / "cloudletd.pid"), ("agent", home / "agents/local/agent.pid"))

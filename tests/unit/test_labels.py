@@ -142,3 +142,26 @@ def test_policy_schedules_and_selectors(api: Api) -> None:
     assert r.status_code == 201, r.text
     policy = sim.cloud.store.get("BackupPolicy", "admin", "nightly")
     assert sources(sim.cloud, policy) == ["db-data"]
+
+
+def test_a_backups_own_snapshot_goes_with_it(api: Api) -> None:
+    client, admin, sim = api
+    client.post("/v1/volumes", json={"name": "bv", "size_gib": 1}, headers=admin)
+    target = {
+        "name": "nowhere",
+        "endpoint": "http://127.0.0.1:9",
+        "bucket": "b-1",
+        "access_key": "k",
+        "secret_key": "s",
+    }
+    assert client.post("/v1/backup-targets", json=target, headers=admin).status_code == 201
+    r = client.post("/v1/backups", json={"source": "bv", "name": "bv-1"}, headers=admin)
+    assert r.status_code in (201, 202), r.text
+    store = sim.cloud.store
+    backup = store.get("Backup", "admin", "bv-1")
+    (snap,) = [s for s in store.list("Snapshot", tenant="admin") if s.owner == backup.id]
+    assert client.delete("/v1/backups/bv-1", headers=admin).status_code == 202
+    deadline = time.monotonic() + 5
+    while (left := store.get_by_id(snap.id)) is not None and not left.deleting and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert left is None or left.deleting  # collected with its owner

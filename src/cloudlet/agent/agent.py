@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cloudlet import repair
+from cloudlet import __version__, repair
 from cloudlet.agent.cache import RecordCache
 from cloudlet.agent.transport import ControlPlane
 from cloudlet.compute import images
@@ -40,7 +40,7 @@ from cloudlet.storage.names import volume_name
 from cloudlet.storage.pools.base import StoragePool
 
 log = logging.getLogger("cloudlet.agent")
-VERSION = "0.2.0"
+VERSION = __version__
 KINDS = list(AGENT_KINDS)
 BATCH = 0.01  # seconds the outbox waits to gather writes into one request
 

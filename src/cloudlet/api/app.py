@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from cloudlet import __version__
 from cloudlet.api.deps import caller
 from cloudlet.core.context import Cloud
 from cloudlet.core.errors import CloudletError
@@ -78,7 +79,7 @@ def create_app(cloud: Cloud) -> FastAPI:
 
     app = FastAPI(
         title="cloudlet",
-        version="0.1.0",
+        version=__version__,
         description="cloudlet control plane API",
         # every reply the error tree (core/errors.py) can give; 405 is for methods the schema does not list
         responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422, 500, 501, 502, 503)},

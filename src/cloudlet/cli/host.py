@@ -7,16 +7,16 @@ __all__ = ["app"]
 import typer
 
 from cloudlet.cli.client import connect
-from cloudlet.cli.output import Format, OutputOpt, emit
+from cloudlet.cli.output import Format, OutputOpt, SelectorOpt, emit
 
 app = typer.Typer(help="Hosts: where instances run, each served by its own agent.", no_args_is_help=True)
 COLUMNS = ["name", "zone", "state", "cpus", "memory_mib", "version", "heartbeat_age_s", "endpoint"]
 
 
 @app.command("list")
-def list_(output: OutputOpt = Format.table) -> None:
+def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
     """List hosts."""
-    emit(connect().get("/v1/hosts")["items"], output, COLUMNS)
+    emit(connect().get("/v1/hosts", {"selector": selector})["items"], output, COLUMNS)
 
 
 app.command("ls", hidden=True)(list_)

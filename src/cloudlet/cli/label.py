@@ -22,6 +22,7 @@ PLURALS = {
     "backup": "backups",
     "backup-target": "backup-targets",
     "backup-policy": "backup-policies",
+    "host": "hosts",
 }
 
 

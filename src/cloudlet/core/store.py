@@ -231,17 +231,18 @@ class Store:
         """Ids of records of `kinds` written after `rev` (for a host: those written while on it, and the
         `hostless` kinds; not its own status reports), in write order, each once; and the revision they bring
         the watcher up to."""
-        q = sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev")).where(
-            changes.c.rev > rev, changes.c.kind.in_(list(kinds))
-        )
-        if host is not None:
-            q = q.where(
-                sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))),
-                sa.or_(changes.c.writer.is_(None), changes.c.writer != host),
-            )
         with self.engine.connect() as conn:
-            rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
+            # the revision first, and only rows up to it: a write committed in between comes next time
             latest = int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
+            q = sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev")).where(
+                changes.c.rev > rev, changes.c.rev <= latest, changes.c.kind.in_(list(kinds))
+            )
+            if host is not None:
+                q = q.where(
+                    sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))),
+                    sa.or_(changes.c.writer.is_(None), changes.c.writer != host),
+                )
+            rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
         return [r.resource_id for r in rows], max(latest, rev)
 
     def compact_changes(self) -> int:

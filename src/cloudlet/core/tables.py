@@ -64,7 +64,7 @@ tokens = sa.Table(
     metadata,
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("role", sa.String(80), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 

@@ -40,7 +40,7 @@ from cloudlet.core.errors import Conflict, DriverError, NotFound
 from cloudlet.core.labels import Labels
 from cloudlet.core.models import Spec
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, Text, check_name, derived_name
+from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, Text, check_name, derived_name, new_id
 from cloudlet.storage.names import snapshot_name
 from cloudlet.storage.resource import (
     BACKUP,
@@ -114,19 +114,20 @@ def _pick_target(cloud: Cloud, tenant: str, name: str | None) -> Resource:
 
 
 def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: str | None = None) -> Resource:
-    """Backs up a snapshot; a volume or instance is snapshotted first, so the backup is of one moment. A policy's
-    backups drop the snapshot they took once the data is offsite."""
+    """Backs up a snapshot; a volume or instance is snapshotted first, so the backup is of one moment, and that
+    snapshot is owned by the backup (it goes when the backup goes). A policy's backups drop the snapshot they took
+    once the data is offsite."""
     target = _pick_target(cloud, caller.tenant, req.target)
+    backup_id = new_id()
     try:
         snap = cloud.store.get(SNAPSHOT, caller.tenant, req.source)
+        name = req.name or derived_name(snap.name, str(int(time.time())))
+        check_name("backup", name)
     except NotFound:
-        snap = create_snapshot(
-            cloud,
-            caller,
-            SnapshotCreate(source=req.source, name=f"{req.source}-backup-{time.strftime('%Y%m%d-%H%M%S')}"),
-        )
-    name = req.name or derived_name(snap.name, str(int(time.time())))
-    check_name("backup", name)
+        snap_name = derived_name(f"{req.source}-backup", time.strftime("%Y%m%d-%H%M%S"))
+        name = req.name or derived_name(snap_name, str(int(time.time())))
+        check_name("backup", name)
+        snap = create_snapshot(cloud, caller, SnapshotCreate(source=req.source, name=snap_name), owner=backup_id)
     snap_spec = SnapshotSpec.of(snap)
     spec = BackupSpec(
         snapshot_id=snap.id,
@@ -140,6 +141,7 @@ def create_backup(cloud: Cloud, caller: Caller, req: BackupCreate, policy_id: st
         drop_snapshot=policy_id is not None,
     )
     res = Resource(
+        id=backup_id,
         kind=BACKUP,
         tenant=caller.tenant,
         name=name,

@@ -124,9 +124,17 @@ def check_quota(cloud: Cloud, tenant: str, volumes: int = 0, gib: int = 0, snaps
 
 
 def _new(
-    cloud: Cloud, kind: str, caller: Caller, name: str, spec: dict[str, Any], what: str, labels: dict[str, str]
+    cloud: Cloud,
+    kind: str,
+    caller: Caller,
+    name: str,
+    spec: dict[str, Any],
+    what: str,
+    labels: dict[str, str],
+    owner: str | None = None,
 ) -> Resource:
     res = Resource(
+        owner=owner,
         kind=kind,
         tenant=caller.tenant,
         name=name,
@@ -147,7 +155,7 @@ def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
         VOLUME,
         caller,
         req.name,
-        {"size_gib": req.size_gib, "source_snapshot_id": None},
+        VolumeSpec(size_gib=req.size_gib).dump(),
         f"volume {req.name} of {req.size_gib} GiB",
         req.labels,
     )
@@ -258,7 +266,7 @@ def release_attachments(cloud: Cloud, instance: Resource) -> None:
         cloud.store.update_spec(vol.id, spec.dump())
 
 
-def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resource:
+def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate, owner: str | None = None) -> Resource:
     src: Resource | None = None
     for kind in (VOLUME, INSTANCE):
         try:
@@ -281,9 +289,8 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate) -> Resour
         spec = SnapshotSpec(
             source_kind="Instance", source_id=src.id, source_name=src.name, image_id=InstanceSpec.of(src).image_id
         )
-    return _new(
-        cloud, SNAPSHOT, caller, name, spec.dump(), f"snapshot {name} of {src.kind.lower()} {src.name}", req.labels
-    )
+    what = f"snapshot {name} of {src.kind.lower()} {src.name}"
+    return _new(cloud, SNAPSHOT, caller, name, spec.dump(), what, req.labels, owner)
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:

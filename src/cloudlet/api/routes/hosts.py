@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from cloudlet.api.deps import agent_caller, caller, get_cloud, page
+from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute.hosts import HOST_KIND, AgentOps, Heartbeat, host_view
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
+from cloudlet.core.labels import Selector
 
 router = APIRouter(tags=["hosts"])
 OWN_AUTH = True  # users' routes and the agent protocol take different tokens
@@ -20,9 +22,11 @@ def host_names(cloud: Cloud) -> list[str]:
 
 
 @router.get("/v1/hosts")
-def list_hosts(cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+def list_hosts(
+    cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
+) -> dict[str, Any]:
     who.require_admin("listing hosts")
-    return page([host_view(h) for h in cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT)])
+    return page([host_view(h) for h in cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT) if sel.matches(h.labels)])
 
 
 @router.get("/v1/hosts/{name}")

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+import cloudlet.domains  # noqa: F401  registers every kind before _plurals() lists them
 from cloudlet.api.deps import caller, get_cloud
 from cloudlet.core.context import PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import NotFound

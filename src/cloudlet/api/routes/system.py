@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet import __version__
 from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
 from cloudlet.compute.hosts import HOST_KIND, host_view
@@ -33,7 +34,7 @@ def info(request: Request, cloud: Cloud = Depends(get_cloud), who: Caller = Depe
     hosts = [host_view(h) for h in cloud.store.list(HOST_KIND)]
     api_port = request.url.port
     return {
-        "version": "0.2.0",
+        "version": __version__,
         "cloud_id": cloud.config.cloud_id(),
         "tenant": who.tenant,
         "role": who.role,

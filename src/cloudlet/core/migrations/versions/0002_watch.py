@@ -25,9 +25,13 @@ def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
         batch.add_column(sa.Column("uid", sa.String(64), nullable=True))
         batch.create_unique_constraint("uq_event_uid", ["uid"])
+    with op.batch_alter_table("tokens") as batch:  # host agents' roles: "host:" and a 63-character name
+        batch.alter_column("role", type_=sa.String(80), existing_type=sa.String(16))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tokens") as batch:
+        batch.alter_column("role", type_=sa.String(16), existing_type=sa.String(80))
     with op.batch_alter_table("events") as batch:
         batch.drop_constraint("uq_event_uid")
         batch.drop_column("uid")
