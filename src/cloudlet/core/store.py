@@ -84,18 +84,7 @@ class Store:
                 conn.execute(resources.insert().values(**values))
                 rev = self._changed(conn, res.id, res.kind, res.host)
                 if created is not None:
-                    conn.execute(
-                        events.insert().values(
-                            resource_id=res.id,
-                            kind=res.kind,
-                            tenant=res.tenant,
-                            name=res.name,
-                            time=time.time(),
-                            type="Normal",
-                            reason="Created",
-                            message=created,
-                        )
-                    )
+                    conn.execute(_event(res, "Created", created, "Normal"))
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
         self._notify(res, rev)
@@ -265,19 +254,7 @@ class Store:
         """With `uid` (an agent's replayed events), an event already stored is kept once."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    events.insert().values(
-                        resource_id=res.id,
-                        kind=res.kind,
-                        tenant=res.tenant,
-                        name=res.name,
-                        time=at or time.time(),
-                        type=type_,
-                        reason=reason,
-                        message=message,
-                        uid=uid,
-                    )
-                )
+                conn.execute(_event(res, reason, message, type_, uid, at))
         except sa.exc.IntegrityError:
             if uid is None:
                 raise
@@ -348,6 +325,22 @@ class Store:
     def release_ips(self, owner_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == owner_id))
+
+
+def _event(
+    res: Resource, reason: str, message: str, type_: str, uid: str | None = None, at: float | None = None
+) -> sa.Insert:
+    return events.insert().values(
+        resource_id=res.id,
+        kind=res.kind,
+        tenant=res.tenant,
+        name=res.name,
+        time=at or time.time(),
+        type=type_,
+        reason=reason,
+        message=message,
+        uid=uid,
+    )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
