@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Path, Request
 
-from cloudlet.core.context import Caller, Cloud
+from cloudlet.core.context import HOST_ROLE, Caller, Cloud
 from cloudlet.core.errors import Forbidden, Unauthorized
 from cloudlet.core.records import NAME_RE, NAME_RULES
 
@@ -35,8 +35,8 @@ def _token_owner(request: Request) -> Caller:
     if found is None:
         raise Unauthorized("unknown token; use the admin token or one from 'cloudlet tenant create'")
     tenant, role = found
-    if role.startswith("host:"):
-        return Caller(tenant, "host", host=role.removeprefix("host:"))
+    if role.startswith(HOST_ROLE + ":"):
+        return Caller(tenant, HOST_ROLE, host=role.removeprefix(HOST_ROLE + ":"))
     return Caller(tenant, role)
 
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, HostSpec, HostStatus
-from cloudlet.core.context import SYSTEM_TENANT, Caller
+from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller
 from cloudlet.core.errors import BadRequest, Forbidden
 from cloudlet.core.records import Resource, check_name
 from cloudlet.core.store import Store
@@ -97,9 +97,9 @@ def host_token(store: Store, name: str, path: Path) -> str:
     check_name("host", name)
     token = path.read_text().strip() if path.exists() else ""
     found = store.lookup_token(token) if token else None
-    if found is None or found != (SYSTEM_TENANT, f"host:{name}"):
+    if found is None or found != (SYSTEM_TENANT, f"{HOST_ROLE}:{name}"):
         token = secrets.token_urlsafe(32)
-        store.add_token(token, SYSTEM_TENANT, f"host:{name}")
+        store.add_token(token, SYSTEM_TENANT, f"{HOST_ROLE}:{name}")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -33,12 +33,13 @@ __all__ = [
     "ADMIN_TENANT",
     "PUBLIC_TENANT",
     "SYSTEM_TENANT",
+    "HOST_ROLE",
 ]
 
 ADMIN_TENANT = "admin"
 PUBLIC_TENANT = "public"  # images: readable by every tenant
 SYSTEM_TENANT = "system"  # hosts and zones
-HOST_ROLE = "host"
+HOST_ROLE = "host"  # a host agent's token: role "host:<name>" in the store, Caller(role="host", host=name)
 
 
 class Records(Protocol):

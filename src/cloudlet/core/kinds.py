@@ -6,7 +6,7 @@ owned records) asks the registry instead of spelling kind names out.
 
 from __future__ import annotations
 
-__all__ = ["KindInfo", "register_kind", "kind_info", "kinds", "by_plural", "TENANT"]
+__all__ = ["KindInfo", "register_kind", "kinds", "by_plural", "TENANT"]
 
 from dataclasses import dataclass
 
@@ -26,10 +26,6 @@ _KINDS: dict[str, KindInfo] = {}
 def register_kind(info: KindInfo) -> KindInfo:
     _KINDS[info.name] = info
     return info
-
-
-def kind_info(name: str) -> KindInfo:
-    return _KINDS[name]
 
 
 def kinds() -> list[KindInfo]:

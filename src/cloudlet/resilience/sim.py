@@ -17,7 +17,7 @@ from cloudlet.agent.transport import LocalControlPlane
 from cloudlet.compute.drivers.fake import FakeDriver
 from cloudlet.core.clock import Clock
 from cloudlet.core.config import load_config
-from cloudlet.core.context import SYSTEM_TENANT, Caller
+from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller
 from cloudlet.daemon import bootstrap, build_control_plane
 from cloudlet.network.drivers.fake import FakeNetworkDriver
 from cloudlet.storage.pools.memory import MemoryPool
@@ -38,7 +38,7 @@ class SimCloud:
         self.add_host(self.config.host, self.config.zone, cpus, memory)
 
     def add_host(self, name: str, zone: str, cpus: int = 32, memory_mib: int = 64 * 1024) -> Agent:
-        cp = LocalControlPlane(self.cloud.agent_api, Caller(SYSTEM_TENANT, "host", host=name))
+        cp = LocalControlPlane(self.cloud.agent_api, Caller(SYSTEM_TENANT, HOST_ROLE, host=name))
         agent = Agent(
             self.config,
             cp,
