@@ -60,7 +60,6 @@ class Agent:
         capacity: tuple[int, int] = (1, 1024),
     ) -> None:
         self.cp = cp
-        self.state_dir = state_dir
         self.capacity = capacity
         self.cache = RecordCache(state_dir / "cache.json" if state_dir else None)
         self.manager = Manager(self.cache, clock)
@@ -70,7 +69,6 @@ class Agent:
         self.dns_port: int | None = None
         self.connected = False
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         for domain in DOMAINS:
             for make in domain.agent:
                 self.manager.register(make(self.ctx))
@@ -102,15 +100,21 @@ class Agent:
         if ops:
             self.cache.acknowledge(self.cp.push(ops))
 
-    def sync(self, timeout: float = 0.0) -> None:
-        """One round: send what we did, then take in what changed (a full listing the first time)."""
-        self.flush()
+    def catch_up(self, timeout: float = 0.0) -> int:
+        """Takes in what changed (a full listing the first time), waiting up to timeout for a change; returns
+        the revision the cache is now at."""
         if not self.cache.listed:
             records, rev = self.cp.list(KINDS)
             self.cache.replace_all(records, rev)
-            return
+            return rev
         changes, rev = self.cp.watch(self.cache.rev, KINDS, timeout)
         self.cache.apply(changes, rev)
+        return rev
+
+    def sync(self) -> None:
+        """One stepped round: send what we did, then take in what changed."""
+        self.flush()
+        self.catch_up()
 
     # threaded mode
     def start(self) -> None:
@@ -129,9 +133,7 @@ class Agent:
             ("outbox", self._outbox_loop),
             ("heartbeat", self._heartbeat_loop),
         ):
-            t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            threading.Thread(target=target, name=f"agent-{name}", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,10 +146,7 @@ class Agent:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                if not self.cache.listed:
-                    self.sync()
-                changes, rev = self.cp.watch(self.cache.rev, KINDS, 20.0)
-                self.cache.apply(changes, rev)
+                rev = self.catch_up(timeout=20.0)  # the outbox thread sends; this one only receives
                 if not self.connected:
                     log.info("control plane reachable; in sync at revision %d", rev)
                 self.connected, backoff = True, 0.1
