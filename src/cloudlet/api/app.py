@@ -23,6 +23,7 @@ from cloudlet import __version__
 from cloudlet.api.deps import caller
 from cloudlet.core.context import Cloud
 from cloudlet.core.errors import CloudletError
+from cloudlet.core.records import NAME_RE, NAME_RULES
 
 
 class ErrorDetail(BaseModel):
@@ -68,8 +69,28 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
         if err.get("type") == "missing" and not loc:
             return 400, "request body is missing; send a JSON object"
         field = ".".join(loc) or "body"
-        parts.append(f"{field}: {err.get('msg')}")
+        if err.get("type") == "string_pattern_mismatch":  # say the rule, not the regular expression
+            rule = _pattern_rules().get(
+                str(err.get("ctx", {}).get("pattern")), "does not have the form the schema gives"
+            )
+            parts.append(f"{field} {str(err.get('input'))[:64]!r}: {rule}")
+        else:
+            parts.append(f"{field}: {err.get('msg')}")
     return status, "invalid request: " + "; ".join(parts[:5])
+
+
+def _pattern_rules() -> dict[str, str]:
+    from cloudlet.core.labels import KEY_PATTERN, SELECTOR_PATTERN
+    from cloudlet.storage.policies import CRON_PATTERN
+
+    return {
+        NAME_RE.pattern: f"use {NAME_RULES}",
+        SELECTOR_PATTERN: "a label selector is k=v, k!=v, k or !k, joined by ','",
+        KEY_PATTERN: "a label key is 1-63 lowercase letters, digits, '.', '_', '/', '-', starting and ending "
+        "with a letter or digit",
+        CRON_PATTERN: "a cron schedule is five fields (minute hour day month weekday) of numbers, '*', ranges, "
+        "lists and steps, e.g. '0 3 * * *'",
+    }
 
 
 def create_app(cloud: Cloud) -> FastAPI:
