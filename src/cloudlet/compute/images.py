@@ -41,7 +41,7 @@ from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import BadRequest, Conflict, DriverError, InvalidSpec, NotFound, TerminalError
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import Name, Resource, check_name
+from cloudlet.core.records import Name, Resource, check_name, record_view
 
 KIND = IMAGE
 BUSYBOX = Path("/bin/busybox")
@@ -195,18 +195,15 @@ def get_image(cloud: Cloud, name: str) -> Resource:
 
 def image_view(res: Resource) -> dict[str, object]:
     spec, st = ImageSpec.of(res), ImageStatus.of(res)
-    return {
-        "id": res.id,
-        "name": res.name,
-        "source": spec.source,
-        "digest": spec.digest,
-        "packages": spec.packages,
-        "state": res.phase,
-        "message": st.message,
-        "size_mib": st.size_mib,
-        "created_at": res.created_at,
-        "labels": res.labels,
-    }
+    return record_view(
+        res,
+        source=spec.source,
+        digest=spec.digest,
+        packages=spec.packages,
+        state=res.phase,
+        message=st.message,
+        size_mib=st.size_mib,
+    )
 
 
 class ImageReconciler(KindReconciler):

@@ -32,7 +32,7 @@ from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, Records
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
 from cloudlet.core.labels import Labels
-from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, Text, check_name
+from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, Text, check_name, record_view
 from cloudlet.network import networks
 from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
@@ -164,32 +164,29 @@ def exec_in(cloud: Cloud, caller: Caller, name: str, req: ExecRequest) -> dict[s
 
 def instance_view(res: Resource) -> dict[str, Any]:
     spec, st = InstanceSpec.of(res), InstanceStatus.of(res)
-    return {
-        "id": res.id,
-        "name": res.name,
-        "tenant": res.tenant,
-        "state": "deleting" if res.deleting else st.state,
-        "image": spec.image,
-        "network": spec.network,
-        "ip": st.ip,
-        "dns_name": st.dns_name,
-        "host": res.host,
-        "zone": res.zone,
-        "pid": st.pid,
-        "cpus": spec.cpus,
-        "memory_mib": spec.memory_mib,
-        "restart": spec.restart,
-        "desired_state": spec.state,
-        "restarts": st.restarts,
-        "message": st.message,
-        "generation": res.generation,
-        "observed_generation": res.observed_generation,
-        "created_at": res.created_at,
-        "started_at": st.started_at,
-        "placement": st.placement,
-        "conditions": st.conditions,
-        "labels": res.labels,
-    }
+    return record_view(
+        res,
+        state="deleting" if res.deleting else st.state,
+        image=spec.image,
+        network=spec.network,
+        ip=st.ip,
+        dns_name=st.dns_name,
+        host=res.host,
+        zone=res.zone,
+        pid=st.pid,
+        cpus=spec.cpus,
+        memory_mib=spec.memory_mib,
+        restart=spec.restart,
+        desired_state=spec.state,
+        restarts=st.restarts,
+        message=st.message,
+        generation=res.generation,
+        observed_generation=res.observed_generation,
+        started_at=st.started_at,
+        placement=st.placement,
+        conditions=st.conditions,
+        labels=res.labels,
+    )
 
 
 def set_state(records: Records, res: Resource, state: str, **fields: Any) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "FINALIZER",
     "to_wire",
     "from_wire",
+    "record_view",
 ]
 
 FINALIZER = "cloudlet.io/artefacts"
@@ -132,3 +133,16 @@ def to_wire(res: Resource) -> dict[str, Any]:
 
 def from_wire(data: dict[str, Any]) -> Resource:
     return Resource(**{f.name: data[f.name] for f in dataclasses.fields(Resource) if f.name in data})
+
+
+def record_view(res: Resource, **fields: Any) -> dict[str, Any]:
+    """A record as the API and CLI show it: its identity, the kind's own fields, then when it was made and its
+    labels."""
+    return {
+        "id": res.id,
+        "name": res.name,
+        "tenant": res.tenant,
+        **fields,
+        "created_at": res.created_at,
+        "labels": res.labels,
+    }

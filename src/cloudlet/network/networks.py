@@ -14,7 +14,7 @@ from cloudlet.core.context import Caller, Cloud, HostContext, Records
 from cloudlet.core.errors import Conflict
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result, Watches
-from cloudlet.core.records import FINALIZER, Name, Resource, check_name
+from cloudlet.core.records import FINALIZER, Name, Resource, check_name, record_view
 from cloudlet.network import ipam
 from cloudlet.network.drivers.base import short
 from cloudlet.network.resource import NETWORK, NetworkSpec, NetworkStatus
@@ -117,17 +117,13 @@ def _users(records: Records, net: Resource) -> list[Resource]:
 
 def network_view(res: Resource) -> dict[str, object]:
     spec = NetworkSpec.of(res)
-    return {
-        "id": res.id,
-        "name": res.name,
-        "tenant": res.tenant,
-        "subnet": spec.subnet,
-        "gateway": spec.gateway,
-        "zone": res.zone,
-        "state": "deleting" if res.deleting else res.phase,
-        "created_at": res.created_at,
-        "labels": res.labels,
-    }
+    return record_view(
+        res,
+        subnet=spec.subnet,
+        gateway=spec.gateway,
+        zone=res.zone,
+        state="deleting" if res.deleting else res.phase,
+    )
 
 
 class NetworkReconciler(KindReconciler):

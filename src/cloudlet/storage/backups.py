@@ -40,7 +40,17 @@ from cloudlet.core.errors import Conflict, DriverError, NotFound
 from cloudlet.core.labels import Labels
 from cloudlet.core.models import Spec
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, Name, NameRef, Resource, Text, check_name, derived_name, new_id
+from cloudlet.core.records import (
+    FINALIZER,
+    Name,
+    NameRef,
+    Resource,
+    Text,
+    check_name,
+    derived_name,
+    new_id,
+    record_view,
+)
 from cloudlet.storage.names import snapshot_name
 from cloudlet.storage.resource import (
     BACKUP,
@@ -204,22 +214,19 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
 
 def backup_view(res: Resource) -> dict[str, Any]:
     spec, st = BackupSpec.of(res), BackupStatus.of(res)
-    return {
-        "id": res.id,
-        "name": res.name,
-        "source_kind": spec.source_kind,
-        "source": spec.source,
-        "snapshot": spec.snapshot,
-        "target": spec.target,
-        "state": "deleting" if res.deleting else res.phase,
-        "bytes": st.bytes,
-        "compressed_bytes": st.compressed_bytes,
-        "sha256": st.sha256,
-        "seconds": st.seconds,
-        "message": st.message,
-        "created_at": res.created_at,
-        "labels": res.labels,
-    }
+    return record_view(
+        res,
+        source_kind=spec.source_kind,
+        source=spec.source,
+        snapshot=spec.snapshot,
+        target=spec.target,
+        state="deleting" if res.deleting else res.phase,
+        bytes=st.bytes,
+        compressed_bytes=st.compressed_bytes,
+        sha256=st.sha256,
+        seconds=st.seconds,
+        message=st.message,
+    )
 
 
 def _s3(target: Resource) -> Any:

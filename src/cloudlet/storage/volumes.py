@@ -47,7 +47,7 @@ from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, N
 from cloudlet.core.kinds import TENANT
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, NO_NUL, Int, Name, NameRef, Resource, check_name, derived_name
+from cloudlet.core.records import FINALIZER, NO_NUL, Int, Name, NameRef, Resource, check_name, derived_name, record_view
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import (
     BACKUP,
@@ -341,38 +341,30 @@ def delete_snapshot(cloud: Cloud, caller: Caller, name: str, cascade: bool = Fal
 
 def volume_view(res: Resource) -> dict[str, Any]:
     spec, st = VolumeSpec.of(res), VolumeStatus.of(res)
-    return {
-        "id": res.id,
-        "name": res.name,
-        "tenant": res.tenant,
-        "size_gib": spec.size_gib,
-        "state": "deleting" if res.deleting else res.phase,
-        "source_snapshot_id": spec.source_snapshot_id,
-        "attached_to": spec.attachment.instance if spec.attachment else None,
-        "path": spec.attachment.path if spec.attachment else None,
-        "attached": st.attached is not None,
-        "message": st.message,
-        "created_at": res.created_at,
-        "labels": res.labels,
-    }
+    return record_view(
+        res,
+        size_gib=spec.size_gib,
+        state="deleting" if res.deleting else res.phase,
+        source_snapshot_id=spec.source_snapshot_id,
+        attached_to=spec.attachment.instance if spec.attachment else None,
+        path=spec.attachment.path if spec.attachment else None,
+        attached=st.attached is not None,
+        message=st.message,
+    )
 
 
 def snapshot_view(res: Resource) -> dict[str, Any]:
     spec, st = SnapshotSpec.of(res), SnapshotStatus.of(res)
-    return {
-        "id": res.id,
-        "name": res.name,
-        "tenant": res.tenant,
-        "source_kind": spec.source_kind,
-        "source": spec.source_name,
-        "state": "deleting" if res.deleting else res.phase,
-        "frozen": st.frozen,
-        "took_ms": st.took_ms,
-        "volumes": [p.volume for p in st.volumes],
-        "message": st.message,
-        "created_at": res.created_at,
-        "labels": res.labels,
-    }
+    return record_view(
+        res,
+        source_kind=spec.source_kind,
+        source=spec.source_name,
+        state="deleting" if res.deleting else res.phase,
+        frozen=st.frozen,
+        took_ms=st.took_ms,
+        volumes=[p.volume for p in st.volumes],
+        message=st.message,
+    )
 
 
 Restorer = Callable[[HostContext, str, Path], None]
