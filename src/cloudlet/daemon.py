@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 
 from cloudlet.agent.client import HttpHosts
@@ -26,7 +25,7 @@ from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.context import ADMIN_TENANT, Cloud, HostDirectory
 from cloudlet.core.errors import CloudletError
-from cloudlet.core.ports import choose_port
+from cloudlet.core.ports import choose_port, listening_socket
 from cloudlet.core.reconcile import Manager
 from cloudlet.core.records import Resource
 from cloudlet.core.store import Store
@@ -90,16 +89,9 @@ def serve(cloud: Cloud) -> None:
 
     cfg = cloud.config
     before = cfg.endpoint()
-    port = choose_port(
-        int(str(before.get("port") or 0)),
-        cfg.api_port,
-        "CLOUDLET_API_PORT" in cfg.explicit_ports,
-        "API",
-        "CLOUDLET_API_PORT",
+    sock = listening_socket(
+        choose_port(before.get("port"), cfg.api_port, "API", "CLOUDLET_API_PORT", cfg.explicit_ports)
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.api_host, port))
     port = sock.getsockname()[1]
     cloud.manager.start()
     stop = threading.Event()

@@ -10,7 +10,6 @@ __all__ = ["run_agent", "host_capacity"]
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 
 from cloudlet.agent.agent import Agent
@@ -19,7 +18,7 @@ from cloudlet.compute.drivers import get_driver
 from cloudlet.core.clock import RealClock
 from cloudlet.core.config import Config, load_config
 from cloudlet.core.errors import CloudletError
-from cloudlet.core.ports import choose_port
+from cloudlet.core.ports import choose_port, listening_socket
 from cloudlet.network.drivers import get_network_driver
 from cloudlet.storage.pools import get_pool
 
@@ -91,19 +90,12 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     endpoint_file = state_dir / "endpoint.json"
     before = config.endpoint(endpoint_file)
     dns_port = choose_port(
-        int(str(before.get("dns_port") or 0)),
-        config.dns_port,
-        "CLOUDLET_DNS_PORT" in config.explicit_ports,
-        "DNS",
-        "CLOUDLET_DNS_PORT",
-        udp=True,
+        before.get("dns_port"), config.dns_port, "DNS", "CLOUDLET_DNS_PORT", config.explicit_ports, udp=True
     )
     resolver = Resolver(agent.cache)
     dns = DNSService(resolver, dns_port)
     agent.dns_port = dns.port
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", choose_port(int(str(before.get("port") or 0)), 0, False, "agent", "")))
+    sock = listening_socket(choose_port(before.get("port"), 0, "agent"))
     port = sock.getsockname()[1]
     agent.endpoint = f"http://127.0.0.1:{port}"
     agent.start()
