@@ -1,31 +1,57 @@
-"""Embedded DNS (dnslib): NAME.NETWORK.ZONE.cloudlet A records and their reverse PTRs.
+"""Embedded DNS: NAME.NETWORK.ZONE.cloudlet A records and their reverse PTRs (dnslib for the wire format).
 
 Run by each host's agent from its cached records, so names keep resolving while cloudletd is down. Served on
-127.0.0.1 (for the operator) and on every network gateway inside the hub namespace (for instances). A query
-from an instance is answered from its own tenant's view; one from the host sees every tenant.
+127.0.0.1 (for the operator, who sees every tenant) and on every network gateway inside the hub namespace (for
+instances). A gateway query is answered from the view of the network it arrived on, told by the gateway address
+it was sent to (the hub's nftables drop a packet for a gateway that arrives on another bridge), and only if its
+source is an instance on that network; any other query there gets no answer at all, not REFUSED: a forged
+source would get the reply aimed at whoever owns that address, and a real instance the index has not caught up
+with yet retries and is answered.
+
+Each listening address (loopback, hub) has one thread that answers UDP inline (a lookup in memory) and accepts
+TCP; each TCP connection gets a thread of its own, at most `TCP_MAX_CONNECTIONS` per address (beyond that a new
+connection is closed at once), and is closed once a query has not fully arrived within `TCP_IDLE_TIMEOUT`.
 """
 
 from __future__ import annotations
 
 import logging
+import selectors
+import socket
+import struct
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from dnslib import PTR, QTYPE, RCODE, RR, A
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
 from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
 from cloudlet.core.context import ADMIN_TENANT, Records
+from cloudlet.core.errors import translate_errors
 from cloudlet.network.netns import run_in_netns
-from cloudlet.network.resource import NETWORK
+from cloudlet.network.resource import NETWORK, NetworkSpec
 
-__all__ = ["DOMAIN", "dns_name", "Resolver", "DNSService"]
+__all__ = [
+    "DOMAIN",
+    "TCP_IDLE_TIMEOUT",
+    "TCP_MAX_CONNECTIONS",
+    "dns_name",
+    "View",
+    "EVERY_TENANT",
+    "Resolver",
+    "DNSService",
+]
 
 log = logging.getLogger("cloudlet.dns")
 DOMAIN = "cloudlet"
 TTL = 5
+TCP_IDLE_TIMEOUT = 3.0  # seconds a TCP connection may take to deliver its next whole query
+TCP_MAX_CONNECTIONS = 32  # open TCP connections (and so threads) per listening address
+FRESH = 0.05  # an unknown source rebuilds an index older than this once, so a just-started instance is answered
+IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks it
+_PKTINFO = struct.Struct("i4s4s")  # struct in_pktinfo: ifindex, spec_dst (source of a reply), addr (destination)
+_UDP_MAX = 4096
 
 
 def dns_name(instance: str, network: str, zone: str) -> str:
@@ -35,108 +61,270 @@ def dns_name(instance: str, network: str, zone: str) -> str:
 @dataclass(frozen=True)
 class Entry:
     tenant: str
+    network_id: str
     fqdn: str
     ip: str
 
 
-class Resolver(BaseResolver):  # type: ignore[misc]
+@dataclass(frozen=True)
+class View:
+    """Whose names a query sees: one tenant's, or every tenant's (tenant None: the operator on the host)."""
+
+    tenant: str | None
+
+
+EVERY_TENANT = View(None)
+
+
+@dataclass
+class _Index:
+    by_name: dict[str, list[Entry]] = field(default_factory=dict)
+    by_ip: dict[str, Entry] = field(default_factory=dict)
+    gateways: dict[str, str] = field(default_factory=dict)  # gateway address -> network id
+    built: float = float("-inf")
+
+
+class Resolver:
     def __init__(self, store: Records, max_age: float = 0.5) -> None:
         self.store = store
         self.max_age = max_age
         self._lock = threading.Lock()
-        self._built = 0.0
-        self._by_name: dict[str, list[Entry]] = {}
-        self._by_ip: dict[str, Entry] = {}
+        self._idx = _Index()
 
-    def _index(self) -> tuple[dict[str, list[Entry]], dict[str, Entry]]:
+    def _index(self, max_age: float) -> _Index:
         with self._lock:
-            if time.monotonic() - self._built > self.max_age:
-                nets = {n.id: n.name for n in self.store.list(NETWORK)}
-                by_name: dict[str, list[Entry]] = {}
-                by_ip: dict[str, Entry] = {}
+            if time.monotonic() - self._idx.built > max_age:
+                idx = _Index()
+                nets = {}
+                for net in self.store.list(NETWORK):
+                    nets[net.id] = net.name
+                    if not net.deleting:
+                        idx.gateways[NetworkSpec.of(net).gateway] = net.id
                 for inst in self.store.list(INSTANCE):
                     ip = InstanceStatus.of(inst).ip
-                    net = nets.get(InstanceSpec.of(inst).network_id)
-                    if not ip or not net or inst.deleting:
+                    net_id = InstanceSpec.of(inst).network_id
+                    if not ip or net_id not in nets or inst.deleting:
                         continue
-                    entry = Entry(inst.tenant, dns_name(inst.name, net, inst.zone or "zone-a"), ip)
-                    by_name.setdefault(entry.fqdn, []).append(entry)
-                    by_ip[ip] = entry
-                for entries in by_name.values():
+                    entry = Entry(inst.tenant, net_id, dns_name(inst.name, nets[net_id], inst.zone or "zone-a"), ip)
+                    idx.by_name.setdefault(entry.fqdn, []).append(entry)
+                    idx.by_ip[ip] = entry
+                for entries in idx.by_name.values():
                     entries.sort(key=lambda e: e.tenant != ADMIN_TENANT)
-                self._by_name, self._by_ip, self._built = by_name, by_ip, time.monotonic()
-            return self._by_name, self._by_ip
+                idx.built = time.monotonic()
+                self._idx = idx
+            return self._idx
 
-    def lookup(self, qname: str, qtype: str, client_ip: str | None) -> tuple[str, list[str]]:
+    def view_on(self, gateway: str, source: str) -> View | None:
+        """The view of a query sent to `gateway` from `source`: its tenant's if `source` is an instance on the
+        network of that gateway, else None (no answer)."""
+        for max_age in (self.max_age, FRESH):
+            idx = self._index(max_age)
+            net_id = idx.gateways.get(gateway)
+            entry = idx.by_ip.get(source)
+            if net_id is not None and entry is not None and entry.network_id == net_id:
+                return View(entry.tenant)
+        return None
+
+    def lookup(self, qname: str, qtype: str, view: View) -> tuple[str, list[str]]:
         """Returns (rcode name, answers): answers are IPs for A and names for PTR."""
-        by_name, by_ip = self._index()
+        idx = self._index(self.max_age)
         name = qname.rstrip(".").lower()
-        viewer = by_ip.get(client_ip or "")
-        tenant = viewer.tenant if viewer else None
         if name.endswith(".in-addr.arpa"):
             parts = name[: -len(".in-addr.arpa")].split(".")
-            ip = ".".join(reversed(parts))
-            entry = by_ip.get(ip)
-            if entry and (tenant is None or entry.tenant == tenant):
+            entry = idx.by_ip.get(".".join(reversed(parts)))
+            if entry and view.tenant in (None, entry.tenant):
                 return "NOERROR", [entry.fqdn + "."] if qtype in ("PTR", "ANY") else []
             return "NXDOMAIN", []
         if not name.endswith("." + DOMAIN):
             return "REFUSED", []
-        entries = [e for e in by_name.get(name, []) if tenant is None or e.tenant == tenant]
+        entries = [e for e in idx.by_name.get(name, []) if view.tenant in (None, e.tenant)]
         if not entries:
             return "NXDOMAIN", []
         return "NOERROR", [entries[0].ip] if qtype in ("A", "ANY") else []
 
-    def resolve(self, request: Any, handler: Any) -> Any:
+    def reply(self, data: bytes, view: View) -> bytes | None:
+        """The wire reply to a wire query, or None for what is not a query (garbage, a response, no question)."""
+        try:
+            request = DNSRecord.parse(data)
+        except DNSError:
+            return None
+        if request.header.qr or not request.questions:
+            return None
         reply = request.reply()
         qname = str(request.q.qname)
         qtype = QTYPE[request.q.qtype]
-        client = handler.client_address[0] if handler is not None else None
-        rcode, answers = self.lookup(qname, qtype, client)
+        rcode, answers = self.lookup(qname, qtype, view)
         reply.header.rcode = getattr(RCODE, rcode)
         for ans in answers:
             if qtype == "PTR":
                 reply.add_answer(RR(qname, QTYPE.PTR, rdata=PTR(ans), ttl=TTL))
             else:
                 reply.add_answer(RR(qname, QTYPE.A, rdata=A(ans), ttl=TTL))
-        return reply
+        return bytes(reply.pack())
 
 
-class _QuietLogger(DNSLogger):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__(log="-request,-reply,-truncated,-data,-recv,-send", prefix=False)
+ViewOf = Callable[[str, str], View | None]  # (local address a query was sent to, its source) -> its view
+
+
+def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes | None:
+    """n bytes, None at end of stream; TimeoutError once the deadline passes (a trickle does not extend it)."""
+    buf = b""
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        conn.settimeout(left)
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+class _Endpoint:
+    """A UDP and a TCP socket on one address, served by one thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        udp: socket.socket,
+        tcp: socket.socket,
+        view_of: ViewOf,
+        max_connections: int,
+        idle_timeout: float,
+    ) -> None:
+        self.resolver, self.udp, self.tcp, self.view_of = resolver, udp, tcp, view_of
+        self.max_connections, self.idle_timeout = max_connections, idle_timeout
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel = selectors.DefaultSelector()
+        for sock, handler in ((udp, self._on_udp), (tcp, self._on_accept), (self._wake_r, None)):
+            sock.setblocking(False)
+            self._sel.register(sock, selectors.EVENT_READ, handler)
+        self.address, port = udp.getsockname()
+        self._thread = threading.Thread(target=self._loop, name=f"dns-{self.address}:{port}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            for key, _ in self._sel.select():
+                if key.data is None:
+                    return
+                try:
+                    key.data()
+                except OSError as exc:  # a peer gone or a full buffer: that one query is lost
+                    log.debug("dns: %s", exc)
+                except Exception:  # a bug on one query must not stop DNS for every instance
+                    log.exception("dns: a query failed")
+
+    def _on_udp(self) -> None:
+        try:
+            data, ancdata, flags, source = self.udp.recvmsg(_UDP_MAX, socket.CMSG_SPACE(_PKTINFO.size))
+        except BlockingIOError:
+            return
+        local = self.address
+        for level, kind, value in ancdata:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                local = socket.inet_ntoa(_PKTINFO.unpack(value[: _PKTINFO.size])[2])
+        view = self.view_of(local, source[0])
+        out = self.resolver.reply(data, view) if view is not None and not flags & socket.MSG_TRUNC else None
+        if out is not None:
+            # answer from the address the query was sent to, whatever else the hub's routes would pick
+            info = _PKTINFO.pack(0, socket.inet_aton(local), bytes(4))
+            self.udp.sendmsg([out], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, source)
+
+    def _on_accept(self) -> None:
+        try:
+            conn, source = self.tcp.accept()
+        except BlockingIOError:
+            return
+        view = self.view_of(conn.getsockname()[0], source[0])
+        with self._lock:
+            if view is None or len(self._conns) >= self.max_connections:
+                conn.close()
+                return
+            self._conns.add(conn)
+        threading.Thread(target=self._serve_tcp, args=(conn, view), name="dns-tcp", daemon=True).start()
+
+    def _serve_tcp(self, conn: socket.socket, view: View) -> None:
+        try:
+            while True:
+                deadline = time.monotonic() + self.idle_timeout
+                head = _recv_exact(conn, 2, deadline)
+                data = _recv_exact(conn, struct.unpack("!H", head)[0], deadline) if head else None
+                out = self.resolver.reply(data, view) if data else None
+                if out is None:
+                    return
+                conn.settimeout(self.idle_timeout)
+                conn.sendall(struct.pack("!H", len(out)) + out)
+        except OSError:  # timed out, reset, or closed by stop()
+            pass
+        except Exception:  # as in _loop; the slot is freed below either way
+            log.exception("dns: a TCP query failed")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def stop(self) -> None:
+        self._wake_w.send(b"x")
+        self._thread.join()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
+            except OSError:
+                pass
+        for sock in (self.udp, self.tcp, self._wake_r, self._wake_w):
+            sock.close()
+        self._sel.close()
+
+
+def _sockets(address: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP socket on (address, port), telling the destination of each datagram, and a TCP one on its port."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        udp.bind((address, port))
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((address, udp.getsockname()[1]))  # the TCP socket takes the port UDP was given
+        tcp.listen(64)
+    except OSError:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp
 
 
 class DNSService:
-    """The UDP+TCP servers on 127.0.0.1:port and, once the hub exists, on port 53 of every gateway."""
+    """DNS on 127.0.0.1:port and, once the hub exists, on port 53 of every gateway."""
 
-    def __init__(self, resolver: Resolver, port: int) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        port: int,
+        tcp_max_connections: int = TCP_MAX_CONNECTIONS,
+        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+    ) -> None:
         self.resolver = resolver
-        self.servers: list[DNSServer] = []
-        for tcp in (False, True):
-            srv = DNSServer(resolver, port=port, address="127.0.0.1", tcp=tcp, logger=_QuietLogger())
-            port = srv.server.server_address[1]  # the TCP server takes the port UDP was given
-            self.servers.append(srv)
-        self.port = port
+        self.tcp_limits = (tcp_max_connections, tcp_idle_timeout)
+        with translate_errors(f"opening DNS on 127.0.0.1:{port}"):
+            udp, tcp = _sockets("127.0.0.1", port)
+        self.port: int = udp.getsockname()[1]
+        self.endpoints = [_Endpoint(resolver, udp, tcp, lambda local, source: EVERY_TENANT, *self.tcp_limits)]
         self.hub: str | None = None
-        for srv in self.servers:
-            srv.start_thread()
 
     def serve_hub(self, hub: str) -> None:
         if self.hub == hub:
             return
-        for tcp in (False, True):
-            srv = run_in_netns(
-                hub,
-                lambda tcp=tcp: DNSServer(  # type: ignore[misc]
-                    self.resolver, port=53, address="0.0.0.0", tcp=tcp, logger=_QuietLogger()
-                ),
-            )
-            srv.start_thread()
-            self.servers.append(srv)
+        with translate_errors(f"opening DNS in {hub}"):
+            udp, tcp = run_in_netns(hub, lambda: _sockets("0.0.0.0", 53))
+        self.endpoints.append(_Endpoint(self.resolver, udp, tcp, self.resolver.view_on, *self.tcp_limits))
         self.hub = hub
 
     def stop(self) -> None:
-        for srv in self.servers:
-            srv.stop()
-            srv.server.server_close()
+        for endpoint in self.endpoints:
+            endpoint.stop()
