@@ -70,6 +70,7 @@ def bootstrap(cloud: Cloud) -> str:
         os.replace(tmp, cfg.token_file)
     host_token(cloud.store, cfg.host, cfg.host_token_file(cfg.host))
     images.ensure_busybox(cloud)
+    images.discard_stale_uploads(cloud)
     networks.ensure_default_network(cloud, ADMIN_TENANT)
     return token
 

@@ -1,4 +1,4 @@
-"""cloudlet image list|show|build|import."""
+"""cloudlet image list|show|build|import|delete."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ app = typer.Typer(
     help="Images instances boot from: busybox (built in), Debian (debootstrap), imported tarballs.",
     no_args_is_help=True,
 )
-COLUMNS = ["name", "source", "state", "packages", "size_mib", "digest"]
+COLUMNS = ["name", "tenant", "source", "state", "packages", "size_mib", "digest"]
 
 
 @app.command("list")
 def list_(selector: SelectorOpt = None, output: OutputOpt = Format.table) -> None:
-    """List images."""
+    """List images: the public ones and your own."""
     emit(connect().get("/v1/images", {"selector": selector})["items"], output, COLUMNS)
 
 
@@ -44,7 +44,7 @@ def build(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the build")] = True,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Build a Debian image with debootstrap (cached by content)."""
+    """Build a Debian image with debootstrap (cached by content): your own, or with the admin token a public one."""
     client = connect()
     pkgs = [p.strip() for p in packages.split(",") if p.strip()]
     view = client.post("/v1/images", {"name": name, "packages": pkgs})
@@ -83,5 +83,15 @@ def import_(
     )
     if output == Format.table:
         say(f"Image {name} imported")
+    else:
+        emit(view, output)
+
+
+@app.command()
+def delete(name: str, output: OutputOpt = Format.table) -> None:
+    """Delete one of your images (public ones: admin only); refused while anything boots from it."""
+    view = connect().request("DELETE", f"/v1/images/{name}")
+    if output == Format.table:
+        say(f"Image {name} deleted")
     else:
         emit(view, output)

@@ -88,7 +88,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
             raise Conflict(f"the image snapshot {req.from_snapshot} was taken from no longer exists")
         image = found
     elif req.image:
-        image = get_image(cloud, req.image)
+        image = get_image(cloud, caller, req.image)
     else:
         raise InvalidSpec("give an image to launch, or --from-snapshot")
     if image.phase == "failed":

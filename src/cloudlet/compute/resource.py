@@ -61,6 +61,7 @@ class ImageSpec(Spec):
     suite: str | None = None
     packages: list[str] = Field(default_factory=list)
     mirror: str | None = None
+    upload_bytes: int | None = None  # an import's tarball: what it counts in quota until a host measured it
 
 
 class ImageStatus(Status):

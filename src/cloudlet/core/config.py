@@ -32,6 +32,10 @@ class Config:
     host: str
     zone: str
     debian_mirror: str
+    # image imports: the uploaded tarball, counted while it streams, and what it may unpack to on each host
+    max_upload_bytes: int = 4 << 30
+    max_image_bytes: int = 16 << 30
+    max_image_files: int = 1_000_000
 
     @property
     def pid_file(self) -> Path:
@@ -105,4 +109,7 @@ def load_config() -> Config:
         host=os.environ.get("CLOUDLET_HOST", "local"),
         zone=os.environ.get("CLOUDLET_ZONE", "zone-a"),
         debian_mirror=os.environ.get("CLOUDLET_DEBIAN_MIRROR") or _apt_mirror(),
+        max_upload_bytes=int(os.environ.get("CLOUDLET_MAX_UPLOAD_BYTES") or 4 << 30),
+        max_image_bytes=int(os.environ.get("CLOUDLET_MAX_IMAGE_BYTES") or 16 << 30),
+        max_image_files=int(os.environ.get("CLOUDLET_MAX_IMAGE_FILES") or 1_000_000),
     )
