@@ -1,4 +1,5 @@
-"""cloudlet backup create|list|show|restore|delete and backup target add|list."""
+"""cloudlet backup create|list|show|restore|delete, backup target add|list, backup endpoint allow|list|remove
+(admin) and backup policy create|list|delete."""
 
 from __future__ import annotations
 
@@ -13,13 +14,20 @@ import typer
 from cloudlet.cli.client import Client, connect
 from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, console, emit, labels_of, say
 from cloudlet.cli.volume import wait_ready
-from cloudlet.core.errors import CloudletError
+from cloudlet.core.errors import CloudletError, NotFound
 
 app = typer.Typer(
     help="Backups of snapshots, volumes and instances, shipped to S3-compatible storage.", no_args_is_help=True
 )
-target_app = typer.Typer(help="Where backups go: any S3-compatible endpoint.", no_args_is_help=True)
+target_app = typer.Typer(
+    help="Where backups go: any S3-compatible endpoint (for tenants, one the admin allowed).", no_args_is_help=True
+)
 app.add_typer(target_app, name="target")
+endpoint_app = typer.Typer(
+    help="The S3 endpoints tenants' backup targets may use (the admin's own targets may point anywhere).",
+    no_args_is_help=True,
+)
+app.add_typer(endpoint_app, name="endpoint")
 COLUMNS = ["name", "source_kind", "source", "target", "state", "bytes", "compressed_bytes", "seconds"]
 
 
@@ -40,7 +48,9 @@ def _wait(client: Client, name: str, timeout: float = 3600) -> dict[str, Any]:
 @target_app.command("add")
 def target_add(
     name: str,
-    endpoint: Annotated[str, typer.Option(help="e.g. http://127.0.0.1:9000")],
+    endpoint: Annotated[
+        str, typer.Option(help="e.g. https://s3.example.com; a tenant's must be allowed ('backup endpoint list')")
+    ],
     bucket: Annotated[str, typer.Option()],
     access_key: Annotated[str, typer.Option()],
     secret_key: Annotated[str, typer.Option()],
@@ -70,6 +80,44 @@ def target_list(selector: SelectorOpt = None, output: OutputOpt = Format.table) 
         output,
         ["name", "endpoint", "bucket", "access_key"],
     )
+
+
+@endpoint_app.command("allow")
+def endpoint_allow(
+    url: Annotated[str, typer.Argument(help="the endpoint's origin: http(s)://host[:port]")],
+    private: Annotated[
+        bool,
+        typer.Option(
+            "--private", help="tenants' targets here may reach loopback, private and link-local addresses too"
+        ),
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="name of the entry (default: made from host and port)")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Admin: let tenants' backup targets use an endpoint (run again to change --private)."""
+    view = connect().post("/v1/backup-endpoints", {"url": url, "private": private, "name": name})
+    say(f"Backup endpoint {view['url']} allowed as {view['name']}") if output == Format.table else emit(view, output)
+
+
+@endpoint_app.command("list")
+def endpoint_list(output: OutputOpt = Format.table) -> None:
+    """The endpoints tenants' backup targets may use."""
+    emit(connect().get("/v1/backup-endpoints")["items"], output, ["name", "url", "private"])
+
+
+@endpoint_app.command("remove")
+def endpoint_remove(
+    entry: Annotated[str, typer.Argument(help="name or URL of the entry")], output: OutputOpt = Format.table
+) -> None:
+    """Admin: refuse an endpoint to tenants from now on (their targets there stop working)."""
+    client = connect()
+    if "://" in entry:
+        found = client.get("/v1/backup-endpoints", {"url": entry})["items"]
+        if not found:
+            raise NotFound(f"backup endpoint {entry} is not allowed; nothing to remove")
+        entry = found[0]["name"]
+    view = client.delete(f"/v1/backup-endpoints/{entry}")
+    say(f"Backup endpoint {view['url']} removed") if output == Format.table else emit(view, output)
 
 
 @app.command()

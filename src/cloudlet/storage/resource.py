@@ -1,5 +1,5 @@
-"""The storage kinds (Volume, Snapshot, BackupTarget, Backup, BackupPolicy): their registration and their Spec
-and Status models; and the Tenant's spec (its quotas)."""
+"""The storage kinds (Volume, Snapshot, BackupTarget, BackupEndpoint, Backup, BackupPolicy): their registration and
+their Spec and Status models; and the Tenant's spec (its quotas)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ __all__ = [
     "VOLUME",
     "SNAPSHOT",
     "BACKUP_TARGET",
+    "BACKUP_ENDPOINT",
     "BACKUP",
     "BACKUP_POLICY",
     "Attachment",
@@ -16,6 +17,7 @@ __all__ = [
     "SnapshotSpec",
     "SnapshotStatus",
     "TargetSpec",
+    "EndpointSpec",
     "BackupSpec",
     "BackupStatus",
     "PolicySpec",
@@ -33,6 +35,10 @@ from cloudlet.core.models import Spec, Status
 VOLUME = register_kind(KindInfo("Volume", "volumes", host_bound=True)).name
 SNAPSHOT = register_kind(KindInfo("Snapshot", "snapshots", host_bound=True)).name
 BACKUP_TARGET = register_kind(KindInfo("BackupTarget", "backup-targets")).name
+# the admin's allow list of S3 endpoints tenants' targets may use (shared records, no labels)
+BACKUP_ENDPOINT = register_kind(
+    KindInfo("BackupEndpoint", "backup-endpoints", tenant_scoped=False, labelled=False)
+).name
 BACKUP = register_kind(KindInfo("Backup", "backups", host_bound=True)).name
 BACKUP_POLICY = register_kind(KindInfo("BackupPolicy", "backup-policies")).name
 
@@ -95,6 +101,15 @@ class TargetSpec(Spec):
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    # a tenant's target: the BackupEndpoint entry that lets it be used (cleared when the admin removes the entry),
+    # and whether that entry lets it reach loopback, private and link-local addresses; the admin's need neither
+    allowed_by: str | None = None
+    private: bool = False
+
+
+class EndpointSpec(Spec):
+    url: str  # an origin: scheme://host:port
+    private: bool = False
 
 
 class BackupSpec(Spec):

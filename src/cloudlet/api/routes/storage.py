@@ -14,7 +14,7 @@ from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.labels import Labels, Selector
 from cloudlet.core.records import Name, NameRef
-from cloudlet.storage import backups, policies, volumes
+from cloudlet.storage import backups, endpoints, policies, volumes
 
 router = APIRouter(prefix="/v1", tags=["storage"])
 Cascade = Query(False, description="also delete everything that depends on it")
@@ -156,6 +156,30 @@ def add_target(
     body: backups.TargetCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
 ) -> dict[str, Any]:
     return backups.target_view(backups.add_target(cloud, who, body))
+
+
+@router.get("/backup-endpoints")
+def list_endpoints(
+    url: str | None = Query(None, max_length=300, description="only the entry for this endpoint URL"),
+    cloud: Cloud = Depends(get_cloud),
+) -> dict[str, Any]:
+    """The endpoints tenants' backup targets may use (the admin's may point anywhere)."""
+    found = [endpoints.find_endpoint(cloud, url)] if url else cloud.store.list(endpoints.ENDPOINT)
+    return page([endpoints.endpoint_view(r) for r in found if r is not None])
+
+
+@router.post("/backup-endpoints", status_code=201)
+def allow_endpoint(
+    body: endpoints.EndpointCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Admin: lets tenants' targets use this endpoint (again); with `private`, also at non-public addresses."""
+    return endpoints.endpoint_view(endpoints.allow_endpoint(cloud, who, body))
+
+
+@router.delete("/backup-endpoints/{name}")
+def remove_endpoint(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Admin: tenants' targets at this endpoint are refused from then on."""
+    return endpoints.endpoint_view(endpoints.remove_endpoint(cloud, who, name))
 
 
 @router.get("/backups")
