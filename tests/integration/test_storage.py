@@ -89,6 +89,8 @@ def test_tenant_quota_names_the_limit(pcloud: CloudCLI) -> None:
     pcloud.run("tenant", "quota", "small", "--volumes", "1", "--gib", "3", "--snapshots", "1")
     env = {"CLOUDLET_TOKEN": token}
     pcloud.run("volume", "create", "q1", "--size", "2", env=env)
+    usage = pcloud.json("tenant", "show", "small", env=env)["quota"]
+    assert usage["volumes"] == {"used": 1, "limit": 1} and usage["volume_gib"] == {"used": 2, "limit": 3}
     over = pcloud.run("volume", "create", "q2", "--size", "1", check=False, env=env)
     assert over.returncode == 1 and "quota exceeded: volumes" in over.stderr
     pcloud.run("snapshot", "create", "q1", "--name", "qs1", env=env)

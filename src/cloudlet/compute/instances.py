@@ -27,18 +27,30 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.images import get_image
-from cloudlet.compute.resource import INSTANCE, ImageStatus, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import HOST, INSTANCE, HostSpec, ImageStatus, InstanceSpec, InstanceStatus
+from cloudlet.core import quota
 from cloudlet.core.conditions import set_condition
-from cloudlet.core.context import Caller, Cloud, Records
+from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud, Records
 from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
 from cloudlet.core.labels import Labels
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, Text, check_name, record_view
 from cloudlet.network import networks
-from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec
+from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec, VolumeSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
 
 KIND = INSTANCE
 READY = "Ready"
+# the compute quotas (core/quota.py). An instance holds its vCPUs and memory stopped or running (placement keeps
+# its memory reserved either way), so stop and start change no usage; one being deleted keeps its address until
+# it is gone.
+quota.register_meter(quota.Meter("instances", KIND, lambda r: 0 if r.deleting else 1, 20))
+quota.register_meter(quota.Meter("vcpus", KIND, lambda r: 0 if r.deleting else InstanceSpec.of(r).cpus, 16))
+quota.register_meter(
+    quota.Meter("memory_mib", KIND, lambda r: 0 if r.deleting else InstanceSpec.of(r).memory_mib, 16384)
+)
+quota.register_meter(
+    quota.Meter("addresses", KIND, lambda r: 1 if not r.deleting or InstanceStatus.of(r).ip else 0, 256)
+)
 
 
 class InstanceCreate(BaseModel):
@@ -102,9 +114,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
             raise NotFound(f"network {req.network!r} not found; create it with 'cloudlet network create'") from None
     if net.deleting:
         raise Conflict(f"network {req.network!r} is being deleted")
-    largest = cloud.placement.largest_memory()
-    if req.memory_mib > largest:
-        raise Conflict(f"memory {req.memory_mib} MiB is more than the largest host has ({largest} MiB)")
+    _check_size(cloud, caller, req.cpus, req.memory_mib)
     spec = InstanceSpec(
         image=image.name,
         image_id=image.id,
@@ -128,11 +138,42 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
     )
     if snapshot and cloud.store.list(KIND, tenant=caller.tenant, name=req.name):
         raise Conflict(f"Instance {req.name!r} already exists; choose another name or delete it first")
-    # clones of the volumes it had, stored first: its agent sees them before the instance, which waits for them
-    for vol in volumes_of_snapshot(cloud, caller, snapshot, res.id, req.name) if snapshot else []:
-        cloud.store.create(vol, created=f"volume {vol.name} restored for {req.name}")
-    cloud.store.create(res, created=f"instance {req.name} of image {image.name} on network {net.name}")
+    # clones of the volumes it had, stored first: its agent sees them before the instance, which waits for them;
+    # all in one transaction with the quota check of them all
+    vols = volumes_of_snapshot(cloud, caller, snapshot, res.id, req.name) if snapshot else []
+    need = {
+        "instances": 1,
+        "vcpus": req.cpus,
+        "memory_mib": req.memory_mib,
+        "addresses": 1,
+        "volumes": len(vols),
+        "volume_gib": sum(VolumeSpec.of(v).size_gib for v in vols),
+    }
+    cloud.store.create_all(
+        [
+            *((v, f"volume {v.name} restored for {req.name}") for v in vols),
+            (res, f"instance {req.name} of image {image.name} on network {net.name}"),
+        ],
+        guard=quota.guard(caller.tenant, need),
+    )
     return res
+
+
+def _check_size(cloud: Cloud, caller: Caller, cpus: float, memory_mib: int) -> None:
+    """No instance is bigger than the largest host. A tenant's has at most half that host's memory: placement
+    reserves memory, so one instance holding all of it would shut every other tenant out of the host (CPU time is
+    shared, not reserved)."""
+    hosts = [HostSpec.of(h) for h in cloud.store.list(HOST, tenant=SYSTEM_TENANT)]
+    most_memory, most_cpus = max((h.memory_mib for h in hosts), default=0), max((h.cpus for h in hosts), default=0)
+    if memory_mib > most_memory:
+        raise Conflict(f"memory {memory_mib} MiB is more than the largest host has ({most_memory} MiB)")
+    if not caller.is_admin and memory_mib > most_memory // 2:
+        raise Conflict(
+            f"memory {memory_mib} MiB is more than a tenant's instance may have: {most_memory // 2} MiB, half of "
+            "the largest host"
+        )
+    if cpus > most_cpus:
+        raise Conflict(f"cpus {cpus:g} is more than the largest host has ({most_cpus})")
 
 
 def act(cloud: Cloud, caller: Caller, name: str, action: str) -> Resource:

@@ -10,7 +10,7 @@ import builtins
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,12 @@ from cloudlet.core.errors import Conflict, NotFound
 from cloudlet.core.records import FINALIZER, Event, Resource
 from cloudlet.core.tables import changes, events, ip_allocations, resources, tokens
 
-__all__ = ["Store"]
+__all__ = ["Store", "Guard"]
 
 _COLUMNS = [f.name for f in dataclasses.fields(Resource)]
 _SELECT = sa.select(*[resources.c[c] for c in _COLUMNS])  # in dataclass order, so rows map positionally
 MIGRATIONS = Path(__file__).parent / "migrations"
+Guard = Callable[[sa.Connection], None]  # a check run inside a write's transaction (Store.create_all)
 
 
 def _row_to_resource(row: Any) -> Resource:
@@ -75,20 +76,33 @@ class Store:
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     # resources
-    def create(self, res: Resource, created: str | None = None) -> Resource:
+    def create(self, res: Resource, created: str | None = None, guard: Guard | None = None) -> Resource:
         """Inserts the record and, with `created`, its Created event in the same transaction, before any
         reconciler hears of it (so events read in cause-and-effect order)."""
-        values = dataclasses.asdict(res)
+        return self.create_all([(res, created)], guard)[0]
+
+    def create_all(
+        self, items: Sequence[tuple[Resource, str | None]], guard: Guard | None = None
+    ) -> builtins.list[Resource]:
+        """Inserts (record, Created message) pairs in one transaction, all or none. `guard` runs first in that
+        transaction and refuses by raising: a check that must see what it counts committed, and keep it so until
+        the insert (quotas, core/quota.py)."""
+        revs: builtins.list[int] = []
+        res = items[0][0]
         try:
             with self.engine.begin() as conn:
-                conn.execute(resources.insert().values(**values))
-                rev = self._changed(conn, res.id, res.kind, res.host)
-                if created is not None:
-                    conn.execute(_event(res, "Created", created, "Normal"))
+                if guard is not None:
+                    guard(conn)
+                for res, created in items:
+                    conn.execute(resources.insert().values(**dataclasses.asdict(res)))
+                    revs.append(self._changed(conn, res.id, res.kind, res.host))
+                    if created is not None:
+                        conn.execute(_event(res, "Created", created, "Normal"))
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
-        self._notify(res, rev)
-        return res
+        for (res, _), rev in zip(items, revs, strict=True):
+            self._notify(res, rev)
+        return [res for res, _ in items]
 
     def get(self, kind: str, tenant: str | None, name: str, parent: str = "") -> Resource:
         q = _SELECT.where(resources.c.kind == kind, resources.c.name == name, resources.c.parent == parent)

@@ -8,20 +8,39 @@ from collections.abc import Iterable, Iterator
 from cloudlet.core.config import TENANT_SPACE
 from cloudlet.core.errors import Conflict, InvalidSpec
 
-__all__ = ["parse_subnet", "pick_subnet", "gateway_of", "host_addresses"]
+__all__ = [
+    "SPACE",
+    "TENANT_MIN_PREFIX",
+    "ADMIN_MIN_PREFIX",
+    "MAX_PREFIX",
+    "MAX_TENANT_NETWORKS",
+    "parse_subnet",
+    "pick_subnet",
+    "gateway_of",
+    "host_addresses",
+]
 
 SPACE = ipaddress.IPv4Network(TENANT_SPACE)
+# A tenant's network is at most a /20 (4,096 addresses), the admin's a /16. SPACE, a /12, holds 256 /20s: a tenant
+# at its default networks quota (5, network/networks.py) holds at most 5 x 4,096 = 20,480 addresses, 2% of the
+# space, and the largest networks quota the admin may give (MAX_TENANT_NETWORKS, 128 /20s) is half of it: one
+# tenant can never exhaust the space the others launch in.
+TENANT_MIN_PREFIX = 20
+ADMIN_MIN_PREFIX = 16
+MAX_PREFIX = 29
+MAX_TENANT_NETWORKS = SPACE.num_addresses // 2 // (1 << (32 - TENANT_MIN_PREFIX))
 
 
-def parse_subnet(cidr: str) -> ipaddress.IPv4Network:
+def parse_subnet(cidr: str, min_prefix: int = TENANT_MIN_PREFIX) -> ipaddress.IPv4Network:
+    """`min_prefix`: the largest network the caller may make (ADMIN_MIN_PREFIX for the admin)."""
     try:
         net = ipaddress.ip_network(cidr, strict=True)
     except ValueError as exc:
         raise InvalidSpec(f"subnet {cidr!r} is not a valid CIDR network (e.g. 10.240.5.0/24): {exc}") from exc
     if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(SPACE):
         raise InvalidSpec(f"subnet {cidr} must lie inside the tenant space {TENANT_SPACE}")
-    if net.prefixlen > 29 or net.prefixlen < 16:
-        raise InvalidSpec(f"subnet {cidr} must have a prefix between /16 and /29")
+    if net.prefixlen > MAX_PREFIX or net.prefixlen < min_prefix:
+        raise InvalidSpec(f"subnet {cidr} must have a prefix between /{min_prefix} and /{MAX_PREFIX}")
     return net
 
 

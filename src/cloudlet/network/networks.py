@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.resource import INSTANCE, InstanceSpec
+from cloudlet.core import quota
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext, Records
 from cloudlet.core.errors import Conflict
@@ -32,18 +33,21 @@ __all__ = [
 
 KIND = NETWORK
 DEFAULT = "default"
-_create_lock = threading.Lock()
+_create_lock = threading.Lock()  # subnets are unique across tenants: the quota's per-tenant lock does not cover it
+# a network being deleted still holds its subnet, so it counts until it is gone; the default, 5, and the largest
+# network a tenant may make keep one tenant from exhausting the address space (the arithmetic: network/ipam.py)
+quota.register_meter(quota.Meter("networks", KIND, lambda r: 1, 5))
 
 
 def _subnet_pattern() -> str:
-    """What ipam.parse_subnet() takes, as a regex for the schema: a network (host bits zero) inside the tenant
-    space with a prefix from /16 to /29; empty means pick one."""
+    """What ipam.parse_subnet() takes from the admin, as a regex for the schema: a network (host bits zero) inside
+    the tenant space with a prefix from /16 to /29 (a tenant's from /20); empty means pick one."""
     heads = "|".join(
         str(n.network_address).rsplit(".", 2)[0].replace(".", r"\.") for n in ipam.SPACE.subnets(new_prefix=16)
     )
     octet = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
     branches = []
-    for prefix in range(16, 30):
+    for prefix in range(ipam.ADMIN_MIN_PREFIX, ipam.MAX_PREFIX + 1):
         step = 1 << (24 - prefix) if prefix <= 24 else 1 << (32 - prefix)
         values = "|".join(str(v) for v in range(0, 256, step))
         branches.append(rf"({values})\.0/{prefix}" if prefix <= 24 else rf"{octet}\.({values})/{prefix}")
@@ -53,8 +57,9 @@ def _subnet_pattern() -> str:
 Subnet = Annotated[
     str,
     Field(
-        description=f"a free network inside {ipam.SPACE} with a prefix from /16 to /29, e.g. "
-        "10.240.5.0/24; omit it for the next free /24",
+        description=f"a free network inside {ipam.SPACE} with a prefix from /{ipam.TENANT_MIN_PREFIX} to "
+        f"/{ipam.MAX_PREFIX} (the admin's from /{ipam.ADMIN_MIN_PREFIX}), e.g. 10.240.5.0/24; omit it for the next "
+        "free /24",
         json_schema_extra={"pattern": _subnet_pattern()},
     ),
 ]
@@ -74,7 +79,7 @@ def create_network(
     with _create_lock:
         taken = [NetworkSpec.of(n).subnet for n in cloud.store.list(KIND)]
         if subnet:
-            net = ipam.parse_subnet(subnet)
+            net = ipam.parse_subnet(subnet, ipam.ADMIN_MIN_PREFIX if caller.is_admin else ipam.TENANT_MIN_PREFIX)
             ipam.check_free(net, taken)
         else:
             net = ipam.pick_subnet(taken)
@@ -87,7 +92,9 @@ def create_network(
             labels=labels or {},
             spec=NetworkSpec(subnet=str(net), gateway=ipam.gateway_of(net)).dump(),
         )
-        cloud.store.create(res, created=f"network {name} {net} created")
+        cloud.store.create(
+            res, created=f"network {name} {net} created", guard=quota.guard(caller.tenant, {"networks": 1})
+        )
     return res
 
 
@@ -96,8 +103,10 @@ def ensure_default_network(cloud: Cloud, tenant: str) -> Resource:
         return res
     try:
         return create_network(cloud, Caller(tenant), DEFAULT)
-    except Conflict:
-        return cloud.store.get(KIND, tenant, DEFAULT)
+    except Conflict:  # a parallel launch made it meanwhile; else (the quota) the refusal stands
+        for res in cloud.store.list(KIND, tenant=tenant, name=DEFAULT):
+            return res
+        raise
 
 
 def delete_network(cloud: Cloud, caller: Caller, name: str) -> Resource:

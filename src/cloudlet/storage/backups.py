@@ -71,7 +71,7 @@ from cloudlet.storage.resource import (
     VolumeSpec,
 )
 from cloudlet.storage.untar import UnpackLimits, unpack
-from cloudlet.storage.volumes import SNAPSHOT, VOLUME, SnapshotCreate, check_quota, create_snapshot
+from cloudlet.storage.volumes import SNAPSHOT, VOLUME, SnapshotCreate, create_snapshot, storage_quota
 
 TARGET = BACKUP_TARGET
 CHUNK = 1 << 20
@@ -214,8 +214,7 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
         raise Conflict(f"backup target {bspec.target} of backup {name} no longer exists")
     _check_usable(target)
     is_instance = bspec.source_kind == INSTANCE
-    check_quota(
-        cloud,
+    guard = storage_quota(
         caller.tenant,
         snapshots=1 if is_instance else 0,
         volumes=0 if is_instance else 1,
@@ -243,7 +242,7 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
         zone=backup.zone,
         host=backup.host,
     )
-    return cloud.store.create(res, created=f"{kind.lower()} {req.name} restored from backup {name}")
+    return cloud.store.create(res, created=f"{kind.lower()} {req.name} restored from backup {name}", guard=guard)
 
 
 def backup_view(res: Resource) -> dict[str, Any]:

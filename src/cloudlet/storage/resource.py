@@ -1,5 +1,5 @@
 """The storage kinds (Volume, Snapshot, BackupTarget, BackupEndpoint, Backup, BackupPolicy): their registration and
-their Spec and Status models; and the Tenant's spec (its quotas)."""
+their Spec and Status models; and the Tenant's spec (its quota, core/quota.py, and more)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.models import Spec, Status
+from cloudlet.core.quota import TenantQuota
 
 VOLUME = register_kind(KindInfo("Volume", "volumes", host_bound=True)).name
 SNAPSHOT = register_kind(KindInfo("Snapshot", "snapshots", host_bound=True)).name
@@ -151,5 +152,5 @@ class PolicyStatus(Status):
     expired: int = 0
 
 
-class TenantSpec(Spec):
-    quota: dict[str, int] = Field(default_factory=dict)
+class TenantSpec(TenantQuota):
+    """What the admin sets for a tenant: its quota (core/quota.py), and more."""

@@ -24,12 +24,11 @@ __all__ = [
     "snapshot_view",
     "VolumeReconciler",
     "SnapshotReconciler",
-    "check_quota",
+    "storage_quota",
     "AttachRequest",
     "attach_volume",
     "detach_volume",
     "attached_to",
-    "quota_of",
     "release_attachments",
 ]
 
@@ -41,13 +40,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.compute.resource import INSTANCE, InstanceSpec
+from cloudlet.core import quota
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
-from cloudlet.core.kinds import TENANT
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, NO_NUL, Int, Name, NameRef, Resource, check_name, derived_name, record_view
+from cloudlet.core.store import Guard
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import (
     BACKUP,
@@ -58,13 +58,15 @@ from cloudlet.storage.resource import (
     SnapshotPart,
     SnapshotSpec,
     SnapshotStatus,
-    TenantSpec,
     VolumeSpec,
     VolumeStatus,
 )
 
 GIB = 1 << 30
-DEFAULT_QUOTA = {"volumes": 100, "volume_gib": 1000, "snapshots": 500}
+# the storage quotas (core/quota.py): what is being deleted no longer counts
+quota.register_meter(quota.Meter("volumes", VOLUME, lambda r: 0 if r.deleting else 1, 100))
+quota.register_meter(quota.Meter("volume_gib", VOLUME, lambda r: 0 if r.deleting else VolumeSpec.of(r).size_gib, 1000))
+quota.register_meter(quota.Meter("snapshots", SNAPSHOT, lambda r: 0 if r.deleting else 1, 500))
 # What AttachRequest's validator accepts, stated for the schema: absolute, not /, no '..', not under /proc, /sys,
 # /dev or /etc.
 ATTACH_PATH = r"^/(?!/*$)(?!/*(?:proc|sys|dev|etc)(?:/|$))(?!(?:[^\x00]*/)?\.\.(?:/|$))[^\x00]+$"
@@ -99,28 +101,9 @@ class SnapshotCreate(BaseModel):
     name: Name | None = None
 
 
-def quota_of(cloud: Cloud, tenant: str) -> dict[str, int]:
-    for t in cloud.store.list(TENANT, tenant=tenant):
-        return {**DEFAULT_QUOTA, **TenantSpec.of(t).quota}
-    return dict(DEFAULT_QUOTA)
-
-
-def check_quota(cloud: Cloud, tenant: str, volumes: int = 0, gib: int = 0, snapshots: int = 0) -> None:
-    """Refuses (409) a request that would take the tenant over any of its limits, naming the limit."""
-    quota = quota_of(cloud, tenant)
-    vols = [v for v in cloud.store.list(VOLUME, tenant=tenant) if not v.deleting]
-    snaps = [s for s in cloud.store.list(SNAPSHOT, tenant=tenant) if not s.deleting]
-    used_gib = sum(VolumeSpec.of(v).size_gib for v in vols)
-    for what, used, extra in (
-        ("volumes", len(vols), volumes),
-        ("volume_gib", used_gib, gib),
-        ("snapshots", len(snaps), snapshots),
-    ):
-        if extra and used + extra > quota[what]:
-            raise Conflict(
-                f"quota exceeded: {what} would be {used + extra}, the limit is {quota[what]}; "
-                "delete something or ask the admin for a larger quota"
-            )
+def storage_quota(tenant: str, volumes: int = 0, gib: int = 0, snapshots: int = 0) -> Guard | None:
+    """The quota check of a storage create, for the store to run in the create's transaction (core/quota.py)."""
+    return quota.guard(tenant, {"volumes": volumes, "volume_gib": gib, "snapshots": snapshots})
 
 
 def _new(
@@ -131,6 +114,7 @@ def _new(
     spec: dict[str, Any],
     what: str,
     labels: dict[str, str],
+    guard: Guard | None,
     owner: str | None = None,
 ) -> Resource:
     res = Resource(
@@ -144,12 +128,11 @@ def _new(
         zone=cloud.config.zone,
         host=cloud.config.host,
     )
-    return cloud.store.create(res, created=what)
+    return cloud.store.create(res, created=what, guard=guard)
 
 
 def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
     check_name("volume", req.name)
-    check_quota(cloud, caller.tenant, volumes=1, gib=req.size_gib)
     return _new(
         cloud,
         VOLUME,
@@ -158,6 +141,7 @@ def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
         VolumeSpec(size_gib=req.size_gib).dump(),
         f"volume {req.name} of {req.size_gib} GiB",
         req.labels,
+        storage_quota(caller.tenant, volumes=1, gib=req.size_gib),
     )
 
 
@@ -169,7 +153,6 @@ def clone_volume(
     if snap.deleting:
         raise Conflict(f"snapshot {snapshot} is being deleted")
     size = SnapshotSpec.of(snap).size_gib or 1
-    check_quota(cloud, caller.tenant, volumes=1, gib=size)
     return _new(
         cloud,
         VOLUME,
@@ -178,6 +161,7 @@ def clone_volume(
         VolumeSpec(size_gib=size, source_snapshot_id=snap.id).dump(),
         f"volume {name} cloned from snapshot {snapshot}",
         labels or {},
+        storage_quota(caller.tenant, volumes=1, gib=size),
     )
 
 
@@ -229,8 +213,9 @@ def volumes_of_snapshot(
     cloud: Cloud, caller: Caller, snapshot: Resource, instance_id: str, instance: str
 ) -> list[Resource]:
     """Volume records (not yet stored) that clone the volumes attached when an instance snapshot was taken, for a
-    new instance launched from it: attached at the same paths, named INSTANCE-VOLUME. Checked for names and quota."""
-    out, gib = [], 0
+    new instance launched from it: attached at the same paths, named INSTANCE-VOLUME. Checked for names; their
+    quota is checked with the instance's, in the transaction that stores them all."""
+    out = []
     for part in SnapshotStatus.of(snapshot).volumes:
         name = f"{instance}-{part.volume}"[:63].rstrip("-")
         check_name("volume", name)
@@ -242,7 +227,6 @@ def volumes_of_snapshot(
             source_part=part.pool,
             attachment=Attachment(instance_id=instance_id, instance=instance, path=part.path),
         )
-        gib += spec.size_gib
         out.append(
             Resource(
                 kind=VOLUME,
@@ -254,7 +238,6 @@ def volumes_of_snapshot(
                 spec=spec.dump(),
             )
         )
-    check_quota(cloud, caller.tenant, volumes=len(out), gib=gib)
     return out
 
 
@@ -280,7 +263,6 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate, owner: st
         raise Conflict(f"{src.kind.lower()} {req.source} is being deleted")
     name = req.name or derived_name(req.source, time.strftime("%Y%m%d-%H%M%S"))
     check_name("snapshot", name)
-    check_quota(cloud, caller.tenant, snapshots=1)
     if src.kind == VOLUME:
         spec = SnapshotSpec(
             source_kind="Volume", source_id=src.id, source_name=src.name, size_gib=VolumeSpec.of(src).size_gib
@@ -290,7 +272,9 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate, owner: st
             source_kind="Instance", source_id=src.id, source_name=src.name, image_id=InstanceSpec.of(src).image_id
         )
     what = f"snapshot {name} of {src.kind.lower()} {src.name}"
-    return _new(cloud, SNAPSHOT, caller, name, spec.dump(), what, req.labels, owner)
+    return _new(
+        cloud, SNAPSHOT, caller, name, spec.dump(), what, req.labels, storage_quota(caller.tenant, snapshots=1), owner
+    )
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:

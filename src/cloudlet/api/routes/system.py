@@ -13,12 +13,13 @@ from cloudlet import __version__
 from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
 from cloudlet.compute.hosts import HOST_KIND, host_view
+from cloudlet.core import quota
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import Conflict
 from cloudlet.core.kinds import TENANT
 from cloudlet.core.records import JsonNumber, Name, Resource, check_name
+from cloudlet.network import ipam
 from cloudlet.storage.resource import TenantSpec
-from cloudlet.storage.volumes import quota_of
 
 router = APIRouter(prefix="/v1", tags=["system"])
 RESERVED = {ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT}
@@ -84,10 +85,32 @@ def create_tenant(
 
 
 class QuotaUpdate(BaseModel):
+    """New limits (core/quota.py); those not given stay as they are. A lower limit than the usage refuses only
+    what would add to it."""
+
     model_config = ConfigDict(extra="forbid")
+    instances: Annotated[int, Field(ge=0, le=100_000), JsonNumber] | None = None
+    vcpus: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
+    memory_mib: Annotated[int, Field(ge=0, le=1 << 30), JsonNumber] | None = None
+    # at most half the address space in /20s, so one tenant never exhausts it (network/ipam.py)
+    networks: Annotated[int, Field(ge=0, le=ipam.MAX_TENANT_NETWORKS), JsonNumber] | None = None
+    addresses: Annotated[int, Field(ge=0, le=ipam.SPACE.num_addresses), JsonNumber] | None = None
     volumes: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
     volume_gib: Annotated[int, Field(ge=0, le=1_000_000_000), JsonNumber] | None = None
     snapshots: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
+
+
+def _tenant_view(cloud: Cloud, name: str) -> dict[str, Any]:
+    """A tenant and, per quota, what it uses and its limit (none for the admin)."""
+    created = None if name == ADMIN_TENANT else cloud.store.get(TENANT, name, name).created_at
+    return {"name": name, "created_at": created, "quota": quota.report(cloud.store, name)}
+
+
+@router.get("/tenants/{name}")
+def show_tenant(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    if name != who.tenant:
+        who.require_admin("showing another tenant")
+    return _tenant_view(cloud, name)
 
 
 @router.put("/tenants/{name}/quota")
@@ -99,9 +122,8 @@ def set_quota(
     spec = TenantSpec.of(res)
     spec.quota = {**spec.quota, **body.model_dump(exclude_none=True)}
     res = cloud.store.update_spec(res.id, spec.dump())
-    quota = spec.quota
-    cloud.store.add_event(res, "QuotaSet", f"quota {quota}")
-    return {"name": name, "quota": quota_of(cloud, name)}
+    cloud.store.add_event(res, "QuotaSet", f"quota {spec.quota}")
+    return _tenant_view(cloud, name)
 
 
 @router.get("/tenants")
