@@ -13,6 +13,8 @@ from __future__ import annotations
 
 __all__ = ["Agent", "VERSION"]
 
+import dataclasses
+import json
 import logging
 import secrets
 import threading
@@ -43,6 +45,8 @@ log = logging.getLogger("cloudlet.agent")
 VERSION = __version__
 KINDS = list(AGENT_KINDS)
 BATCH = 0.01  # seconds the outbox waits to gather writes into one request
+# one request's share of the outbox: the API bounds request bodies (and the ops of one request)
+PUSH_BYTES, PUSH_OPS = 256 * 1024, 1000
 
 
 class Agent:
@@ -95,10 +99,19 @@ class Agent:
         )
 
     def flush(self) -> None:
-        """Sends the outbox; raises Unreachable (and keeps it) when the control plane does not answer."""
-        ops = self.cache.pending_ops()
-        if ops:
-            self.cache.acknowledge(self.cp.push(ops))
+        """Sends the outbox, a bounded batch a request; raises Unreachable (and keeps what is left) when the
+        control plane does not answer."""
+        while ops := self.cache.pending_ops():
+            size, count = 0, 0
+            for op in ops[:PUSH_OPS]:
+                size += len(json.dumps(op, default=str))
+                if count and size > PUSH_BYTES:
+                    break
+                count += 1
+            applied = self.cp.push(ops[:count])
+            self.cache.acknowledge(applied)
+            if applied < ops[count - 1]["seq"]:
+                return  # not all taken: the rest waits for the next flush rather than being resent at once
 
     def catch_up(self, timeout: float = 0.0) -> int:
         """Takes in what changed (a full listing the first time), waiting up to timeout for a change; returns
@@ -188,11 +201,11 @@ class Agent:
         return iid
 
     def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, Any]:
-        result = self.ctx.compute.exec_instance(self._instance(iid), argv, timeout)
-        return {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+        result = self.ctx.compute.exec_instance(self._instance(iid), argv, timeout, self.ctx.config.exec_output_bytes)
+        return dataclasses.asdict(result)
 
-    def console_log(self, iid: str, tail: int) -> str:
-        return self.ctx.compute.console_log(self._instance(iid), tail)
+    def console_log(self, iid: str, offset: int | None, limit: int) -> dict[str, Any]:
+        return dataclasses.asdict(self.ctx.compute.console_log(self._instance(iid), offset, limit))
 
     def stats(self, iid: str) -> dict[str, Any]:
         return self.ctx.compute.stats(self._instance(iid))

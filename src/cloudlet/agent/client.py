@@ -32,8 +32,10 @@ class HostClient:
         )
         return result
 
-    def console_log(self, iid: str, tail: int) -> str:
-        return str(self._call("GET", f"/instances/{iid}/console", params={"tail": tail})["output"])
+    def console_log(self, iid: str, offset: int | None, limit: int) -> dict[str, Any]:
+        params = {"limit": limit} if offset is None else {"offset": offset, "limit": limit}
+        result: dict[str, Any] = self._call("GET", f"/instances/{iid}/console", params=params)
+        return result
 
     def stats(self, iid: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/instances/{iid}/stats", timeout=5)

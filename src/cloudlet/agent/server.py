@@ -10,9 +10,11 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cloudlet.agent.agent import Agent
+from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.core.errors import CloudletError, Unauthorized
 
 
@@ -55,13 +58,20 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
     def healthz() -> dict[str, Any]:
         return {"host": agent.host, "connected": agent.connected}
 
+    # execs wait on threads of their own: long ones must not take the shared pool the other routes run in
+    exec_threads = anyio.CapacityLimiter(agent.ctx.config.exec_total)
+
     @app.post("/instances/{iid}/exec", dependencies=[Depends(authorized)])
-    def exec_(body: ExecBody, iid: str = _id()) -> dict[str, Any]:
-        return agent.exec_instance(iid, body.command, body.timeout)
+    async def exec_(body: ExecBody, iid: str = _id()) -> dict[str, Any]:
+        run = partial(agent.exec_instance, iid, body.command, body.timeout)
+        result: dict[str, Any] = await anyio.to_thread.run_sync(run, limiter=exec_threads)
+        return result
 
     @app.get("/instances/{iid}/console", dependencies=[Depends(authorized)])
-    def console(iid: str = _id(), tail: int = Query(65536, ge=1, le=16 * 1024 * 1024)) -> dict[str, Any]:
-        return {"output": agent.console_log(iid, tail)}
+    def console(
+        iid: str = _id(), offset: int | None = Query(None, ge=0), limit: int = Query(65536, ge=1, le=CONSOLE_PAGE)
+    ) -> dict[str, Any]:
+        return agent.console_log(iid, offset, limit)
 
     @app.get("/instances/{iid}/stats", dependencies=[Depends(authorized)])
     def stats(iid: str = _id()) -> dict[str, Any]:

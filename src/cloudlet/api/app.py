@@ -2,7 +2,8 @@
 
 Errors: every CloudletError becomes {"error": {"code", "message"}} with its status in one handler here;
 request validation errors become 400/422 with a message naming the field to fix; a 405 carries Allow; a bug is a
-500 in the same format. The schema is the contract: openapi.json at the root (scripts/openapi.py rewrites it).
+500 in the same format. A body over the limit is refused with 413 (api/limits.py). The schema is the contract:
+openapi.json at the root (scripts/openapi.py rewrites it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.routing import compile_path
 
 from cloudlet import __version__
 from cloudlet.api.deps import caller
+from cloudlet.api.limits import IMAGE_UPLOAD, BodyLimit, ExecSlots
 from cloudlet.core.context import Cloud
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.records import NAME_RE, NAME_RULES
@@ -103,9 +105,11 @@ def create_app(cloud: Cloud) -> FastAPI:
         version=__version__,
         description="cloudlet control plane API",
         # every reply the error tree (core/errors.py) can give; 405 is for methods the schema does not list
-        responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422, 500, 501, 502, 503)},
+        responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 413, 422, 429, 500, 501, 502, 503)},
     )
     app.state.cloud = cloud
+    app.state.exec_slots = ExecSlots(cloud.config.exec_per_tenant, cloud.config.exec_total)
+    app.add_middleware(BodyLimit, limit=cloud.config.max_body_bytes, exempt=[IMAGE_UPLOAD])
     app.state.instance_list = RenderCache(cloud.store, instances.KIND, instances.instance_view)
 
     @app.exception_handler(CloudletError)

@@ -19,6 +19,7 @@ COLUMNS = ["name", "state", "image", "network", "ip", "dns_name", "host", "zone"
 Wait = Annotated[bool, typer.Option("--wait", help="wait until done")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q")]
 TERMINAL = {"running", "exited", "failed", "unschedulable", "stopped"}
+CONSOLE_PAGE = 1 << 20  # the largest console page the API gives
 
 
 def wait_for(client: Client, name: str, want: set[str], timeout: float = 180.0, gone: bool = False) -> dict[str, Any]:
@@ -165,11 +166,14 @@ def register(app: typer.Typer) -> None:
     def exec(
         name: str,
         command: Annotated[list[str], typer.Argument(help="command after --")],
-        timeout: Annotated[float, typer.Option(help="seconds before giving up")] = 60.0,
+        timeout: Annotated[float, typer.Option(help="seconds before the command is killed (exit code 124)")] = 60.0,
         output: OutputOpt = Format.table,
     ) -> None:
-        """Run a command in an instance: cloudlet exec NAME -- CMD...; its exit code passes through."""
-        result = connect().post(f"/v1/instances/{name}/exec", {"command": command, "timeout": timeout})
+        """Run a command in an instance: cloudlet exec NAME -- CMD...; its exit code passes through. Output past
+        the cloud's cap (1 MiB a stream by default) is dropped, and a last line says so."""
+        client = connect()
+        client.timeout = timeout + 30  # the answer comes when the command ends
+        result = client.post(f"/v1/instances/{name}/exec", {"command": command, "timeout": timeout})
         if output != Format.table:
             emit(result, output)
         else:
@@ -178,13 +182,33 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(result["exit_code"])
 
     @app.command("console")
-    def console_(name: str, output: OutputOpt = Format.table) -> None:
-        """Show the instance's console output."""
-        result = connect().get(f"/v1/instances/{name}/console")
-        if output == Format.table:
-            sys.stdout.write(result["output"])
-        else:
-            emit(result, output)
+    def console_(
+        name: str,
+        offset: Annotated[int | None, typer.Option(help="print from this byte on, not just the last 64 KiB")] = None,
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing what the instance prints")] = False,
+        output: OutputOpt = Format.table,
+    ) -> None:
+        """Show what the instance printed: the last 64 KiB, or everything from --offset; -f keeps reading."""
+        client = connect()
+        path = f"/v1/instances/{name}/console"
+        page = client.get(path, None if offset is None else {"offset": offset, "limit": CONSOLE_PAGE})
+        if output != Format.table:
+            emit(page, output)
+            return
+        try:
+            while True:
+                sys.stdout.write(page["output"])
+                sys.stdout.flush()
+                at = page["next_offset"]
+                if at >= page["size"]:
+                    if not follow:
+                        return
+                    time.sleep(0.5)
+                page = client.get(path, {"offset": at, "limit": CONSOLE_PAGE})
+                if page["size"] < at:  # the log was rotated: read the new one from its start
+                    page = client.get(path, {"offset": 0, "limit": CONSOLE_PAGE})
+        except KeyboardInterrupt:
+            return
 
     @app.command()
     def events(

@@ -32,6 +32,12 @@ class Config:
     host: str
     zone: str
     debian_mirror: str
+    # bounds on what one request may cost (issue 8): the API's threads and memory, the agent's too
+    exec_output_bytes: int = 1 << 20  # kept of each of an exec's stdout and stderr; the rest is read and dropped
+    exec_max_timeout: float = 600.0  # the longest timeout an exec may ask for (at its timeout it is killed)
+    exec_per_tenant: int = 4  # execs of one tenant at a time
+    exec_total: int = 32  # execs of all tenants at a time: the threads cloudletd and each agent give them
+    max_body_bytes: int = 1 << 20  # of a request body (image uploads, exempt, have their own cap)
     # image imports: the uploaded tarball, counted while it streams, and what it may unpack to on each host
     max_upload_bytes: int = 4 << 30
     max_image_bytes: int = 16 << 30
@@ -109,6 +115,11 @@ def load_config() -> Config:
         host=os.environ.get("CLOUDLET_HOST", "local"),
         zone=os.environ.get("CLOUDLET_ZONE", "zone-a"),
         debian_mirror=os.environ.get("CLOUDLET_DEBIAN_MIRROR") or _apt_mirror(),
+        exec_output_bytes=int(os.environ.get("CLOUDLET_EXEC_OUTPUT_BYTES") or 1 << 20),
+        exec_max_timeout=float(os.environ.get("CLOUDLET_EXEC_MAX_TIMEOUT") or 600),
+        exec_per_tenant=int(os.environ.get("CLOUDLET_EXEC_PER_TENANT") or 4),
+        exec_total=int(os.environ.get("CLOUDLET_EXEC_TOTAL") or 32),
+        max_body_bytes=int(os.environ.get("CLOUDLET_MAX_BODY_BYTES") or 1 << 20),
         max_upload_bytes=int(os.environ.get("CLOUDLET_MAX_UPLOAD_BYTES") or 4 << 30),
         max_image_bytes=int(os.environ.get("CLOUDLET_MAX_IMAGE_BYTES") or 16 << 30),
         max_image_files=int(os.environ.get("CLOUDLET_MAX_IMAGE_FILES") or 1_000_000),

@@ -7,6 +7,8 @@ CloudletError (500, "internal")
 ├── NotFound (404, "not_found")            missing, or owned by another tenant
 ├── Conflict (409, "conflict")             duplicate name, resource in use
 ├── InvalidSpec (422, "invalid_spec")      well-formed but impossible (memory beyond any host)
+├── PayloadTooLarge (413, "payload_too_large")  a request body over the limit
+├── TooManyRequests (429, "too_many_requests")  over a concurrency limit (execs of a tenant): retry later
 ├── NotSupported (501, "not_supported")    the driver cannot do this
 ├── DriverError (502, "driver_error")      a real component (runc, netlink, nft) failed
 ├── Unreachable (503, "unreachable")       the control plane or a host's agent does not answer
@@ -27,6 +29,8 @@ __all__ = [
     "NotFound",
     "Conflict",
     "InvalidSpec",
+    "PayloadTooLarge",
+    "TooManyRequests",
     "NotSupported",
     "DriverError",
     "Unreachable",
@@ -69,6 +73,14 @@ class InvalidSpec(CloudletError):
     status_code, code = 422, "invalid_spec"
 
 
+class PayloadTooLarge(CloudletError):
+    status_code, code = 413, "payload_too_large"
+
+
+class TooManyRequests(CloudletError):
+    status_code, code = 429, "too_many_requests"
+
+
 class NotSupported(CloudletError):
     status_code, code = 501, "not_supported"
 
@@ -95,6 +107,8 @@ ERRORS_BY_CODE: dict[str, type[CloudletError]] = {
         NotFound,
         Conflict,
         InvalidSpec,
+        PayloadTooLarge,
+        TooManyRequests,
         NotSupported,
         DriverError,
         Unreachable,

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from cloudlet.api.deps import NamePath, caller, get_cloud
+from cloudlet.api.limits import ExecSlots
 from cloudlet.api.listcache import RenderCache
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute import instances
+from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import CloudletError
+from cloudlet.core.errors import CloudletError, InvalidSpec
 from cloudlet.core.labels import Selector
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -59,22 +63,39 @@ def act(
 
 
 @router.post("/{name}/exec")
-def exec_in(
-    name: NamePath, body: instances.ExecRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+async def exec_in(
+    name: NamePath,
+    body: instances.ExecRequest,
+    request: Request,
+    cloud: Cloud = Depends(get_cloud),
+    who: Caller = Depends(caller),
 ) -> dict[str, Any]:
-    return instances.exec_in(cloud, who, name, body)
+    """Runs a command in the instance and answers its exit code and output (each stream cut at a cap, then
+    `truncated`); a tenant runs a few at a time (429 beyond), each for at most the cloud's maximum timeout."""
+    most = cloud.config.exec_max_timeout
+    if body.timeout > most:
+        raise InvalidSpec(f"timeout: {body.timeout:g} s is more than the maximum of {most:g} s an exec may run")
+    slots: ExecSlots = request.app.state.exec_slots
+    with slots.take(who.tenant):
+        run = partial(instances.exec_in, cloud, who, name, body)
+        result: dict[str, Any] = await anyio.to_thread.run_sync(run, limiter=slots.threads)
+    return result
 
 
 @router.get("/{name}/console")
 def console(
     name: NamePath,
-    tail: int = Query(65536, ge=1, le=16 * 1024 * 1024),
+    offset: int | None = Query(None, ge=0, description="first byte to read; without it, the last `limit` bytes"),
+    limit: int = Query(65536, ge=1, le=CONSOLE_PAGE, description="bytes to read at most"),
     cloud: Cloud = Depends(get_cloud),
     who: Caller = Depends(caller),
 ) -> dict[str, Any]:
+    """A page of what the instance printed: `output` is bytes [offset, next_offset) of its console log, which is
+    `size` bytes long now; read on from `next_offset`."""
     res = cloud.store.get(instances.KIND, who.tenant, name)
-    output = cloud.hosts.agent(res.host).console_log(res.id, tail) if res.host else ""
-    return {"name": name, "output": output}
+    empty = {"output": "", "offset": 0, "next_offset": 0, "size": 0}
+    page = cloud.hosts.agent(res.host).console_log(res.id, offset, limit) if res.host else empty
+    return {"name": name, **page}
 
 
 @router.delete("/{name}", status_code=202)

@@ -7,11 +7,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cloudlet.core.errors import NotSupported
 
-__all__ = ["InstanceState", "Capabilities", "InstanceInfo", "LaunchSpec", "ExecResult", "ComputeDriver"]
+__all__ = [
+    "InstanceState",
+    "Capabilities",
+    "InstanceInfo",
+    "LaunchSpec",
+    "ExecResult",
+    "ConsolePage",
+    "CONSOLE_PAGE",
+    "ComputeDriver",
+    "exec_output",
+    "console_page",
+]
 
 
 class InstanceState(str, Enum):
@@ -57,6 +68,54 @@ class ExecResult:
     exit_code: int
     stdout: str
     stderr: str
+    truncated: bool = False  # a stream printed more than the cap: the rest was dropped, and it ends with a marker
+
+
+def exec_output(kept: bytes, printed: int) -> str:
+    """One stream of an exec's result: what was kept of it, then a marker line if it printed more."""
+    text = kept.decode(errors="replace")
+    if printed > len(kept):
+        text += f"\n[cloudlet: output truncated: {printed} bytes printed, the first {len(kept)} kept]\n"
+    return text
+
+
+CONSOLE_PAGE = 1 << 20  # the most one console read returns
+
+
+@dataclass(frozen=True)
+class ConsolePage:
+    """Bytes [offset, next_offset) of an instance's console log, decoded; size is the log's length when read."""
+
+    output: str
+    offset: int
+    next_offset: int
+    size: int
+
+
+def console_page(f: BinaryIO, size: int, offset: int | None, limit: int) -> ConsolePage:
+    """At most `limit` bytes from `offset`, or the last `limit` bytes when offset is None. Pages start and end on
+    UTF-8 character boundaries (unless the log itself is cut there), so pages read one after the other decode to
+    the whole log."""
+    start = max(0, size - limit) if offset is None else min(offset, size)
+    f.seek(start)
+    data = f.read(min(limit, size - start))
+    if offset is None:  # a tail starting inside a character: start after it
+        skip = next((i for i, b in enumerate(data[:3]) if b & 0xC0 != 0x80), 0)
+        data, start = data[skip:], start + skip
+    if start + len(data) < size:
+        data = data[: _complete_utf8(data)]
+    return ConsolePage(data.decode(errors="replace"), start, start + len(data), size)
+
+
+def _complete_utf8(data: bytes) -> int:
+    """Length of data without a multi-byte character cut off at its end (all of it if that would leave nothing)."""
+    for back in range(1, min(4, len(data) + 1)):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: look further back for the character's first byte
+            continue
+        needs = 1 if byte < 0xC0 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        return len(data) - back if needs > back and back < len(data) else len(data)
+    return len(data)
 
 
 class ComputeDriver(ABC):
@@ -84,10 +143,15 @@ class ComputeDriver(ABC):
     def list_instances(self) -> set[str]:
         """Ids of every instance with any artefact on this host."""
 
-    def exec_instance(self, iid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+    def exec_instance(
+        self, iid: str, argv: list[str], timeout: float = 60.0, output_limit: int = 1 << 20
+    ) -> ExecResult:
+        """Runs argv in the instance; kills it, and whatever it started, after timeout seconds (exit code 124).
+        Keeps at most output_limit bytes of each stream (ExecResult.truncated says it dropped some)."""
         raise NotSupported(f"exec not implemented for the {self.name} driver")
 
-    def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
+    def console_log(self, iid: str, offset: int | None = None, limit: int = 65536) -> ConsolePage:
+        """One page of what the instance printed (console_page: the tail when offset is None)."""
         raise NotSupported(f"console not implemented for the {self.name} driver")
 
     def attach_volume(self, iid: str, source: Path, path: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = ["FakeDriver"]
 
+import io
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from pathlib import Path
 from cloudlet.compute.drivers.base import (
     Capabilities,
     ComputeDriver,
+    ConsolePage,
     ExecResult,
     InstanceInfo,
     InstanceState,
     LaunchSpec,
+    console_page,
+    exec_output,
 )
 from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.errors import Conflict
@@ -80,13 +84,18 @@ class FakeDriver(ComputeDriver):
     def list_instances(self) -> set[str]:
         return set(self.instances)
 
-    def exec_instance(self, iid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+    def exec_instance(
+        self, iid: str, argv: list[str], timeout: float = 60.0, output_limit: int = 1 << 20
+    ) -> ExecResult:
         if self.get_instance(iid).state != InstanceState.RUNNING:
             raise Conflict("instance is not running; start it first")
-        return ExecResult(0, " ".join(argv) + "\n", "")
+        printed = (" ".join(argv) + "\n").encode()
+        kept = printed[:output_limit]
+        return ExecResult(0, exec_output(kept, len(printed)), "", truncated=len(kept) < len(printed))
 
-    def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
-        return f"fake console of {iid}\n" if iid in self.instances else ""
+    def console_log(self, iid: str, offset: int | None = None, limit: int = 65536) -> ConsolePage:
+        log = f"fake console of {iid}\n".encode() if iid in self.instances else b""
+        return console_page(io.BytesIO(log), len(log), offset, limit)
 
     def attach_volume(self, iid: str, source: Path, path: str) -> None:
         self.mounts.setdefault(iid, {})[path] = source
