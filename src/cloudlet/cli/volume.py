@@ -59,6 +59,8 @@ def _wait_attached(client: Client, name: str, want: bool) -> dict[str, Any]:
         view: dict[str, Any] = client.get(f"/v1/volumes/{name}")
         if view["attached"] == want:
             return view
+        if view.get("message"):
+            raise CloudletError(f"volume {name} did not {'attach' if want else 'detach'}: {view['message']}")
         time.sleep(0.05)
     raise CloudletError(f"volume {name} did not {'attach' if want else 'detach'} within 30 s: see events")
 

@@ -65,6 +65,7 @@ from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Name, Resource, check_name, record_view
 from cloudlet.core.store import Guard
 from cloudlet.storage.resource import BACKUP, SNAPSHOT, BackupSpec, SnapshotSpec
+from cloudlet.storage.shift import drop_shifted
 from cloudlet.storage.untar import UnpackLimits, lookup, unpack
 
 KIND = IMAGE
@@ -360,6 +361,7 @@ class ImageReconciler(KindReconciler):
         digest = self._digests.pop(rid, None)
         if digest and not any(ImageSpec.of(r).digest == digest for r in self.records.list(KIND)):
             self.ctx.pool.delete(f"images/{digest}")
+            drop_shifted(self.ctx.pool, f"images/{digest}")
 
     def _ready(self, res: Resource, volume: str | None) -> Result:
         if res.phase != "ready" or res.observed_generation != res.generation:

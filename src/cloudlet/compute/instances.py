@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet.compute import idmap
 from cloudlet.compute.images import get_image
 from cloudlet.compute.resource import HOST, INSTANCE, HostSpec, ImageStatus, InstanceSpec, InstanceStatus
 from cloudlet.core import quota
@@ -71,6 +72,7 @@ class InstanceCreate(BaseModel):
     network: NameRef = networks.DEFAULT
     cpus: Number = Field(1.0, gt=0, le=64)
     memory_mib: Int = Field(256, ge=16, le=1024 * 1024)
+    disk_gib: Int = Field(2, ge=1, le=1024, description="root disk size limit (GiB)")
     restart: Literal["always", "never"] = "always"
     command: list[Text] | None = Field(None, max_length=256)
     zone: Text | None = None
@@ -126,6 +128,8 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
         command=req.command,
         zone=req.zone,
         from_snapshot_id=snapshot.id if snapshot else None,
+        uid_base=idmap.uid_base(cloud, caller.tenant),
+        disk_gib=req.disk_gib,
     )
     res = Resource(
         kind=KIND,
@@ -217,6 +221,7 @@ def instance_view(res: Resource) -> dict[str, Any]:
         pid=st.pid,
         cpus=spec.cpus,
         memory_mib=spec.memory_mib,
+        disk_gib=spec.disk_gib,
         restart=spec.restart,
         desired_state=spec.state,
         restarts=st.restarts,

@@ -39,6 +39,8 @@ class InstanceSpec(Spec):
     state: Literal["running", "stopped"] = "running"
     run_nonce: int = 1  # start and restart bump it; the agent records the one it acted on
     from_snapshot_id: str | None = None
+    uid_base: int | None = None  # host uid its root maps to: its tenant's user-namespace range (compute/idmap.py)
+    disk_gib: int = 2  # root disk size limit, where the pool enforces limits
 
 
 class InstanceStatus(Status):

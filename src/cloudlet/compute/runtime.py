@@ -28,6 +28,7 @@ from cloudlet.network.drivers.base import PortSpec
 from cloudlet.network.resource import NETWORK, NetworkSpec
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import VOLUME, VolumeSpec
+from cloudlet.storage.shift import shifted
 from cloudlet.storage.volumes import attached_to
 
 
@@ -40,6 +41,7 @@ class _Plan:
     ip: str
     fqdn: str
     disk_source: str  # the pool volume its root disk is cloned from
+    disk_gib: int
 
 
 class InstanceReconciler(KindReconciler):
@@ -116,16 +118,28 @@ class InstanceReconciler(KindReconciler):
             resolv_conf=(f"nameserver {gateway}\nsearch {net.name}.{zone}.{DOMAIN}\noptions timeout:1 attempts:2\n"),
             host=self.ctx.host,
             mounts=tuple(mounts),
+            uid_base=spec.uid_base if self.ctx.compute.capabilities.real_processes else None,
         )
         source = snapshot_name(spec.from_snapshot_id) if spec.from_snapshot_id else volume_of(image)
-        return _Plan(launch, net, ip, fqdn, source)
+        return _Plan(launch, net, ip, fqdn, source, spec.disk_gib)
 
     def _start(self, res: Resource, plan: _Plan, fresh: bool) -> InstanceInfo:
-        self.ctx.pool.snapshot(plan.disk_source, disk_of(res.id), readonly=False)
+        base, pool, disk = plan.launch.uid_base, self.ctx.pool, disk_of(res.id)
+        if not pool.exists(disk):
+            # an instance snapshot is its tenant's disk, shifted already; an image is shifted once per tenant
+            source = plan.disk_source
+            if base is not None and source.startswith("images/"):
+                source = shifted(pool, source, base)
+            pool.snapshot(source, disk, readonly=False)
+        if pool.capabilities.quotas:  # every start: a crash between the clone and its limit is healed
+            pool.set_limit(disk, plan.disk_gib << 30)
         net = NetworkSpec.of(plan.net)
-        prefix = ipaddress.ip_network(net.subnet).prefixlen
-        netns = self.ctx.net.ensure_port(PortSpec(res.id, plan.net.id, plan.ip, prefix, net.gateway))
-        launch = dataclasses.replace(plan.launch, netns=netns)
+        port = PortSpec(res.id, plan.net.id, plan.ip, ipaddress.ip_network(net.subnet).prefixlen, net.gateway)
+
+        def plumb(pid: int) -> None:  # the runtime makes the netns in the instance's user namespace
+            self.ctx.net.ensure_port(port, pid)
+
+        launch = dataclasses.replace(plan.launch, plumb=plumb)
         if fresh:
             return self.ctx.compute.create_instance(launch)
         return self.ctx.compute.start_instance(launch)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["disk_of", "volume_name", "snapshot_name", "PREFIXES"]
+__all__ = ["disk_of", "volume_name", "snapshot_name", "shifted_name", "PREFIXES"]
 
-PREFIXES = ("images/", "disks/", "volumes/", "snapshots/")
+PREFIXES = ("images/", "shifted/", "disks/", "volumes/", "snapshots/")
 
 
 def disk_of(instance_id: str) -> str:
@@ -18,3 +18,8 @@ def volume_name(volume_id: str) -> str:
 
 def snapshot_name(snapshot_id: str) -> str:
     return f"snapshots/{snapshot_id}"
+
+
+def shifted_name(volume: str, uid_base: int) -> str:
+    """A copy of an image's volume owned by one tenant's user-namespace range (storage/shift.py)."""
+    return f"shifted/{volume.removeprefix('images/')}@{uid_base}"

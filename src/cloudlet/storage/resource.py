@@ -154,3 +154,5 @@ class PolicyStatus(Status):
 
 class TenantSpec(TenantQuota):
     """What the admin sets for a tenant: its quota (core/quota.py), and more."""
+
+    uid_slot: int | None = None  # which user-namespace id range its instances run in (compute/idmap.py)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ["usage_report", "garbage", "collect"]
 
+import os
 from typing import Any
 
 from cloudlet.compute.images import volume_of
@@ -18,8 +19,15 @@ def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
     """Pool volume name -> (kind, tenant, name, settled) of the record that owns it; not settled means work
     on it may be in flight (a build, a copy), so its `.partial` is not garbage yet."""
     out: dict[str, tuple[str, str, str, bool]] = {}
-    for img in cloud.store.list(IMAGE):
-        out[volume_of(img)] = (IMAGE, img.tenant, img.name, img.phase in ("ready", "failed"))
+    images = {volume_of(img): img for img in cloud.store.list(IMAGE)}
+    for vol, img in images.items():
+        out[vol] = (IMAGE, img.tenant, img.name, img.phase in ("ready", "failed"))
+    shifted = cloud.pool.path("shifted/")
+    for entry in os.listdir(shifted) if shifted.is_dir() else []:
+        name = "shifted/" + entry.removesuffix(".partial")
+        base_image = images.get("images/" + name.removeprefix("shifted/").split("@")[0])
+        if base_image is not None:  # a launch may be shifting it now: never settled, so its `.partial` is kept
+            out[name] = (IMAGE, base_image.tenant, f"{base_image.name}@{name.split('@')[1]}", False)
     for kind, prefix in ((INSTANCE, "disks/"), (VOLUME, "volumes/"), (SNAPSHOT, "snapshots/")):
         for res in cloud.store.list(kind):
             out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))

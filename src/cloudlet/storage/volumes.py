@@ -88,7 +88,7 @@ class AttachRequest(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        parts = [p for p in v.split("/") if p]  # "//srv//data/" is /srv/data
+        parts = [p for p in v.split("/") if p not in ("", ".")]  # "//srv/./data/" is /srv/data
         if not v.startswith("/") or not parts or ".." in parts or parts[0] in ("proc", "sys", "dev", "etc"):
             raise ValueError("path must be absolute, not /, without '..', and not under /proc, /sys, /dev or /etc")
         return "/" + "/".join(parts)
@@ -458,14 +458,24 @@ class VolumeReconciler(_PoolReconciler):
         status = VolumeStatus.of(res)
         want, have = VolumeSpec.of(res).attachment, status.attached
         if (want and want.where()) == (have and have.where()):
+            if status.message:  # a failed attach the user took back
+                self.cloud.store.update_status(res.id, status=status.model_copy(update={"message": ""}).dump())
             return Result()
-        compute = self.cloud.compute
-        if have and have.instance_id:
-            compute.detach_volume(have.instance_id, have.path)
-            self.cloud.store.add_event(res, "Detached", f"detached from {have.instance}")
-        if want and want.instance_id:
-            compute.attach_volume(want.instance_id, self.cloud.pool.path(volume_name(res.id)), want.path)
-            self.cloud.store.add_event(res, "Attached", f"attached to {want.instance} at {want.path}")
+        compute, source = self.cloud.compute, self.cloud.pool.path(volume_name(res.id))
+        try:
+            if have and have.instance_id:
+                compute.detach_volume(have.instance_id, source, have.path)
+                status.attached = None
+                self.cloud.store.add_event(res, "Detached", f"detached from {have.instance}")
+            if want and want.instance_id:
+                compute.attach_volume(want.instance_id, source, want.path)
+                self.cloud.store.add_event(res, "Attached", f"attached to {want.instance} at {want.path}")
+        except DriverError as exc:  # said once, for the CLI's --wait and the events; retried with backoff
+            if status.message != exc.message:
+                self.cloud.store.add_event(res, "AttachFailed", exc.message, "Warning")
+                self.cloud.store.update_status(res.id, status=status.model_copy(update={"message": exc.message}).dump())
+            raise
+        status.message = ""
         status.attached = want
         self.cloud.store.update_status(res.id, status=status.dump(), observed_generation=res.generation)
         return Result()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloudlet import __version__
 from cloudlet.api.deps import NamePath, caller, get_cloud, page
 from cloudlet.api.routes.hosts import host_names
+from cloudlet.compute import idmap
 from cloudlet.compute.hosts import HOST_KIND, host_view
 from cloudlet.core import quota
 from cloudlet.core.context import ADMIN_TENANT, PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud
@@ -76,10 +77,12 @@ def create_tenant(
     if body.name in RESERVED or cloud.store.has_tenant(body.name):
         raise Conflict(f"tenant {body.name!r} already exists")
     token = secrets.token_urlsafe(32)
-    cloud.store.create(
-        Resource(kind=TENANT, tenant=body.name, name=body.name, spec={}, phase="ready"),
-        created=f"tenant {body.name} created",
-    )
+    with idmap.lock:
+        spec = TenantSpec(uid_slot=idmap.next_slot(cloud)).dump()
+        cloud.store.create(
+            Resource(kind=TENANT, tenant=body.name, name=body.name, spec=spec, phase="ready"),
+            created=f"tenant {body.name} created",
+        )
     cloud.store.add_token(token, body.name, "member")
     return {"name": body.name, "token": token}
 

@@ -56,11 +56,13 @@ class LaunchSpec:
     command: list[str]
     cpus: float
     memory_mib: int
-    netns: str
+    netns: str  # a network namespace to join; "" makes a new one, handed to `plumb` before init runs
     hosts: str
     resolv_conf: str
     host: str = "local"
     mounts: tuple[tuple[str, str], ...] = ()  # (host path, path inside): attached volumes
+    uid_base: int | None = None  # host uid that container root maps to (65536 ids from it); None: no user namespace
+    plumb: Callable[[int], None] | None = None  # wires a new netns up, given the pid of the instance's init
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ class ComputeDriver(ABC):
         """Makes source visible at path inside the running instance."""
         raise NotSupported(f"live volume attach not implemented for the {self.name} driver")
 
-    def detach_volume(self, iid: str, path: str) -> None:
+    def detach_volume(self, iid: str, source: Path, path: str) -> None:
+        """Removes the mount of source that attach made (found by what it mounts, not by path)."""
         raise NotSupported(f"live volume detach not implemented for the {self.name} driver")
 
     def pause_instance(self, iid: str) -> bool:

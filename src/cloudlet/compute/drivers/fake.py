@@ -59,6 +59,8 @@ class FakeDriver(ComputeDriver):
 
     def start_instance(self, spec: LaunchSpec) -> InstanceInfo:
         self._next_pid += 1
+        if spec.plumb is not None:
+            spec.plumb(self._next_pid)
         self.instances[spec.id] = _Fake(spec, self.clock.now(), self._next_pid)
         return self.get_instance(spec.id)
 
@@ -100,7 +102,7 @@ class FakeDriver(ComputeDriver):
     def attach_volume(self, iid: str, source: Path, path: str) -> None:
         self.mounts.setdefault(iid, {})[path] = source
 
-    def detach_volume(self, iid: str, path: str) -> None:
+    def detach_volume(self, iid: str, source: Path, path: str) -> None:
         self.mounts.get(iid, {}).pop(path, None)
 
     def watch(self, on_exit: Callable[[str], None]) -> None:

@@ -1,26 +1,38 @@
 """Mounting into, and out of, a running container's mount namespace (runs as its own short-lived process,
-because setns into a mount namespace is refused to multi-threaded processes such as cloudletd).
+because setns into a mount namespace is refused to multi-threaded processes such as the agent).
 
     python -m cloudlet.compute.drivers.mountns attach PID SOURCE TARGET
-    python -m cloudlet.compute.drivers.mountns detach PID TARGET
+    python -m cloudlet.compute.drivers.mountns detach PID SOURCE
 
-attach clones the host mount at SOURCE with open_tree(2), enters the namespace of PID and puts the clone at
-TARGET with move_mount(2): nothing is mounted on the host, and the container sees it at once.
+Everything under the container's root is the tenant's to change, symlinks included, and this runs as host root.
+So no path inside the container is ever followed: TARGET is resolved one component at a time with openat2(2)
+(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), missing directories are made relative to their
+parent's fd, and the clone of SOURCE (open_tree(2)) is moved onto the resolved fd itself (move_mount(2)).
+detach finds the mounts whose root is SOURCE's directory (device and inode), checks the fd it resolved is that
+very mount (mount id), and unmounts through the fd: it never unmounts whatever sits at a path now.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
+import stat
 import sys
 
-SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # x86_64 and aarch64 share these numbers
-OPEN_TREE_CLONE, AT_RECURSIVE, AT_FDCWD = 1, 0x8000, -100
-MOVE_MOUNT_F_EMPTY_PATH = 4
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_OPENAT2 = 428, 429, 437  # x86_64 and aarch64 share these numbers
+OPEN_TREE_CLONE, AT_RECURSIVE, AT_FDCWD, AT_SYMLINK_NOFOLLOW = 1, 0x8000, -100, 0x100
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 4, 0x40
+RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_IN_ROOT = 0x02, 0x04, 0x10
+O_PATH = 0o10000000
 CLONE_NEWNS = 0x00020000
 MNT_DETACH = 2
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+
+class OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 def _check(ret: int, what: str) -> int:
@@ -30,27 +42,117 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def _enter(pid: int) -> None:
+def _openat2(dirfd: int, path: str, flags: int) -> int:
+    how = OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+    return _check(
+        libc.syscall(SYS_OPENAT2, dirfd, path.encode(), ctypes.byref(how), ctypes.sizeof(how)), f"resolving {path}"
+    )
+
+
+PROC = -1  # the host's /proc, opened before entering: the container's /proc does not show this process
+
+
+def _enter(pid: int) -> int:
+    """Enters the mount namespace of pid; returns an fd of the container's root."""
+    global PROC
+    PROC = os.open("/proc", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
     _check(libc.setns(fd, CLONE_NEWNS), "setns")
+    os.close(fd)
     os.chdir("/")
+    return os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _resolve(root: int, target: str, create: bool) -> int:
+    """An O_PATH fd of target inside root, made (as directories) where missing when create is set."""
+    fd = os.dup(root)
+    for part in [p for p in target.split("/") if p not in ("", ".")]:
+        if part == "..":
+            raise OSError(22, f"{target}: '..' is not allowed")
+        try:
+            nxt = _openat2(fd, part, O_PATH | os.O_DIRECTORY)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o755, dir_fd=fd)  # relative to the parent's fd: nothing on the way is followed
+            nxt = _openat2(fd, part, O_PATH | os.O_DIRECTORY)
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+def _mnt_id(fd: int) -> int:
+    with open(os.open(f"self/fdinfo/{fd}", os.O_RDONLY, dir_fd=PROC)) as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(2, "no mount id")
+
+
+def _mounts() -> list[tuple[int, str]]:
+    """(mount id, mount point) of every mount in this namespace, innermost last."""
+    out = []
+    with open(os.open("self/mountinfo", os.O_RDONLY, dir_fd=PROC)) as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            out.append((int(fields[0]), point))
+    return out
+
+
+def _ours(root: int, ident: tuple[int, int]) -> list[tuple[int, int]]:
+    """(fd, mount id) of each mount whose root is the volume's directory, each fd checked to be that mount."""
+    found = []
+    for mid, point in reversed(_mounts()):
+        try:
+            fd = _resolve(root, point, create=False)
+        except OSError:
+            continue  # a path the tenant has bent: not how we reach our mount
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == ident and _mnt_id(fd) == mid:
+            found.append((fd, mid))
+        else:
+            os.close(fd)
+    return found
+
+
+def _ident(source: str) -> tuple[int, int]:
+    st = os.stat(source)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(20, f"{source} is not a directory")
+    return st.st_dev, st.st_ino
 
 
 def attach(pid: int, source: str, target: str) -> None:
+    ident = _ident(source)
     tree = _check(
-        libc.syscall(SYS_OPEN_TREE, AT_FDCWD, source.encode(), OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC),
+        libc.syscall(
+            SYS_OPEN_TREE,
+            AT_FDCWD,
+            source.encode(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW | os.O_CLOEXEC,
+        ),
         "open_tree",
     )
-    _enter(pid)
-    os.makedirs(target, exist_ok=True)
-    _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH), "move_mount")
+    root = _enter(pid)
+    if _ours(root, ident):
+        return  # attached already (a retry after a crash)
+    fd = _resolve(root, target, create=True)
+    flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+    _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", fd, b"", flags), "move_mount")
 
 
-def detach(pid: int, target: str) -> None:
-    _enter(pid)
-    ret = libc.umount2(target.encode(), MNT_DETACH)
-    if ret != 0 and ctypes.get_errno() != 22:  # EINVAL: not mounted there, already detached
-        _check(ret, "umount")
+def detach(pid: int, source: str) -> None:
+    ident = _ident(source)
+    root = _enter(pid)
+    os.fchdir(PROC)
+    for fd, mid in _ours(root, ident):
+        # the magic link names exactly the mount the fd is on, whatever the path now leads to
+        if libc.umount2(f"self/fd/{fd}".encode(), MNT_DETACH) != 0:
+            _check(-1, f"unmounting mount {mid}")
+    left = _ours(root, ident)
+    if left:
+        raise OSError(16, f"the volume is still mounted ({len(left)} mounts)")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -27,11 +28,15 @@ from typing import Any
 from cloudlet.compute.drivers.base import (
     Capabilities,
     ComputeDriver,
+    ConsolePage,
     ExecResult,
     InstanceInfo,
     InstanceState,
     LaunchSpec,
+    console_page,
+    exec_output,
 )
+from cloudlet.compute.drivers.seccomp import oci_profile
 from cloudlet.core.errors import Conflict, DriverError, translate_errors
 
 log = logging.getLogger("cloudlet.runc")
@@ -46,13 +51,14 @@ STATE_MAP = {
 INIT = "/sbin/cloudlet-init"
 TINI = "/usr/bin/tini-static"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Docker's default set without CAP_NET_RAW (no raw sockets, no packet spoofing; ping works through
+# net.ipv4.ping_group_range, set in every instance's namespace by the network driver)
 CAPS = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -62,6 +68,23 @@ CAPS = [
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
+IDS = 65536  # uids (and gids) each user namespace maps
+CONSOLE_MAX = 4 << 20  # console.log is rotated past this (one old generation is kept, also at most this)
+ROTATE_EVERY = 1.0  # seconds between size checks: between two, a log can outgrow CONSOLE_MAX by what is printed
+MASKED = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",  # RAPL energy counters leak what other tenants compute
+]
+READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
 class RuncDriver(ComputeDriver):
@@ -75,6 +98,9 @@ class RuncDriver(ComputeDriver):
         self.root = home / "runc"
         self.cgroup_parent = f"cloudlet-{cloud_id}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # a user namespace's root is "other" to host files: it must be able to walk to its root disk and its
+        # per-instance files (it can list none of the directories on the way)
+        os.chmod(home, os.stat(home).st_mode | 0o011)
         self._watch: dict[int, str] = {}
         self._watched: dict[str, int] = {}
         self._sel: selectors.BaseSelector | None = None
@@ -92,6 +118,7 @@ class RuncDriver(ComputeDriver):
             self._prepare(spec)
         if self._known_to_runc(spec.id):
             self._runc("delete", "--force", self._cid(spec.id), check=False)
+        # create, wire the new netns up, then start: init never runs without its network
         with open(d / "console.log", "ab") as console:
             proc = subprocess.run(
                 [
@@ -100,8 +127,7 @@ class RuncDriver(ComputeDriver):
                     str(self.root),
                     "--log",
                     str(d / "runc.log"),
-                    "run",
-                    "-d",
+                    "create",
                     "--pid-file",
                     str(d / "init.pid"),
                     "-b",
@@ -114,11 +140,15 @@ class RuncDriver(ComputeDriver):
                 timeout=60,
             )
         if proc.returncode != 0:
-            raise DriverError(f"runc could not start instance {spec.id}: {self._last_runc_error(d)}")
-        try:  # the pid file runc just wrote saves asking runc again (a process start, under load tens of ms)
-            pid = int((d / "init.pid").read_text())
-        except (OSError, ValueError):
-            return self.get_instance(spec.id)
+            raise DriverError(f"runc could not create instance {spec.id}: {self._last_runc_error(d)}")
+        pid = int((d / "init.pid").read_text())
+        try:
+            if spec.plumb is not None:
+                spec.plumb(pid)
+            self._runc("start", self._cid(spec.id))
+        except BaseException:
+            self._runc("delete", "--force", self._cid(spec.id), check=False)
+            raise
         if not Path(f"/proc/{pid}").exists():
             return self.get_instance(spec.id)
         self._track(spec.id, pid)
@@ -165,35 +195,113 @@ class RuncDriver(ComputeDriver):
             ids |= {p.name[3:] for p in self.root.iterdir() if p.name.startswith("cl-")}
         return ids
 
-    def exec_instance(self, iid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+    def exec_instance(
+        self, iid: str, argv: list[str], timeout: float = 60.0, output_limit: int = 1 << 20
+    ) -> ExecResult:
         if self.get_instance(iid).state != InstanceState.RUNNING:
             raise Conflict("instance is not running; start it first")
-        try:
-            proc = subprocess.run(
+        with translate_errors(f"exec in instance {iid}"):
+            proc = subprocess.Popen(
                 ["runc", "--root", str(self.root), "exec", self._cid(iid), *argv],
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # the sessions _kill_exec kills: runc's own, and the command's
             )
-        except subprocess.TimeoutExpired as exc:  # 124, as timeout(1) says it: a result, not a failure of ours
-            out = (exc.stdout or b"").decode(errors="replace")
-            return ExecResult(124, out, f"command did not finish within {timeout:g} s and was killed\n")
-        out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-        return ExecResult(proc.returncode, out, err)
+        finished = False
+        try:
+            kept, printed, finished = self._read_capped(proc, time.monotonic() + timeout, output_limit)
+        finally:
+            if not finished:  # timed out (or this thread failed): nothing of the command may outlive the answer
+                self._kill_exec(proc.pid)
+            proc.wait()
+            assert proc.stdout and proc.stderr
+            proc.stdout.close()
+            proc.stderr.close()
+        out, err = (exec_output(k, n) for k, n in zip(kept, printed, strict=True))
+        truncated = any(n > len(k) for k, n in zip(kept, printed, strict=True))
+        if not finished:  # 124, as timeout(1) says it: a result, not a failure of ours
+            err += f"command did not finish within {timeout:g} s and was killed\n"
+            return ExecResult(124, out, err, truncated)
+        return ExecResult(proc.returncode, out, err, truncated)
 
-    def console_log(self, iid: str, tail_bytes: int = 65536) -> str:
-        path = self.dir / iid / "console.log"
-        if not path.exists():
-            return ""
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - tail_bytes))
-            return f.read().decode(errors="replace")
+    def console_log(self, iid: str, offset: int | None = None, limit: int = 65536) -> ConsolePage:
+        try:
+            with open(self.dir / iid / "console.log", "rb") as f:
+                return console_page(f, os.fstat(f.fileno()).st_size, offset, limit)
+        except FileNotFoundError:
+            return ConsolePage("", 0, 0, 0)
+
+    @staticmethod
+    def _read_capped(proc: subprocess.Popen[bytes], deadline: float, limit: int) -> tuple[list[bytes], list[int], bool]:
+        """Reads stdout and stderr as they come until both end and the command exits, or the deadline: keeps the
+        first `limit` bytes of each and counts the rest, so memory stays bounded whatever the command prints
+        (draining rather than killing at the cap: a command that is merely verbose still does its work).
+        Returns what was kept, how much was printed, and whether it finished in time."""
+        assert proc.stdout and proc.stderr
+        kept, printed = [bytearray(), bytearray()], [0, 0]
+        with selectors.DefaultSelector() as sel:
+            for i, pipe in enumerate((proc.stdout, proc.stderr)):
+                sel.register(pipe.fileno(), selectors.EVENT_READ, i)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return [bytes(k) for k in kept], printed, False
+                for key, _ in sel.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fd)
+                        continue
+                    i = key.data
+                    printed[i] += len(chunk)
+                    kept[i] += chunk[: max(0, limit - len(kept[i]))]
+        try:  # both streams closed; the command may still run
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return [bytes(k) for k in kept], printed, False
+        return [bytes(k) for k in kept], printed, True
+
+    @staticmethod
+    def _kill_exec(runc_pid: int) -> None:
+        """Kills `runc exec` and what it started in the container. runc makes the command a session leader and,
+        as a child subreaper, its parent: the sessions of runc's descendants hold the command, its children and
+        the background jobs that outlived their parent (reparented to the container's init); runc's own session
+        is the one Popen started. Repeated until nothing is left, as a dying process may still be forking."""
+        for _ in range(20):
+            table = {}  # pid -> (ppid, session) of every live process
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        fields = f.read().rpartition(")")[2].split()
+                except OSError:
+                    continue  # gone meanwhile
+                if fields[0] != "Z":
+                    table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+            tree, grew = {runc_pid}, True
+            while grew:
+                found = {pid for pid, (ppid, _) in table.items() if ppid in tree} - tree
+                tree |= found
+                grew = bool(found)
+            sessions = {runc_pid} | {table[pid][1] for pid in tree if pid in table}
+            victims = [pid for pid, (_, sid) in table.items() if pid in tree or sid in sessions]
+            if not victims:
+                return
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+        log.warning("processes of exec %d still alive after repeated SIGKILL", runc_pid)
 
     def attach_volume(self, iid: str, source: Path, path: str) -> None:
+        self._own(source, self._uid_base(iid))
         self._mountns("attach", iid, str(source), path)
 
-    def detach_volume(self, iid: str, path: str) -> None:
-        self._mountns("detach", iid, path)
+    def detach_volume(self, iid: str, source: Path, path: str) -> None:
+        self._mountns("detach", iid, str(source))
 
     def _mountns(self, verb: str, iid: str, *paths: str) -> None:
         info = self.get_instance(iid)
@@ -206,7 +314,7 @@ class RuncDriver(ComputeDriver):
             timeout=30,
         )
         if proc.returncode != 0:
-            raise DriverError(f"could not {verb} a volume at {paths[-1]}: {proc.stderr.strip()}")
+            raise DriverError(f"could not {verb} volume {Path(paths[0]).name}: {proc.stderr.strip()}")
 
     def pause_instance(self, iid: str) -> bool:
         if self.get_instance(iid).state != InstanceState.RUNNING:
@@ -293,11 +401,32 @@ class RuncDriver(ComputeDriver):
         (d / "etc" / "resolv.conf").write_text(spec.resolv_conf)
         if spec.rootfs is None or not spec.rootfs.exists():
             raise DriverError(f"root disk {spec.rootfs} of instance {spec.id} is missing")
+        for src, _ in spec.mounts:
+            self._own(Path(src), spec.uid_base)
         tmp = d / "config.json.tmp"
         tmp.write_text(json.dumps(self._oci_config(spec, d), indent=1))
         os.replace(tmp, d / "config.json")
 
+    def _uid_base(self, iid: str) -> int | None:
+        try:
+            config = json.loads((self.dir / iid / "config.json").read_text())
+            return int(config["linux"]["uidMappings"][0]["hostID"])
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+
+    @staticmethod
+    def _own(volume: Path, base: int | None) -> None:
+        """A fresh volume's root belongs to host root, which is nobody inside a user namespace: hand it to the
+        instance's root. Only the root directory: files in it were written by the same tenant's range."""
+        if base is None:
+            return
+        st = os.lstat(volume)
+        if not base <= st.st_uid < base + IDS:
+            os.lchown(volume, base, base)
+
     def _oci_config(self, spec: LaunchSpec, d: Path) -> dict[str, Any]:
+        userns = spec.uid_base is not None
+
         def bind(src: str | Path, dst: str, ro: bool = True) -> dict[str, Any]:
             return {
                 "destination": dst,
@@ -375,8 +504,18 @@ class RuncDriver(ComputeDriver):
                     {"type": "ipc"},
                     {"type": "uts"},
                     {"type": "mount"},
-                    {"type": "network", "path": spec.netns},
+                    {"type": "cgroup"},
+                    {"type": "network", **({"path": spec.netns} if spec.netns else {})},
+                    *([{"type": "user"}] if userns else []),
                 ],
+                **(
+                    {
+                        "uidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": IDS}],
+                        "gidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": IDS}],
+                    }
+                    if userns
+                    else {}
+                ),
                 "cgroupsPath": f"/{self.cgroup_parent}/{spec.id}",
                 "resources": {
                     "devices": [{"allow": False, "access": "rwm"}],
@@ -384,25 +523,9 @@ class RuncDriver(ComputeDriver):
                     "cpu": {"quota": int(spec.cpus * 100000), "period": 100000},
                     "pids": {"limit": 1024},
                 },
-                "maskedPaths": [
-                    "/proc/acpi",
-                    "/proc/kcore",
-                    "/proc/keys",
-                    "/proc/latency_stats",
-                    "/proc/timer_list",
-                    "/proc/timer_stats",
-                    "/proc/sched_debug",
-                    "/sys/firmware",
-                    "/proc/scsi",
-                ],
-                "readonlyPaths": [
-                    "/proc/asound",
-                    "/proc/bus",
-                    "/proc/fs",
-                    "/proc/irq",
-                    "/proc/sys",
-                    "/proc/sysrq-trigger",
-                ],
+                "seccomp": oci_profile(frozenset(CAPS)),
+                "maskedPaths": MASKED,
+                "readonlyPaths": READONLY,
             },
         }
 
@@ -434,7 +557,11 @@ class RuncDriver(ComputeDriver):
 
     def _watch_loop(self) -> None:
         assert self._sel is not None
+        rotated = time.monotonic()
         while True:
+            if time.monotonic() - rotated > ROTATE_EVERY:
+                rotated = time.monotonic()
+                self._rotate_consoles()
             if not self._watch:
                 time.sleep(0.05)
                 continue
@@ -448,3 +575,19 @@ class RuncDriver(ComputeDriver):
                 log.info("init of instance %s exited", iid)
                 if self._on_exit and iid:
                     self._on_exit(iid)
+
+    def _rotate_consoles(self) -> None:
+        """copytruncate: the instance writes console.log through an O_APPEND fd we cannot swap, so a log past
+        CONSOLE_MAX is copied to console.log.1 and cut to zero (what it prints during the copy is lost)."""
+        for d in self.dir.iterdir():
+            log_path = d / "console.log"
+            try:
+                if log_path.stat().st_size <= CONSOLE_MAX:
+                    continue
+                with open(log_path, "rb") as src, open(d / "console.log.1.tmp", "wb") as dst:
+                    src.seek(-CONSOLE_MAX, os.SEEK_END)
+                    shutil.copyfileobj(src, dst)
+                os.replace(d / "console.log.1.tmp", d / "console.log.1")
+                os.truncate(log_path, 0)
+            except OSError:
+                continue  # the instance went away under us

@@ -35,8 +35,9 @@ class NetworkDriver(ABC):
         """Short ids (bridge suffixes) of the networks that exist as artefacts."""
 
     @abstractmethod
-    def ensure_port(self, port: PortSpec) -> str:
-        """Creates the instance's netns and link if missing; returns the netns path."""
+    def ensure_port(self, port: PortSpec, pid: int | None = None) -> str:
+        """Creates the instance's netns and link if missing; returns the netns path. With pid, the netns is that
+        process's (made by the runtime inside the instance's user namespace) and a stale one is replaced."""
 
     @abstractmethod
     def delete_port(self, instance_id: str) -> None: ...

@@ -23,7 +23,7 @@ class FakeNetworkDriver(NetworkDriver):
     def list_networks(self) -> set[str]:
         return set(self.networks)
 
-    def ensure_port(self, port: PortSpec) -> str:
+    def ensure_port(self, port: PortSpec, pid: int | None = None) -> str:
         self.ports[port.instance_id] = port
         return f"fake://{port.instance_id}"
 

@@ -134,9 +134,12 @@ class LinuxNetworkDriver(NetworkDriver):
     def _port_ns(self, instance_id: str) -> str:
         return self.port_prefix + instance_id
 
-    def ensure_port(self, port: PortSpec) -> str:
+    def ensure_port(self, port: PortSpec, pid: int | None = None) -> str:
         self.ensure_hub()
         name = self._port_ns(port.instance_id)
+        path = os.path.join(NETNS_DIR, name)
+        if pid is not None and self._exists(name) and os.stat(path).st_ino != os.stat(f"/proc/{pid}/ns/net").st_ino:
+            subprocess.run(["ip", "netns", "del", name], check=True, capture_output=True)  # a previous run's
         veth, peer = f"v{short(port.instance_id)}", f"p{short(port.instance_id)}"
         br = f"br{short(port.network_id)}"
 
@@ -161,13 +164,18 @@ class LinuxNetworkDriver(NetworkDriver):
             inst.link("set", index=inst.link_lookup(ifname="lo")[0], state="up")
             if not any(r.get_attr("RTA_GATEWAY") for r in inst.get_default_routes()):
                 inst.route("add", dst="default", gateway=port.gateway)
+            # instances hold no CAP_NET_RAW: ping uses ICMP datagram sockets, which this lets every group open
+            # (the file is the namespace of the thread that opens it)
+            with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+                f.write("0 2147483647")
 
         with translate_errors(f"plumbing instance {port.instance_id}"):
             if not self._exists(name):
-                subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+                how = ["attach", name, str(pid)] if pid is not None else ["add", name]
+                subprocess.run(["ip", "netns", *how], check=True, capture_output=True)
             self._in(self.hub, hub_side)
             self._in(name, inside)
-        return os.path.join(NETNS_DIR, name)
+        return path
 
     def delete_port(self, instance_id: str) -> None:
         name = self._port_ns(instance_id)

@@ -4,13 +4,23 @@ pool can (btrfs), copies where it cannot (dir)."""
 
 from __future__ import annotations
 
-__all__ = ["Usage", "PoolCapabilities", "StoragePool"]
+__all__ = ["Usage", "PoolCapabilities", "StoragePool", "mounted", "run"]
 
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.core.errors import NotSupported
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
 @dataclass(frozen=True)

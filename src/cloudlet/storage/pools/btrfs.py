@@ -12,16 +12,7 @@ import subprocess
 from pathlib import Path
 
 from cloudlet.core.errors import DriverError, translate_errors
-from cloudlet.storage.pools.base import PoolCapabilities, StoragePool, Usage
-
-
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def _run(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+from cloudlet.storage.pools.base import PoolCapabilities, StoragePool, Usage, mounted, run
 
 
 class BtrfsPool(StoragePool):
@@ -35,22 +26,22 @@ class BtrfsPool(StoragePool):
 
     def setup(self) -> None:
         with translate_errors("setting up the btrfs pool"):
-            if _mounted(self.root):
+            if mounted(self.root):
                 return
             self.root.mkdir(parents=True, exist_ok=True)
             if not self.image.exists():
                 tmp = self.image.with_suffix(".tmp")
                 with open(tmp, "wb") as f:
                     f.truncate(self.size_bytes)
-                _run("mkfs.btrfs", "-q", str(tmp))
+                run("mkfs.btrfs", "-q", str(tmp))
                 os.replace(tmp, self.image)
-            _run("mount", "-o", "loop", str(self.image), str(self.root))
-            _run("btrfs", "quota", "enable", str(self.root))
+            run("mount", "-o", "loop,nosuid,nodev", str(self.image), str(self.root))  # tenants write here
+            run("btrfs", "quota", "enable", str(self.root))
 
     def teardown(self, purge: bool) -> None:
         with translate_errors("unmounting the btrfs pool"):
-            if _mounted(self.root):
-                _run("umount", str(self.root))  # the loop device goes with it (autoclear)
+            if mounted(self.root):
+                run("umount", str(self.root))  # the loop device goes with it (autoclear)
         if purge:
             self.image.unlink(missing_ok=True)
             shutil.rmtree(self.root, ignore_errors=True)
@@ -60,7 +51,7 @@ class BtrfsPool(StoragePool):
         with translate_errors(f"creating volume {name}"):
             if not p.exists():
                 p.parent.mkdir(parents=True, exist_ok=True)
-                _run("btrfs", "subvolume", "create", str(p))
+                run("btrfs", "subvolume", "create", str(p))
             if size_bytes:
                 self.set_limit(name, size_bytes)
         return p
@@ -70,7 +61,7 @@ class BtrfsPool(StoragePool):
         with translate_errors(f"snapshotting {src} to {dst}"):
             if not p.exists():
                 p.parent.mkdir(parents=True, exist_ok=True)
-                _run("btrfs", "subvolume", "snapshot", *(["-r"] if readonly else []), str(self.path(src)), str(p))
+                run("btrfs", "subvolume", "snapshot", *(["-r"] if readonly else []), str(self.path(src)), str(p))
         return p
 
     def delete(self, name: str) -> None:
@@ -79,13 +70,13 @@ class BtrfsPool(StoragePool):
             return
         with translate_errors(f"deleting volume {name}"):
             qgroup = self._qgroup(p)
-            _run("btrfs", "subvolume", "delete", str(p))
+            run("btrfs", "subvolume", "delete", str(p))
             if qgroup:
                 subprocess.run(["btrfs", "qgroup", "destroy", qgroup, str(self.root)], capture_output=True)
 
     def usage(self, name: str) -> Usage:
         qgroup = self._qgroup(self.path(name))
-        for line in _run("btrfs", "qgroup", "show", "--raw", "--sync", str(self.root)).splitlines():
+        for line in run("btrfs", "qgroup", "show", "--raw", "--sync", str(self.root)).splitlines():
             parts = line.split()
             if parts and parts[0] == qgroup:
                 return Usage(int(parts[1]), int(parts[2]))
@@ -93,13 +84,13 @@ class BtrfsPool(StoragePool):
 
     def set_limit(self, name: str, size_bytes: int) -> None:
         with translate_errors(f"limiting volume {name}"):
-            _run("btrfs", "qgroup", "limit", str(size_bytes), str(self.path(name)))
+            run("btrfs", "qgroup", "limit", str(size_bytes), str(self.path(name)))
 
     def total(self) -> Usage:
-        out = _run("btrfs", "filesystem", "usage", "-b", str(self.root))
+        out = run("btrfs", "filesystem", "usage", "-b", str(self.root))
         used = int(re.search(r"Used:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
         logical = 0
-        for line in _run("btrfs", "qgroup", "show", "--raw", str(self.root)).splitlines()[2:]:
+        for line in run("btrfs", "qgroup", "show", "--raw", str(self.root)).splitlines()[2:]:
             parts = line.split()
             if parts and parts[0].startswith("0/") and parts[0] != "0/5":
                 logical += int(parts[1])
@@ -107,7 +98,7 @@ class BtrfsPool(StoragePool):
 
     def _qgroup(self, p: Path) -> str | None:
         try:
-            out = _run("btrfs", "subvolume", "show", str(p))
+            out = run("btrfs", "subvolume", "show", str(p))
         except subprocess.CalledProcessError:
             return None
         m = re.search(r"Subvolume ID:\s+(\d+)", out)

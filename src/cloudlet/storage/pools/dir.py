@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from cloudlet.core.errors import translate_errors
-from cloudlet.storage.pools.base import PoolCapabilities, StoragePool, Usage
+from cloudlet.storage.pools.base import PoolCapabilities, StoragePool, Usage, mounted, run
 
 
 def _du(path: Path) -> int:
@@ -33,9 +33,18 @@ class DirPool(StoragePool):
         self.root = home / "pool"
 
     def setup(self) -> None:
+        """The directory is bound onto itself nosuid,nodev: a set-id file or device node a tenant made in its disk
+        means nothing on the host."""
         self.root.mkdir(parents=True, exist_ok=True)
+        with translate_errors("setting up the dir pool"):
+            if not mounted(self.root):
+                run("mount", "--bind", str(self.root), str(self.root))
+                run("mount", "-o", "remount,bind,nosuid,nodev", str(self.root))
 
     def teardown(self, purge: bool) -> None:
+        with translate_errors("unmounting the dir pool"):
+            if mounted(self.root):
+                run("umount", str(self.root))
         if purge:
             shutil.rmtree(self.root, ignore_errors=True)
 
