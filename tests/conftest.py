@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from cloudlet.core.store import Store
+from tests.pg import pg_bin, postgres
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "cloudlet.cli.main"]
 IS_ROOT = os.geteuid() == 0
@@ -150,3 +153,22 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
 def cloud() -> Iterator[CloudCLI]:
     with running_cloud() as cli:
         yield cli
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A migrated store on each database (PostgreSQL started for the module, skipped where it is missing)."""
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path_factory.mktemp('db') / 'state.db'}")
+        s.migrate()
+        yield s
+        s.close()
+        return
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL binaries not installed")
+    with postgres() as url:
+        s = Store(url)
+        s.migrate()
+        s.migrate()  # idempotent
+        yield s
+        s.close()

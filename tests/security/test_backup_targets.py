@@ -148,7 +148,7 @@ def test_only_the_admin_manages_the_allow_list(api: Api) -> None:
     assert [(e["url"], e["private"]) for e in listed] == [("http://127.0.0.1:9000", True)]
     # an IP literal that is not public is useless without --private: refused with the hint
     r = client.post("/v1/backup-endpoints", json={"url": "http://10.0.0.5:9000"}, headers=admin)
-    assert r.status_code == 400 and "--private" in r.json()["error"]["message"]
+    assert r.status_code == 403 and "--private" in r.json()["error"]["message"]
 
 
 def test_tenant_targets_need_an_allowed_public_endpoint(api: Api) -> None:

@@ -158,3 +158,18 @@ def test_console_log_is_rotated_at_a_size(cloud: CloudCLI) -> None:
     assert sum(sizes) <= 2 * (4 << 20), f"console logs hold {sizes} bytes after printing 40 MB"
     assert cloud.run("console", "chatty").stdout.strip() != "" or sizes[0] == 0
     cloud.run("delete", "chatty")
+
+
+def test_a_crash_looping_instance_backs_off(cloud: CloudCLI) -> None:
+    """An init that exits at once would otherwise be restarted as fast as runc can start it (tens a second)."""
+    cloud.run("launch", "busybox", "looper", "--command", "exit 3")
+    seen = set()
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        view = cloud.json("show", "looper")
+        seen.add(view["state"])
+        time.sleep(0.2)
+    assert "backoff" in seen, seen
+    assert 3 <= view["restarts"] <= 10, f"{view['restarts']} restarts in 8 s"
+    assert "restarting in" in view["message"] or view["state"] != "backoff"
+    cloud.run("delete", "looper")

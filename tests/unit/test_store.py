@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,25 +9,6 @@ import pytest
 from cloudlet.core.errors import Conflict, NotFound
 from cloudlet.core.records import FINALIZER, Resource
 from cloudlet.core.store import Store
-from tests.pg import pg_bin, postgres
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path_factory.mktemp('db') / 'state.db'}")
-        s.migrate()
-        yield s
-        s.close()
-        return
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL binaries not installed")
-    with postgres() as url:
-        s = Store(url)
-        s.migrate()
-        s.migrate()  # idempotent
-        yield s
-        s.close()
 
 
 def _res(name: str, tenant: str = "t1") -> Resource:

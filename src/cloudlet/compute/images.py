@@ -287,6 +287,8 @@ def unpack_import(ctx: HostContext, digest: str, tarball: Path) -> None:
     limits = UnpackLimits(max_bytes=ctx.config.max_image_bytes, max_files=ctx.config.max_image_files)
 
     def fill(root: Path) -> None:
+        if not root.is_dir():
+            return  # a pool that keeps no files (the simulation's memory pool): nothing to unpack into
         with open(tarball, "rb") as f:
             unpack(f, root, limits)
         sh = lookup(root, "/bin/sh")  # as the container will resolve it, not through the host's symlinks
@@ -390,7 +392,8 @@ class ImageReconciler(KindReconciler):
         self.records.update_status(res.id, phase="building", status=ImageStatus(message="debootstrap running").dump())
         self.records.add_event(res, "Building", f"debootstrap {spec.suite} with {spec.packages or 'minbase'}")
         try:
-            _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root))
+            build = self.ctx.config.home / "build" / spec.digest
+            _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root, build))
         except DriverError as exc:
             self.records.update_status(
                 res.id,
@@ -403,12 +406,22 @@ class ImageReconciler(KindReconciler):
         return self._ready(res, volume)
 
 
-def _debootstrap(spec: ImageSpec, root: Path) -> None:
-    cmd = ["debootstrap", "--variant=minbase"]
-    if spec.packages:
-        cmd.append("--include=" + ",".join(spec.packages))
-    cmd += [str(spec.suite), str(root), str(spec.mirror)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        raise DriverError("debootstrap failed: " + " | ".join(tail))
+def _debootstrap(spec: ImageSpec, root: Path, build: Path) -> None:
+    """debootstrap refuses a target mounted nodev, as the pool is (a tenant's device node must mean nothing on
+    the host): it builds in `build`, beside the pool, and the tree is copied in (once per image)."""
+    shutil.rmtree(build, ignore_errors=True)  # what a crashed build left
+    build.mkdir(parents=True)
+    try:
+        cmd = ["debootstrap", "--variant=minbase"]
+        if spec.packages:
+            cmd.append("--include=" + ",".join(spec.packages))
+        cmd += [str(spec.suite), str(build), str(spec.mirror)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise DriverError("debootstrap failed: " + " | ".join(tail))
+        copy = subprocess.run(["cp", "-a", f"{build}/.", str(root)], capture_output=True, text=True)
+        if copy.returncode != 0:
+            raise DriverError(f"copying the built image into the pool failed: {copy.stderr.strip()}")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)

@@ -49,6 +49,8 @@ class InstanceStatus(Status):
     pid: int | None = None
     run_nonce: int | None = None
     restarts: int = 0
+    crash_loop: int = 0  # exits in a row that came soon after a start (compute/runtime.py backs off on them)
+    retry_at: float | None = None  # when a backed-off restart is due (the agent's monotonic clock)
     dns_name: str | None = None
     message: str = ""
     started_at: float | None = None

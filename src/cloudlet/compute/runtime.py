@@ -44,6 +44,10 @@ class _Plan:
     disk_gib: int
 
 
+QUICK_EXIT = 10.0  # an init that exits sooner than this after its start is crash-looping
+MAX_BACKOFF = 30.0
+
+
 class InstanceReconciler(KindReconciler):
     kind = KIND
 
@@ -150,7 +154,7 @@ class InstanceReconciler(KindReconciler):
         compute = self.ctx.compute
         nonce = spec.run_nonce
         done = st.run_nonce
-        restarts = st.restarts
+        restarts, crash_loop = st.restarts, 0
         info = observed
         if state == InstanceState.RUNNING and done is not None and done != nonce:
             compute.stop_instance(res.id)
@@ -169,7 +173,30 @@ class InstanceReconciler(KindReconciler):
             if spec.restart != "always":
                 set_state(records, res, "exited", pid=None, message="init exited; restart policy is never")
                 return Result()
+            quick = st.crash_loop + 1 if time.time() - (st.started_at or 0) < QUICK_EXIT else 0
+            if quick >= 2:  # the first quick exit restarts at once; then 0.2 s, doubling, at most MAX_BACKOFF
+                delay = min(MAX_BACKOFF, 0.2 * 2 ** (quick - 2))
+                message = f"init exited {quick} times in a row within {QUICK_EXIT:g} s; restarting in {delay:g} s"
+                set_state(
+                    records,
+                    res,
+                    "backoff",
+                    pid=None,
+                    crash_loop=quick,
+                    retry_at=self.ctx.clock.now() + delay,
+                    message=message,
+                )
+                return Result(requeue_after=delay)
             info = self._start(res, plan, fresh=False)
+            crash_loop = quick
+            restarts += 1
+            records.add_event(res, "Restarted", f"restart policy always (restart #{restarts})")
+        elif done == nonce and st.state == "backoff":
+            wait = (st.retry_at or 0) - self.ctx.clock.now()
+            if wait > 0:
+                return Result(requeue_after=wait)
+            info = self._start(res, plan, fresh=False)
+            crash_loop = st.crash_loop
             restarts += 1
             records.add_event(res, "Restarted", f"restart policy always (restart #{restarts})")
         elif done == nonce and st.state == "exited":
@@ -192,7 +219,9 @@ class InstanceReconciler(KindReconciler):
             restarts=restarts,
             dns_name=plan.fqdn,
             message="",
-            started_at=st.started_at if st.state == "running" else time.time(),
+            crash_loop=crash_loop,
+            retry_at=None,
+            started_at=st.started_at if info is observed and st.state == "running" else time.time(),
         )
         return Result()
 

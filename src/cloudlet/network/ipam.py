@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 
 from cloudlet.core.config import TENANT_SPACE
-from cloudlet.core.errors import Conflict, InvalidSpec
+from cloudlet.core.errors import Conflict, Forbidden, InvalidSpec
 
 __all__ = [
     "SPACE",
@@ -39,8 +39,10 @@ def parse_subnet(cidr: str, min_prefix: int = TENANT_MIN_PREFIX) -> ipaddress.IP
         raise InvalidSpec(f"subnet {cidr!r} is not a valid CIDR network (e.g. 10.240.5.0/24): {exc}") from exc
     if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(SPACE):
         raise InvalidSpec(f"subnet {cidr} must lie inside the tenant space {TENANT_SPACE}")
-    if net.prefixlen > MAX_PREFIX or net.prefixlen < min_prefix:
-        raise InvalidSpec(f"subnet {cidr} must have a prefix between /{min_prefix} and /{MAX_PREFIX}")
+    if net.prefixlen > MAX_PREFIX or net.prefixlen < ADMIN_MIN_PREFIX:
+        raise InvalidSpec(f"subnet {cidr} must have a prefix between /{ADMIN_MIN_PREFIX} and /{MAX_PREFIX}")
+    if net.prefixlen < min_prefix:  # the schema allows it: it is a limit on who asks, not a malformed value
+        raise Forbidden(f"subnet {cidr}: tenants' networks have a prefix from /{min_prefix}; ask the admin for more")
     return net
 
 

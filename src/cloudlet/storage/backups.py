@@ -83,7 +83,7 @@ class TargetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: Labels = {}
     name: Name
-    endpoint: str = Field(pattern=r"^https?://[^\x00]*$")
+    endpoint: str = Field(max_length=300, pattern=endpoints.ORIGIN, description="http(s)://host[:port]")
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")
     access_key: Text = Field(min_length=1)
     secret_key: Text = Field(min_length=1)

@@ -44,15 +44,21 @@ from cloudlet.storage.resource import BACKUP_ENDPOINT, BACKUP_TARGET, EndpointSp
 ENDPOINT = BACKUP_ENDPOINT
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: a gateway turns it into the IPv4 address
+# what origin() accepts, for the schema: a host name or IPv4 address (IPv6 literals are not taken: a name that
+# resolves to IPv6 is), an optional port
+ORIGIN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?/?$"
+)
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 ASK = "ask the admin to allow it with 'cloudlet backup endpoint allow {url}'"
 
 
 class EndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=300, description="an S3 endpoint's origin: http(s)://host[:port]")
+    url: str = Field(max_length=300, pattern=ORIGIN, description="an S3 endpoint's origin: http(s)://host[:port]")
     private: bool = Field(
-        False, description="tenants' targets here may reach loopback, private and link-local addresses"
+        False, strict=True, description="tenants' targets here may reach loopback, private and link-local addresses"
     )
     name: Name | None = Field(None, description="default: made from the host and port")
 
@@ -70,13 +76,14 @@ def origin(url: str) -> str:
     if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
         raise BadRequest(f"endpoint {url!r} must be scheme://host[:port], without a path, credentials or query")
     literal = _literal(host)
+    if isinstance(literal, ipaddress.IPv6Address):
+        raise BadRequest(f"endpoint {url!r}: give IPv6 endpoints by host name, not as an address literal")
     if literal is None and not HOST_RE.fullmatch(host):
         raise BadRequest(f"endpoint {url!r}: {host!r} is not a host name or IP address")
     if port == 0:
         raise BadRequest(f"endpoint {url!r} has port 0")
     port = port or (443 if parts.scheme == "https" else 80)
-    shown = f"[{literal}]" if isinstance(literal, ipaddress.IPv6Address) else str(literal or host)
-    return f"{parts.scheme}://{shown}:{port}"
+    return f"{parts.scheme}://{literal or host}:{port}"
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -147,7 +154,10 @@ def _default_name(url: str) -> str:
 
 
 def find_endpoint(cloud: Cloud, url: str) -> Resource | None:
-    want = origin(url)
+    try:
+        want = origin(url)
+    except BadRequest:
+        return None  # no entry has a URL that is not one
     return next((r for r in cloud.store.list(ENDPOINT) if EndpointSpec.of(r).url == want), None)
 
 
@@ -158,12 +168,13 @@ def allow_endpoint(cloud: Cloud, caller: Caller, req: EndpointCreate) -> Resourc
     url = origin(req.url)
     literal = _literal(urlsplit(url).hostname or "")
     if literal is not None and not req.private and (why := refusal(literal)) is not None:
-        raise BadRequest(f"{literal} is {why}: tenants' targets there would all be refused; add --private to allow it")
+        raise Forbidden(f"{literal} is {why}: tenants' targets there would all be refused; add --private to allow it")
+    if req.name is not None:
+        check_name("backup endpoint", req.name)
     spec = EndpointSpec(url=url, private=req.private)
     res = find_endpoint(cloud, url)
     if res is None:
         name = req.name or _default_name(url)
-        check_name("backup endpoint", name)
         res = Resource(kind=ENDPOINT, tenant=SYSTEM_TENANT, name=name, spec=spec.dump(), phase="ready")
         res = cloud.store.create(res, created=f"tenants may back up to {url}" + (" (private)" if req.private else ""))
     elif EndpointSpec.of(res) != spec:

@@ -17,7 +17,7 @@ from cloudlet.compute import instances
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import CloudletError, InvalidSpec
+from cloudlet.core.errors import CloudletError, Forbidden
 from cloudlet.core.labels import Selector
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -73,8 +73,8 @@ async def exec_in(
     """Runs a command in the instance and answers its exit code and output (each stream cut at a cap, then
     `truncated`); a tenant runs a few at a time (429 beyond), each for at most the cloud's maximum timeout."""
     most = cloud.config.exec_max_timeout
-    if body.timeout > most:
-        raise InvalidSpec(f"timeout: {body.timeout:g} s is more than the maximum of {most:g} s an exec may run")
+    if body.timeout > most:  # the cloud's setting, below the schema's bound: a refusal, not a malformed value
+        raise Forbidden(f"timeout: {body.timeout:g} s is more than the maximum of {most:g} s an exec may run")
     slots: ExecSlots = request.app.state.exec_slots
     with slots.take(who.tenant):
         run = partial(instances.exec_in, cloud, who, name, body)

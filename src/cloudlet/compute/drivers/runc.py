@@ -579,7 +579,7 @@ class RuncDriver(ComputeDriver):
     def _rotate_consoles(self) -> None:
         """copytruncate: the instance writes console.log through an O_APPEND fd we cannot swap, so a log past
         CONSOLE_MAX is copied to console.log.1 and cut to zero (what it prints during the copy is lost)."""
-        for d in self.dir.iterdir():
+        for d in self.dir.iterdir() if self.dir.is_dir() else ():
             log_path = d / "console.log"
             try:
                 if log_path.stat().st_size <= CONSOLE_MAX:
