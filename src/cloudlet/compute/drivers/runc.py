@@ -84,7 +84,33 @@ MASKED = [
     "/sys/firmware",
     "/sys/devices/virtual/powercap",  # RAPL energy counters leak what other tenants compute
 ]
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def _check_mount_path(rootfs: Path, dst: str) -> None:
+    """runc resolves a mount's destination inside the root, following the symlinks it meets there, and the root
+    disk is the tenant's: a symlink (made while running) on the way of a volume's path would put the volume
+    wherever it points at the next start, e.g. over /dev, /proc or /etc, which attach refuses. So every existing
+    component must be a real directory, opened without following anything; missing ones runc makes."""
+    fd = os.open(rootfs, _DIR)
+    try:
+        for part in [p for p in dst.split("/") if p not in ("", ".")]:
+            if part == "..":
+                raise DriverError(f"volume path {dst} has a '..' component")
+            try:
+                nxt = os.open(part, _DIR, dir_fd=fd)
+            except FileNotFoundError:
+                return
+            except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
+                raise DriverError(
+                    f"volume path {dst} goes through {part!r}, which is a symlink or a file in the root disk; "
+                    "the volume is not mounted through it (detach it, or remove that entry)"
+                ) from exc
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
 
 
 class RuncDriver(ComputeDriver):
@@ -401,7 +427,8 @@ class RuncDriver(ComputeDriver):
         (d / "etc" / "resolv.conf").write_text(spec.resolv_conf)
         if spec.rootfs is None or not spec.rootfs.exists():
             raise DriverError(f"root disk {spec.rootfs} of instance {spec.id} is missing")
-        for src, _ in spec.mounts:
+        for src, dst in spec.mounts:
+            _check_mount_path(spec.rootfs, dst)
             self._own(Path(src), spec.uid_base)
         tmp = d / "config.json.tmp"
         tmp.write_text(json.dumps(self._oci_config(spec, d), indent=1))
