@@ -37,7 +37,9 @@ log = logging.getLogger("cloudlet.daemon")
 
 def build_control_plane(config: Config, clock: Clock | None = None, hosts: HostDirectory | None = None) -> Cloud:
     config.home.mkdir(parents=True, exist_ok=True)
-    os.chmod(config.home, 0o700)
+    # private, but keep the search bits the runc driver adds (a user namespace's root walks to its root disk):
+    # a restarted cloudletd must not take them away from the running agent's instances
+    os.chmod(config.home, 0o700 | (os.stat(config.home).st_mode & 0o011))
     clock = clock or RealClock()
     store = Store(config.db_url)
     store.migrate()
@@ -79,8 +81,9 @@ def _compact(cloud: Cloud, stop: threading.Event) -> None:
     while not stop.wait(60):
         try:
             cloud.store.compact_changes()
+            cloud.store.compact_events()
         except Exception as exc:  # the next round tries again
-            log.warning("compacting the change log failed: %s", exc)
+            log.warning("compacting the change and event logs failed: %s", exc)
 
 
 def serve(cloud: Cloud) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 from dnslib import DNSRecord
 
-from cloudlet.network.dns import TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS
+from cloudlet.network.dns import TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_PER_SOURCE
 from cloudlet.network.netns import run_in_netns
 from tests.conftest import CloudCLI
 
@@ -184,16 +184,20 @@ def _closed_by_server(conn: socket.socket, within: float) -> bool:
 
 
 def test_tcp_connections_are_capped_and_idle_ones_closed(pair: Pair) -> None:
-    b = pair.b
-    held = [_connect(b) for _ in range(TCP_MAX_CONNECTIONS)]
-    extra = [_connect(b) for _ in range(4)]
+    """One instance holds its share of TCP slots (and tries for every slot there is): the rest are closed at
+    once, UDP and the other tenant's TCP are served meanwhile, and the held ones are closed when idle."""
+    a, b = pair.a, pair.b
+    held = [_connect(b) for _ in range(TCP_PER_SOURCE)]
+    extra = [_connect(b) for _ in range(TCP_MAX_CONNECTIONS)]
     opened = time.monotonic()
     try:
         for conn in extra:
             assert _closed_by_server(conn, 1.0), "a connection beyond the cap was kept open"
         started = time.monotonic()
-        assert _rdata(_ask(b, b.name)) == [b.ip]  # UDP is served while every TCP slot is taken
-        assert time.monotonic() - started < 1.0
+        assert _rdata(_ask(b, b.name)) == [b.ip]  # UDP is served while the instance holds its TCP slots
+        with _connect(a) as other:
+            assert _rdata(_tcp_ask(other, a.name)) == [a.ip], "another tenant was starved of DNS over TCP"
+        assert time.monotonic() - started < 2.0
         for conn in held:
             assert _closed_by_server(conn, opened + TCP_IDLE_TIMEOUT + 2 - time.monotonic()), "an idle one stayed"
         started = time.monotonic()

@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +174,22 @@ def test_a_crash_looping_instance_backs_off(cloud: CloudCLI) -> None:
     assert 3 <= view["restarts"] <= 10, f"{view['restarts']} restarts in 8 s"
     assert "restarting in" in view["message"] or view["state"] != "backoff"
     cloud.run("delete", "looper")
+
+
+def test_a_console_flood_stays_in_the_tenants_console_volume(cloud: CloudCLI) -> None:
+    """Printing without end must not fill the host's disk between two rotations (it reached 1.7 GB in a second)."""
+    cloud.run("launch", "busybox", "flood", "--command", "cat /dev/zero")
+    iid = cloud.json("show", "flood")["id"]
+    log = cloud.home / "instances" / iid / "console.log"
+    biggest, deadline = 0, time.monotonic() + 6
+    while time.monotonic() < deadline:
+        try:
+            biggest = max(biggest, log.stat().st_size)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    assert log.is_symlink() and str(cloud.home / "pool" / "consoles") in os.readlink(log)
+    assert 0 < biggest <= 160 << 20, f"console.log reached {biggest} bytes"
+    kept = Path(os.readlink(log))
+    cloud.run("delete", "flood", "--wait")
+    assert not kept.exists(), "a deleted instance's console log was left in the console volume"

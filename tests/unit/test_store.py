@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,17 @@ def test_migrations_dir_ships(tmp_path: Path) -> None:
     from cloudlet.core.store import MIGRATIONS
 
     assert (MIGRATIONS / "versions" / "0001_initial.py").exists()
+
+
+def test_the_event_log_is_bounded(store: Store) -> None:
+    """A record that keeps failing, or a tenant that creates and deletes in a loop, cannot grow it for ever."""
+    busy = store.create(_res("busy"))
+    for i in range(30):
+        store.add_event(busy, "Tick", f"tick {i}")
+    gone = store.create(_res("gone"))
+    store.add_event(gone, "Old", "long ago", at=time.time() - 7200)
+    store.mark_deleted(gone.id)
+    assert store.compact_events(keep=10) >= 20 + 1
+    ticks = [e.message for e in store.list_events(name="busy", limit=1000) if e.reason == "Tick"]
+    assert sorted(ticks) == sorted(f"tick {i}" for i in range(20, 30)), "not the newest ten kept"
+    assert store.list_events(name="gone", limit=1000) == []

@@ -14,13 +14,14 @@ import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloudlet.compute.drivers.base import InstanceInfo, InstanceState, LaunchSpec
 from cloudlet.compute.images import volume_of
 from cloudlet.compute.instances import KIND, set_state
 from cloudlet.compute.resource import IMAGE, ImageSpec, InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
-from cloudlet.core.errors import TerminalError
+from cloudlet.core.errors import DriverError, TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource
 from cloudlet.network.dns import DOMAIN, dns_name
@@ -46,6 +47,7 @@ class _Plan:
 
 QUICK_EXIT = 10.0  # an init that exits sooner than this after its start is crash-looping
 MAX_BACKOFF = 30.0
+CONSOLE_QUOTA = 128 << 20  # per tenant, for the console logs of all its instances on a host
 
 
 class InstanceReconciler(KindReconciler):
@@ -143,10 +145,25 @@ class InstanceReconciler(KindReconciler):
         def plumb(pid: int) -> None:  # the runtime makes the netns in the instance's user namespace
             self.ctx.net.ensure_port(port, pid)
 
-        launch = dataclasses.replace(plan.launch, plumb=plumb)
+        launch = dataclasses.replace(plan.launch, plumb=plumb, console=self._console(res, base))
         if fresh:
             return self.ctx.compute.create_instance(launch)
         return self.ctx.compute.start_instance(launch)
+
+    def _console(self, res: Resource, base: int | None) -> Path | None:
+        """Console logs of a tenant's instances share one size-limited volume: an instance printing without end
+        fills that (its writes then fail until the log is rotated), never the host's disk."""
+        pool = self.ctx.pool
+        if base is None or not pool.capabilities.quotas:
+            return None
+        volume = f"consoles/{base}"
+        if not pool.exists(volume):
+            try:
+                pool.create_volume(volume, CONSOLE_QUOTA)
+            except DriverError:
+                if not pool.exists(volume):  # else another instance's start made it first
+                    raise
+        return pool.path(volume) / f"{res.id}.log"
 
     def _converge_running(self, res: Resource, plan: _Plan, observed: InstanceInfo) -> Result:
         records, state, ip = self.records, observed.state, plan.ip

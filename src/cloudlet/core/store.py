@@ -255,6 +255,25 @@ class Store:
         with self.engine.begin() as conn:
             return int(conn.execute(changes.delete().where(changes.c.rev.not_in(latest))).rowcount)
 
+    def compact_events(self, keep: int = 200, gone_after: float = 3600.0) -> int:
+        """Bounds the event log: each record keeps its newest `keep` events, and a purged record's events go once
+        the newest is `gone_after` seconds old (so `cloudlet events NAME` still tells how it ended)."""
+        ranked = sa.select(
+            events.c.id,
+            sa.func.row_number().over(partition_by=events.c.resource_id, order_by=events.c.id.desc()).label("n"),
+        ).subquery()
+        old = sa.select(ranked.c.id).where(ranked.c.n > keep)
+        live = sa.select(resources.c.id)
+        stale = (
+            sa.select(events.c.resource_id)
+            .where(events.c.resource_id.not_in(live))
+            .group_by(events.c.resource_id)
+            .having(sa.func.max(events.c.time) < time.time() - gone_after)
+        )
+        with self.engine.begin() as conn:
+            n = conn.execute(events.delete().where(events.c.id.in_(old))).rowcount
+            return int(n + conn.execute(events.delete().where(events.c.resource_id.in_(stale))).rowcount)
+
     # events
     def add_event(
         self,

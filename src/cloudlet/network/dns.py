@@ -9,8 +9,9 @@ source would get the reply aimed at whoever owns that address, and a real instan
 with yet retries and is answered.
 
 Each listening address (loopback, hub) has one thread that answers UDP inline (a lookup in memory) and accepts
-TCP; each TCP connection gets a thread of its own, at most `TCP_MAX_CONNECTIONS` per address (beyond that a new
-connection is closed at once), and is closed once a query has not fully arrived within `TCP_IDLE_TIMEOUT`.
+TCP; each TCP connection gets a thread of its own, at most `TCP_MAX_CONNECTIONS` per address, `TCP_PER_SOURCE` of
+them from one address and half from one tenant (beyond that a new connection is closed at once), and is closed
+once a query has not fully arrived within `TCP_IDLE_TIMEOUT`, or after `TCP_MAX_LIFETIME` however busy.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ __all__ = [
     "DOMAIN",
     "TCP_IDLE_TIMEOUT",
     "TCP_MAX_CONNECTIONS",
+    "TCP_MAX_LIFETIME",
+    "TCP_PER_SOURCE",
     "dns_name",
     "View",
     "EVERY_TENANT",
@@ -48,6 +51,8 @@ DOMAIN = "cloudlet"
 TTL = 5
 TCP_IDLE_TIMEOUT = 3.0  # seconds a TCP connection may take to deliver its next whole query
 TCP_MAX_CONNECTIONS = 32  # open TCP connections (and so threads) per listening address
+TCP_PER_SOURCE = 4  # of those, from one address; and one tenant holds at most half of them
+TCP_MAX_LIFETIME = 30.0  # seconds a TCP connection is kept however busy: a held slot is given back
 FRESH = 0.05  # an unknown source rebuilds an index older than this once, so a just-started instance is answered
 IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks it
 _PKTINFO = struct.Struct("i4s4s")  # struct in_pktinfo: ifindex, spec_dst (source of a reply), addr (destination)
@@ -195,7 +200,7 @@ class _Endpoint:
     ) -> None:
         self.resolver, self.udp, self.tcp, self.view_of = resolver, udp, tcp, view_of
         self.max_connections, self.idle_timeout = max_connections, idle_timeout
-        self._conns: set[socket.socket] = set()
+        self._conns: dict[socket.socket, tuple[str, str | None]] = {}  # -> (source address, tenant)
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel = selectors.DefaultSelector()
@@ -241,16 +246,23 @@ class _Endpoint:
             return
         view = self.view_of(conn.getsockname()[0], source[0])
         with self._lock:
-            if view is None or len(self._conns) >= self.max_connections:
+            held = list(self._conns.values())
+            if (
+                view is None
+                or len(held) >= self.max_connections
+                or sum(src == source[0] for src, _ in held) >= TCP_PER_SOURCE
+                or (view.tenant is not None and 2 * sum(t == view.tenant for _, t in held) >= self.max_connections)
+            ):
                 conn.close()
                 return
-            self._conns.add(conn)
+            self._conns[conn] = (source[0], view.tenant)
         threading.Thread(target=self._serve_tcp, args=(conn, view), name="dns-tcp", daemon=True).start()
 
     def _serve_tcp(self, conn: socket.socket, view: View) -> None:
+        ends = time.monotonic() + TCP_MAX_LIFETIME
         try:
-            while True:
-                deadline = time.monotonic() + self.idle_timeout
+            while time.monotonic() < ends:
+                deadline = min(ends, time.monotonic() + self.idle_timeout)
                 head = _recv_exact(conn, 2, deadline)
                 data = _recv_exact(conn, struct.unpack("!H", head)[0], deadline) if head else None
                 out = self.resolver.reply(data, view) if data else None
@@ -264,7 +276,7 @@ class _Endpoint:
             log.exception("dns: a TCP query failed")
         finally:
             with self._lock:
-                self._conns.discard(conn)
+                self._conns.pop(conn, None)
             conn.close()
 
     def stop(self) -> None:

@@ -145,6 +145,7 @@ class RuncDriver(ComputeDriver):
         if self._known_to_runc(spec.id):
             self._runc("delete", "--force", self._cid(spec.id), check=False)
         # create, wire the new netns up, then start: init never runs without its network
+        self._link_console(d, spec.console)
         with open(d / "console.log", "ab") as console:
             proc = subprocess.run(
                 [
@@ -198,6 +199,7 @@ class RuncDriver(ComputeDriver):
     def delete_instance(self, iid: str) -> None:
         d = self.dir / iid
         self.stop_instance(iid, timeout=0)
+        self._link_console(d, None)
         shutil.rmtree(d, ignore_errors=True)
         self._remove_cgroups(iid)
 
@@ -433,6 +435,20 @@ class RuncDriver(ComputeDriver):
         tmp = d / "config.json.tmp"
         tmp.write_text(json.dumps(self._oci_config(spec, d), indent=1))
         os.replace(tmp, d / "config.json")
+
+    @staticmethod
+    def _link_console(d: Path, target: Path | None) -> None:
+        """console.log is a link to where the log is kept when that is elsewhere (the tenant's size-limited
+        console volume), so a flood fills that, not the host's disk; None removes the kept log and the link."""
+        link = d / "console.log"
+        if link.is_symlink():
+            if target is not None and Path(os.readlink(link)) == target:
+                return
+            Path(os.readlink(link)).unlink(missing_ok=True)
+            link.unlink()
+        if target is not None:
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
 
     def _uid_base(self, iid: str) -> int | None:
         try:
