@@ -100,7 +100,13 @@ class InstanceReconciler(KindReconciler):
             return self._converge_stopped(res, info.state)
         if not status.ip:
             raise TerminalError(f"instance {res.name} was placed without an address")
-        return self._converge_running(res, self._plan(res, spec, net, image, status.ip), info)
+        try:
+            return self._converge_running(res, self._plan(res, spec, net, image, status.ip), info)
+        except DriverError as exc:  # shown once (state, message, event); retried with backoff
+            if status.message != exc.message:
+                set_state(records, res, "error", pid=None, message=exc.message)
+                records.add_event(res, "StartFailed", exc.message, "Warning")
+            raise
 
     def _plan(self, res: Resource, spec: InstanceSpec, net: Resource, image: Resource, ip: str) -> _Plan:
         zone = res.zone or self.ctx.zone
