@@ -67,6 +67,16 @@ def test_no_raw_sockets_no_network_admin_but_ping_sockets_allowed(cloud: CloudCL
     assert got == ["0", "2147483647"], "ICMP datagram sockets (unprivileged ping) are not enabled"
 
 
+def test_raw_sockets_only_for_an_instance_that_asks(cloud: CloudCLI) -> None:
+    cloud.run("launch", "busybox", "pinger", "--net-raw", "--wait")
+    assert cloud.json("show", "pinger")["net_raw"] is True
+    gateway = sh(cloud, "pinger", "ip route | awk '/default/ {print $3}'").stdout.strip()
+    assert sh(cloud, "pinger", f"ping -c1 -W2 {gateway}").returncode == 0, "busybox ping with CAP_NET_RAW failed"
+    caps = int(sh(cloud, "pinger", "grep CapEff /proc/self/status").stdout.split()[1], 16)
+    assert caps & (1 << 13) and not caps & (1 << 12), "asked for NET_RAW, must not get NET_ADMIN"
+    cloud.run("delete", "pinger")
+
+
 def test_seccomp_cgroup_namespace_masks_and_readonly_kernel_knobs(cloud: CloudCLI) -> None:
     status = sh(cloud, "box", "cat /proc/self/status").stdout
     assert "Seccomp:\t2" in status, "no seccomp filter"

@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
         memory: Annotated[int, typer.Option(help="memory limit in MiB")] = 256,
         disk: Annotated[int, typer.Option("--disk-gib", help="root disk size limit in GiB")] = 2,
         restart: Annotated[str, typer.Option(help="always or never")] = "always",
+        net_raw: Annotated[
+            bool, typer.Option("--net-raw", help="allow raw sockets (CAP_NET_RAW) in its netns")
+        ] = False,
         command: Annotated[str | None, typer.Option(help="shell command to run instead of the image's")] = None,
         zone: Annotated[str | None, typer.Option(help="place only in this zone")] = None,
         label: LabelOpt = None,
@@ -82,6 +85,7 @@ def register(app: typer.Typer) -> None:
             "memory_mib": memory,
             "disk_gib": disk,
             "restart": restart,
+            "net_raw": net_raw,
             "zone": zone,
             "command": ["/bin/sh", "-c", command] if command else None,
             "labels": labels_of(label),

@@ -74,6 +74,7 @@ class InstanceCreate(BaseModel):
     memory_mib: Int = Field(256, ge=16, le=1024 * 1024)
     disk_gib: Int = Field(2, ge=1, le=1024, description="root disk size limit (GiB)")
     restart: Literal["always", "never"] = "always"
+    net_raw: bool = Field(False, strict=True, description="grant CAP_NET_RAW (raw sockets) inside its own netns")
     command: list[Text] | None = Field(None, max_length=256)
     zone: Text | None = None
 
@@ -130,6 +131,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
         from_snapshot_id=snapshot.id if snapshot else None,
         uid_base=idmap.uid_base(cloud, caller.tenant),
         disk_gib=req.disk_gib,
+        net_raw=req.net_raw,
     )
     res = Resource(
         kind=KIND,
@@ -223,6 +225,7 @@ def instance_view(res: Resource) -> dict[str, Any]:
         memory_mib=spec.memory_mib,
         disk_gib=spec.disk_gib,
         restart=spec.restart,
+        net_raw=spec.net_raw,
         desired_state=spec.state,
         restarts=st.restarts,
         message=st.message,

@@ -41,6 +41,7 @@ class InstanceSpec(Spec):
     from_snapshot_id: str | None = None
     uid_base: int | None = None  # host uid its root maps to: its tenant's user-namespace range (compute/idmap.py)
     disk_gib: int = 2  # root disk size limit, where the pool enforces limits
+    net_raw: bool = False  # CAP_NET_RAW, asked for at launch (ping needs none: ICMP datagram sockets)
 
 
 class InstanceStatus(Status):

@@ -131,6 +131,7 @@ class InstanceReconciler(KindReconciler):
             host=self.ctx.host,
             mounts=tuple(mounts),
             uid_base=spec.uid_base if self.ctx.compute.capabilities.real_processes else None,
+            net_raw=spec.net_raw,
         )
         source = snapshot_name(spec.from_snapshot_id) if spec.from_snapshot_id else volume_of(image)
         return _Plan(launch, net, ip, fqdn, source, spec.disk_gib)

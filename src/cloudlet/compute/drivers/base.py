@@ -63,6 +63,7 @@ class LaunchSpec:
     mounts: tuple[tuple[str, str], ...] = ()  # (host path, path inside): attached volumes
     uid_base: int | None = None  # host uid that container root maps to (65536 ids from it); None: no user namespace
     plumb: Callable[[int], None] | None = None  # wires a new netns up, given the pid of the instance's init
+    net_raw: bool = False  # CAP_NET_RAW on top of the default set
     console: Path | None = None  # where its console log is kept (a size-limited place); None: beside its bundle
 
 

@@ -469,6 +469,7 @@ class RuncDriver(ComputeDriver):
 
     def _oci_config(self, spec: LaunchSpec, d: Path) -> dict[str, Any]:
         userns = spec.uid_base is not None
+        caps = [*CAPS, "CAP_NET_RAW"] if spec.net_raw else CAPS
 
         def bind(src: str | Path, dst: str, ro: bool = True) -> dict[str, Any]:
             return {
@@ -491,7 +492,7 @@ class RuncDriver(ComputeDriver):
                     "TERM=xterm",
                 ],
                 "cwd": "/",
-                "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+                "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}],
                 "noNewPrivileges": True,
             },
@@ -566,7 +567,7 @@ class RuncDriver(ComputeDriver):
                     "cpu": {"quota": int(spec.cpus * 100000), "period": 100000},
                     "pids": {"limit": 1024},
                 },
-                "seccomp": oci_profile(frozenset(CAPS)),
+                "seccomp": oci_profile(frozenset(caps)),
                 "maskedPaths": MASKED,
                 "readonlyPaths": READONLY,
             },
