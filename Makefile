@@ -12,19 +12,20 @@ lint: install
 	.venv/bin/mypy src
 
 test: lint
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test-fast: install
 	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: install
-	.venv/bin/python bench/instance_create.py
+	.venv/bin/python bench/instance_create.py --runs 3
 	.venv/bin/python bench/list_instances.py
-	.venv/bin/python bench/idle_memory.py
+	.venv/bin/python bench/idle_memory.py --runs 4
 	.venv/bin/python bench/storage_cow.py
+	.venv/bin/python bench/snapshot_api.py --runs 20
 	.venv/bin/python bench/debian_density.py
 	.venv/bin/python bench/backup_throughput.py
-	.venv/bin/python bench/cli_latency.py
+	.venv/bin/python bench/cli_latency.py --runs 3
 
 clean:
 	-.venv/bin/cloudlet down --purge

@@ -1,8 +1,11 @@
 """Memory per idle instance beyond its own processes: the host's used memory grows by X per instance; the
-instance's processes account for their PSS; the rest is overhead (netns, veth, overlay, cgroups, runc state)."""
+instance's processes account for their PSS; the rest is overhead (netns, veth, root disk, cgroups, runc state).
+MemAvailable moves with the page cache, so one run is noisy: --runs fresh clouds (default 4), median and range."""
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +38,8 @@ def pss_kib(pid: int) -> int:
     return total
 
 
-def main() -> None:
+def one_run() -> tuple[float, float]:
+    """Host memory used per instance and its processes' PSS per instance, in KiB."""
     with real_cloud() as api:
         api.post("/v1/instances", json={"name": "warm", "image": "busybox", "command": ["sleep", "infinity"]})
         time.sleep(2)
@@ -50,13 +54,32 @@ def main() -> None:
         time.sleep(2)
         after = used_kib()
         procs = sum(pss_kib(i["pid"]) for i in api.get("/v1/instances").json()["items"] if i["name"] != "warm")
-    per = (after - before) / N
-    own = procs / N
-    print("| idle instance memory (busybox sleep) | per instance |")
-    print("|---|---|")
-    print(f"| host memory used | {per / 1024:.2f} MiB |")
-    print(f"| its own processes (PSS) | {own / 1024:.2f} MiB |")
-    print(f"| overhead beyond its processes | {(per - own) / 1024:.2f} MiB |")
+    return (after - before) / N, procs / N
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=4, help="fresh clouds to measure in (default 4)")
+    args = ap.parse_args()
+    rows: dict[str, list[float]] = {"host memory used": [], "its own processes (PSS)": [], "overhead": []}
+    print(
+        f"| idle instance memory (busybox sleep, {N} instances) | run | host memory used | its processes (PSS) | "
+        "overhead beyond its processes |"
+    )
+    print("|---|---|---|---|---|")
+    for run in range(1, args.runs + 1):
+        per, own = one_run()
+        for key, v in zip(rows, (per, own, per - own), strict=True):
+            rows[key].append(v / 1024)
+        print(f"| | {run} | {per / 1024:.2f} MiB | {own / 1024:.2f} MiB | {(per - own) / 1024:.2f} MiB |", flush=True)
+    print()
+    print(f"| idle instance memory, {args.runs} runs | median | range |")
+    print("|---|---|---|")
+    for key, vals in rows.items():
+        print(f"| {key} | {statistics.median(vals):.2f} MiB | {min(vals):.2f}–{max(vals):.2f} MiB |")
+    if min(rows["overhead"]) < 0:
+        print("\n(a negative overhead: something else on this machine freed memory during a run; the host figure")
+        print("means something only on an otherwise idle machine, the PSS figure always)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ def _api(cloud: CloudCLI) -> httpx.Client:
 
 
 def test_kill9_during_storage_operations(cloud: CloudCLI) -> None:
-    rng = random.Random(int(os.environ.get("CLOUDLET_SEED", "11")))
+    seed = int(os.environ.get("CLOUDLET_SEED") or random.SystemRandom().randrange(1 << 32))
+    seen = f"seed {seed} (replay: CLOUDLET_SEED={seed})"
+    print(seen)  # shown with a failure; the assertions name it too
+    rng = random.Random(seed)
     api = _api(cloud)
     vols: set[str] = set()
     snaps: dict[str, str] = {}  # snapshot -> source volume
@@ -44,7 +47,7 @@ def test_kill9_during_storage_operations(cloud: CloudCLI) -> None:
         op = rng.choice(choices)
         if op == "volume":
             r = api.post("/v1/volumes", json={"name": f"v{step}", "size_gib": 1})
-            assert r.status_code == 202, r.text
+            assert r.status_code == 202, f"{seen}: {r.text}"
             vols.add(f"v{step}")
         elif op == "snapshot":
             src = rng.choice(sorted(vols))
@@ -64,7 +67,7 @@ def test_kill9_during_storage_operations(cloud: CloudCLI) -> None:
             kills += 1
             cloud.run("up")
             api = _api(cloud)
-    assert kills >= 5
+    assert kills >= 5, seen
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         v = {i["name"]: i["state"] for i in api.get("/v1/volumes").json()["items"]}
@@ -72,10 +75,10 @@ def test_kill9_during_storage_operations(cloud: CloudCLI) -> None:
         if set(v) == vols and set(s) == set(snaps) and all(x == "ready" for x in [*v.values(), *s.values()]):
             break
         time.sleep(0.25)
-    assert set(v) == vols and set(s) == set(snaps), (v, s, vols, snaps)
-    assert all(x == "ready" for x in [*v.values(), *s.values()]), (v, s)
+    assert set(v) == vols and set(s) == set(snaps), f"{seen}: {v} {s} {vols} {snaps}"
+    assert all(x == "ready" for x in [*v.values(), *s.values()]), f"{seen}: {v} {s}"
     usage = api.get("/v1/storage/usage").json()["volumes"]
     owned = {(u["kind"], u["name"]) for u in usage}
-    assert {("Volume", n) for n in vols} | {("Snapshot", n) for n in snaps} <= owned
+    assert {("Volume", n) for n in vols} | {("Snapshot", n) for n in snaps} <= owned, f"{seen}: {owned}"
     gc = cloud.run("storage", "gc", "--check", check=False)
-    assert gc.returncode == 0, gc.stdout
+    assert gc.returncode == 0, f"{seen}: {gc.stdout}"
