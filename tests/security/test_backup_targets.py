@@ -112,8 +112,15 @@ def test_public_addresses_pass(address: str) -> None:
 def test_endpoints_are_compared_as_origins() -> None:
     assert endpoints.origin("http://S3.Example.com") == "http://s3.example.com:80"
     assert endpoints.origin("https://s3.example.com:443/") == "https://s3.example.com:443"
-    assert endpoints.origin("http://[::1]:9000") == "http://[::1]:9000"
-    for bad in ("ftp://x", "http://user:pw@host", "http://host/path", "http://host?x=1", "http://ho_st", "http://"):
+    for bad in (
+        "http://[::1]:9000",
+        "ftp://x",
+        "http://user:pw@host",
+        "http://host/path",
+        "http://host?x=1",
+        "http://ho_st",
+        "http://",
+    ):
         with pytest.raises(BadRequest):
             endpoints.origin(bad)
 
@@ -153,9 +160,11 @@ def test_only_the_admin_manages_the_allow_list(api: Api) -> None:
 
 def test_tenant_targets_need_an_allowed_public_endpoint(api: Api) -> None:
     client, admin, tenant, sim = api
-    for url in ("http://127.0.0.1:9000", "http://[::1]:9000", "http://169.254.169.254", "http://10.1.2.3:80"):
+    for url in ("http://127.0.0.1:9000", "http://169.254.169.254", "http://10.1.2.3:80"):
         r = client.post("/v1/backup-targets", json=_target(url), headers=tenant)
         assert r.status_code == 403 and ASK in r.json()["error"]["message"], (url, r.text)
+    # IPv6 address literals are not taken at all (the schema says so): a name that resolves to one is checked
+    assert client.post("/v1/backup-targets", json=_target("http://[::1]:9000"), headers=tenant).status_code == 422
     # allowed, but a name that resolves to loopback is still refused without --private
     assert client.post("/v1/backup-endpoints", json={"url": "http://localhost:9000"}, headers=admin).status_code == 201
     r = client.post("/v1/backup-targets", json=_target("http://localhost:9000"), headers=tenant)
@@ -290,7 +299,8 @@ def test_a_tenant_cannot_send_backups_to_the_host(cloud: CloudCLI, listener: Lis
         )
     ):
         proc = _add_target(cloud, f"t{i}", url, env=env, check=False)
-        assert proc.returncode == 1 and ASK in proc.stderr, (url, proc.stderr)
+        refusal = "http://" if "[" in url else ASK  # an IPv6 literal fails the endpoint's pattern, named in full
+        assert proc.returncode == 1 and refusal in proc.stderr, (url, proc.stderr)
     # the allow list is the admin's
     proc = cloud.run(
         "backup", "endpoint", "allow", f"http://127.0.0.1:{listener.port}", "--private", env=env, check=False

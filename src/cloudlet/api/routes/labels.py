@@ -35,7 +35,7 @@ class LabelEdit(BaseModel):
 
 
 def _plurals() -> str:
-    return "^(" + "|".join(k.plural for k in kinds() if k.labelled) + ")$"
+    return "^(" + "|".join(sorted(k.plural for k in kinds() if k.labelled)) + ")$"  # not import order
 
 
 @router.patch("/v1/{kinds}/{name}/labels")
