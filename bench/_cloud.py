@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,3 +40,8 @@ def real_cloud() -> Iterator[httpx.Client]:
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def spread(values: list[float], unit: str = "s", digits: int = 3) -> str:
+    """`median unit (min–max)` of the values of repeated runs."""
+    return f"{statistics.median(values):.{digits}f} {unit} ({min(values):.{digits}f}–{max(values):.{digits}f})"

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import percentile, real_cloud_env
+from _cloud import percentile, real_cloud_env, spread
 
 CALLS = 15
 
@@ -59,7 +58,7 @@ def main() -> None:
         print(f"| command (20 instances), {args.runs} runs of {CALLS} | median of the medians (range) |")
         print("|---|---|")
         for label, m in medians.items():
-            print(f"| {label} | {statistics.median(m):.3f} s ({min(m):.3f}–{max(m):.3f}) |")
+            print(f"| {label} | {spread(m)} |")
 
 
 if __name__ == "__main__":

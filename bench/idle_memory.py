@@ -5,13 +5,12 @@ MemAvailable moves with the page cache, so one run is noisy: --runs fresh clouds
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import real_cloud
+from _cloud import real_cloud, spread
 
 N = 20
 
@@ -73,10 +72,10 @@ def main() -> None:
             rows[key].append(v / 1024)
         print(f"| | {run} | {per / 1024:.2f} MiB | {own / 1024:.2f} MiB | {(per - own) / 1024:.2f} MiB |", flush=True)
     print()
-    print(f"| idle instance memory, {args.runs} runs | median | range |")
-    print("|---|---|---|")
+    print(f"| idle instance memory, {args.runs} runs | median (range) |")
+    print("|---|---|")
     for key, vals in rows.items():
-        print(f"| {key} | {statistics.median(vals):.2f} MiB | {min(vals):.2f}–{max(vals):.2f} MiB |")
+        print(f"| {key} | {spread(vals, 'MiB', 2)} |")
     if min(rows["overhead"]) < 0:
         print("\n(a negative overhead: something else on this machine freed memory during a run; the host figure")
         print("means something only on an otherwise idle machine, the PSS figure always)")

@@ -9,7 +9,6 @@ go on) does not steal CPU from what it measures.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import percentile, real_cloud
+from _cloud import percentile, real_cloud, spread
 
 
 def wait_running(api: httpx.Client, names: list[str]) -> list[float]:
@@ -42,10 +41,6 @@ def one_run() -> tuple[list[float], list[float]]:
         for name in names:
             api.post("/v1/instances", json={"name": name, "image": "busybox", "memory_mib": 32}).raise_for_status()
         return serial, wait_running(api, names)
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} s ({min(values):.3f}–{max(values):.3f})"
 
 
 def main() -> None:
