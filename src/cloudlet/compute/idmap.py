@@ -7,18 +7,18 @@ range never changes under a disk that was shifted into it.
 
 from __future__ import annotations
 
-__all__ = ["IDS", "UID_START", "lock", "next_slot", "uid_base"]
+__all__ = ["UID_START", "lock", "next_slot", "uid_base"]
 
 import threading
 
+from cloudlet.compute.drivers.base import USERNS_IDS
 from cloudlet.core.context import ADMIN_TENANT, Cloud
 from cloudlet.core.errors import Conflict, NotFound
 from cloudlet.core.kinds import TENANT
 from cloudlet.storage.resource import TenantSpec
 
-IDS = 65536
 UID_START = 1 << 20  # above the ranges Debian hands to users in /etc/subuid (100000 + 65536 per user)
-MAX_SLOT = ((1 << 32) - 1 - UID_START) // IDS - 1  # uid_t is 32 bits; (uid_t)-1 is "no uid"
+MAX_SLOT = ((1 << 32) - 1 - UID_START) // USERNS_IDS - 1  # uid_t is 32 bits; (uid_t)-1 is "no uid"
 lock = threading.Lock()  # slots are handed out one at a time (one control plane allocates)
 
 
@@ -40,5 +40,5 @@ def uid_base(cloud: Cloud, tenant: str) -> int:
             if spec.uid_slot is None:  # a tenant made before slots existed
                 spec.uid_slot = next_slot(cloud)
                 cloud.store.update_spec(res.id, spec.dump())
-            return UID_START + spec.uid_slot * IDS
+            return UID_START + spec.uid_slot * USERNS_IDS
     raise NotFound(f"tenant {tenant!r} does not exist")

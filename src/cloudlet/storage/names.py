@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["disk_of", "volume_name", "snapshot_name", "shifted_name", "PREFIXES"]
+__all__ = ["disk_of", "volume_name", "snapshot_name", "shifted_name", "shifted_parts", "PREFIXES"]
 
 PREFIXES = ("images/", "shifted/", "disks/", "volumes/", "snapshots/")
 
@@ -23,3 +23,9 @@ def snapshot_name(snapshot_id: str) -> str:
 def shifted_name(volume: str, uid_base: int) -> str:
     """A copy of an image's volume owned by one tenant's user-namespace range (storage/shift.py)."""
     return f"shifted/{volume.removeprefix('images/')}@{uid_base}"
+
+
+def shifted_parts(name: str) -> tuple[str, int]:
+    """(image volume, uid base) of a shifted copy's name (a `.partial` suffix is ignored)."""
+    volume, _, base = name.removeprefix("shifted/").removesuffix(".partial").partition("@")
+    return f"images/{volume}", int(base)

@@ -14,10 +14,10 @@ import stat
 import threading
 from pathlib import Path
 
-from cloudlet.storage.names import shifted_name
+from cloudlet.compute.drivers.base import USERNS_IDS
+from cloudlet.storage.names import shifted_name, shifted_parts
 from cloudlet.storage.pools.base import StoragePool
 
-IDS = 65536
 _locks: dict[str, threading.Lock] = {}
 _guard = threading.Lock()
 
@@ -34,7 +34,7 @@ def shift_tree(root: Path, base: int) -> None:
 
 def _shift(path: str, base: int) -> None:
     st = os.lstat(path)
-    os.lchown(path, base + st.st_uid % IDS, base + st.st_gid % IDS)
+    os.lchown(path, base + st.st_uid % USERNS_IDS, base + st.st_gid % USERNS_IDS)
     if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
         os.chmod(path, stat.S_IMODE(st.st_mode))
 
@@ -57,7 +57,6 @@ def shifted(pool: StoragePool, volume: str, base: int) -> str:
 
 def drop_shifted(pool: StoragePool, volume: str) -> None:
     """Removes every tenant's shifted copy of an image volume (the image is being deleted)."""
-    prefix = shifted_name(volume, 0).removesuffix("0")
     for name in pool.list("shifted/"):
-        if name.startswith(prefix):
+        if shifted_parts(name)[0] == volume:
             pool.delete(name)

@@ -11,7 +11,7 @@ from typing import Any
 from cloudlet.compute.images import volume_of
 from cloudlet.compute.resource import IMAGE, INSTANCE
 from cloudlet.core.context import HostContext
-from cloudlet.storage.names import PREFIXES
+from cloudlet.storage.names import PREFIXES, shifted_name, shifted_parts
 from cloudlet.storage.resource import SNAPSHOT, VOLUME, SnapshotStatus
 
 
@@ -24,10 +24,9 @@ def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
         out[vol] = (IMAGE, img.tenant, img.name, img.phase in ("ready", "failed"))
     shifted = cloud.pool.path("shifted/")
     for entry in os.listdir(shifted) if shifted.is_dir() else []:
-        name = "shifted/" + entry.removesuffix(".partial")
-        base_image = images.get("images/" + name.removeprefix("shifted/").split("@")[0])
-        if base_image is not None:  # a launch may be shifting it now: never settled, so its `.partial` is kept
-            out[name] = (IMAGE, base_image.tenant, f"{base_image.name}@{name.split('@')[1]}", False)
+        volume, base = shifted_parts(entry)
+        if (source := images.get(volume)) is not None:  # a launch may be shifting it now: never settled
+            out[shifted_name(volume, base)] = (IMAGE, source.tenant, f"{source.name}@{base}", False)
     for kind, prefix in ((INSTANCE, "disks/"), (VOLUME, "volumes/"), (SNAPSHOT, "snapshots/")):
         for res in cloud.store.list(kind):
             out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))

@@ -48,6 +48,9 @@ class InstanceInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+USERNS_IDS = 65536  # uids (and gids) a user namespace maps: 0-65535 inside
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     id: str
@@ -61,7 +64,7 @@ class LaunchSpec:
     resolv_conf: str
     host: str = "local"
     mounts: tuple[tuple[str, str], ...] = ()  # (host path, path inside): attached volumes
-    uid_base: int | None = None  # host uid that container root maps to (65536 ids from it); None: no user namespace
+    uid_base: int | None = None  # host uid that container root maps to (USERNS_IDS from it); None: no user namespace
     plumb: Callable[[int], None] | None = None  # wires a new netns up, given the pid of the instance's init
     net_raw: bool = False  # CAP_NET_RAW on top of the default set
     console: Path | None = None  # where its console log is kept (a size-limited place); None: beside its bundle

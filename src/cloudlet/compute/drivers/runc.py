@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlet.compute.drivers.base import (
+    USERNS_IDS,
     Capabilities,
     ComputeDriver,
     ConsolePage,
@@ -68,7 +69,6 @@ CAPS = [
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
-IDS = 65536  # uids (and gids) each user namespace maps
 CONSOLE_MAX = 4 << 20  # console.log is rotated past this (one old generation is kept, also at most this)
 ROTATE_EVERY = 1.0  # seconds between size checks: between two, a log can outgrow CONSOLE_MAX by what is printed
 MASKED = [
@@ -464,7 +464,7 @@ class RuncDriver(ComputeDriver):
         if base is None:
             return
         st = os.lstat(volume)
-        if not base <= st.st_uid < base + IDS:
+        if not base <= st.st_uid < base + USERNS_IDS:
             os.lchown(volume, base, base)
 
     def _oci_config(self, spec: LaunchSpec, d: Path) -> dict[str, Any]:
@@ -554,8 +554,8 @@ class RuncDriver(ComputeDriver):
                 ],
                 **(
                     {
-                        "uidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": IDS}],
-                        "gidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": IDS}],
+                        "uidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": USERNS_IDS}],
+                        "gidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": USERNS_IDS}],
                     }
                     if userns
                     else {}
