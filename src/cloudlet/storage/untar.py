@@ -24,9 +24,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudlet.core.beneath import DIR_FLAGS, open_dir
 from cloudlet.core.errors import BadRequest
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _MAX_HEADER = 1 << 20  # pax and GNU long-name headers tarfile reads into memory whole
@@ -89,31 +89,16 @@ def _check_symlink(parts: Parts, target: str) -> None:
 
 
 def _open_dir(root_fd: int, parts: Parts, create: bool) -> int:
-    """An fd of the directory at parts below root_fd, each component opened without following a symlink; with
-    create, missing directories are made (as tar does for members whose parents it has not seen)."""
-    fd = os.dup(root_fd)
+    """open_dir, with a symlink or file on the way said as the archive's fault."""
     try:
-        for name in parts:
-            try:
-                nfd = os.open(name, _DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(name, 0o755, dir_fd=fd)
-                nfd = os.open(name, _DIR, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                raise BadRequest(
-                    f"{'/'.join(parts)!r}: {name!r} is a symlink or file made earlier in the archive; "
-                    "nothing is written through it"
-                ) from exc
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_dir(root_fd, parts, create)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise BadRequest(
+            f"{'/'.join(parts)!r}: {exc.filename!r} is a symlink or file made earlier in the archive; "
+            "nothing is written through it"
+        ) from exc
 
 
 def _clear(parent: int, name: str, keep_dir: bool) -> bool:
@@ -291,7 +276,7 @@ def unpack(stream: typing.IO[bytes], root: Path, limits: UnpackLimits) -> Unpack
     (those are copied), device nodes, FIFOs, sparse files, more than the limits. Ownership is the archive's
     numeric uid/gid when running as root. A refused archive may leave members already written under root: the
     caller discards the directory."""
-    root_fd = os.open(root, _DIR)
+    root_fd = os.open(root, DIR_FLAGS)
     try:
         job = _Unpacker(root_fd, limits)
         with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_Header) as tf:
@@ -313,7 +298,7 @@ def unpack(stream: typing.IO[bytes], root: Path, limits: UnpackLimits) -> Unpack
 def lookup(root: Path, path: str, max_hops: int = 40) -> os.stat_result | None:
     """What path names inside root as the container sees it (RESOLVE_IN_ROOT): symlinks resolved inside root,
     absolute ones from root, `..` stopping at it; nothing on the host is followed. None if missing or looping."""
-    fds = [os.open(root, _DIR)]
+    fds = [os.open(root, DIR_FLAGS)]
     todo = deque(p for p in path.split("/") if p)
     try:
         while todo:
@@ -340,7 +325,7 @@ def lookup(root: Path, path: str, max_hops: int = 40) -> os.stat_result | None:
             elif not todo:
                 return st
             elif stat.S_ISDIR(st.st_mode):
-                fds.append(os.open(name, _DIR, dir_fd=fds[-1]))
+                fds.append(os.open(name, DIR_FLAGS, dir_fd=fds[-1]))
             else:
                 return None
         return os.fstat(fds[-1])

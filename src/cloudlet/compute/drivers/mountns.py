@@ -5,9 +5,10 @@ because setns into a mount namespace is refused to multi-threaded processes such
     python -m cloudlet.compute.drivers.mountns detach PID SOURCE
 
 Everything under the container's root is the tenant's to change, symlinks included, and this runs as host root.
-So no path inside the container is ever followed: TARGET is resolved one component at a time with openat2(2)
-(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), missing directories are made relative to their
-parent's fd, and the clone of SOURCE (open_tree(2)) is moved onto the resolved fd itself (move_mount(2)).
+So no path inside the container is ever followed: TARGET is resolved one component at a time, each opened
+relative to its parent's fd with O_NOFOLLOW | O_DIRECTORY (core/beneath.py, as image unpacking does), missing
+directories made the same way, and the clone of SOURCE (open_tree(2)) is moved onto the resolved fd itself
+(move_mount(2)).
 detach finds the mounts whose root is SOURCE's directory (device and inode), checks the fd it resolved is that
 very mount (mount id), and unmounts through the fd: it never unmounts whatever sits at a path now.
 """
@@ -20,19 +21,15 @@ import re
 import stat
 import sys
 
-SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_OPENAT2 = 428, 429, 437  # x86_64 and aarch64 share these numbers
+from cloudlet.core.beneath import DIR_FLAGS, open_dir, parts_of
+
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # x86_64 and aarch64 share these numbers
 OPEN_TREE_CLONE, AT_RECURSIVE, AT_FDCWD, AT_SYMLINK_NOFOLLOW = 1, 0x8000, -100, 0x100
 MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 4, 0x40
-RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_IN_ROOT = 0x02, 0x04, 0x10
-O_PATH = 0o10000000
 CLONE_NEWNS = 0x00020000
 MNT_DETACH = 2
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-class OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 def _check(ret: int, what: str) -> int:
@@ -42,43 +39,27 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def _openat2(dirfd: int, path: str, flags: int) -> int:
-    how = OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-    return _check(
-        libc.syscall(SYS_OPENAT2, dirfd, path.encode(), ctypes.byref(how), ctypes.sizeof(how)), f"resolving {path}"
-    )
-
-
 PROC = -1  # the host's /proc, opened before entering: the container's /proc does not show this process
 
 
 def _enter(pid: int) -> int:
     """Enters the mount namespace of pid; returns an fd of the container's root."""
     global PROC
-    PROC = os.open("/proc", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    PROC = os.open("/proc", DIR_FLAGS)
     fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
     _check(libc.setns(fd, CLONE_NEWNS), "setns")
     os.close(fd)
     os.chdir("/")
-    return os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return os.open("/", DIR_FLAGS)
 
 
 def _resolve(root: int, target: str, create: bool) -> int:
-    """An O_PATH fd of target inside root, made (as directories) where missing when create is set."""
-    fd = os.dup(root)
-    for part in [p for p in target.split("/") if p not in ("", ".")]:
-        if part == "..":
-            raise OSError(22, f"{target}: '..' is not allowed")
-        try:
-            nxt = _openat2(fd, part, O_PATH | os.O_DIRECTORY)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(part, 0o755, dir_fd=fd)  # relative to the parent's fd: nothing on the way is followed
-            nxt = _openat2(fd, part, O_PATH | os.O_DIRECTORY)
-        os.close(fd)
-        fd = nxt
-    return fd
+    """An fd of the directory target inside root (core/beneath.py), made where missing when create is set."""
+    try:
+        parts = parts_of(target)
+    except ValueError as exc:
+        raise OSError(22, str(exc)) from None
+    return open_dir(root, parts, create)
 
 
 def _mnt_id(fd: int) -> int:

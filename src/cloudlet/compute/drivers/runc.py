@@ -38,6 +38,7 @@ from cloudlet.compute.drivers.base import (
     exec_output,
 )
 from cloudlet.compute.drivers.seccomp import oci_profile
+from cloudlet.core.beneath import DIR_FLAGS, open_dir, parts_of
 from cloudlet.core.errors import Conflict, DriverError, translate_errors
 
 log = logging.getLogger("cloudlet.runc")
@@ -84,7 +85,6 @@ MASKED = [
     "/sys/firmware",
     "/sys/devices/virtual/powercap",  # RAPL energy counters leak what other tenants compute
 ]
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
@@ -93,24 +93,22 @@ def _check_mount_path(rootfs: Path, dst: str) -> None:
     disk is the tenant's: a symlink (made while running) on the way of a volume's path would put the volume
     wherever it points at the next start, e.g. over /dev, /proc or /etc, which attach refuses. So every existing
     component must be a real directory, opened without following anything; missing ones runc makes."""
-    fd = os.open(rootfs, _DIR)
     try:
-        for part in [p for p in dst.split("/") if p not in ("", ".")]:
-            if part == "..":
-                raise DriverError(f"volume path {dst} has a '..' component")
-            try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except FileNotFoundError:
-                return
-            except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
-                raise DriverError(
-                    f"volume path {dst} goes through {part!r}, which is a symlink or a file in the root disk; "
-                    "the volume is not mounted through it (detach it, or remove that entry)"
-                ) from exc
-            os.close(fd)
-            fd = nxt
+        parts = parts_of(dst)
+    except ValueError as exc:
+        raise DriverError(f"volume path {dst} has a '..' component") from exc
+    root = os.open(rootfs, DIR_FLAGS)
+    try:
+        os.close(open_dir(root, parts))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
+        raise DriverError(
+            f"volume path {dst} goes through {exc.filename!r}, which is a symlink or a file in the root disk; "
+            "the volume is not mounted through it (detach it, or remove that entry)"
+        ) from exc
     finally:
-        os.close(fd)
+        os.close(root)
 
 
 class RuncDriver(ComputeDriver):
