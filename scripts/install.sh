@@ -2,7 +2,7 @@
 # Installs what cloudlet needs on Debian bookworm, skipping what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEB_PKGS=(runc golang-github-containers-common iproute2 nftables busybox-static iputils-ping tini debootstrap btrfs-progs zstd postgresql procps python3-venv curl)
+DEB_PKGS=(runc golang-github-containers-common iproute2 nftables busybox-static iputils-ping tini haproxy debootstrap btrfs-progs zstd postgresql procps python3-venv curl)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
