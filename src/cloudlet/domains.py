@@ -15,7 +15,10 @@ from cloudlet.compute.runtime import InstanceReconciler
 from cloudlet.compute.scheduler import SchedulerReconciler
 from cloudlet.core.collect import OwnerCollector
 from cloudlet.core.context import Cloud, HostContext
+from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
+from cloudlet.network.secgroups import SecurityGroupPlumber
+from cloudlet.stacks.stacks import StackReconciler
 from cloudlet.storage import backups, policies, volumes
 
 
@@ -36,10 +39,11 @@ DOMAINS = (
     ),
     Domain(
         "network",
-        control_plane=(NetworkReconciler,),
-        agent=(BridgeReconciler,),
-        routers=("cloudlet.api.routes.networks",),
+        control_plane=(NetworkReconciler, EipReconciler),
+        agent=(BridgeReconciler, PublicReconciler),
+        routers=("cloudlet.api.routes.networks", "cloudlet.api.routes.eips"),
     ),
+    Domain("secgroups", agent=(SecurityGroupPlumber,), routers=("cloudlet.api.routes.secgroups",)),
     Domain(
         "storage",
         control_plane=(policies.BackupPolicyReconciler,),
@@ -50,6 +54,7 @@ DOMAINS = (
         ),
         routers=("cloudlet.api.routes.storage",),
     ),
+    Domain("stacks", control_plane=(StackReconciler,), routers=("cloudlet.api.routes.stacks",)),
     Domain(
         "system",
         control_plane=(lambda cloud: OwnerCollector(cloud.store),),

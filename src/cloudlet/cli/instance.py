@@ -7,6 +7,7 @@ __all__ = ["register"]
 
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -41,6 +42,40 @@ def wait_for(client: Client, name: str, want: set[str], timeout: float = 180.0, 
     raise CloudletError(f"timed out after {timeout:.0f} s waiting for {name} (last state {view.get('state')})")
 
 
+def _read_user_data(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CloudletError(f"cannot read the user-data file {path}: {exc}") from None
+
+
+def _exec_many(client: Client, selector: str, command: list[str], timeout: float, output: Format) -> int:
+    """Runs command on every running instance the selector matches, in parallel; prints each exit code and
+    output, in name order; returns the largest exit code (0 when all succeeded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    found = client.get("/v1/instances", {"selector": selector})["items"]
+    names = sorted(i["name"] for i in found if i["state"] == "running")
+    if not names:
+        raise CloudletError(f"no running instance matches {selector!r}")
+
+    def one(name: str) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = client.post(f"/v1/instances/{name}/exec", {"command": command, "timeout": timeout})
+        except CloudletError as exc:
+            return {"name": name, "exit_code": -1, "stdout": "", "stderr": exc.message + "\n"}
+        return {"name": name, **result}
+
+    with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        results = list(pool.map(one, names))
+    if output != Format.table:
+        emit(results, output)
+    else:
+        for r in results:
+            sys.stdout.write(f"=== {r['name']}: exit {r['exit_code']}\n{r['stdout']}{r['stderr']}")
+    return max((abs(r["exit_code"]) for r in results), default=0)
+
+
 def _check_reached(view: dict[str, Any], want: str) -> None:
     if view["state"] != want:
         raise CloudletError(f"instance {view['name']} is {view['state']}: {view.get('message') or 'see events'}")
@@ -62,6 +97,12 @@ def register(app: typer.Typer) -> None:
         ] = False,
         command: Annotated[str | None, typer.Option(help="shell command to run instead of the image's")] = None,
         zone: Annotated[str | None, typer.Option(help="place only in this zone")] = None,
+        secgroup: Annotated[
+            list[str] | None, typer.Option("--secgroup", help="security group (repeatable; default: default)")
+        ] = None,
+        user_data: Annotated[
+            Path | None, typer.Option("--user-data", help="script (#!...) or cloud-config to run at boot")
+        ] = None,
         label: LabelOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
         output: OutputOpt = Format.table,
@@ -89,6 +130,8 @@ def register(app: typer.Typer) -> None:
             "zone": zone,
             "command": ["/bin/sh", "-c", command] if command else None,
             "labels": labels_of(label),
+            "secgroups": secgroup or [],
+            "user_data": _read_user_data(user_data) if user_data else None,
         }
         view = client.post("/v1/instances", body)
         if wait:
@@ -171,14 +214,22 @@ def register(app: typer.Typer) -> None:
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def exec(
         name: str,
-        command: Annotated[list[str], typer.Argument(help="command after --")],
+        command: Annotated[list[str] | None, typer.Argument(help="command after --")] = None,
         timeout: Annotated[float, typer.Option(help="seconds before the command is killed (exit code 124)")] = 60.0,
+        selector: Annotated[
+            str | None, typer.Option("-l", "--selector", help="run on every running instance matching KEY=VALUE,...")
+        ] = None,
         output: OutputOpt = Format.table,
     ) -> None:
         """Run a command in an instance: cloudlet exec NAME -- CMD...; its exit code passes through. Output past
-        the cloud's cap (1 MiB a stream by default) is dropped, and a last line says so."""
+        the cloud's cap (1 MiB a stream by default) is dropped, and a last line says so. With -l SELECTOR (exec
+        -l KEY=VALUE -- CMD...), on every matching instance at once, printing each one's exit code and output."""
         client = connect()
         client.timeout = timeout + 30  # the answer comes when the command ends
+        if selector is not None:  # there is no NAME: the first word is the command's
+            raise typer.Exit(_exec_many(client, selector, [name, *(command or [])], timeout, output))
+        if not command:
+            raise CloudletError("missing command: cloudlet exec NAME -- CMD...")
         result = client.post(f"/v1/instances/{name}/exec", {"command": command, "timeout": timeout})
         if output != Format.table:
             emit(result, output)

@@ -16,7 +16,21 @@ from typing import Annotated
 
 import typer
 
-from cloudlet.cli import backup, host, image, instance, label, network, snapshot, storage, tenant, volume
+from cloudlet.cli import (
+    backup,
+    eip,
+    host,
+    image,
+    instance,
+    label,
+    network,
+    secgroup,
+    snapshot,
+    stack,
+    storage,
+    tenant,
+    volume,
+)
 from cloudlet.cli.client import Client, call, connect
 from cloudlet.cli.output import Format, OutputOpt, emit, say
 from cloudlet.core.config import Config, load_config
@@ -29,6 +43,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(network.app, name="network")
+app.add_typer(stack.app, name="stack")
+app.add_typer(secgroup.app, name="secgroup")
+app.add_typer(eip.app, name="eip")
 app.add_typer(image.app, name="image")
 app.add_typer(tenant.app, name="tenant")
 app.add_typer(volume.app, name="volume")

@@ -29,13 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloudlet.compute import idmap
 from cloudlet.compute.images import get_image
 from cloudlet.compute.resource import HOST, INSTANCE, HostSpec, ImageStatus, InstanceSpec, InstanceStatus
+from cloudlet.compute.seed import USER_DATA_MAX
 from cloudlet.core import quota
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud, Records
-from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
+from cloudlet.core.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge
 from cloudlet.core.labels import Labels
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, Text, check_name, record_view
-from cloudlet.network import networks
+from cloudlet.network import networks, secgroups
 from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec, VolumeSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
 
@@ -75,8 +76,16 @@ class InstanceCreate(BaseModel):
     disk_gib: Int = Field(2, ge=1, le=1024, description="root disk size limit (GiB)")
     restart: Literal["always", "never"] = "always"
     net_raw: bool = Field(False, strict=True, description="grant CAP_NET_RAW (raw sockets) inside its own netns")
+    secgroups: list[NameRef] = Field(
+        default_factory=list,
+        max_length=secgroups.MAX_GROUPS,
+        description="security groups (names) whose rules let traffic in; none: the tenant's default group",
+    )
     command: list[Text] | None = Field(None, max_length=256)
     zone: Text | None = None
+    user_data: Text | None = Field(
+        None, description=f"script or cloud-config run at boot, at most {USER_DATA_MAX} bytes (UTF-8)"
+    )
 
 
 class InstanceAction(BaseModel):
@@ -90,8 +99,23 @@ class ExecRequest(BaseModel):
     timeout: Number = Field(60.0, gt=0, le=3600)
 
 
-def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
+def _check_user_data(text: str) -> None:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no file can hold it
+        raise BadRequest("user_data is not valid UTF-8 text (it holds a lone surrogate)") from None
+    if size > USER_DATA_MAX:
+        raise PayloadTooLarge(
+            f"user_data: {size} bytes is more than the {USER_DATA_MAX} an instance may have; "
+            "fetch the rest from the script instead"
+        )
+
+
+def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, owner: str | None = None) -> Resource:
+    """`owner`: the record it belongs to (a stack's instances go with their stack)."""
     check_name("instance", req.name)
+    if req.user_data is not None:
+        _check_user_data(req.user_data)
     snapshot = None
     if req.from_snapshot:
         snapshot = cloud.store.get(SNAPSHOT, caller.tenant, req.from_snapshot)
@@ -118,6 +142,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
     if net.deleting:
         raise Conflict(f"network {req.network!r} is being deleted")
     _check_size(cloud, caller, req.cpus, req.memory_mib)
+    groups = secgroups.resolve_secgroups(cloud, caller.tenant, req.secgroups)
     spec = InstanceSpec(
         image=image.name,
         image_id=image.id,
@@ -132,11 +157,14 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate) -> Resource:
         uid_base=idmap.uid_base(cloud, caller.tenant),
         disk_gib=req.disk_gib,
         net_raw=req.net_raw,
+        secgroups=groups,
+        user_data=req.user_data,
     )
     res = Resource(
         kind=KIND,
         tenant=caller.tenant,
         name=req.name,
+        owner=owner,
         spec=spec.dump(),
         finalizers=[FINALIZER],
         labels=req.labels,

@@ -42,6 +42,8 @@ class InstanceSpec(Spec):
     uid_base: int | None = None  # host uid its root maps to: its tenant's user-namespace range (compute/idmap.py)
     disk_gib: int = 2  # root disk size limit, where the pool enforces limits
     net_raw: bool = False  # CAP_NET_RAW, asked for at launch (ping needs none: ICMP datagram sockets)
+    secgroups: list[str] = Field(default_factory=list)  # SecurityGroup ids (network/secgroups.py), ingress rules
+    user_data: str | None = None  # run at boot (compute/seed.py), served as /latest/user-data (network/metadata.py)
 
 
 class InstanceStatus(Status):

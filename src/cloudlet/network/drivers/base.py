@@ -6,7 +6,7 @@ simulations). Artefacts are named from resource ids, so repair can match them to
 
 from __future__ import annotations
 
-__all__ = ["PortSpec", "NetworkDriver", "short"]
+__all__ = ["PortSpec", "PublicPlan", "NetworkDriver", "short"]
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,6 +19,15 @@ class PortSpec:
     address: str
     prefixlen: int
     gateway: str
+
+
+@dataclass(frozen=True)
+class PublicPlan:
+    """This host's public side: each elastic IP's (public, private) address pair, and the subnets of networks
+    with egress NAT."""
+
+    eips: tuple[tuple[str, str], ...] = ()
+    egress_subnets: tuple[str, ...] = ()
 
 
 class NetworkDriver(ABC):
@@ -55,6 +64,15 @@ class NetworkDriver(ABC):
 
     def ensure_hub(self) -> None:
         """Creates the hub namespace if the driver has one (idempotent)."""
+
+    def apply_ruleset(self, name: str, text: str, instance_id: str | None = None) -> None:
+        """Loads an nft ruleset in one transaction (`nft -f`): in the hub namespace, or with instance_id in that
+        instance's netns (skipped if it has none). The text deletes and recreates its own table, so a reload
+        replaces it atomically; `name` identifies it (the fake records it under that name)."""
+        raise NotImplementedError("apply_ruleset not implemented for this driver")
+
+    def set_public(self, plan: PublicPlan) -> None:
+        """Points the elastic IPs and egress NAT at the plan, all at once (drivers without a public side: no-op)."""
 
     def teardown(self) -> None:
         """Removes everything the driver ever created for this cloud."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["FakeNetworkDriver"]
 
-from cloudlet.network.drivers.base import NetworkDriver, PortSpec, short
+from cloudlet.network.drivers.base import NetworkDriver, PortSpec, PublicPlan, short
 
 
 class FakeNetworkDriver(NetworkDriver):
@@ -13,6 +13,8 @@ class FakeNetworkDriver(NetworkDriver):
     def __init__(self) -> None:
         self.networks: set[str] = set()
         self.ports: dict[str, PortSpec] = {}
+        self.public = PublicPlan()
+        self.rulesets: dict[tuple[str, str | None], str] = {}  # (name, instance id or None for the hub) -> text
 
     def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
         self.networks.add(short(network_id))
@@ -36,6 +38,15 @@ class FakeNetworkDriver(NetworkDriver):
     def list_ports(self) -> set[str]:
         return set(self.ports)
 
+    def apply_ruleset(self, name: str, text: str, instance_id: str | None = None) -> None:
+        if instance_id is None or instance_id in self.ports:
+            self.rulesets[(name, instance_id)] = text
+
+    def set_public(self, plan: PublicPlan) -> None:
+        self.public = plan
+
     def teardown(self) -> None:
+        self.public = PublicPlan()
         self.networks.clear()
         self.ports.clear()
+        self.rulesets.clear()

@@ -15,35 +15,43 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute
 
 from cloudlet.core.errors import translate_errors
-from cloudlet.network.drivers.base import NetworkDriver, PortSpec, short
+from cloudlet.network.drivers.base import NetworkDriver, PortSpec, PublicPlan, short
 from cloudlet.network.netns import NETNS_DIR, run_in_netns
+from cloudlet.network.nft_secgroups import DENY_INGRESS
+from cloudlet.network.outside import HUB_LINK, PUBLIC_MARK, Outside
 
 T = TypeVar("T")
 
-HUB_NFT = """
+HUB_NFT = f"""
 table inet cloudlet
 delete table inet cloudlet
-table inet cloudlet {
-    chain input {
+table inet cloudlet {{
+    chain input {{
         type filter hook input priority 0; policy accept;
         fib daddr . iif type != local drop
-    }
-    chain forward {
+    }}
+    chain forward {{
         type filter hook forward priority 0; policy drop;
-    }
-}
+        ct state established,related accept
+        iifname "{HUB_LINK}" ct status dnat accept
+        oifname "{HUB_LINK}" meta mark {PUBLIC_MARK:#x} accept
+    }}
+}}
 """
 
 
 class LinuxNetworkDriver(NetworkDriver):
-    def __init__(self, cloud_id: str) -> None:
+    def __init__(self, cloud_id: str, home: Path | None = None) -> None:
         self.cloud_id = cloud_id
         self.hub = f"cl-{cloud_id}-hub"
+        # the outside namespace needs the cloud's home (its public slice is kept there)
+        self.outside = Outside(cloud_id, self.hub, home) if home is not None else None
         self.port_prefix = f"cl-{cloud_id}-i-"
         self._lock = threading.Lock()
 
@@ -66,33 +74,37 @@ class LinuxNetworkDriver(NetworkDriver):
 
     def ensure_hub(self) -> None:
         with self._lock, translate_errors("creating the hub network namespace"):
-            if self._exists(self.hub):
-                return
-            subprocess.run(["ip", "netns", "add", self.hub], check=True, capture_output=True)
-            self._in(self.hub, lambda ns: ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up"))
-            # br_netfilter would send bridged frames through the inet forward hook below; same-network traffic
-            # is plain L2 and must not be, routed traffic (there should be none) is dropped there.
-            subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.hub,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv4.ip_forward=0",
-                    "net.bridge.bridge-nf-call-iptables=0",
-                    "net.bridge.bridge-nf-call-ip6tables=0",
-                ],
-                check=True,
-                capture_output=True,
-            )
-            subprocess.run(
-                ["ip", "netns", "exec", self.hub, "nft", "-f", "-"],
-                input=HUB_NFT.encode(),
-                check=True,
-                capture_output=True,
-            )
+            if not self._exists(self.hub):
+                self._make_hub()
+            if self.outside is not None:
+                self.outside.ensure()
+
+    def _make_hub(self) -> None:
+        subprocess.run(["ip", "netns", "add", self.hub], check=True, capture_output=True)
+        self._in(self.hub, lambda ns: ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up"))
+        # br_netfilter would send bridged frames through the inet forward hook below; same-network traffic
+        # is plain L2 and must not be; routed traffic (to and from the outside only) is filtered there.
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.hub,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=0",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", self.hub, "nft", "-f", "-"],
+            input=HUB_NFT.encode(),
+            check=True,
+            capture_output=True,
+        )
 
     def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
         self.ensure_hub()
@@ -173,6 +185,8 @@ class LinuxNetworkDriver(NetworkDriver):
             if not self._exists(name):
                 how = ["attach", name, str(pid)] if pid is not None else ["add", name]
                 subprocess.run(["ip", "netns", *how], check=True, capture_output=True)
+                # a new netns lets nothing in until the agent loads its security groups' rules
+                self._nft(DENY_INGRESS, name)
             self._in(self.hub, hub_side)
             self._in(name, inside)
         return path
@@ -191,8 +205,32 @@ class LinuxNetworkDriver(NetworkDriver):
         names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
         return {n[len(self.port_prefix) :] for n in names if n.startswith(self.port_prefix)}
 
+    def _nft(self, text: str, netns: str) -> None:
+        subprocess.run(
+            ["nsenter", f"--net={os.path.join(NETNS_DIR, netns)}", "nft", "-f", "-"],
+            input=text.encode(),
+            check=True,
+            capture_output=True,
+        )
+
+    def apply_ruleset(self, name: str, text: str, instance_id: str | None = None) -> None:
+        netns = self.hub if instance_id is None else self._port_ns(instance_id)
+        if instance_id is None:
+            self.ensure_hub()
+        elif not self._exists(netns):
+            return
+        with translate_errors(f"loading nft ruleset {name} in {netns}"):
+            self._nft(text, netns)
+
+    def set_public(self, plan: PublicPlan) -> None:
+        if self.outside is not None:
+            self.ensure_hub()
+            self.outside.apply(plan)
+
     def teardown(self) -> None:
         for iid in self.list_ports():
             self.delete_port(iid)
+        if self.outside is not None:
+            self.outside.teardown()
         if self._exists(self.hub):
             subprocess.run(["ip", "netns", "del", self.hub], check=True, capture_output=True)
