@@ -73,7 +73,12 @@ class NetworkCreate(BaseModel):
 
 
 def create_network(
-    cloud: Cloud, caller: Caller, name: str, subnet: str | None = None, labels: dict[str, str] | None = None
+    cloud: Cloud,
+    caller: Caller,
+    name: str,
+    subnet: str | None = None,
+    labels: dict[str, str] | None = None,
+    owner: str | None = None,
 ) -> Resource:
     check_name("network", name)
     with _create_lock:
@@ -87,6 +92,7 @@ def create_network(
             kind=KIND,
             tenant=caller.tenant,
             name=name,
+            owner=owner,
             zone=cloud.config.zone,
             finalizers=[FINALIZER],
             labels=labels or {},

@@ -131,7 +131,7 @@ def _new(
     return cloud.store.create(res, created=what, guard=guard)
 
 
-def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
+def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate, owner: str | None = None) -> Resource:
     check_name("volume", req.name)
     return _new(
         cloud,
@@ -142,6 +142,7 @@ def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate) -> Resource:
         f"volume {req.name} of {req.size_gib} GiB",
         req.labels,
         storage_quota(caller.tenant, volumes=1, gib=req.size_gib),
+        owner,
     )
 
 

@@ -1,0 +1,72 @@
+"""Lifecycle hooks (OpsWorks' setup, configure, deploy, undeploy, shutdown) run inside a stack's instances through
+their host agent's exec, each with the stack's current membership in its environment."""
+
+from __future__ import annotations
+
+__all__ = ["HookRun", "hook_env", "run_hook", "run_many", "TIMEOUT"]
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from cloudlet.core.context import Cloud
+from cloudlet.core.errors import CloudletError
+from cloudlet.core.records import Resource
+
+log = logging.getLogger("cloudlet.stacks")
+TIMEOUT = 600.0  # a hook may install packages; the cloud's exec cap still applies
+PARALLEL = 8  # hooks of one event run on this many instances at once
+
+
+@dataclass(frozen=True)
+class HookRun:
+    instance: str
+    event: str
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def hook_env(
+    stack: str, layer: str, instance: str, event: str, membership: dict[str, list[dict[str, Any]]]
+) -> dict[str, str]:
+    """What a hook sees: who it is, and every member of the stack (CLOUDLET_LAYER_<LAYER>_IPS per layer, all of it
+    as JSON in CLOUDLET_MEMBERSHIP), so a web tier finds its database without a lookup."""
+    env = {
+        "CLOUDLET_STACK": stack,
+        "CLOUDLET_LAYER": layer,
+        "CLOUDLET_INSTANCE": instance,
+        "CLOUDLET_EVENT": event,
+        "CLOUDLET_MEMBERSHIP": json.dumps(membership, sort_keys=True, separators=(",", ":")),
+    }
+    for lname, members in membership.items():
+        ips = " ".join(m["ip"] for m in members if m.get("ip") and m.get("state") == "in-service")
+        env[f"CLOUDLET_LAYER_{lname.upper().replace('-', '_')}_IPS"] = ips
+    return env
+
+
+def run_hook(cloud: Cloud, inst: Resource, event: str, script: str, env: dict[str, str]) -> HookRun:
+    """Runs `script` with sh inside `inst`; a failure to reach it counts as a failed hook (exit code -1)."""
+    argv = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), "sh", "-c", script]
+    timeout = min(TIMEOUT, cloud.config.exec_max_timeout)
+    try:
+        if inst.host is None:
+            raise CloudletError(f"instance {inst.name} is not placed")
+        result = cloud.hosts.agent(inst.host).exec_instance(inst.id, argv, timeout)
+    except CloudletError as exc:
+        return HookRun(inst.name, event, -1, exc.message)
+    output = (result.get("stdout") or "") + (result.get("stderr") or "")
+    return HookRun(inst.name, event, int(result["exit_code"]), output[-2000:])
+
+
+def run_many(cloud: Cloud, jobs: list[tuple[Resource, str, str, dict[str, str]]]) -> list[HookRun]:
+    """(instance, event, script, env) jobs in parallel; results in job order."""
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(jobs))) as pool:
+        return list(pool.map(lambda j: run_hook(cloud, *j), jobs))

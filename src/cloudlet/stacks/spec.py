@@ -1,0 +1,232 @@
+"""The stack YAML: pydantic models of the document (unknown fields refused) and a parser whose errors name the
+line and the field ("line 12: layers.web.cuont: unknown field"), so a typo is found without reading a trace."""
+
+from __future__ import annotations
+
+__all__ = ["StackDoc", "Layer", "ImageRecipe", "Hooks", "HOOKS", "parse_stack", "stack_schema"]
+
+import json
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cloudlet.core.errors import BadRequest
+from cloudlet.core.records import NAME_RE, NAME_RULES, NO_NUL
+
+HOOKS = ("setup", "configure", "deploy", "undeploy", "shutdown")  # OpsWorks' lifecycle events, in life order
+MAX_COUNT = 500  # instances per layer
+Key = Annotated[str, Field(min_length=1, max_length=40, pattern=NAME_RE.pattern, description=NAME_RULES)]
+Script = Annotated[str, Field(max_length=64 * 1024, pattern=NO_NUL)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Placement(_Strict):
+    spread: Literal["hosts", "zones"] | None = Field(None, description="spread a layer's instances over hosts or zones")
+
+
+class NetworkDef(_Strict):
+    name: Key | None = Field(None, description="the network's name; default STACK-KEY")
+    subnet: str | None = Field(None, description="e.g. 10.240.50.0/24; omit for the next free /24")
+
+
+class Rule(_Strict):
+    protocol: Literal["tcp", "udp", "icmp", "any"] = "tcp"
+    ports: str | int | None = Field(None, description="a port or range: 80, '8000-8100'")
+    cidr: str | None = None
+    source: Key | None = Field(None, description="another security group of this stack")
+
+
+class SecurityGroupDef(_Strict):
+    name: Key | None = None
+    rules: list[Rule] = Field(default_factory=list, max_length=256)
+
+
+class VolumeDef(_Strict):
+    name: Key
+    size_gib: int = Field(1, ge=1, le=16384)
+    path: str = Field("/data", max_length=255, pattern=r"^/[^\x00]*$")
+
+
+class ImageRecipe(_Strict):
+    base: Literal["debian-12"] = "debian-12"
+    packages: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9+.:-]+$", max_length=255)]] = Field(
+        default_factory=list, max_length=1000
+    )
+
+
+class Hooks(_Strict):
+    setup: Script | None = Field(None, description="after boot; the instance joins its LB only once it succeeds")
+    configure: Script | None = Field(None, description="on every instance whenever membership changes")
+    deploy: Script | None = Field(None, description="after setup, and on 'stack deploy'")
+    undeploy: Script | None = Field(None, description="before a rolling deploy's deploy, once out of the LB")
+    shutdown: Script | None = Field(None, description="before the instance is removed, once its LB drained it")
+
+
+class Layer(_Strict):
+    image: str | ImageRecipe = Field("busybox", description="an image name, or a recipe {base, packages}")
+    count: int = Field(1, ge=0, le=MAX_COUNT)
+    cpus: float = Field(1.0, gt=0, le=64)
+    memory: int = Field(256, ge=16, le=1024 * 1024, description="MiB")
+    disk_gib: int = Field(2, ge=1, le=1024)
+    network: Key | None = Field(None, description="a key of networks; default: the stack's only network or default")
+    command: Script | None = Field(None, description="shell command to run instead of the image's")
+    secgroups: list[Key] = Field(default_factory=list, description="keys of security_groups")
+    volumes: list[VolumeDef] = Field(default_factory=list, max_length=16)
+    user_data: Script | None = None
+    hooks: Hooks = Field(default_factory=lambda: Hooks.model_validate({}))
+    placement: Placement | None = None
+
+
+class LoadBalancerDef(_Strict):
+    name: Key | None = None
+    port: int = Field(80, ge=1, le=65535)
+    layer: Key = Field(description="the layer whose healthy members it balances")
+    target_port: int | None = Field(None, ge=1, le=65535, description="members' port; default: port")
+    health_check: str | None = Field(None, description="e.g. http:/health")
+    network: Key | None = None
+
+
+class EipDef(_Strict):
+    name: Key | None = None
+    load_balancer: Key | None = Field(None, description="a key of load_balancers to hold it")
+    instance: Key | None = Field(None, description="an instance of this stack (LAYER-N) to hold it")
+
+
+class StackDoc(_Strict):
+    name: Key = Field(description="the stack's name; its instances are LAYER-N.NAME.cloudlet")
+    zone: Key | None = None
+    flags: dict[str, str] = Field(default_factory=dict)
+    placement: Placement = Field(default_factory=lambda: Placement.model_validate({}))
+    networks: dict[Key, NetworkDef] = Field(default_factory=dict)
+    security_groups: dict[Key, SecurityGroupDef] = Field(default_factory=dict)
+    layers: dict[Key, Layer] = Field(default_factory=dict)
+    load_balancers: dict[Key, LoadBalancerDef] = Field(default_factory=dict)
+    eips: dict[Key, EipDef] = Field(default_factory=dict)
+
+    @field_validator("flags")
+    @classmethod
+    def _flags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not key or len(key) > 63 or not all(c.isalnum() or c in "-_." for c in key):
+                raise ValueError(f"flag {key!r}: use 1-63 letters, digits, '-', '_' or '.'")
+        return v
+
+
+def stack_schema() -> dict[str, Any]:
+    """The JSON Schema of the document, for editors (yaml-language-server) to validate as one types."""
+    schema = StackDoc.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cloudlet stack"
+    return schema
+
+
+Path = tuple[str | int, ...]
+
+
+def _compose(text: str) -> tuple[Any, dict[Path, int]]:
+    """The document as plain data, and the line (1-based) of every key and value by its path."""
+    loader = yaml.SafeLoader(text)
+    marks: dict[Path, int] = {}
+
+    def build(node: yaml.Node, path: Path) -> Any:
+        marks.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                key = loader.construct_object(knode, deep=True)
+                if not isinstance(key, str | int):
+                    raise BadRequest(f"line {knode.start_mark.line + 1}: keys must be plain names")
+                if key in out:
+                    raise BadRequest(f"line {knode.start_mark.line + 1}: {_dotted((*path, key))}: duplicate key")
+                marks[(*path, key)] = knode.start_mark.line + 1
+                out[key] = build(vnode, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(v, (*path, i)) for i, v in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    try:
+        root = loader.get_single_node()
+        return (build(root, ()) if root is not None else None), marks
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise BadRequest(f"{where}invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise BadRequest(f"invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[") or "(document)"
+
+
+def _explain(err: Any, marks: dict[Path, int]) -> str:
+    # pydantic adds union branch tags ("str", "ImageRecipe") to the location: keep only what is in the document
+    path: Path = ()
+    loc = tuple(err["loc"])
+    for i, part in enumerate(loc):
+        if (*path, part) in marks or (i == len(loc) - 1 and err["type"] in ("extra_forbidden", "missing")):
+            path = (*path, part)
+    known = path
+    while known and known not in marks:
+        known = known[:-1]
+    line = marks.get(known, 1)
+    if err["type"] == "extra_forbidden":
+        what = "unknown field"
+    elif err["type"] == "missing":
+        what = "required field missing"
+    else:
+        what = err["msg"]
+    return f"line {line}: {_dotted(path)}: {what}"
+
+
+def parse_stack(text: str) -> StackDoc:
+    """The stack document in `text`; BadRequest naming line and field of the first problems otherwise."""
+    data, marks = _compose(text)
+    if not isinstance(data, dict):
+        raise BadRequest("line 1: a stack is a YAML mapping with at least 'name:'")
+    try:
+        doc = StackDoc.model_validate(json.loads(json.dumps(data, default=str)))
+    except ValidationError as exc:
+        errors = exc.errors()
+        lines = [_explain(e, marks) for e in errors[:5]]
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise BadRequest("; ".join(lines) + more) from None
+    _check_refs(doc)
+    return doc
+
+
+def _check_refs(doc: StackDoc) -> None:
+    """References between sections point at keys that exist, and names stay valid DNS labels."""
+    for key, layer in doc.layers.items():
+        where = f"layers.{key}"
+        if len(f"{key}-{MAX_COUNT}") > 63:
+            raise BadRequest(f"{where}: layer name too long for its instances' names ({key}-N)")
+        if layer.network is not None and layer.network not in doc.networks:
+            raise BadRequest(f"{where}.network: {layer.network!r} is not a key of networks")
+        for sg in layer.secgroups:
+            if sg not in doc.security_groups:
+                raise BadRequest(f"{where}.secgroups: {sg!r} is not a key of security_groups")
+        names = [v.name for v in layer.volumes]
+        if len(set(names)) != len(names):
+            raise BadRequest(f"{where}.volumes: two volumes with the same name")
+    for key, group in doc.security_groups.items():
+        for i, rule in enumerate(group.rules):
+            if rule.source is not None and rule.source not in doc.security_groups:
+                raise BadRequest(f"security_groups.{key}.rules[{i}].source: {rule.source!r} is not a group here")
+    for key, lb in doc.load_balancers.items():
+        if lb.layer not in doc.layers:
+            raise BadRequest(f"load_balancers.{key}.layer: {lb.layer!r} is not a key of layers")
+        if lb.network is not None and lb.network not in doc.networks:
+            raise BadRequest(f"load_balancers.{key}.network: {lb.network!r} is not a key of networks")
+    for key, eip in doc.eips.items():
+        if (eip.load_balancer is None) == (eip.instance is None):
+            raise BadRequest(f"eips.{key}: give exactly one of load_balancer or instance")
+        if eip.load_balancer is not None and eip.load_balancer not in doc.load_balancers:
+            raise BadRequest(f"eips.{key}.load_balancer: {eip.load_balancer!r} is not a key of load_balancers")

@@ -1,0 +1,602 @@
+"""Stack kind: service functions for the API (plan, apply, delete, flags, read-only mode, rolling deploy) and the
+control plane's StackReconciler, which makes what the document asks for and runs the instances' lifecycle.
+
+A stack owns what it makes (`owner` = the stack's id), so deleting it removes everything (core/collect.py). Its
+instances are named LAYER-N and stay unique per tenant: a second stack (or a hand-made instance) already holding
+a name is a 409 naming it. Owned networks, security groups, LBs and EIPs are named STACK-KEY unless the YAML names
+them; volumes LAYER-N-VOLUME. Image recipes build once per content (plan.recipe_image) and are not owned: they
+are a cache that outlives the stack.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KIND",
+    "StackSource",
+    "FlagsUpdate",
+    "ReadonlyRequest",
+    "DeployRequest",
+    "plan_stack",
+    "apply_stack",
+    "delete_stack",
+    "set_flags",
+    "set_readonly",
+    "rolling_deploy",
+    "stack_view",
+    "StackReconciler",
+]
+
+import importlib
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudlet.compute import images, instances
+from cloudlet.compute.resource import HOST, INSTANCE, InstanceStatus
+from cloudlet.core.context import ADMIN_TENANT, SYSTEM_TENANT, Caller, Cloud
+from cloudlet.core.errors import BadRequest, CloudletError, Conflict, NotFound
+from cloudlet.core.reconcile import KindReconciler, Result
+from cloudlet.core.records import FINALIZER, NameRef, Resource, record_view
+from cloudlet.network import networks
+from cloudlet.network.resource import NETWORK
+from cloudlet.stacks import hooks
+from cloudlet.stacks.plan import KIND_ORDER, Action, desired, plan
+from cloudlet.stacks.resource import (
+    IN_SERVICE,
+    LAYER_LABEL,
+    LIFECYCLE_LABEL,
+    STACK,
+    STACK_LABEL,
+    Member,
+    StackSpec,
+    StackStatus,
+)
+from cloudlet.stacks.spec import ImageRecipe, StackDoc, parse_stack
+from cloudlet.storage import volumes
+from cloudlet.storage.resource import VOLUME, VolumeSpec
+
+KIND = STACK
+# kinds other modules provide: (module, what the YAML section is called); a stack using one that is not there
+# gets a 400 saying so
+_OPTIONAL = {
+    "SecurityGroup": ("cloudlet.network.secgroups", "security_groups"),
+    "LoadBalancer": ("cloudlet.lb.loadbalancers", "load_balancers"),
+    "ElasticIP": ("cloudlet.network.eips", "eips"),
+}
+POLL = 2.0  # while instances boot or old ones go, look again this often (watches wake it sooner)
+
+
+class StackSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    yaml: str = Field(max_length=1 << 20, description="the stack document (YAML)")
+
+
+class FlagsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flags: dict[str, str | None] = Field(description="KEY: VALUE to set, KEY: null to remove", max_length=256)
+
+
+class ReadonlyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on: bool = Field(strict=True)
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    layer: NameRef
+    batch: int = Field(1, ge=1, le=500, description="instances deployed at once")
+
+
+def _caller_of(tenant: str) -> Caller:
+    return Caller(tenant, "admin" if tenant == ADMIN_TENANT else "member")
+
+
+def _module(kind: str) -> Any:
+    name, section = _OPTIONAL[kind]
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise BadRequest(f"{section}: not supported yet by this cloud ({kind} is not installed)") from None
+
+
+def _zones(cloud: Cloud) -> list[str]:
+    return sorted({h.zone or cloud.config.zone for h in cloud.store.list(HOST, tenant=SYSTEM_TENANT)})
+
+
+def _owned(cloud: Cloud, stack: Resource | None) -> list[Resource]:
+    return cloud.store.list(owner=stack.id) if stack is not None else []
+
+
+def _find(cloud: Cloud, tenant: str, name: str) -> Resource | None:
+    found = cloud.store.list(KIND, tenant=tenant, name=name)
+    return found[0] if found else None
+
+
+def _check(cloud: Cloud, tenant: str, doc: StackDoc, stack: Resource | None, actions: list[Action]) -> None:
+    """Refuses a document whose names are taken by records this stack does not own, or that needs a kind this
+    cloud lacks."""
+    for kind, (_, section) in _OPTIONAL.items():
+        if getattr(doc, section):
+            _module(kind)
+    mine = stack.id if stack is not None else None
+    by_kind: dict[str, set[str]] = {}
+    for a in actions:
+        if a.op == "create" and a.id is None:
+            by_kind.setdefault(a.kind, set()).add(a.name)
+    taken = []
+    for kind, names in by_kind.items():
+        for res in cloud.store.list(kind, tenant=tenant):
+            if res.name in names and res.owner != mine:
+                whose = res.labels.get(STACK_LABEL)
+                taken.append(f"{kind.lower()} {res.name} ({f'of stack {whose}' if whose else 'not in a stack'})")
+    if taken:
+        raise Conflict(
+            f"stack {doc.name}: names already taken: {', '.join(sorted(taken))}; rename the layer or key, or delete them"
+        )
+
+
+def _plan_of(cloud: Cloud, tenant: str, doc: StackDoc) -> tuple[Resource | None, list[Action]]:
+    stack = _find(cloud, tenant, doc.name)
+    if stack is not None and stack.deleting:
+        raise Conflict(f"stack {doc.name} is being deleted; apply again once it is gone")
+    return stack, plan(desired(doc, _zones(cloud)), _owned(cloud, stack))
+
+
+def _plan_view(doc: StackDoc, stack: Resource | None, actions: list[Action]) -> dict[str, Any]:
+    summary = {op: 0 for op in ("create", "update", "replace", "delete", "unchanged")}
+    for a in actions:
+        summary[a.op] += 1
+    stack_op = (
+        "create"
+        if stack is None
+        else ("unchanged" if StackSpec.of(stack).document == doc.model_dump(mode="json") else "update")
+    )
+    changed = [a.view() for a in actions if a.op != "unchanged"]
+    return {"stack": doc.name, "stack_op": stack_op, "actions": changed, "summary": summary}
+
+
+def plan_stack(cloud: Cloud, caller: Caller, text: str) -> dict[str, Any]:
+    doc = parse_stack(text)
+    stack, actions = _plan_of(cloud, caller.tenant, doc)
+    _check(cloud, caller.tenant, doc, stack, actions)
+    return _plan_view(doc, stack, actions)
+
+
+def apply_stack(cloud: Cloud, caller: Caller, text: str) -> dict[str, Any]:
+    """Stores the document; the reconciler makes it so. Applying the same document again writes nothing."""
+    doc = parse_stack(text)
+    stack, actions = _plan_of(cloud, caller.tenant, doc)
+    _check(cloud, caller.tenant, doc, stack, actions)
+    view = _plan_view(doc, stack, actions)
+    document = doc.model_dump(mode="json")
+    if stack is None:
+        spec = StackSpec(document=document, source=text, flags=dict(doc.flags))
+        stack = Resource(
+            kind=KIND, tenant=caller.tenant, name=doc.name, spec=spec.dump(), finalizers=[FINALIZER], zone=doc.zone
+        )
+        cloud.store.create(stack, created=f"stack {doc.name} applied: {_summary(view)}")
+    elif view["stack_op"] == "update":
+        spec = StackSpec.of(stack)
+        spec.flags = {**spec.flags, **doc.flags}
+        spec.document, spec.source = document, text
+        stack = cloud.store.update_spec(stack.id, spec.dump())
+        cloud.store.add_event(stack, "Applied", f"stack {doc.name} applied: {_summary(view)}")
+    return {**view, "stack_view": stack_view(stack)}
+
+
+def _summary(view: dict[str, Any]) -> str:
+    return ", ".join(f"{n} to {op}" for op, n in view["summary"].items() if n and op != "unchanged") or "no changes"
+
+
+def delete_stack(cloud: Cloud, caller: Caller, name: str) -> Resource:
+    """Runs the shutdown hooks of its in-service instances, then marks it deleted: everything it owns goes with
+    it (core/collect.py), and the stack record once the last of them is gone."""
+    stack = cloud.store.get(KIND, caller.tenant, name)
+    if stack.deleting:
+        return stack
+    doc = StackDoc.model_validate(StackSpec.of(stack).document)
+    status = StackStatus.of(stack)
+    jobs = []
+    for inst in cloud.store.list(INSTANCE, tenant=stack.tenant, owner=stack.id):
+        member = status.members.get(inst.name)
+        script = doc.layers[member.layer].hooks.shutdown if member and member.layer in doc.layers else None
+        if member and member.state == IN_SERVICE and script:
+            env = hooks.hook_env(doc.name, member.layer, inst.name, "shutdown", status.membership)
+            jobs.append((inst, "shutdown", script, env))
+    _record_runs(cloud, stack, hooks.run_many(cloud, jobs))
+    stack = cloud.store.mark_deleted(stack.id)
+    cloud.store.add_event(stack, "Deleting", f"stack {name} and everything it made marked for deletion")
+    return stack
+
+
+def set_flags(cloud: Cloud, caller: Caller, name: str, flags: dict[str, str | None]) -> Resource:
+    stack = cloud.store.get(KIND, caller.tenant, name)
+    for key in flags:
+        if not key or len(key) > 63 or not all(c.isalnum() or c in "-_." for c in key):
+            raise BadRequest(f"flag {key!r}: use 1-63 letters, digits, '-', '_' or '.'")
+    spec = StackSpec.of(stack)
+    new = {k: v for k, v in {**spec.flags, **flags}.items() if v is not None}
+    if new != spec.flags:
+        spec.flags = new
+        stack = cloud.store.update_spec(stack.id, spec.dump())
+        cloud.store.add_event(stack, "FlagsChanged", ", ".join(f"{k}={v}" for k, v in flags.items()))
+    return stack
+
+
+def set_readonly(cloud: Cloud, caller: Caller, name: str, on: bool) -> Resource:
+    """Browsing-only mode: the stack's LBs serve GET and HEAD only, and the flag readonly=true tells its apps."""
+    stack = cloud.store.get(KIND, caller.tenant, name)
+    lbs = cloud.store.list("LoadBalancer", tenant=stack.tenant, owner=stack.id) if "LoadBalancer" in _kinds() else []
+    if lbs:
+        lb_mod = _module("LoadBalancer")
+        for lb in lbs:
+            lb_mod.set_readonly(cloud, caller, lb.name, on)
+    stack = set_flags(cloud, caller, name, {"readonly": "true" if on else None})
+    spec = StackSpec.of(stack)
+    if spec.readonly != on:
+        spec.readonly = on
+        stack = cloud.store.update_spec(stack.id, spec.dump())
+    return stack
+
+
+def _kinds() -> set[str]:
+    from cloudlet.core.kinds import kinds
+
+    return {k.name for k in kinds()}
+
+
+def _lbs_of_layer(cloud: Cloud, stack: Resource, layer: str) -> list[Resource]:
+    if "LoadBalancer" not in _kinds():
+        return []
+    return [
+        lb
+        for lb in cloud.store.list("LoadBalancer", tenant=stack.tenant, owner=stack.id)
+        if lb.spec.get("layer") == f"{stack.name}/{layer}" and not lb.deleting
+    ]
+
+
+def _drain(cloud: Cloud, stack: Resource, layer: str, member: str, drained: bool) -> None:
+    lbs = _lbs_of_layer(cloud, stack, layer)
+    if lbs:
+        lb_mod = _module("LoadBalancer")
+        for lb in lbs:
+            lb_mod.set_member_drained(cloud, _caller_of(stack.tenant), lb.name, member, drained)
+
+
+def _healthy_in_lbs(cloud: Cloud, stack: Resource, layer: str, member: str) -> bool:
+    """Whether every LB of the layer reports `member` up (no LB: true)."""
+    for lb in _lbs_of_layer(cloud, stack, layer):
+        states = {m.get("name"): m.get("state") for m in (cloud.store.get_by_id(lb.id) or lb).status.get("members", [])}
+        if states.get(member) != "up":
+            return False
+    return True
+
+
+def rolling_deploy(
+    cloud: Cloud, caller: Caller, name: str, layer: str, batch: int, wait: float = 120.0
+) -> dict[str, Any]:
+    """Runs `deploy` on the layer's in-service instances a batch at a time: each taken out of its LBs first
+    (undeploy runs then), put back once deploy succeeded and the LBs see it healthy again."""
+    stack = cloud.store.get(KIND, caller.tenant, name)
+    doc = StackDoc.model_validate(StackSpec.of(stack).document)
+    if layer not in doc.layers:
+        raise NotFound(f"stack {name} has no layer {layer!r}; its layers: {', '.join(doc.layers) or 'none'}")
+    status = StackStatus.of(stack)
+    targets = sorted(
+        (i for i in cloud.store.list(INSTANCE, tenant=stack.tenant, owner=stack.id) if not i.deleting),
+        key=lambda i: (len(i.name), i.name),
+    )
+    targets = [i for i in targets if i.labels.get(LAYER_LABEL) == layer and i.labels.get(LIFECYCLE_LABEL) == IN_SERVICE]
+    if not targets:
+        raise Conflict(f"layer {layer} of stack {name} has no instance in service to deploy to")
+    script_deploy, script_undeploy = doc.layers[layer].hooks.deploy, doc.layers[layer].hooks.undeploy
+    runs: list[hooks.HookRun] = []
+    for start in range(0, len(targets), batch):
+        group = targets[start : start + batch]
+        for inst in group:
+            _drain(cloud, stack, layer, inst.name, True)
+            cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "deploying"})
+        env = {i.name: hooks.hook_env(name, layer, i.name, "deploy", status.membership) for i in group}
+        if script_undeploy:
+            runs += hooks.run_many(cloud, [(i, "undeploy", script_undeploy, env[i.name]) for i in group])
+        done = (
+            hooks.run_many(cloud, [(i, "deploy", script_deploy, env[i.name]) for i in group]) if script_deploy else []
+        )
+        runs += done
+        failed = [r for r in done if not r.ok]
+        for inst in group:
+            if any(r.instance == inst.name for r in failed):
+                continue  # stays out of its LB: serving the old code half-deployed would be worse
+            cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: IN_SERVICE})
+            _drain(cloud, stack, layer, inst.name, False)
+            deadline = time.monotonic() + wait
+            while not _healthy_in_lbs(cloud, stack, layer, inst.name):
+                if time.monotonic() > deadline:
+                    raise Conflict(f"{inst.name} did not become healthy in its load balancer within {wait:.0f} s")
+                time.sleep(0.2)
+        if failed:
+            _record_runs(cloud, stack, runs)
+            raise Conflict(
+                f"deploy failed on {', '.join(r.instance for r in failed)}: {failed[0].output.strip()[-300:]}"
+            )
+    _record_runs(cloud, stack, runs)
+    return {"stack": name, "layer": layer, "runs": [r.__dict__ for r in runs]}
+
+
+def _record_runs(cloud: Cloud, stack: Resource, runs: list[hooks.HookRun]) -> None:
+    for r in runs:
+        reason = "HookSucceeded" if r.ok else "HookFailed"
+        tail = "" if r.ok else f": exit {r.exit_code}: {r.output.strip()[-200:]}"
+        cloud.store.add_event(stack, reason, f"{r.event} on {r.instance}{tail}", "Normal" if r.ok else "Warning")
+
+
+def stack_view(res: Resource) -> dict[str, Any]:
+    spec, st = StackSpec.of(res), StackStatus.of(res)
+    return record_view(
+        res,
+        state="deleting" if res.deleting else res.phase,
+        layers={k: v.get("count", 1) for k, v in spec.document.get("layers", {}).items()},
+        flags=spec.flags,
+        readonly=spec.readonly,
+        members={k: v.dump() for k, v in st.members.items()},
+        membership=st.membership,
+        progress=st.progress,
+        message=st.message,
+        generation=res.generation,
+        observed_generation=res.observed_generation,
+    )
+
+
+class StackReconciler(KindReconciler):
+    """Control plane: makes what the stack's document asks for, removes what it no longer does (instances: the
+    newest first, each drained from its LBs and shut down first), and runs the lifecycle events."""
+
+    kind = KIND
+
+    def __init__(self, cloud: Cloud) -> None:
+        super().__init__(cloud.store)
+        self.cloud = cloud
+        owned = lambda r: [r.owner] if r.owner and STACK_LABEL in r.labels else []
+        self.watches = {INSTANCE: owned, VOLUME: owned, NETWORK: owned}
+
+    def cleanup(self, res: Resource) -> None:
+        left = [r for r in self.cloud.store.list(owner=res.id)]
+        if left:  # the collector is removing them; the stack goes last so `stack show` tells how far it got
+            raise Conflict(f"stack {res.name} still has {len(left)} resources being removed")
+
+    def converge(self, res: Resource) -> Result:
+        cloud = self.cloud
+        spec = StackSpec.of(res)
+        doc = StackDoc.model_validate(spec.document)
+        caller = _caller_of(res.tenant)
+        status = StackStatus.of(res)
+        owned = _owned(cloud, res)
+        actions = plan(desired(doc, _zones(cloud)), owned)
+        for layer in doc.layers.values():
+            if isinstance(layer.image, ImageRecipe):
+                build = images.ImageBuild(name=_recipe_name(layer.image), packages=layer.image.packages)
+                images.request_build(cloud, caller, build)
+        problems: list[str] = []
+        busy = False
+        for a in actions:
+            try:
+                busy |= self._step(res, doc, caller, a, status)
+            except CloudletError as exc:
+                problems.append(f"{a.op} {a.kind.lower()} {a.name}: {exc.message}")
+        self._attach_volumes(res, caller, doc)
+        owned = _owned(cloud, res)
+        busy |= self._lifecycle(res, doc, status, owned)
+        status.progress = [_progress(r) for r in sorted(owned, key=_making_order)]
+        status.message = "; ".join(problems)
+        ready = not busy and not problems and all(p["state"] in _READY_STATES for p in status.progress)
+        phase = "ready" if ready else ("error" if problems else "applying")
+        new = status.dump()
+        if new != res.status or res.phase != phase or res.observed_generation != res.generation:
+            if problems and problems != [p for p in StackStatus.of(res).message.split("; ") if p]:
+                self.records.add_event(res, "ApplyFailed", status.message, "Warning")
+            self.records.update_status(res.id, status=new, phase=phase, observed_generation=res.generation)
+        return Result(requeue_after=None if ready else POLL)
+
+    def _step(self, res: Resource, doc: StackDoc, caller: Caller, a: Action, status: StackStatus) -> bool:
+        """Takes one action; True while it waits for something (an old record still going)."""
+        cloud = self.cloud
+        if a.op == "unchanged":
+            return False
+        if a.op == "create":
+            if a.id is not None:
+                return True  # the replaced one is still being removed
+            assert a.desired is not None
+            self._make(res, doc, caller, a)
+            return True
+        if a.op == "update":
+            current = cloud.store.get_by_id(a.id or "")
+            if current is not None and a.desired is not None:
+                cloud.store.update_spec(current.id, {**current.spec, **a.desired.fields})
+            return True
+        current = cloud.store.get_by_id(a.id or "")
+        if current is None or current.deleting:
+            return True
+        if current.kind == INSTANCE and not self._leave(res, doc, current, status):
+            return True
+        if a.op == "replace":
+            cloud.store.add_event(res, "Replacing", f"{a.kind.lower()} {a.name}: {', '.join(a.forced_by)} changed")
+        if current.kind in (INSTANCE, VOLUME):
+            volumes.delete_resource(cloud, current, cascade=False)
+        elif current.kind == NETWORK:
+            networks.delete_network(cloud, caller, current.name)
+        else:
+            cloud.store.mark_deleted(current.id)
+        return True
+
+    def _make(self, res: Resource, doc: StackDoc, caller: Caller, a: Action) -> None:
+        cloud, d = self.cloud, a.desired
+        assert d is not None
+        labels = {STACK_LABEL: res.name}
+        if d.kind == NETWORK:
+            networks.create_network(cloud, caller, d.name, d.fields.get("subnet"), labels, owner=res.id)
+        elif d.kind == VOLUME:
+            req = volumes.VolumeCreate(name=d.name, size_gib=d.fields["size_gib"], labels=labels)
+            volumes.create_volume(cloud, caller, req, owner=res.id)
+        elif d.kind == INSTANCE:
+            layer = d.params["layer"]
+            body: dict[str, Any] = {**d.fields, "name": d.name}
+            body["labels"] = {**labels, LAYER_LABEL: layer, LIFECYCLE_LABEL: "setup"}
+            if body.get("command") is None:
+                body.pop("command")
+            if d.params["secgroups"]:
+                _module("SecurityGroup")
+                body["secgroups"] = d.params["secgroups"]
+            # out of its LBs until setup and deploy succeeded
+            _drain(cloud, res, layer, d.name, True)
+            instances.launch(cloud, caller, instances.InstanceCreate.model_validate(body), owner=res.id)
+        else:
+            mod = _module(d.kind)
+            mod.create_for_stack(cloud, caller, d, owner=res.id, labels=labels)
+
+    def _attach_volumes(self, res: Resource, caller: Caller, doc: StackDoc) -> None:
+        paths = {}
+        for lname, layer in doc.layers.items():
+            for n in range(1, layer.count + 1):
+                for vdef in layer.volumes:
+                    paths[f"{lname}-{n}-{vdef.name}"] = (f"{lname}-{n}", vdef.path)
+        for vol in self.cloud.store.list(VOLUME, tenant=res.tenant, owner=res.id):
+            if vol.name not in paths or vol.deleting or vol.phase != "ready" or VolumeSpec.of(vol).attachment:
+                continue
+            inst_name, path = paths[vol.name]
+            try:
+                volumes.attach_volume(
+                    self.cloud, caller, vol.name, volumes.AttachRequest(instance=inst_name, path=path)
+                )
+            except (NotFound, Conflict):
+                continue  # its instance is not there yet (or going): the next pass attaches it
+
+    def _leave(self, res: Resource, doc: StackDoc, inst: Resource, status: StackStatus) -> bool:
+        """Takes an instance out of service before it is removed: out of its LBs, then the shutdown hook. True
+        once it may go."""
+        member = status.members.get(inst.name)
+        layer = inst.labels.get(LAYER_LABEL, "")
+        if member is not None and member.state == IN_SERVICE:
+            member.state = "leaving"
+            self.cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "leaving"})
+            _drain(self.cloud, res, layer, inst.name, True)
+            script = doc.layers[layer].hooks.shutdown if layer in doc.layers else None
+            if script:
+                env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
+                _record_runs(self.cloud, res, [hooks.run_hook(self.cloud, inst, "shutdown", script, env)])
+        return True
+
+    def _run_event(
+        self, res: Resource, doc: StackDoc, event: str, targets: list[Resource], membership: dict[str, Any]
+    ) -> dict[str, hooks.HookRun]:
+        """Runs the hook of `event` on each target whose layer has one, in parallel; results by instance name."""
+        jobs = []
+        for inst in targets:
+            layer = inst.labels.get(LAYER_LABEL, "")
+            script = getattr(doc.layers[layer].hooks, event) if layer in doc.layers else None
+            if script:
+                jobs.append((inst, event, script, hooks.hook_env(res.name, layer, inst.name, event, membership)))
+        runs = hooks.run_many(self.cloud, jobs)
+        _record_runs(self.cloud, res, runs)
+        return {r.instance: r for r in runs}
+
+    def _lifecycle(self, res: Resource, doc: StackDoc, status: StackStatus, owned: list[Resource]) -> bool:
+        """setup (then deploy) on each instance after it boots; configure on every in-service instance whenever
+        membership changes. True while some instance is still on its way."""
+        cloud = self.cloud
+        live = {i.name: i for i in owned if i.kind == INSTANCE and not i.deleting}
+        status.members = {n: m for n, m in status.members.items() if n in live}
+        # a zone-free name keeps pointing where failover or DR put it while that instance lives
+        ids = {i.id for i in live.values()}
+        status.aliases = {n: status.aliases[n] if status.aliases.get(n) in ids else i.id for n, i in live.items()}
+        booting: list[Resource] = []
+        busy = False
+        for name, inst in live.items():
+            layer = inst.labels.get(LAYER_LABEL, "")
+            ist = InstanceStatus.of(inst)
+            member = status.members.get(name)
+            if member is None or member.id != inst.id:
+                member = status.members[name] = Member(layer=layer, id=inst.id)
+            member.ip = ist.ip
+            running = ist.state == "running" and ist.ip is not None
+            if not running:
+                if member.state == IN_SERVICE:
+                    member.state = "down"
+                busy |= member.state != "failed"
+            elif member.started_at != ist.started_at:  # a boot setup has not run after (a failed one stays failed)
+                booting.append(inst)
+        membership = _membership(doc, status)
+        setup_runs = self._run_event(res, doc, "setup", booting, membership)
+        deployable = [i for i in booting if setup_runs.get(i.name) is None or setup_runs[i.name].ok]
+        deploy_runs = self._run_event(res, doc, "deploy", deployable, membership)
+        for inst in booting:
+            member = status.members[inst.name]
+            member.started_at = InstanceStatus.of(inst).started_at
+            failed = next((r for r in (setup_runs.get(inst.name), deploy_runs.get(inst.name)) if r and not r.ok), None)
+            if failed is not None:
+                member.state = "failed"
+                member.message = f"{failed.event} exited {failed.exit_code}: {failed.output.strip()[-200:]}"
+            else:
+                member.state, member.message = IN_SERVICE, ""
+        for name, inst in live.items():
+            member = status.members[name]
+            label = member.state if member.state != "booting" else "setup"
+            if inst.labels.get(LIFECYCLE_LABEL) != label and inst.labels.get(LIFECYCLE_LABEL) != "deploying":
+                cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: label})
+                if member.state == IN_SERVICE:
+                    _drain(cloud, res, member.layer, name, False)
+        status.membership = _membership(doc, status)
+        fingerprint = json.dumps(
+            {"members": _in_service(status.membership), "lbs": [lb.id for lb in _all_lbs(cloud, res)]}, sort_keys=True
+        )
+        if fingerprint != status.configured:
+            serving = [live[n] for n, m in status.members.items() if m.state == IN_SERVICE]
+            self._run_event(res, doc, "configure", serving, status.membership)
+            status.configured = fingerprint
+        return busy
+
+
+def _all_lbs(cloud: Cloud, stack: Resource) -> list[Resource]:
+    if "LoadBalancer" not in _kinds():
+        return []
+    return [lb for lb in cloud.store.list("LoadBalancer", tenant=stack.tenant, owner=stack.id) if not lb.deleting]
+
+
+def _membership(doc: StackDoc, status: StackStatus) -> dict[str, list[dict[str, Any]]]:
+    zone = doc.zone
+    out: dict[str, list[dict[str, Any]]] = {layer: [] for layer in doc.layers}
+    for name in sorted(status.members, key=lambda n: (len(n), n)):
+        m = status.members[name]
+        dns = f"{name}.{doc.name}.cloudlet" if zone is None else f"{name}.{doc.name}.{zone}.cloudlet"
+        out.setdefault(m.layer, []).append({"name": name, "ip": m.ip, "dns": dns, "state": m.state})
+    return out
+
+
+def _in_service(membership: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    return {k: [f"{m['name']}={m['ip']}" for m in v if m["state"] == IN_SERVICE] for k, v in membership.items()}
+
+
+_READY_STATES = {"ready", "running", "up", "allocated", "associated"}
+
+
+def _progress(r: Resource) -> dict[str, Any]:
+    state = "deleting" if r.deleting else r.phase
+    if r.kind == INSTANCE:
+        lifecycle = r.labels.get(LIFECYCLE_LABEL)
+        state = (
+            "deleting"
+            if r.deleting
+            else (InstanceStatus.of(r).state if lifecycle == IN_SERVICE else lifecycle or r.phase)
+        )
+    return {"kind": r.kind, "name": r.name, "state": state}
+
+
+def _making_order(r: Resource) -> tuple[int, float]:
+    return (KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER), r.created_at)
+
+
+def _recipe_name(recipe: ImageRecipe) -> str:
+    from cloudlet.stacks.plan import recipe_image
+
+    return recipe_image(recipe)
