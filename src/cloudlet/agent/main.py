@@ -42,7 +42,7 @@ def build_agent(config: Config, host: str, zone: str, api: str, token: str) -> A
         pool = get_pool("memory", config.home)
     else:
         compute = get_driver(config.compute_driver, home=config.home, cloud_id=cloud_id)
-        net = get_network_driver("linux", cloud_id=cloud_id)
+        net = get_network_driver("linux", cloud_id=cloud_id, home=config.home)
         pool = get_pool(config.storage_pool, config.home)
     return Agent(
         config,

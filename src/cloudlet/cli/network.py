@@ -14,18 +14,20 @@ from cloudlet.cli.output import Format, LabelOpt, OutputOpt, SelectorOpt, bulk, 
 app = typer.Typer(
     help="Tenant networks: a bridge, a subnet from 10.240.0.0/12, DNS on the gateway.", no_args_is_help=True
 )
-COLUMNS = ["name", "subnet", "gateway", "zone", "state"]
+COLUMNS = ["name", "subnet", "gateway", "egress", "zone", "state"]
 
 
 @app.command()
 def create(
     name: str,
     subnet: Annotated[str | None, typer.Option(help="CIDR inside 10.240.0.0/12")] = None,
+    egress: Annotated[bool, typer.Option("--egress", help="NAT traffic to the outside range (198.18.0.0/15)")] = False,
     label: LabelOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create a network."""
-    view = connect().post("/v1/networks", {"name": name, "subnet": subnet, "labels": labels_of(label)})
+    body = {"name": name, "subnet": subnet, "egress": egress, "labels": labels_of(label)}
+    view = connect().post("/v1/networks", body)
     if output == Format.table:
         say(f"Network {name} created with subnet {view['subnet']}")
     else:
@@ -45,6 +47,20 @@ app.command("ls", hidden=True)(list_)
 def show(name: str, output: OutputOpt = Format.table) -> None:
     """Show one network."""
     emit(connect().get(f"/v1/networks/{name}"), output)
+
+
+@app.command()
+def update(
+    name: str,
+    egress: Annotated[bool, typer.Option("--egress/--no-egress", help="NAT traffic to the outside range")],
+    output: OutputOpt = Format.table,
+) -> None:
+    """Turn a network's egress NAT on or off."""
+    view = connect().request("PATCH", f"/v1/networks/{name}", json={"egress": egress})
+    if output == Format.table:
+        say(f"Network {name} egress {'on' if view['egress'] else 'off'}")
+    else:
+        emit(view, output)
 
 
 @app.command()

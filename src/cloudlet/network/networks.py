@@ -23,6 +23,8 @@ from cloudlet.network.resource import NETWORK, NetworkSpec, NetworkStatus
 __all__ = [
     "KIND",
     "NetworkCreate",
+    "NetworkUpdate",
+    "set_egress",
     "create_network",
     "ensure_default_network",
     "delete_network",
@@ -70,6 +72,12 @@ class NetworkCreate(BaseModel):
     labels: Labels = {}
     name: Name
     subnet: Subnet | None = None
+    egress: bool = Field(False, description="NAT its traffic to the outside namespace's range (off by default)")
+
+
+class NetworkUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    egress: bool
 
 
 def create_network(
@@ -79,6 +87,7 @@ def create_network(
     subnet: str | None = None,
     labels: dict[str, str] | None = None,
     owner: str | None = None,
+    egress: bool = False,
 ) -> Resource:
     check_name("network", name)
     with _create_lock:
@@ -96,7 +105,7 @@ def create_network(
             zone=cloud.config.zone,
             finalizers=[FINALIZER],
             labels=labels or {},
-            spec=NetworkSpec(subnet=str(net), gateway=ipam.gateway_of(net)).dump(),
+            spec=NetworkSpec(subnet=str(net), gateway=ipam.gateway_of(net), egress=egress).dump(),
         )
         cloud.store.create(
             res, created=f"network {name} {net} created", guard=quota.guard(caller.tenant, {"networks": 1})
@@ -113,6 +122,17 @@ def ensure_default_network(cloud: Cloud, tenant: str) -> Resource:
         for res in cloud.store.list(KIND, tenant=tenant, name=DEFAULT):
             return res
         raise
+
+
+def set_egress(cloud: Cloud, caller: Caller, name: str, egress: bool) -> Resource:
+    """Turns egress NAT on or off (each agent reloads its public table when the record changes)."""
+    res = cloud.store.get(KIND, caller.tenant, name)
+    spec = NetworkSpec.of(res)
+    if spec.egress != egress:
+        spec.egress = egress
+        res = cloud.store.update_spec(res.id, spec.dump())
+        cloud.store.add_event(res, "Updated", f"network {name} egress {'on' if egress else 'off'}")
+    return res
 
 
 def delete_network(cloud: Cloud, caller: Caller, name: str) -> Resource:
@@ -136,6 +156,7 @@ def network_view(res: Resource) -> dict[str, object]:
         res,
         subnet=spec.subnet,
         gateway=spec.gateway,
+        egress=spec.egress,
         zone=res.zone,
         state="deleting" if res.deleting else res.phase,
     )

@@ -28,12 +28,22 @@ def list_networks(
 def create_network(
     body: networks.NetworkCreate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
 ) -> dict[str, Any]:
-    return networks.network_view(networks.create_network(cloud, who, body.name, body.subnet, body.labels))
+    return networks.network_view(
+        networks.create_network(cloud, who, body.name, body.subnet, body.labels, egress=body.egress)
+    )
 
 
 @router.get("/{name}")
 def show_network(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     return networks.network_view(cloud.store.get(networks.KIND, who.tenant, name))
+
+
+@router.patch("/{name}")
+def update_network(
+    name: NamePath, body: networks.NetworkUpdate, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Egress NAT on or off."""
+    return networks.network_view(networks.set_egress(cloud, who, name, body.egress))
 
 
 @router.delete("/{name}", status_code=202)
