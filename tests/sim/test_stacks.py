@@ -13,6 +13,7 @@ from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.context import Caller
 from cloudlet.core.errors import BadRequest, Conflict
+from cloudlet.network.dns import Resolver, View
 from cloudlet.resilience.sim import SimCloud
 from cloudlet.stacks import stacks
 from cloudlet.stacks.resource import IN_SERVICE, LIFECYCLE_LABEL, STACK_LABEL, StackStatus
@@ -94,6 +95,30 @@ def test_apply_makes_everything_and_applying_again_changes_nothing(sim: SimCloud
     settle(sim)
     assert sim.cloud.store.get(stacks.KIND, "admin", "shop").generation == generation
     assert sim.cloud.store.revision() == revision  # nothing at all was written
+
+
+def test_dns_answers_the_stack_names(sim: SimCloud) -> None:
+    stacks.apply_stack(sim.cloud, ADMIN, doc(web=2))
+    settle(sim)
+    agent = sim.agents[sim.config.host]
+    resolver = Resolver(agent.cache)  # the agent's view: its cache holds the Stack records too
+    ips = {r.name: r.status["ip"] for r in sim.cloud.store.list(INSTANCE)}
+    zone = sim.cloud.store.get(INSTANCE, "admin", "web-1").zone
+    mine, theirs = View("admin"), View("someone-else")
+    assert resolver.lookup(f"web-1.shop.{zone}.cloudlet", "A", mine) == ("NOERROR", [ips["web-1"]])
+    assert resolver.lookup("web-2.shop.cloudlet", "A", mine) == ("NOERROR", [ips["web-2"]])
+    assert resolver.lookup("web.shop.cloudlet", "A", mine) == ("NOERROR", sorted([ips["web-1"], ips["web-2"]]))
+    assert resolver.lookup("web.shop.cloudlet", "A", theirs) == ("NXDOMAIN", [])
+    # DR re-points the zone-free name: it follows the stack's status
+    stack = sim.cloud.store.get(stacks.KIND, "admin", "shop")
+    status = StackStatus.of(stack)
+    status.aliases["web-2"] = sim.cloud.store.get(INSTANCE, "admin", "web-1").id
+    sim.cloud.store.update_status(stack.id, status=status.dump())
+    assert Resolver(sim.cloud.store).lookup("web-2.shop.cloudlet", "A", mine) == ("NOERROR", [ips["web-1"]])
+    # a member out of service leaves the layer's name
+    web2 = sim.cloud.store.get(INSTANCE, "admin", "web-2")
+    sim.cloud.store.set_labels(web2.id, {**web2.labels, LIFECYCLE_LABEL: "deploying"})
+    assert Resolver(sim.cloud.store).lookup("web.shop.cloudlet", "A", mine) == ("NOERROR", [ips["web-1"]])
 
 
 def test_count_down_removes_the_newest_first_and_up_adds(sim: SimCloud) -> None:

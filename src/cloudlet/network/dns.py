@@ -1,4 +1,7 @@
-"""Embedded DNS: NAME.NETWORK.ZONE.cloudlet A records and their reverse PTRs (dnslib for the wire format).
+"""Embedded DNS: NAME.NETWORK.ZONE.cloudlet A records and their reverse PTRs (dnslib for the wire format), and a
+stack's names: LAYER-N.STACK.ZONE.cloudlet, the zone-free alias LAYER-N.STACK.cloudlet (answered by the instance
+the stack's status.aliases names, which failover and DR re-point), and LAYER.STACK.cloudlet with every healthy
+(running, in-service) member.
 
 Run by each host's agent from its cached records, so names keep resolving while cloudletd is down. Served on
 127.0.0.1 (for the operator, who sees every tenant) and on every network gateway inside the hub namespace (for
@@ -32,6 +35,7 @@ from cloudlet.core.context import ADMIN_TENANT, Records
 from cloudlet.core.errors import translate_errors
 from cloudlet.network.netns import run_in_netns
 from cloudlet.network.resource import NETWORK, NetworkSpec
+from cloudlet.stacks.resource import IN_SERVICE, LAYER_LABEL, LIFECYCLE_LABEL, STACK, STACK_LABEL, StackStatus
 
 __all__ = [
     "DOMAIN",
@@ -69,6 +73,7 @@ class Entry:
     network_id: str
     fqdn: str
     ip: str
+    group: bool = False  # one of several answers for its name (a stack layer's members)
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,40 @@ class Resolver:
                     entry = Entry(inst.tenant, net_id, dns_name(inst.name, nets[net_id], inst.zone or "zone-a"), ip)
                     idx.by_name.setdefault(entry.fqdn, []).append(entry)
                     idx.by_ip[ip] = entry
+                self._stack_names(idx, nets)
                 for entries in idx.by_name.values():
                     entries.sort(key=lambda e: e.tenant != ADMIN_TENANT)
                 idx.built = time.monotonic()
                 self._idx = idx
             return self._idx
+
+    def _stack_names(self, idx: _Index, nets: dict[str, str]) -> None:
+        """A stack's names for its instances (labelled by the stack, which names their aliases)."""
+        aliases: dict[tuple[str, str], dict[str, str]] = {
+            (s.tenant, s.name): StackStatus.of(s).aliases for s in self.store.list(STACK) if not s.deleting
+        }
+        by_id: dict[str, tuple[str, str]] = {}  # instance id -> (ip, network id)
+        members: list[tuple[str, str, str, str, str, str, bool]] = []  # tenant, stack, layer, name, zone, id, healthy
+        for inst in self.store.list(INSTANCE):
+            ip, stack = InstanceStatus.of(inst).ip, inst.labels.get(STACK_LABEL)
+            net_id = InstanceSpec.of(inst).network_id
+            if not ip or inst.deleting or net_id not in nets:
+                continue
+            by_id[inst.id] = (ip, net_id)
+            if stack and (inst.tenant, stack) in aliases:
+                healthy = inst.labels.get(LIFECYCLE_LABEL) == IN_SERVICE and InstanceStatus.of(inst).state == "running"
+                layer = inst.labels.get(LAYER_LABEL, "")
+                members.append((inst.tenant, stack, layer, inst.name, inst.zone or "zone-a", inst.id, healthy))
+        for tenant, stack, layer, name, zone, iid, healthy in members:
+            ip, net_id = by_id[iid]
+            fqdn = f"{name}.{stack}.{zone}.{DOMAIN}"
+            idx.by_name.setdefault(fqdn, []).append(Entry(tenant, net_id, fqdn, ip))
+            target = by_id.get(aliases[(tenant, stack)].get(name, iid)) or (ip, net_id)
+            alias = f"{name}.{stack}.{DOMAIN}"
+            idx.by_name.setdefault(alias, []).append(Entry(tenant, target[1], alias, target[0]))
+            if healthy:
+                group = f"{layer}.{stack}.{DOMAIN}"
+                idx.by_name.setdefault(group, []).append(Entry(tenant, net_id, group, ip, group=True))
 
     def view_on(self, gateway: str, source: str) -> View | None:
         """The view of a query sent to `gateway` from `source`: its tenant's if `source` is an instance on the
@@ -145,7 +179,12 @@ class Resolver:
         entries = [e for e in idx.by_name.get(name, []) if view.tenant in (None, e.tenant)]
         if not entries:
             return "NXDOMAIN", []
-        return "NOERROR", [entries[0].ip] if qtype in ("A", "ANY") else []
+        if qtype not in ("A", "ANY"):
+            return "NOERROR", []
+        first = entries[0]
+        if first.group:  # every member, of one tenant
+            return "NOERROR", sorted({e.ip for e in entries if e.tenant == first.tenant})
+        return "NOERROR", [first.ip]
 
     def reply(self, data: bytes, view: View) -> bytes | None:
         """The wire reply to a wire query, or None for what is not a query (garbage, a response, no question)."""

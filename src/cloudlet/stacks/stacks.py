@@ -288,7 +288,9 @@ def rolling_deploy(
         (i for i in cloud.store.list(INSTANCE, tenant=stack.tenant, owner=stack.id) if not i.deleting),
         key=lambda i: (len(i.name), i.name),
     )
-    targets = [i for i in targets if i.labels.get(LAYER_LABEL) == layer and i.labels.get(LIFECYCLE_LABEL) == IN_SERVICE]
+    # a member a failed deploy left out of its LBs is deployed again
+    serving = (IN_SERVICE, "deploying")
+    targets = [i for i in targets if i.labels.get(LAYER_LABEL) == layer and i.labels.get(LIFECYCLE_LABEL) in serving]
     if not targets:
         raise Conflict(f"layer {layer} of stack {name} has no instance in service to deploy to")
     script_deploy, script_undeploy = doc.layers[layer].hooks.deploy, doc.layers[layer].hooks.undeploy
