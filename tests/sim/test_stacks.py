@@ -195,3 +195,47 @@ def test_plan_of_a_thousand_resources_is_fast(sim: SimCloud) -> None:
     print(f"plan of 1,000 owned resources: {took * 1000:.0f} ms (making them: {made:.1f} s)")
     assert plan["summary"]["unchanged"] == 1000
     assert took < 5.0  # goal 1 s (bench/stack_plan.py measures it); generous here so it never flakes
+
+
+NETWORKED = """\
+name: net
+networks:
+  n: {subnet: 10.240.91.0/24}
+security_groups:
+  web:
+    rules:
+      - {protocol: tcp, ports: 80, source: db}
+      - {protocol: tcp, ports: "8000-8100", cidr: 0.0.0.0/0}
+  db:
+    rules: [{protocol: tcp, ports: 5432, source: web}]
+layers:
+  web: {count: 1, secgroups: [web]}
+  db: {count: 1, secgroups: [db]}
+eips:
+  pub: {instance: web-1}
+"""
+
+
+def test_security_groups_and_eips_of_a_stack(sim: SimCloud) -> None:
+    stacks.apply_stack(sim.cloud, ADMIN, NETWORKED)
+    settle(sim)
+    stack = sim.cloud.store.get(stacks.KIND, "admin", "net")
+    assert stack.phase == "ready", StackStatus.of(stack).message
+    web_sg = sim.cloud.store.get("SecurityGroup", "admin", "net-web")
+    db_sg = sim.cloud.store.get("SecurityGroup", "admin", "net-db")
+    assert web_sg.owner == stack.id
+    rules = {(r["protocol"], r["ports"], r["cidr"], r["source_group"]) for r in web_sg.spec["rules"]}
+    assert rules == {("tcp", "80", None, db_sg.id), ("tcp", "8000-8100", "0.0.0.0/0", None)}
+    # the web group's rule names the db group, made after it: added once both existed
+    assert [(r["ports"], r["source_group"]) for r in db_sg.spec["rules"]] == [("5432", web_sg.id)]
+    web = sim.cloud.store.get(INSTANCE, "admin", "web-1")
+    assert web.spec["secgroups"] == [web_sg.id]
+    eip = sim.cloud.store.get("ElasticIP", "admin", "net-pub")
+    assert eip.owner == stack.id and eip.spec["target"]["name"] == "web-1"
+    again = stacks.apply_stack(sim.cloud, ADMIN, NETWORKED)
+    assert again["actions"] == [] and again["stack_op"] == "unchanged"
+    stacks.delete_stack(sim.cloud, ADMIN, "net")
+    settle(sim)
+    assert [r.name for r in sim.cloud.store.list(owner=stack.id)] == []
+    assert not sim.cloud.store.list("ElasticIP", tenant="admin")
+    assert not sim.cloud.store.list("SecurityGroup", tenant="admin", name="net-web")

@@ -65,10 +65,15 @@ class EipAssociate(BaseModel):
     kind: Literal["Instance", "LoadBalancer"] = "Instance"
 
 
-def allocate_eip(cloud: Cloud, caller: Caller, name: str, labels: dict[str, str] | None = None) -> Resource:
+def allocate_eip(
+    cloud: Cloud, caller: Caller, name: str, labels: dict[str, str] | None = None, owner: str | None = None
+) -> Resource:
+    """`owner`: the record it belongs to (a stack's EIPs go back to the pool with their stack)."""
     check_name("eip", name)
     sl = pool_slice(cloud.config.home, cloud.config.cloud_id())
-    res = Resource(kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, labels=labels or {}, spec={})
+    res = Resource(
+        kind=KIND, tenant=caller.tenant, name=name, zone=cloud.config.zone, labels=labels or {}, spec={}, owner=owner
+    )
     try:
         address = cloud.store.allocate_ip(POOL_KEY, res.id, sl.eip_candidates())
     except Conflict:

@@ -131,12 +131,15 @@ def _get(cloud: Cloud, tenant: str, name: str) -> Resource:
     return res
 
 
-def create_secgroup(cloud: Cloud, caller: Caller, req: SecGroupCreate) -> Resource:
+def create_secgroup(cloud: Cloud, caller: Caller, req: SecGroupCreate, owner: str | None = None) -> Resource:
+    """`owner`: the record it belongs to (a stack's groups go with their stack)."""
     check_name("security group", req.name)
     with _lock:
         if len(cloud.store.list(KIND, tenant=caller.tenant)) >= MAX_PER_TENANT:
             raise Conflict(f"a tenant may have at most {MAX_PER_TENANT} security groups; delete one first")
-        res = Resource(kind=KIND, tenant=caller.tenant, name=req.name, labels=req.labels, phase="ready", spec={})
+        res = Resource(
+            kind=KIND, tenant=caller.tenant, name=req.name, labels=req.labels, phase="ready", spec={}, owner=owner
+        )
         rules: dict[str, SecurityGroupRule] = {}
         for r in req.rules:
             rule = _rule(cloud, caller.tenant, r, (req.name, res.id))

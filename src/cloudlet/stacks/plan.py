@@ -79,9 +79,18 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
     for key, net in doc.networks.items():
         subnet = {"subnet": net.subnet} if net.subnet else {}
         out.append(Desired("Network", net.name or f"{doc.name}-{key}", subnet, frozenset(subnet), {"key": key}))
+    groups = {key: sg.name or f"{doc.name}-{key}" for key, sg in doc.security_groups.items()}
     for key, sg in doc.security_groups.items():
-        rules = [r.model_dump(exclude_none=True) for r in sg.rules]
-        out.append(Desired("SecurityGroup", sg.name or f"{doc.name}-{key}", {}, frozenset(), {"rules": rules}))
+        rules = [
+            {
+                "protocol": r.protocol,
+                "ports": None if r.ports is None else str(r.ports),
+                "cidr": r.cidr,
+                "source_group": groups[r.source] if r.source else None,
+            }
+            for r in sg.rules
+        ]
+        out.append(Desired("SecurityGroup", groups[key], {}, frozenset(), {"rules": rules}))
     instances: list[Desired] = []
     for lname, layer in doc.layers.items():
         image = layer.image if isinstance(layer.image, str) else recipe_image(layer.image)
@@ -109,8 +118,7 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
             }
             if layer.user_data is not None:
                 fields["user_data"] = layer.user_data
-            groups = [doc.security_groups[s].name or f"{doc.name}-{s}" for s in layer.secgroups]
-            params = {"layer": lname, "index": n, "secgroups": groups}
+            params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
             instances.append(Desired("Instance", name, fields, frozenset(fields), params))
     out += instances
     for key, lb in doc.load_balancers.items():

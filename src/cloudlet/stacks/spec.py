@@ -34,10 +34,12 @@ class NetworkDef(_Strict):
 
 
 class Rule(_Strict):
-    protocol: Literal["tcp", "udp", "icmp", "any"] = "tcp"
-    ports: str | int | None = Field(None, description="a port or range: 80, '8000-8100'")
-    cidr: str | None = None
-    source: Key | None = Field(None, description="another security group of this stack")
+    """Lets in traffic from `cidr` or from the members of `source` (a key of security_groups)."""
+
+    protocol: Literal["tcp", "udp", "icmp", "all"] = "tcp"
+    ports: str | int | None = Field(None, description="tcp and udp: a port or range, 80 or '8000-8100'")
+    cidr: str | None = Field(None, description="IPv4 source network, e.g. 0.0.0.0/0")
+    source: Key | None = Field(None, description="a security group of this stack (its key)")
 
 
 class SecurityGroupDef(_Strict):
@@ -218,6 +220,8 @@ def _check_refs(doc: StackDoc) -> None:
             raise BadRequest(f"{where}.volumes: two volumes with the same name")
     for key, group in doc.security_groups.items():
         for i, rule in enumerate(group.rules):
+            if (rule.cidr is None) == (rule.source is None):
+                raise BadRequest(f"security_groups.{key}.rules[{i}]: give exactly one of cidr or source")
             if rule.source is not None and rule.source not in doc.security_groups:
                 raise BadRequest(f"security_groups.{key}.rules[{i}].source: {rule.source!r} is not a group here")
     for key, lb in doc.load_balancers.items():

@@ -388,6 +388,7 @@ class StackReconciler(KindReconciler):
             except CloudletError as exc:
                 problems.append(f"{a.op} {a.kind.lower()} {a.name}: {exc.message}")
         self._attach_volumes(res, caller, doc)
+        problems += self._complete_groups_and_eips(res, caller, doc)
         owned = _owned(cloud, res)
         busy |= self._lifecycle(res, doc, status, owned)
         status.progress = [_progress(r) for r in sorted(owned, key=_making_order)]
@@ -453,9 +454,17 @@ class StackReconciler(KindReconciler):
             # out of its LBs until setup and deploy succeeded
             _drain(cloud, res, layer, d.name, True)
             instances.launch(cloud, caller, instances.InstanceCreate.model_validate(body), owner=res.id)
+        elif d.kind == "SecurityGroup":
+            sg = _module(d.kind)
+            # a rule naming a group of this stack made later is added once that group exists
+            made = {g.name for g in cloud.store.list("SecurityGroup", tenant=res.tenant)} | {d.name}
+            ready = [r for r in d.params["rules"] if r["source_group"] in (None, *made)]
+            req = sg.SecGroupCreate(name=d.name, labels=labels, description=f"stack {res.name}", rules=ready)
+            sg.create_secgroup(cloud, caller, req, owner=res.id)
+        elif d.kind == "ElasticIP":
+            _module(d.kind).allocate_eip(cloud, caller, d.name, labels, owner=res.id)
         else:
-            mod = _module(d.kind)
-            mod.create_for_stack(cloud, caller, d, owner=res.id, labels=labels)
+            _module(d.kind).create_for_stack(cloud, caller, d, owner=res.id, labels=labels)
 
     def _attach_volumes(self, res: Resource, caller: Caller, doc: StackDoc) -> None:
         paths = {}
@@ -473,6 +482,40 @@ class StackReconciler(KindReconciler):
                 )
             except (NotFound, Conflict):
                 continue  # its instance is not there yet (or going): the next pass attaches it
+
+    def _complete_groups_and_eips(self, res: Resource, caller: Caller, doc: StackDoc) -> list[str]:
+        """The rules a group could not have at its creation (their source group came later), and each EIP
+        associated with its holder once that exists. Returns what failed."""
+        problems: list[str] = []
+        wanted = {d.name: d for d in desired(doc) if d.kind in ("SecurityGroup", "ElasticIP")}
+        if not wanted:
+            return problems
+        for rec in self.cloud.store.list(owner=res.id):
+            d = wanted.get(rec.name)
+            if d is None or rec.deleting or d.kind != rec.kind:
+                continue
+            try:
+                if d.kind == "SecurityGroup":
+                    sg = _module(d.kind)
+                    have = {r["id"] for r in rec.spec.get("rules", [])}
+                    for r in d.params["rules"]:
+                        rid_source = None
+                        if r["source_group"] is not None:
+                            found = self.cloud.store.list("SecurityGroup", tenant=res.tenant, name=r["source_group"])
+                            rid_source = found[0].id if found else None
+                            if rid_source is None:
+                                continue
+                        if sg.rule_id(r["protocol"], r["ports"], r["cidr"], rid_source) not in have:
+                            sg.add_rule(self.cloud, caller, rec.name, sg.RuleCreate.model_validate(r))
+                else:
+                    target = rec.spec.get("target") or {}
+                    holder, kind = d.params["holder"], d.params["holder_kind"]
+                    moved = target.get("name") != holder or target.get("kind") != kind
+                    if moved and self.cloud.store.list(kind, tenant=res.tenant, name=holder):
+                        _module(d.kind).associate_eip(self.cloud, caller, rec.name, kind, holder)
+            except CloudletError as exc:
+                problems.append(f"{d.kind.lower()} {d.name}: {exc.message}")
+        return problems
 
     def _leave(self, res: Resource, doc: StackDoc, inst: Resource, status: StackStatus) -> bool:
         """Takes an instance out of service before it is removed: out of its LBs, then the shutdown hook. True
@@ -549,9 +592,9 @@ class StackReconciler(KindReconciler):
                 if member.state == IN_SERVICE:
                     _drain(cloud, res, member.layer, name, False)
         status.membership = _membership(doc, status)
-        fingerprint = json.dumps(
-            {"members": _in_service(status.membership), "lbs": [lb.id for lb in _all_lbs(cloud, res)]}, sort_keys=True
-        )
+        eips = {e.name: e.spec.get("target") for e in cloud.store.list("ElasticIP", tenant=res.tenant, owner=res.id)}
+        lbs = [lb.id for lb in _all_lbs(cloud, res)]
+        fingerprint = json.dumps({"members": _in_service(status.membership), "lbs": lbs, "eips": eips}, sort_keys=True)
         if fingerprint != status.configured:
             serving = [live[n] for n, m in status.members.items() if m.state == IN_SERVICE]
             self._run_event(res, doc, "configure", serving, status.membership)
