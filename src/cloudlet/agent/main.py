@@ -71,6 +71,7 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
 
     from cloudlet.agent.server import create_agent_app
     from cloudlet.network.dns import DNSService, Resolver
+    from cloudlet.network.metadata import MetadataService
 
     logging.basicConfig(
         level=os.environ.get("CLOUDLET_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -95,6 +96,7 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     resolver = Resolver(agent.cache)
     dns = DNSService(resolver, dns_port)
     agent.dns_port = dns.port
+    metadata = MetadataService(agent.cache, zone)
     sock = listening_socket(choose_port(before.get("port"), 0, "agent"))
     port = sock.getsockname()[1]
     agent.endpoint = f"http://127.0.0.1:{port}"
@@ -103,6 +105,7 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     if hub:
         agent.ctx.net.ensure_hub()
         dns.serve_hub(hub)
+        metadata.serve_hub(hub)
     _write_private(
         endpoint_file,
         {"url": agent.endpoint, "port": port, "key": agent.key, "dns_port": dns.port, "pid": os.getpid(), "host": host},
@@ -116,5 +119,6 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     finally:
         agent.stop()
         dns.stop()
+        metadata.stop()
         (state_dir / "agent.pid").unlink(missing_ok=True)
         log.info("agent %s stopped", host)

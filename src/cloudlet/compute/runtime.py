@@ -20,6 +20,7 @@ from cloudlet.compute.drivers.base import InstanceInfo, InstanceState, LaunchSpe
 from cloudlet.compute.images import volume_of
 from cloudlet.compute.instances import KIND, set_state
 from cloudlet.compute.resource import IMAGE, ImageSpec, InstanceSpec, InstanceStatus
+from cloudlet.compute.seed import meta_data
 from cloudlet.core.context import HostContext
 from cloudlet.core.errors import DriverError, TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
@@ -132,6 +133,8 @@ class InstanceReconciler(KindReconciler):
             mounts=tuple(mounts),
             uid_base=spec.uid_base if self.ctx.compute.capabilities.real_processes else None,
             net_raw=spec.net_raw,
+            meta_data=meta_data(res.id, fqdn),
+            user_data=spec.user_data,
         )
         source = snapshot_name(spec.from_snapshot_id) if spec.from_snapshot_id else volume_of(image)
         return _Plan(launch, net, ip, fqdn, source, spec.disk_gib)

@@ -68,6 +68,8 @@ class LaunchSpec:
     plumb: Callable[[int], None] | None = None  # wires a new netns up, given the pid of the instance's init
     net_raw: bool = False  # CAP_NET_RAW on top of the default set
     console: Path | None = None  # where its console log is kept (a size-limited place); None: beside its bundle
+    meta_data: str = ""  # its NoCloud meta-data (compute/seed.py), bound read-only with the user-data
+    user_data: str | None = None  # run at boot by the runner of compute/seed.py
 
 
 @dataclass(frozen=True)

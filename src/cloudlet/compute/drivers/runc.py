@@ -2,7 +2,7 @@
 its image, made by the caller), init = tini.
 
 Artefacts of instance <id>, all named from the id so repair can match them to records:
-  $CLOUDLET_HOME/instances/<id>/{config.json,etc,console.log,runc.log}
+  $CLOUDLET_HOME/instances/<id>/{config.json,etc,seed,runner,console.log,runc.log} (seed: its NoCloud seed)
   runc container cl-<id> under the runc root $CLOUDLET_HOME/runc
   cgroup /cloudlet-<cloud>/<id> in every v1 controller (and the unified tree, for PSI)
 """
@@ -38,6 +38,7 @@ from cloudlet.compute.drivers.base import (
     exec_output,
 )
 from cloudlet.compute.drivers.seccomp import oci_profile
+from cloudlet.compute.seed import RUNNER, RUNNER_DIR, RUNNER_PATH, SEED_DIR
 from cloudlet.core.beneath import DIR_FLAGS, open_dir, parts_of
 from cloudlet.core.errors import Conflict, DriverError, translate_errors
 
@@ -425,14 +426,31 @@ class RuncDriver(ComputeDriver):
         (d / "etc" / "hostname").write_text(spec.hostname + "\n")
         (d / "etc" / "hosts").write_text(spec.hosts)
         (d / "etc" / "resolv.conf").write_text(spec.resolv_conf)
+        self._write_seed(d, spec)
         if spec.rootfs is None or not spec.rootfs.exists():
             raise DriverError(f"root disk {spec.rootfs} of instance {spec.id} is missing")
+        for dst in (SEED_DIR, RUNNER_DIR) if spec.user_data is not None else (SEED_DIR,):
+            _check_mount_path(spec.rootfs, dst)
         for src, dst in spec.mounts:
             _check_mount_path(spec.rootfs, dst)
             self._own(Path(src), spec.uid_base)
         tmp = d / "config.json.tmp"
         tmp.write_text(json.dumps(self._oci_config(spec, d), indent=1))
         os.replace(tmp, d / "config.json")
+
+    @staticmethod
+    def _write_seed(d: Path, spec: LaunchSpec) -> None:
+        """The NoCloud seed in instances/<id>/seed, and the boot runner beside it when there is user-data to run."""
+        seed = d / "seed"
+        seed.mkdir(exist_ok=True)
+        (seed / "meta-data").write_text(spec.meta_data)
+        if spec.user_data is None:
+            (seed / "user-data").unlink(missing_ok=True)
+            return
+        (seed / "user-data").write_text(spec.user_data)
+        (d / "runner").mkdir(exist_ok=True)
+        (d / "runner" / "boot").write_text(RUNNER)
+        os.chmod(d / "runner" / "boot", 0o755)  # run by the instance's root, which is "other" to host files
 
     @staticmethod
     def _link_console(d: Path, target: Path | None) -> None:
@@ -482,7 +500,7 @@ class RuncDriver(ComputeDriver):
             "process": {
                 "terminal": False,
                 "user": {"uid": 0, "gid": 0},
-                "args": [INIT, "--", *spec.command],
+                "args": [INIT, "--", *([RUNNER_PATH] if spec.user_data is not None else []), *spec.command],
                 "env": [
                     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     f"HOSTNAME={spec.hostname}",
@@ -538,6 +556,8 @@ class RuncDriver(ComputeDriver):
                 bind(d / "etc" / "hostname", "/etc/hostname"),
                 bind(d / "etc" / "hosts", "/etc/hosts"),
                 bind(d / "etc" / "resolv.conf", "/etc/resolv.conf"),
+                bind(d / "seed", SEED_DIR),
+                *([bind(d / "runner", RUNNER_DIR)] if spec.user_data is not None else []),
                 *[bind(src, dst, ro=False) for src, dst in spec.mounts],
             ],
             "linux": {

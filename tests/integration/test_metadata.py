@@ -1,0 +1,108 @@
+"""The metadata service and boot-time user-data on a real cloud (busybox instances, runc, the hub's nftables).
+
+An instance asks http://169.254.169.254 with busybox wget: its own id, every listed path, its labels as tags, its
+user-data. `launch --user-data` runs the script once at boot (console and a marker show it; a restart does not
+run it again); the NoCloud seed is in the instance, read-only. With cloudletd killed, metadata still answers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CloudCLI
+
+pytestmark = pytest.mark.root
+
+BASE = "http://169.254.169.254/latest"
+SCRIPT = "#!/bin/sh\necho user-data-ran-$(hostname)\necho ran >> /root/runs\n"
+
+
+@pytest.fixture(scope="module")
+def booted(cloud: CloudCLI, tmp_path_factory: pytest.TempPathFactory) -> CloudCLI:
+    script = tmp_path_factory.mktemp("ud") / "boot.sh"
+    script.write_text(SCRIPT)
+    cloud.run(
+        "launch", "busybox", "md-1", "--wait", "--memory", "32", "--label", "role=web", "--user-data", str(script)
+    )
+    cloud.run("launch", "busybox", "md-2", "--wait", "--memory", "32")
+    return cloud
+
+
+def _wget(cloud: CloudCLI, name: str, url: str, check: bool = True) -> str:
+    return cloud.run("exec", name, "--", "wget", "-qO-", url, check=check).stdout
+
+
+def _console_until(cloud: CloudCLI, name: str, text: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        out = cloud.run("console", name).stdout
+        if text in out:
+            break
+        time.sleep(0.2)
+    return out
+
+
+def test_instance_reads_its_own_metadata(booted: CloudCLI) -> None:
+    view = booted.json("show", "md-1")
+    assert _wget(booted, "md-1", f"{BASE}/meta-data/instance-id") == view["id"]
+    listing = _wget(booted, "md-1", f"{BASE}/meta-data/").split()
+    assert {"instance-id", "hostname", "local-ipv4", "placement/", "tags/"} <= set(listing)
+    for path in listing:  # every listed path answers
+        assert _wget(booted, "md-1", f"{BASE}/meta-data/{path}"), path
+    assert _wget(booted, "md-1", f"{BASE}/meta-data/local-ipv4") == view["ip"]
+    assert _wget(booted, "md-1", f"{BASE}/meta-data/hostname") == view["dns_name"]
+    assert _wget(booted, "md-1", f"{BASE}/meta-data/placement/availability-zone") == "zone-a"
+    assert _wget(booted, "md-1", f"{BASE}/meta-data/tags/instance/role") == "web"
+    assert _wget(booted, "md-1", f"{BASE}/user-data") == SCRIPT
+    assert _wget(booted, "md-2", f"{BASE}/meta-data/instance-id") == booted.json("show", "md-2")["id"]
+    proc = booted.run("exec", "md-2", "--", "wget", "-qO-", f"{BASE}/user-data", check=False)
+    assert proc.returncode != 0  # md-2 has none: 404
+    # the labels are read at each request: a new one shows at once
+    booted.run("label", "instance", "md-1", "tier=front")
+    assert _wget(booted, "md-1", f"{BASE}/meta-data/tags/instance/tier") == "front"
+
+
+def test_user_data_runs_once_at_boot(booted: CloudCLI) -> None:
+    assert "user-data-ran-md-1" in _console_until(booted, "md-1", "user-data-ran-md-1")
+    iid = booted.json("show", "md-1")["id"]
+    marker = f"/var/lib/cloudlet-boot/{iid}.done"
+    assert booted.run("exec", "md-1", "--", "test", "-e", marker, check=False).returncode == 0
+    assert booted.run("exec", "md-1", "--", "cat", "/root/runs").stdout == "ran\n"
+    booted.run("restart", "md-1", "--wait")
+    booted.wait_state("md-1", "running")
+    assert booted.run("exec", "md-1", "--", "cat", "/root/runs").stdout == "ran\n"  # not again
+    assert _wget(booted, "md-2", "http://md-1/") == "hello from md-1\n"  # then the image's command ran
+
+
+def test_nocloud_seed_is_present_and_read_only(booted: CloudCLI) -> None:
+    iid = booted.json("show", "md-1")["id"]
+    seed = "/var/lib/cloud/seed/nocloud"
+    meta = booted.run("exec", "md-1", "--", "cat", f"{seed}/meta-data").stdout
+    assert f"instance-id: {iid}" in meta and "local-hostname: md-1.default.zone-a.cloudlet" in meta
+    assert booted.run("exec", "md-1", "--", "cat", f"{seed}/user-data").stdout == SCRIPT
+    proc = booted.run("exec", "md-1", "--", "sh", "-c", f"echo x > {seed}/user-data", check=False)
+    assert proc.returncode != 0 and "Read-only" in proc.stderr
+    assert booted.run("exec", "md-2", "--", "cat", f"{seed}/meta-data").stdout.startswith("instance-id: ")
+    assert booted.run("exec", "md-2", "--", "test", "-e", f"{seed}/user-data", check=False).returncode != 0
+
+
+def test_user_data_over_16_kib_is_refused(booted: CloudCLI, tmp_path: Path) -> None:
+    big = tmp_path / "big.sh"
+    big.write_text("#!/bin/sh\n" + "#" * (16 << 10))
+    proc = booted.run("launch", "busybox", "md-big", "--user-data", str(big), check=False)
+    assert proc.returncode == 1 and "user_data" in proc.stderr and "16384" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_metadata_answers_while_cloudletd_is_down(booted: CloudCLI) -> None:
+    iid = booted.json("show", "md-1")["id"]
+    booted.kill9("cloudletd")
+    try:
+        proc = booted.runc("exec", f"cl-{iid}", "wget", "-qO-", f"{BASE}/meta-data/instance-id")
+        assert proc.returncode == 0 and proc.stdout == iid, proc.stderr
+    finally:
+        booted.run("up")
