@@ -122,6 +122,9 @@ def _rule(cloud: Cloud, tenant: str, req: RuleCreate, own: tuple[str, str]) -> S
 
 
 def _get(cloud: Cloud, tenant: str, name: str) -> Resource:
+    """A live group by name; the tenant's default one is made if it is asked for and missing."""
+    if name == DEFAULT:
+        return ensure_default_secgroup(cloud, tenant)
     try:
         res = cloud.store.get(KIND, tenant, name)
     except NotFound:
@@ -169,7 +172,7 @@ def resolve_secgroups(cloud: Cloud, tenant: str, names: list[str]) -> list[str]:
     unique = list(dict.fromkeys(names))
     if len(unique) > MAX_GROUPS:
         raise InvalidSpec(f"an instance may be in at most {MAX_GROUPS} security groups, not {len(unique)}")
-    return [(ensure_default_secgroup(cloud, tenant) if n == DEFAULT else _get(cloud, tenant, n)).id for n in unique]
+    return [_get(cloud, tenant, n).id for n in unique]
 
 
 def add_rule(cloud: Cloud, caller: Caller, name: str, req: RuleCreate) -> Resource:
@@ -232,7 +235,7 @@ def delete_secgroup(cloud: Cloud, caller: Caller, name: str) -> Resource:
 def attach(cloud: Cloud, caller: Caller, name: str, instance: str) -> Resource:
     """Puts a (running or not) instance into a group; its agent reloads its table at once."""
     with _lock:
-        group = ensure_default_secgroup(cloud, caller.tenant) if name == DEFAULT else _get(cloud, caller.tenant, name)
+        group = _get(cloud, caller.tenant, name)
         inst = _instance(cloud, caller, instance)
         spec = InstanceSpec.of(inst)
         if group.id in spec.secgroups:
