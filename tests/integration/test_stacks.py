@@ -5,6 +5,7 @@ and delete removing everything."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "stack-busybox.yaml"
 @pytest.fixture(scope="module")
 def demo(cloud: CloudCLI, tmp_path_factory: pytest.TempPathFactory) -> CloudCLI:
     out = cloud.run("stack", "plan", str(EXAMPLE)).stdout
-    assert "+ stack demo" in out and "+ instance web-2" in out and "Plan: 5 to create" in out, out
+    assert "+ stack demo" in out and "+ instance web-2" in out and "Plan: 7 to create" in out, out
     started = time.monotonic()
     out = cloud.run("stack", "apply", str(EXAMPLE), "--wait", timeout=240).stdout
     print(f"stack apply --wait: {time.monotonic() - started:.1f} s")
@@ -45,7 +46,7 @@ def _ips(cloud: CloudCLI) -> dict[str, str]:
 def test_applying_again_changes_nothing(demo: CloudCLI) -> None:
     before = demo.json("stack", "show", "demo")
     out = demo.run("stack", "apply", str(EXAMPLE)).stdout
-    assert "Plan: 0 to create, 0 to update, 0 to replace, 0 to delete (5 unchanged)" in out, out
+    assert "Plan: 0 to create, 0 to update, 0 to replace, 0 to delete (7 unchanged)" in out, out
     after = demo.json("stack", "show", "demo")
     assert after["generation"] == before["generation"] and after["state"] == "ready"
     assert [s["name"] for s in demo.json("stack", "list")] == ["demo"]
@@ -53,7 +54,8 @@ def test_applying_again_changes_nothing(demo: CloudCLI) -> None:
 
 def test_owned_resources_and_labels(demo: CloudCLI) -> None:
     view = demo.json("stack", "show", "demo")
-    assert sorted(p["name"] for p in view["progress"]) == ["db-1", "db-1-data", "demo-net", "web-1", "web-2"]
+    made = ["db-1", "db-1-data", "demo-db", "demo-net", "demo-web", "web-1", "web-2"]
+    assert sorted(p["name"] for p in view["progress"]) == made
     assert {m["state"] for m in view["members"].values()} == {"in-service"}
     web = demo.json("list", "-l", "cloudlet.io/stack=demo,cloudlet.io/layer=web")
     assert sorted(i["name"] for i in web) == ["web-1", "web-2"] and {i["network"] for i in web} == {"demo-net"}
@@ -77,6 +79,27 @@ def test_dns_names_from_inside_and_from_the_host(demo: CloudCLI) -> None:
     port = demo.json("info")["ports"]["dns@local"]
     reply = DNSRecord.parse(DNSRecord.question("web.demo.cloudlet").send("127.0.0.1", port, timeout=2))
     assert sorted(str(r.rdata) for r in reply.rr) == sorted([ips["web-1"], ips["web-2"]])
+
+
+def test_security_groups_let_in_only_what_the_stack_says(demo: CloudCLI) -> None:
+    ips = _ips(demo)
+    # allowed: db -> web:80 by the web group's rule, web -> web within its own group
+    assert demo.run("exec", "db-1", "--", "timeout", "3", "wget", "-qO-", f"http://{ips['web-1']}/").stdout.strip() == (
+        "hello from web-1"
+    )
+    assert "hello from web-1" in demo.run("exec", "web-2", "--", "timeout", "3", "wget", "-qO-", "http://web-1/").stdout
+    # denied: an instance of the same network outside both groups
+    demo.run("launch", "busybox", "probe", "--network", "demo-net", "--memory", "32", "--wait")
+    try:
+        denied = demo.run("exec", "probe", "--", "timeout", "2", "wget", "-qO-", f"http://{ips['web-1']}/", check=False)
+        assert denied.returncode != 0 and "hello" not in denied.stdout
+        # the probe itself answers (the refusal is the group's, not a dead network)
+        assert (
+            "hello from probe"
+            in demo.run("exec", "probe", "--", "timeout", "3", "wget", "-qO-", "http://127.0.0.1/").stdout
+        )
+    finally:
+        demo.run("delete", "probe", "--wait")
 
 
 def test_hooks_ran_with_the_membership(demo: CloudCLI) -> None:
@@ -103,6 +126,14 @@ def test_exec_on_every_matching_instance(demo: CloudCLI) -> None:
 
 def test_flags_and_readonly(demo: CloudCLI) -> None:
     assert "Stack demo flags: color=blue, beta=on" in demo.run("stack", "flag", "demo", "beta=on").stdout
+    metadata = "http://169.254.169.254/latest/meta-data/flags/beta"
+    if importlib.util.find_spec("cloudlet.network.metadata") is not None:
+        _eventually(
+            lambda: (
+                demo.run("exec", "web-1", "--", "timeout", "2", "wget", "-qO-", metadata, check=False).stdout == "on"
+            ),
+            "flag beta in web-1's metadata",
+        )
     demo.run("stack", "readonly", "demo", "on")
     assert demo.json("stack", "show", "demo")["flags"] == {"color": "blue", "beta": "on", "readonly": "true"}
     demo.run("stack", "readonly", "demo", "off")
@@ -123,7 +154,8 @@ def test_invalid_documents_name_line_and_field(demo: CloudCLI, tmp_path: Path) -
     bad = tmp_path / "bad.yaml"
     bad.write_text(EXAMPLE.read_text().replace("    count: 2", "    cuont: 2"))
     proc = demo.run("stack", "plan", str(bad), check=False)
-    assert proc.returncode == 1 and "line 9: layers.web.cuont: unknown field" in proc.stderr, proc.stderr
+    line = EXAMPLE.read_text().splitlines().index("    count: 2") + 1
+    assert proc.returncode == 1 and f"line {line}: layers.web.cuont: unknown field" in proc.stderr, proc.stderr
     schema = demo.run("stack", "schema").stdout
     assert '"additionalProperties": false' in schema
 
