@@ -239,3 +239,32 @@ def test_security_groups_and_eips_of_a_stack(sim: SimCloud) -> None:
     assert [r.name for r in sim.cloud.store.list(owner=stack.id)] == []
     assert not sim.cloud.store.list("ElasticIP", tenant="admin")
     assert not sim.cloud.store.list("SecurityGroup", tenant="admin", name="net-web")
+
+
+def test_recipes_user_data_and_spread_over_zones(sim: SimCloud) -> None:
+    sim.add_host("b-1", "zone-b")
+    text = """\
+name: spread
+placement: {spread: zones}
+layers:
+  app:
+    count: 3
+    image: {packages: [python3, curl]}
+    user_data: |
+      #!/bin/sh
+      echo hi
+"""
+    stacks.apply_stack(sim.cloud, ADMIN, text)
+    stack = sim.cloud.store.get(stacks.KIND, "admin", "spread")
+    stacks.StackReconciler(sim.cloud).reconcile(stack.id)  # not stepped: no agent builds the image here
+    made = {r.name: r for r in sim.cloud.store.list(INSTANCE, tenant="admin")}
+    image = made["app-1"].spec["image"]
+    assert image.startswith("recipe-") and {r.spec["image"] for r in made.values()} == {image}
+    recipe = sim.cloud.store.get("Image", "public", image)  # the admin's images are public
+    assert recipe.spec["packages"] == ["curl", "python3"] and recipe.owner is None  # a cache: outlives the stack
+    assert made["app-1"].spec["user_data"] == "#!/bin/sh\necho hi\n"
+    zones = sorted({sim.config.zone, "zone-b"})
+    assert [made[f"app-{n}"].spec["zone"] for n in (1, 2, 3)] == [zones[0], zones[1], zones[0]]
+    # the same packages in another order are the same image: nothing to change
+    reordered = text.replace("[python3, curl]", "[curl, python3]")
+    assert stacks.plan_stack(sim.cloud, ADMIN, reordered)["actions"] == []
