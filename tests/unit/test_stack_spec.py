@@ -73,3 +73,14 @@ def test_schema_is_json_schema_and_forbids_unknown_fields() -> None:
     assert schema["additionalProperties"] is False
     layer = schema["$defs"]["Layer"]
     assert layer["additionalProperties"] is False and "hooks" in layer["properties"]
+
+
+def test_hostile_documents_are_refused_not_crashed_on() -> None:
+    assert _error("\x1f").startswith("line 1: invalid YAML")
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    assert "too large or too deeply nested" in _error(laughs)
+    assert "invalid YAML" in _error("name: " + "[" * 5000 + "]" * 5000)
+    assert "too large or too deeply nested" in _error("name: " + "[" * 40 + "]" * 40)

@@ -16,6 +16,8 @@ from cloudlet.core.records import NAME_RE, NAME_RULES, NO_NUL
 
 HOOKS = ("setup", "configure", "deploy", "undeploy", "shutdown")  # OpsWorks' lifecycle events, in life order
 MAX_COUNT = 500  # instances per layer
+MAX_NODES = 200_000  # values in a document, counting each use of an alias
+MAX_DEPTH = 32
 Key = Annotated[str, Field(min_length=1, max_length=40, pattern=NAME_RE.pattern, description=NAME_RULES)]
 Script = Annotated[str, Field(max_length=64 * 1024, pattern=NO_NUL)]
 
@@ -131,10 +133,17 @@ Path = tuple[str | int, ...]
 
 def _compose(text: str) -> tuple[Any, dict[Path, int]]:
     """The document as plain data, and the line (1-based) of every key and value by its path."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # a character YAML does not allow, found as the reader starts
+        raise BadRequest(f"line 1: invalid YAML: {exc}") from None
     marks: dict[Path, int] = {}
+    budget = [MAX_NODES]
 
     def build(node: yaml.Node, path: Path) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or len(path) > MAX_DEPTH:  # aliases can make a small text huge ("billion laughs")
+            raise BadRequest(f"line {node.start_mark.line + 1}: the document is too large or too deeply nested")
         marks.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -152,7 +161,7 @@ def _compose(text: str) -> tuple[Any, dict[Path, int]]:
         return loader.construct_object(node, deep=True)
 
     try:
-        root = loader.get_single_node()
+        root = loader.get_single_node()  # the composer recurses too: the depth check below comes after it
         return (build(root, ()) if root is not None else None), marks
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -160,6 +169,8 @@ def _compose(text: str) -> tuple[Any, dict[Path, int]]:
         raise BadRequest(f"{where}invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise BadRequest(f"invalid YAML: {exc}") from None
+    except (RecursionError, ValueError, OverflowError) as exc:  # nesting beyond the composer, bad timestamps...
+        raise BadRequest(f"invalid YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
     finally:
         loader.dispose()
 
