@@ -66,6 +66,25 @@ def test_instance_reads_its_own_metadata(booted: CloudCLI) -> None:
     assert _wget(booted, "md-1", f"{BASE}/meta-data/tags/instance/tier") == "front"
 
 
+def test_public_ipv4_follows_an_elastic_ip(booted: CloudCLI) -> None:
+    assert "public-ipv4" not in _wget(booted, "md-2", f"{BASE}/meta-data/").split()
+    address = booted.json("eip", "allocate", "md-ip")["address"]
+    booted.run("eip", "associate", "md-ip", "md-2")
+    assert _wget(booted, "md-2", f"{BASE}/meta-data/public-ipv4") == address
+    assert "public-ipv4" not in _wget(booted, "md-1", f"{BASE}/meta-data/").split()
+    booted.run("eip", "release", "md-ip", "--force")
+
+
+def test_cli_shows_what_the_instance_reads(booted: CloudCLI) -> None:
+    view = booted.json("show", "md-1")
+    docs = booted.json("metadata", "md-1")
+    assert docs["meta-data/instance-id"] == view["id"] and docs["user-data"] == SCRIPT
+    assert booted.run("metadata", "md-1", "meta-data/local-ipv4").stdout == view["ip"] + "\n"
+    assert view["id"] in booted.run("metadata", "md-1").stdout
+    proc = booted.run("metadata", "md-1", "meta-data/nope", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: instance md-1 has no metadata document")
+
+
 def test_user_data_runs_once_at_boot(booted: CloudCLI) -> None:
     assert "user-data-ran-md-1" in _console_until(booted, "md-1", "user-data-ran-md-1")
     iid = booted.json("show", "md-1")["id"]

@@ -28,7 +28,11 @@ from cloudlet.network.resource import NETWORK
 NET_A = Resource(NETWORK, "acme", "net", {"subnet": "127.0.1.0/24", "gateway": "127.0.1.1"}, id="neta")
 NET_B = Resource(NETWORK, "bolt", "net", {"subnet": "127.0.2.0/24", "gateway": "127.0.2.1"}, id="netb")
 STACK = Resource(
-    "Stack", "acme", "shop", {"flags": {"readonly": "true", "bad/key": "x"}}, status={"membership": {"web": []}}
+    "Stack",
+    "acme",
+    "shop",
+    {"document": {}, "flags": {"readonly": "true", "bad/key": "x"}},
+    status={"membership": {"web": []}},
 )
 
 

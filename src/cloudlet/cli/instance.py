@@ -238,6 +238,23 @@ def register(app: typer.Typer) -> None:
             sys.stderr.write(result["stderr"])
         raise typer.Exit(result["exit_code"])
 
+    @app.command()
+    def metadata(
+        name: str,
+        path: Annotated[str | None, typer.Argument(help="one document, e.g. meta-data/instance-id")] = None,
+        output: OutputOpt = Format.table,
+    ) -> None:
+        """Show what the instance reads from http://169.254.169.254/latest/ (every document, or the one at PATH)."""
+        docs: dict[str, str] = connect().get(f"/v1/instances/{name}/metadata")["documents"]
+        if path is None:
+            # a table shows each document's first line (user-data and JSON documents span several)
+            emit(docs if output != Format.table else {k: v.partition("\n")[0] for k, v in docs.items()}, output)
+            return
+        key = path.strip("/").removeprefix("latest/")
+        if key not in docs:
+            raise NotFound(f"instance {name} has no metadata document {key}; 'cloudlet metadata {name}' lists them")
+        sys.stdout.write(docs[key] if docs[key].endswith("\n") else docs[key] + "\n")
+
     @app.command("console")
     def console_(
         name: str,

@@ -35,13 +35,13 @@ __all__ = [
     "metadata_of",
     "Answer",
     "answer",
+    "documents",
     "Directory",
     "MetadataService",
 ]
 
 import hashlib
 import hmac
-import importlib
 import json
 import logging
 import os
@@ -60,8 +60,10 @@ from cloudlet.core.context import Records
 from cloudlet.core.errors import translate_errors
 from cloudlet.core.records import Resource
 from cloudlet.network.dns import dns_name
+from cloudlet.network.eips import public_ip
 from cloudlet.network.netns import run_in_netns
 from cloudlet.network.resource import NETWORK, NetworkSpec
+from cloudlet.stacks.resource import STACK, StackSpec, StackStatus
 
 log = logging.getLogger("cloudlet.metadata")
 
@@ -78,7 +80,6 @@ FRESH = 0.05  # an unknown source rebuilds an index older than this once, so a j
 DIGITS = re.compile(r"^[0-9]{1,12}$")
 VERSION = re.compile(r"^(latest|1\.0|\d{4}-\d{2}-\d{2})$")
 TAG_KEY = re.compile(r"^[A-Za-z0-9+=._:-]+$")  # what EC2 shows of tags in metadata: no '/', nothing empty
-STACK_KIND = "Stack"  # stacks/resource.py; read from the records by name so metadata works without that domain
 
 NFT = f"""
 table ip cl_meta
@@ -111,25 +112,13 @@ class InstanceMetadata:
     user_data: str | None = None
 
 
-def _public_ip(records: Records, instance_id: str) -> str | None:
-    """The elastic IP associated with the instance, from network/eips.py when that domain is there."""
-    try:
-        eips = importlib.import_module("cloudlet.network.eips")
-    except ImportError:
-        return None
-    lookup = getattr(eips, "public_ip", None)
-    found = lookup(records, instance_id) if lookup is not None else None
-    return str(found) if found else None
-
-
 def metadata_of(records: Records, inst: Resource, default_zone: str = "zone-a") -> InstanceMetadata:
     spec, status = InstanceSpec.of(inst), InstanceStatus.of(inst)
     zone = inst.zone or default_zone
     net = records.get_by_id(spec.network_id)
     hostname = status.dns_name or dns_name(inst.name, net.name if net else spec.network, zone)
     owner = records.get_by_id(inst.owner) if inst.owner else None
-    stack = owner if owner is not None and owner.kind == STACK_KIND else None
-    flags = (stack.spec.get("flags") or {}) if stack else {}
+    stack = owner if owner is not None and owner.kind == STACK else None
     return InstanceMetadata(
         instance_id=inst.id,
         name=inst.name,
@@ -139,10 +128,10 @@ def metadata_of(records: Records, inst: Resource, default_zone: str = "zone-a") 
         image=spec.image,
         tenant=inst.tenant,
         tags={k: v for k, v in inst.labels.items() if TAG_KEY.match(k)},
-        public_ipv4=_public_ip(records, inst.id),
-        flags={str(k): str(v) for k, v in flags.items() if TAG_KEY.match(str(k))},
+        public_ipv4=public_ip(records, inst.id),
+        flags={k: v for k, v in StackSpec.of(stack).flags.items() if TAG_KEY.match(k)} if stack else {},
         stack=stack.name if stack else None,
-        membership=dict((stack.status.get("membership") or {}) if stack else {}),
+        membership=dict(StackStatus.of(stack).membership) if stack else {},
         user_data=spec.user_data,
     )
 
@@ -190,6 +179,21 @@ def _tree(md: InstanceMetadata) -> dict[str, Any]:
     if md.user_data is not None:
         tree["user-data"] = md.user_data
     return tree
+
+
+def documents(md: InstanceMetadata) -> dict[str, str]:
+    """Every document under /latest/ by its path: what `cloudlet metadata` shows."""
+    out: dict[str, str] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in sorted(node.items()):
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}/")
+            else:
+                out[prefix + key] = value
+
+    walk(_tree(md), "")
+    return out
 
 
 def answer(md: InstanceMetadata, path: str) -> Answer:

@@ -19,6 +19,7 @@ from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, Forbidden
 from cloudlet.core.labels import Selector
+from cloudlet.network.metadata import documents, metadata_of
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
@@ -96,6 +97,14 @@ def console(
     empty = {"output": "", "offset": 0, "next_offset": 0, "size": 0}
     page = cloud.hosts.agent(res.host).console_log(res.id, offset, limit) if res.host else empty
     return {"name": name, **page}
+
+
+@router.get("/{name}/metadata")
+def metadata(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """What the instance reads from http://169.254.169.254/latest/ (served by its host's agent): every document by
+    its path under /latest/."""
+    res = cloud.store.get(instances.KIND, who.tenant, name)
+    return {"name": name, "documents": documents(metadata_of(cloud.store, res, res.zone or cloud.config.zone))}
 
 
 @router.delete("/{name}", status_code=202)
