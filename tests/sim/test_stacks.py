@@ -171,6 +171,8 @@ def test_flags_and_name_conflicts(sim: SimCloud) -> None:
     settle(sim)
     stack = stacks.set_flags(sim.cloud, ADMIN, "shop", {"beta": "on", "color": None})
     assert stack.spec["flags"] == {"beta": "on"}
+    recolored = stacks.plan_stack(sim.cloud, ADMIN, doc(web=1).replace("color: blue", "color: red"))
+    assert recolored["stack_op"] == "update" and recolored["stack_fields"] == ["flags.color"]
     stacks.apply_stack(sim.cloud, ADMIN, doc(web=1).replace("color: blue", "color: red"))
     assert sim.cloud.store.get(stacks.KIND, "admin", "shop").spec["flags"] == {"beta": "on", "color": "red"}
     other = "name: other\nlayers:\n  web: {count: 1}\n"

@@ -34,7 +34,11 @@ def _read(path: Path) -> str:
 
 def _print_plan(view: dict[str, Any]) -> None:
     if view["stack_op"] != "unchanged":
-        say(f"{SYMBOL.get(view['stack_op'], '~')} stack {view['stack']}")
+        fields = view.get("stack_fields") or []
+        say(
+            f"{SYMBOL.get(view['stack_op'], '~')} stack {view['stack']}"
+            + (f"  ({', '.join(fields)})" if fields else "")
+        )
     for a in view["actions"]:
         line = f"{SYMBOL[a['op']]:>3} {a['kind'].lower()} {a['name']}"
         changes = a.get("changes") or {}

@@ -148,13 +148,20 @@ def _plan_view(doc: StackDoc, stack: Resource | None, actions: list[Action]) -> 
     summary = {op: 0 for op in ("create", "update", "replace", "delete", "unchanged")}
     for a in actions:
         summary[a.op] += 1
-    stack_op = (
-        "create"
-        if stack is None
-        else ("unchanged" if StackSpec.of(stack).document == doc.model_dump(mode="json") else "update")
-    )
+    fields = [] if stack is None else _diff(StackSpec.of(stack).document, doc.model_dump(mode="json"))
+    stack_op = "create" if stack is None else ("update" if fields else "unchanged")
     changed = [a.view() for a in actions if a.op != "unchanged"]
-    return {"stack": doc.name, "stack_op": stack_op, "actions": changed, "summary": summary}
+    return {"stack": doc.name, "stack_op": stack_op, "stack_fields": fields, "actions": changed, "summary": summary}
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """The paths where two documents differ (layers.web.hooks.setup), at most 20."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return out[:20]
+    return [] if old == new else [path or "(document)"]
 
 
 def plan_stack(cloud: Cloud, caller: Caller, text: str) -> dict[str, Any]:
