@@ -160,6 +160,20 @@ def test_invalid_documents_name_line_and_field(demo: CloudCLI, tmp_path: Path) -
     assert '"additionalProperties": false' in schema
 
 
+def test_a_failed_setup_keeps_the_instance_out_of_service(demo: CloudCLI, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nlayers:\n  b:\n    memory: 32\n    hooks: {setup: 'echo no disk; exit 3'}\n")
+    proc = demo.run("stack", "apply", str(broken), "--wait", check=False, timeout=120)
+    assert proc.returncode == 1 and "b-1 failed: setup exited 3: no disk" in proc.stderr, proc.stderr
+    assert demo.json("show", "b-1")["labels"]["cloudlet.io/lifecycle"] == "failed"
+    port = demo.json("info")["ports"]["dns@local"]
+    reply = DNSRecord.parse(DNSRecord.question("b.broken.cloudlet").send("127.0.0.1", port, timeout=2))
+    assert reply.header.rcode == 3  # NXDOMAIN: no healthy member
+    events = demo.run("events", "broken").stdout
+    assert "HookFailed" in events and "setup on b-1: exit 3" in events, events
+    demo.run("stack", "delete", "broken", "--wait", timeout=120)
+
+
 def test_scaling_down_removes_the_newest_and_reconfigures(demo: CloudCLI, tmp_path: Path) -> None:
     ips = _ips(demo)
     smaller = tmp_path / "smaller.yaml"

@@ -3,7 +3,7 @@ their host agent's exec, each with the stack's current membership in its environ
 
 from __future__ import annotations
 
-__all__ = ["HookRun", "hook_env", "run_hook", "run_many", "TIMEOUT"]
+__all__ = ["HookRun", "hook_env", "run_hook", "run_many", "TIMEOUT", "UNREACHED"]
 
 import json
 import logging
@@ -18,6 +18,7 @@ from cloudlet.core.records import Resource
 log = logging.getLogger("cloudlet.stacks")
 TIMEOUT = 600.0  # a hook may install packages; the cloud's exec cap still applies
 PARALLEL = 8  # hooks of one event run on this many instances at once
+UNREACHED = -1  # the exit code of a hook that did not run: the agent did not answer, or the instance is not running
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def hook_env(
 
 
 def run_hook(cloud: Cloud, inst: Resource, event: str, script: str, env: dict[str, str]) -> HookRun:
-    """Runs `script` with sh inside `inst`; a failure to reach it counts as a failed hook (exit code -1)."""
+    """Runs `script` with sh inside `inst`; exit code UNREACHED if it could not be run at all."""
     argv = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), "sh", "-c", script]
     timeout = min(TIMEOUT, cloud.config.exec_max_timeout)
     try:
@@ -59,7 +60,7 @@ def run_hook(cloud: Cloud, inst: Resource, event: str, script: str, env: dict[st
             raise CloudletError(f"instance {inst.name} is not placed")
         result = cloud.hosts.agent(inst.host).exec_instance(inst.id, argv, timeout)
     except CloudletError as exc:
-        return HookRun(inst.name, event, -1, exc.message)
+        return HookRun(inst.name, event, UNREACHED, exc.message)
     output = (result.get("stdout") or "") + (result.get("stderr") or "")
     return HookRun(inst.name, event, int(result["exit_code"]), output[-2000:])
 

@@ -584,8 +584,11 @@ class StackReconciler(KindReconciler):
         deploy_runs = self._run_event(res, doc, "deploy", deployable, membership)
         for inst in booting:
             member = status.members[inst.name]
-            member.started_at = InstanceStatus.of(inst).started_at
             failed = next((r for r in (setup_runs.get(inst.name), deploy_runs.get(inst.name)) if r and not r.ok), None)
+            if failed is not None and failed.exit_code == hooks.UNREACHED:
+                busy = True  # its agent did not answer, or it stopped meanwhile: not the hook's failure; again later
+                continue
+            member.started_at = InstanceStatus.of(inst).started_at
             if failed is not None:
                 member.state = "failed"
                 member.message = f"{failed.event} exited {failed.exit_code}: {failed.output.strip()[-200:]}"
