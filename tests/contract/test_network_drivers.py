@@ -17,6 +17,7 @@ from cloudlet.network.drivers.base import NetworkDriver, PortSpec, short
 from cloudlet.network.drivers.fake import FakeNetworkDriver
 from cloudlet.network.drivers.linux import LinuxNetworkDriver
 from cloudlet.network.netns import NETNS_DIR
+from cloudlet.network.nft_secgroups import render_antispoof, render_ingress
 
 
 def _netns_of(cloud_id: str) -> list[str]:
@@ -124,6 +125,33 @@ def test_linux_ports_reach_their_own_network_only(net: NetworkDriver) -> None:
         cmd = ["ip", "netns", "exec", ns, "ping", "-c1", "-W1", ports[dst].address]
         return subprocess.run(cmd, capture_output=True, timeout=10).returncode
 
+    assert ping("a1", "a2") != 0, "a new port lets nothing in before its security groups' rules are loaded"
+    group = "g" * 26  # one security group holding the three ports: members reach each other
+    table = render_ingress([(group, [])], {group: [p.address for p in ports.values()]})
+    for port in ports.values():
+        net.apply_ruleset("secgroups", table, port.instance_id)
     assert ping("a1", "a2") == 0, "two ports on one network must reach each other"
     assert ping("a2", "a1") == 0
     assert ping("a1", "b1") != 0, "a port must not reach a port on another network"
+
+
+def test_apply_ruleset_loads_in_the_hub_and_in_ports(net: NetworkDriver) -> None:
+    nid, iid = _rid(), _rid()
+    sub = _subnet()
+    net.ensure_network(nid, f"{sub}.1", 24)
+    net.ensure_port(PortSpec(iid, nid, f"{sub}.2", 24, f"{sub}.1"))
+    net.apply_ruleset("secgroups", render_antispoof({iid: f"{sub}.2"}))
+    net.apply_ruleset("secgroups", render_ingress([], {}), iid)
+    net.apply_ruleset("secgroups", render_ingress([], {}), _rid())  # a port that does not exist: skipped
+    net.apply_ruleset("secgroups", render_antispoof({}))  # a reload replaces the table
+    if isinstance(net, LinuxNetworkDriver):
+        hub = subprocess.run(
+            ["ip", "netns", "exec", net.hub, "nft", "list", "table", "bridge", "cl_sg"], capture_output=True, text=True
+        )
+        assert hub.returncode == 0 and "p_" not in hub.stdout
+        port = subprocess.run(
+            ["ip", "netns", "exec", net.port_prefix + iid, "nft", "list", "table", "inet", "cl_sg"],
+            capture_output=True,
+            text=True,
+        )
+        assert "policy drop" in port.stdout
