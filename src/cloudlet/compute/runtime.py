@@ -237,6 +237,10 @@ class InstanceReconciler(KindReconciler):
         if info.state != InstanceState.RUNNING:
             set_state(records, res, "starting", run_nonce=nonce, restarts=restarts, message="init exited at start")
             raise RuntimeError(f"instance {res.name} did not stay running")
+        if info is not observed and res.phase == "running":
+            # a restart would keep the phase, and the agent's cache tells watchers only of phase changes: without
+            # this the security-group plumber missed the new netns, which denied all ingress until its resync
+            set_state(records, res, "starting", run_nonce=nonce, restarts=restarts)
         set_state(
             records,
             res,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["LinuxNetworkDriver"]
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -44,6 +45,15 @@ table inet cloudlet {{
     }}
 }}
 """
+
+
+def _mac(key: str) -> str:
+    """A fixed locally administered unicast MAC for `key`. A bridge otherwise takes the lowest MAC of its ports and a
+    veth a random one at every start: an instance's restart then changed the gateway's (or its own) MAC under
+    every neighbour's ARP cache, and DNS and traffic to it stopped for up to ~30 s until the entries expired."""
+    b = bytearray(hashlib.sha256(key.encode()).digest()[:6])
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
 class LinuxNetworkDriver(NetworkDriver):
@@ -109,12 +119,15 @@ class LinuxNetworkDriver(NetworkDriver):
     def ensure_network(self, network_id: str, gateway: str, prefixlen: int) -> None:
         self.ensure_hub()
         br = f"br{short(network_id)}"
+        mac = _mac(f"bridge {network_id}")
 
         def plumb(ns: IPRoute) -> None:
             idx = ns.link_lookup(ifname=br)
             if not idx:
                 ns.link("add", ifname=br, kind="bridge")
                 idx = ns.link_lookup(ifname=br)
+            if ns.get_links(idx[0])[0].get_attr("IFLA_ADDRESS") != mac:
+                ns.link("set", index=idx[0], address=mac)  # set, not inherited: a port leaving cannot change it
             addrs = {a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=idx[0])}
             if gateway not in addrs:
                 ns.addr("add", index=idx[0], address=gateway, prefixlen=prefixlen)
@@ -162,7 +175,9 @@ class LinuxNetworkDriver(NetworkDriver):
             if not self._in(name, lambda inst: inst.link_lookup(ifname="eth0")):
                 if hub.link_lookup(ifname=veth):
                     hub.link("del", index=hub.link_lookup(ifname=veth)[0])
-                hub.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": name})
+                # eth0's MAC follows its address, so a restarted instance is where its neighbours' ARP caches say
+                mac = _mac(f"port {port.network_id} {port.address}")
+                hub.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": name, "address": mac})
             hub.link("set", index=hub.link_lookup(ifname=veth)[0], master=bridge[0], state="up")
 
         def inside(inst: IPRoute) -> None:
