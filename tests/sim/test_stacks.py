@@ -12,11 +12,14 @@ import pytest
 from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.context import Caller
-from cloudlet.core.errors import BadRequest, Conflict
+from cloudlet.core.errors import BadRequest, Conflict, NotFound
+from cloudlet.core.kinds import TENANT
+from cloudlet.core.records import Resource
 from cloudlet.network.dns import Resolver, View
 from cloudlet.resilience.sim import SimCloud
 from cloudlet.stacks import stacks
 from cloudlet.stacks.resource import IN_SERVICE, LIFECYCLE_LABEL, STACK_LABEL, StackStatus
+from cloudlet.storage.resource import TenantSpec
 from tests.helpers import fake_cloud
 
 ADMIN = Caller("admin", "admin")
@@ -270,3 +273,24 @@ layers:
     # the same packages in another order are the same image: nothing to change
     reordered = text.replace("[python3, curl]", "[curl, python3]")
     assert stacks.plan_stack(sim.cloud, ADMIN, reordered)["actions"] == []
+
+
+def test_a_tenants_stack_is_its_own(sim: SimCloud) -> None:
+    for slot, name in enumerate(("acme", "other"), 1):
+        sim.cloud.store.create(Resource(kind=TENANT, tenant=name, name=name, spec=TenantSpec(uid_slot=slot).dump()))
+    acme, other = Caller("acme"), Caller("other")
+    text = "name: shop\nlayers:\n  web: {count: 2, memory: 32}\n"
+    stacks.apply_stack(sim.cloud, acme, text)
+    settle(sim)
+    assert sim.cloud.store.get(stacks.KIND, "acme", "shop").phase == "ready"
+    with pytest.raises(NotFound):
+        stacks.set_flags(sim.cloud, other, "shop", {"x": "y"})
+    with pytest.raises(NotFound):
+        stacks.delete_stack(sim.cloud, other, "shop")
+    # the other tenant's stack of the same name and layers is its own: names are unique per tenant
+    stacks.apply_stack(sim.cloud, other, text)
+    settle(sim)
+    assert sorted(r.tenant for r in sim.cloud.store.list(INSTANCE) if r.name == "web-1") == ["acme", "other"]
+    resolver = Resolver(sim.cloud.store)
+    mine = {r.status["ip"] for r in sim.cloud.store.list(INSTANCE, tenant="acme")}
+    assert set(resolver.lookup("web.shop.cloudlet", "A", View("acme"))[1]) == mine
