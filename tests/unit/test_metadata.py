@@ -195,7 +195,7 @@ def test_server_answers_keep_alive_and_bounds(server: tuple[str, int]) -> None:
     with _connect(server) as s:  # two requests on one connection
         s.sendall(b"GET /latest/meta-data/local-ipv4 HTTP/1.1\r\n\r\n")
         assert s.recv(4096).endswith(b"127.0.1.10")
-        s.sendall(b"GET /latest/meta-data/hostname HTTP/1.1\r\nConnection: close\r\n\r\n")
+        s.sendall(b"\r\nGET /latest/meta-data/hostname HTTP/1.1\r\nConnection: close\r\n\r\n")  # a stray CRLF first
         assert _recv_all(s).endswith(b"a-1.net.zone-a.cloudlet")
     with _connect(server) as s:  # an oversize head: 431, closed, nothing more read
         s.sendall(b"GET / HTTP/1.1\r\nX: " + b"a" * (4 * HEAD_MAX))

@@ -262,6 +262,7 @@ class _TooLarge(Exception):
 def _read_head(conn: socket.socket, buf: bytes, deadline: float) -> tuple[bytes | None, bytes]:
     """One request head (up to the blank line) and what followed it; None at a clean end of stream. Raises
     TimeoutError once the deadline passes (a trickle does not extend it), _TooLarge past HEAD_MAX."""
+    buf = buf.lstrip(b"\r\n")  # empty lines before a request line are ignored (RFC 9112 2.2)
     while b"\r\n\r\n" not in buf:
         if len(buf) > HEAD_MAX:
             raise _TooLarge
@@ -272,7 +273,7 @@ def _read_head(conn: socket.socket, buf: bytes, deadline: float) -> tuple[bytes 
         chunk = conn.recv(4096)
         if not chunk:
             return None, b""
-        buf += chunk
+        buf = (buf + chunk).lstrip(b"\r\n")
     head, _, rest = buf.partition(b"\r\n\r\n")
     if len(head) > HEAD_MAX:
         raise _TooLarge
