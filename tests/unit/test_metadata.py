@@ -209,7 +209,8 @@ def test_connections_are_capped_per_source_and_time_out(server: tuple[str, int])
     held = [_connect(server) for _ in range(PER_SOURCE)]
     time.sleep(0.2)
     extra = _connect(server)
-    assert extra.recv(1) == b""  # closed at once
+    extra.settimeout(1.0)
+    assert extra.recv(1) == b""  # closed at once, not after the idle timeout
     extra.close()
     assert _get(server, "/", source="127.0.1.11").startswith(b"HTTP/1.1 404 ")  # another address is served
     started = time.monotonic()
@@ -218,3 +219,24 @@ def test_connections_are_capped_per_source_and_time_out(server: tuple[str, int])
     for s in held:
         s.close()
     assert _get(server, "/latest/meta-data/instance-id").endswith(A1.id.encode())
+
+
+def test_one_tenant_holds_at_most_half_of_the_connections(records: Records) -> None:
+    b2 = _instance("bolt", "b-2", NET_A, "127.0.1.20")  # another tenant behind the same gateway (loopback has one)
+    records.records += [_instance("acme", "a-2", NET_A, "127.0.1.11"), b2]
+    svc = MetadataService(records, max_connections=2 * PER_SOURCE)  # type: ignore[arg-type]
+    sock = metadata._listen("127.0.1.1", 0)
+    svc.serve(sock)
+    server = sock.getsockname()
+    try:
+        held = [_connect(server, "127.0.1.10") for _ in range(PER_SOURCE)]  # acme's half
+        time.sleep(0.2)
+        other = _connect(server, "127.0.1.11")  # acme's other instance: over its tenant's half
+        other.settimeout(1.0)  # closed at once, not after the idle timeout
+        assert other.recv(1) == b""
+        other.close()
+        assert _get(server, "/latest/meta-data/instance-id", source="127.0.1.20").endswith(b2.id.encode())
+        for s in held:
+            s.close()
+    finally:
+        svc.stop()

@@ -15,9 +15,10 @@ stack's flags) and stack/ (the stack's name and membership); `user-data` (404 wh
 X-aws-ec2-metadata-token-ttl-seconds gives a token bound to the instance and its address; a GET that carries a
 token must carry a valid one, a GET without one is answered too (v1).
 
-Bounds: at most `MAX_CONNECTIONS` connections (each a thread), `PER_SOURCE` from one address (beyond that a new
-connection is closed at once), a request head of at most `HEAD_MAX` bytes (431) and no body (413), closed after
-`IDLE_TIMEOUT` without a whole request or after `MAX_LIFETIME` however busy.
+Bounds: at most `MAX_CONNECTIONS` connections (each a thread), `PER_SOURCE` from one address and half of them
+from one tenant's instances (or from unknown sources), beyond which a new connection is closed at once; a
+request head of at most `HEAD_MAX` bytes (431) and no body (413); closed after `IDLE_TIMEOUT` without a whole
+request or after `MAX_LIFETIME` however busy.
 """
 
 from __future__ import annotations
@@ -340,14 +341,15 @@ Identify = Callable[[str, str], Resource | None]  # (gateway reached, source add
 class MetadataService:
     """The HTTP server: one accepting thread, one thread per connection (see the module docstring)."""
 
-    def __init__(self, records: Records, default_zone: str = "zone-a") -> None:
+    def __init__(self, records: Records, default_zone: str = "zone-a", max_connections: int = MAX_CONNECTIONS) -> None:
         self.records = records
         self.default_zone = default_zone
         self.directory = Directory(records)
         self.identify: Identify = self.directory.instance_at
         self.hub: str | None = None
         self._secret = os.urandom(32)  # signs IMDSv2 tokens; they die with the agent, as EC2's die with a reboot
-        self._conns: dict[socket.socket, str] = {}  # -> source address
+        self.max_connections = max_connections
+        self._conns: dict[socket.socket, tuple[str, str | None]] = {}  # -> (source address, tenant)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -395,12 +397,18 @@ class MetadataService:
         except BlockingIOError:
             return
         source = peer[0]
+        inst = self.identify(conn.getsockname()[0], source)
+        tenant = inst.tenant if inst is not None else None  # unknown sources share one tenant's share
         with self._lock:
             held = list(self._conns.values())
-            if len(held) >= MAX_CONNECTIONS or held.count(source) >= PER_SOURCE:
+            if (
+                len(held) >= self.max_connections
+                or sum(src == source for src, _ in held) >= PER_SOURCE
+                or 2 * sum(t == tenant for _, t in held) >= self.max_connections
+            ):
                 conn.close()
                 return
-            self._conns[conn] = source
+            self._conns[conn] = (source, tenant)
         threading.Thread(target=self._serve_conn, args=(conn, source), name="metadata-conn", daemon=True).start()
 
     def _serve_conn(self, conn: socket.socket, source: str) -> None:
