@@ -49,6 +49,34 @@ def fetch_from_netns(netns: str, ip: str, port: int) -> str:
     ).stdout
 
 
+UDP_PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"probe")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")  # the port unreachable of dst's stack: the datagram got in (nothing listens there)
+except TimeoutError:
+    print("silent")
+"""
+
+
+def udp_gets_in(netns: str, ip: str, port: int) -> bool:
+    cmd = ["nsenter", f"--net={NETNS_DIR}/{netns}", "python3", "-c", UDP_PROBE, ip, str(port)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    assert out in ("refused", "silent"), out
+    return out == "refused"
+
+
+def ping_gets_in(netns: str, ip: str) -> bool:
+    cmd = ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+
 def reaches(cloud: CloudCLI, src: str, dst: str, port: int) -> bool:
     return fetch(cloud, src, dst, port) is not None
 
@@ -106,6 +134,21 @@ def test_cidr_rule_lets_in_that_address_only(sg: CloudCLI) -> None:
     rid = next(r["id"] for r in view["rules"] if r["cidr"] == f"{a_ip}/32")
     sg.run("secgroup", "rule", "delete", "web", rid)
     until(lambda: not reaches(sg, "a", "c", 80))
+
+
+def test_udp_and_icmp_rules(sg: CloudCLI) -> None:
+    a, b, c = (sg.json("show", n) for n in ("a", "b", "c"))
+    a_ns = f"cl-{sg.cloud_id()}-i-{a['id']}"
+    assert udp_gets_in(a_ns, b["ip"], 5353) and ping_gets_in(a_ns, b["ip"])  # controls: same group
+    assert not udp_gets_in(a_ns, c["ip"], 5353) and not ping_gets_in(a_ns, c["ip"])
+    udp = sg.json("secgroup", "rule", "add", "web", "udp", "5000-6000", "--source-group", "default")
+    until(lambda: udp_gets_in(a_ns, c["ip"], 5353))
+    assert not udp_gets_in(a_ns, c["ip"], 7000) and not ping_gets_in(a_ns, c["ip"])
+    icmp = sg.json("secgroup", "rule", "add", "web", "icmp", "--cidr", f"{a['ip']}/32")
+    until(lambda: ping_gets_in(a_ns, c["ip"]))
+    for view in (udp, icmp):
+        sg.run("secgroup", "rule", "delete", "web", view["rules"][-1]["id"])
+    until(lambda: not ping_gets_in(a_ns, c["ip"]) and not udp_gets_in(a_ns, c["ip"], 5353))
 
 
 def test_attach_detach_on_a_running_instance(sg: CloudCLI) -> None:
