@@ -211,9 +211,9 @@ class Outside:
             f"/sys/class/net/{self.host_link}"
         )
 
-    def ensure(self) -> None:
+    def ensure(self, rebuild: bool = False) -> None:
         """Makes the outside netns, its links and routes if missing (a partial one from a crash is rebuilt)."""
-        if self._complete():
+        if self._complete() and not rebuild:
             return
         self.teardown()
         sl, ns, hub = self.slice, self.netns, self.hub

@@ -84,10 +84,11 @@ class LinuxNetworkDriver(NetworkDriver):
 
     def ensure_hub(self) -> None:
         with self._lock, translate_errors("creating the hub network namespace"):
-            if not self._exists(self.hub):
+            made = not self._exists(self.hub)
+            if made:
                 self._make_hub()
             if self.outside is not None:
-                self.outside.ensure()
+                self.outside.ensure(rebuild=made)  # a new hub has lost its end of the outside link
 
     def _make_hub(self) -> None:
         subprocess.run(["ip", "netns", "add", self.hub], check=True, capture_output=True)
