@@ -1,9 +1,10 @@
 """Linux network plumbing: kernel bridges, veths and namespaces (pyroute2) and nftables.
 
 The Linux driver keeps every cloudlet interface inside one "hub" network namespace per cloud
-(`cl-<cloud>-hub`): one bridge per network holding the gateway address, no uplink, forwarding off and an nft
-table that drops forwarded packets and packets for a gateway address of another bridge than they came in on. So instances reach their own network and the gateway (DNS) and nothing
-else: not other networks, not the machine's uplink. Each instance gets its own netns `cl-<cloud>-i-<id>` with
+(`cl-<cloud>-hub`): one bridge per network holding the gateway address, no uplink, and an nft table that drops
+forwarded packets (but those to and from the outside namespace, network/outside.py) and packets for a gateway
+address of another bridge than they came in on. So instances reach their own network, the gateway (DNS) and, with
+an EIP or egress, the outside's range, and nothing else: not other networks, not the machine's uplink. Each instance gets its own netns `cl-<cloud>-i-<id>` with
 a veth `eth0` whose peer sits on the network's bridge.
 """
 
