@@ -97,6 +97,15 @@ def test_user_data_runs_once_at_boot(booted: CloudCLI) -> None:
     assert _wget(booted, "md-2", "http://md-1/") == "hello from md-1\n"  # then the image's command ran
 
 
+def test_cloud_config_without_cloud_init_is_not_run(booted: CloudCLI, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("#cloud-config\nruncmd: [touch, /root/ran]\n")
+    booted.run("launch", "busybox", "md-cc", "--wait", "--memory", "32", "--user-data", str(config))
+    assert "is no script" in _console_until(booted, "md-cc", "is no script")
+    assert _wget(booted, "md-cc", f"{BASE}/user-data") == config.read_text()  # still served, for tools that read it
+    booted.run("delete", "md-cc", "--wait")
+
+
 def test_nocloud_seed_is_present_and_read_only(booted: CloudCLI) -> None:
     iid = booted.json("show", "md-1")["id"]
     seed = "/var/lib/cloud/seed/nocloud"

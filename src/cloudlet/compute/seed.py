@@ -41,6 +41,7 @@ else
             : > "/var/lib/cloudlet-boot/$id.done"
         fi
         ;;
+    *) echo "cloudlet-boot: the user-data is no script (#!...) and this image has no cloud-init: not run" ;;
     esac
 fi
 exec "$@"

@@ -144,7 +144,7 @@ class Answer:
     content_type: str = "text/plain"
 
 
-def identity_document(md: InstanceMetadata) -> dict[str, Any]:
+def _identity_document(md: InstanceMetadata) -> dict[str, Any]:
     return {
         "instanceId": md.instance_id,
         "imageId": md.image,
@@ -175,7 +175,7 @@ def _tree(md: InstanceMetadata) -> dict[str, Any]:
         meta["stack"] = {"name": md.stack, "membership": json.dumps(md.membership, sort_keys=True)}
     tree: dict[str, Any] = {
         "meta-data": meta,
-        "dynamic": {"instance-identity": {"document": json.dumps(identity_document(md), indent=2)}},
+        "dynamic": {"instance-identity": {"document": json.dumps(_identity_document(md), indent=2)}},
     }
     if md.user_data is not None:
         tree["user-data"] = md.user_data
