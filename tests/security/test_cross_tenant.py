@@ -38,6 +38,7 @@ import pytest
 import cloudlet.domains  # noqa: F401  registers every kind
 from cloudlet.core.kinds import kinds
 from cloudlet.core.records import new_id
+from cloudlet.network.secgroups import rule_id
 from tests.conftest import CloudCLI, running_cloud
 from tests.s3 import s3_server
 
@@ -191,6 +192,9 @@ def _make_victims(world: World, s3: str) -> None:
     _ok(a.post("/v1/instances", json={"name": "acme-web", "image": "busybox", "network": "acme-net", "labels": lab}))
     _ok(a.post("/v1/volumes", json={"name": "acme-vol", "size_gib": 1, "labels": lab}))
     _ok(a.post("/v1/volumes", json={"name": "acme-spare", "size_gib": 1, "labels": lab}))
+    if "/v1/secgroups" in world.schema["paths"]:
+        rule = {"protocol": "tcp", "ports": "80", "cidr": "0.0.0.0/0"}
+        _ok(a.post("/v1/secgroups", json={"name": "acme-sg", "labels": lab, "rules": [rule]}))
     _ok(admin.post("/v1/networks", json={"name": "root-net"}))
     _ok(admin.post("/v1/volumes", json={"name": "root-vol", "size_gib": 1}))
     # B's own things, to aim A's at
@@ -280,7 +284,11 @@ BODIES: dict[tuple[str, str], list[Any]] = {
     ("PATCH", "/v1/{kinds}/{name}/labels"): [{"set": {"pwned": "yes"}, "remove": ["owner"]}],
     ("PUT", "/v1/tenants/{name}/quota"): [{"volumes": 0, "volume_gib": 0, "snapshots": 0}],
     ("POST", "/v1/hosts/{name}/heartbeat"): [{}],
+    ("POST", "/v1/secgroups/{name}/rules"): [{"protocol": "tcp", "ports": "22", "cidr": "0.0.0.0/0"}],
+    ("POST", "/v1/secgroups/{name}/members"): [{"instance": "bravo-web"}],
 }
+# Path parameters besides {name} and {kinds}: B's own instance, A's group's rule (the id of tcp 80 from anywhere)
+OTHER_PARAMS = {"instance": "bravo-web", "rule_id": rule_id("tcp", "80", "0.0.0.0/0", None)}
 # Routes that make the caller's own record under the name in their path (images are per tenant).
 CREATES_OWN = {("PUT", "/v1/images/{name}/rootfs")}
 # Whose names other {name} routes take: shared kinds B may never touch (only the admin, or the agent of the host).
@@ -397,6 +405,8 @@ def route_probes(world: World) -> list[tuple[Probe, Victim]]:
                         if by == "id" and v.id == v.name:
                             continue
                         path = route.replace("{kinds}", plural).replace("{name}", value)
+                        for param, other in OTHER_PARAMS.items():
+                            path = path.replace("{" + param + "}", other)
                         if "{" in path:
                             unknown.append(f"{method.upper()} {route}: parameter {path}")
                             continue
@@ -499,6 +509,13 @@ def _body_probes(world: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/v1/snapshots", {"source": "root-vol", "name": "bravo-p7"}),
         ("POST", "/v1/volumes/bravo-vol/attach", {"instance": "acme-web", "path": "/mnt/in-a"}),
     ]
+    if "/v1/secgroups" in world.schema["paths"]:
+        probes += [
+            ("POST", "/v1/instances", {"name": "bravo-p12", "image": "busybox", "secgroups": ["acme-sg"]}),
+            ("POST", "/v1/secgroups", {"name": "bravo-sg", "rules": [{"protocol": "all", "source_group": "acme-sg"}]}),
+            ("POST", "/v1/secgroups/default/rules", {"protocol": "all", "source_group": "acme-sg"}),
+            ("POST", "/v1/secgroups/default/members", {"instance": "acme-web"}),
+        ]
     if not world.no_backups:
         probes += [
             ("POST", "/v1/backups", {"source": "acme-snap", "target": "bravo-s3", "name": "bravo-p8"}),
