@@ -174,3 +174,25 @@ def test_plumber_loads_tables_on_the_fake_driver(sim: SimCloud) -> None:
     sim.run_until_idle()
     table = net.rulesets[("secgroups", w1.id)]
     assert "udp dport 53" in table and str(ips["other"]) in table and f"jump sg_{web.id}" in table
+
+
+def test_a_burst_of_changes_is_one_load_per_table(sim: SimCloud) -> None:
+    cloud, me = sim.cloud, Caller("admin", "admin")
+    instances.launch(cloud, me, instances.InstanceCreate(name="w1", image="busybox"))
+    sim.run_until_idle()
+    net = sim.agents[sim.config.host].ctx.net
+    assert isinstance(net, FakeNetworkDriver)
+    loads: list[str | None] = []
+    apply = net.apply_ruleset
+
+    def counting(name: str, text: str, instance_id: str | None = None) -> None:
+        loads.append(instance_id)
+        apply(name, text, instance_id)
+
+    net.apply_ruleset = counting  # type: ignore[method-assign]
+    for port in range(8000, 8010):
+        secgroups.add_rule(cloud, me, "default", RuleCreate(protocol="tcp", ports=str(port), cidr="0.0.0.0/0"))
+    sim.run_until_idle()
+    w1 = cloud.store.get("Instance", "admin", "w1")
+    assert loads == [w1.id]  # ten rules, one load of w1's table; the hub's text did not change
+    assert "tcp dport 8009" in net.rulesets[("secgroups", w1.id)]
