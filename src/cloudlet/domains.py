@@ -15,6 +15,7 @@ from cloudlet.compute.runtime import InstanceReconciler
 from cloudlet.compute.scheduler import SchedulerReconciler
 from cloudlet.core.collect import OwnerCollector
 from cloudlet.core.context import Cloud, HostContext
+from cloudlet.lb.loadbalancers import LbPlacer, LoadBalancerReconciler
 from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
 from cloudlet.network.secgroups import SecurityGroupPlumber
@@ -55,6 +56,12 @@ DOMAINS = (
         routers=("cloudlet.api.routes.storage",),
     ),
     Domain("stacks", control_plane=(StackReconciler,), routers=("cloudlet.api.routes.stacks",)),
+    Domain(
+        "lb",
+        control_plane=(LbPlacer,),
+        agent=(LoadBalancerReconciler,),
+        routers=("cloudlet.api.routes.lb",),
+    ),
     Domain(
         "system",
         control_plane=(lambda cloud: OwnerCollector(cloud.store),),

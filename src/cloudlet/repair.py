@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from cloudlet.compute.drivers.base import InstanceState
 from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
+from cloudlet.lb.resource import LOADBALANCER
 from cloudlet.network.resource import NETWORK
 from cloudlet.storage.names import disk_of
 
@@ -34,7 +35,8 @@ def scan(cloud: HostContext) -> list[Finding]:
     instances = {r.id: r for r in store.list(INSTANCE, host=cloud.host)}
     for iid in sorted(compute.list_instances() - instances.keys()):
         found.append(Finding("orphan", INSTANCE, iid, "", "container", "container files with no instance record"))
-    for iid in sorted(net.list_ports() - instances.keys()):
+    lbs = {r.id for r in store.list(LOADBALANCER, host=cloud.host)}  # an LB's netns is a port too
+    for iid in sorted(net.list_ports() - instances.keys() - lbs):
         found.append(Finding("orphan", INSTANCE, iid, "", "netns", "network namespace with no instance record"))
     for iid in sorted({d.removeprefix(disk_of("")) for d in cloud.pool.list(disk_of(""))} - instances.keys()):
         found.append(Finding("orphan", INSTANCE, iid, "", "disk", "root disk with no instance record"))

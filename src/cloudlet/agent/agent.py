@@ -36,6 +36,7 @@ from cloudlet.core.context import HostContext
 from cloudlet.core.errors import CloudletError, NotFound
 from cloudlet.core.reconcile import Manager
 from cloudlet.domains import DOMAINS
+from cloudlet.lb.loadbalancers import stop_all as stop_load_balancers
 from cloudlet.network.drivers.base import NetworkDriver
 from cloudlet.storage import usage
 from cloudlet.storage.names import volume_name
@@ -244,6 +245,7 @@ class Agent:
                 if InstanceStatus.of(res).state in ("running", "starting"):
                     set_state(self.cache, res, "stopped", run_nonce=None, pid=None, message="host shut down")
             compute.shutdown()
+        stop_load_balancers(self.ctx, purge)  # before their netns go
         self.ctx.net.teardown()
         self.ctx.pool.teardown(purge)
         try:

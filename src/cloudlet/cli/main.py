@@ -23,6 +23,7 @@ from cloudlet.cli import (
     image,
     instance,
     label,
+    lb,
     network,
     secgroup,
     snapshot,
@@ -43,6 +44,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(network.app, name="network")
+app.add_typer(lb.app, name="lb")
 app.add_typer(stack.app, name="stack")
 app.add_typer(secgroup.app, name="secgroup")
 app.add_typer(eip.app, name="eip")

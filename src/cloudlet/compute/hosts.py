@@ -41,6 +41,7 @@ from cloudlet.core.errors import BadRequest, Forbidden
 from cloudlet.core.records import Resource, check_name
 from cloudlet.core.store import Store
 from cloudlet.core.watch import Watch
+from cloudlet.lb.resource import LOADBALANCER
 from cloudlet.network.resource import ELASTIC_IP, NETWORK, SECGROUP
 from cloudlet.stacks.resource import STACK
 from cloudlet.storage.resource import BACKUP, BACKUP_TARGET, SNAPSHOT, VOLUME
@@ -50,7 +51,7 @@ log = logging.getLogger("cloudlet.hosts")
 # what an agent watches; Network, Image, BackupTarget, SecurityGroup and ElasticIP records are not placed on a host
 # but every host needs them
 HOSTLESS_KINDS = (NETWORK, IMAGE, BACKUP_TARGET, SECGROUP, ELASTIC_IP, STACK)  # Stack: metadata serves its flags
-AGENT_KINDS = (*HOSTLESS_KINDS, INSTANCE, VOLUME, SNAPSHOT, BACKUP)
+AGENT_KINDS = (*HOSTLESS_KINDS, INSTANCE, VOLUME, SNAPSHOT, BACKUP, LOADBALANCER)
 STALE_AFTER = 5.0  # seconds without a heartbeat before a host shows as not ready
 
 
