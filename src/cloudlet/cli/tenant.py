@@ -50,6 +50,7 @@ def quota(
     volumes: Annotated[int | None, typer.Option(help="most volumes")] = None,
     gib: Annotated[int | None, typer.Option(help="most GiB of volumes in all")] = None,
     snapshots: Annotated[int | None, typer.Option(help="most snapshots")] = None,
+    eips: Annotated[int | None, typer.Option(help="most elastic IPs")] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Set a tenant's quota (admin); limits not given stay as they are. Shows used and limit of each."""
@@ -62,6 +63,7 @@ def quota(
         "volumes": volumes,
         "volume_gib": gib,
         "snapshots": snapshots,
+        "eips": eips,
     }
     _emit_quota(connect().request("PUT", f"/v1/tenants/{name}/quota", json=limits), output)
 

@@ -22,6 +22,7 @@ __all__ = [
     "PUBLIC_MARK",
     "HUB_LINK",
     "Slice",
+    "EIP_POOL_SIZE",
     "pool_slice",
     "Outside",
     "render_public",
@@ -41,6 +42,7 @@ from cloudlet.network.netns import NETNS_DIR
 PUBLIC_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 POOL_SPACE = ipaddress.IPv4Network("198.18.0.0/16")  # the other half carries the transit links
 POOL_FILE = "eip-pool"
+EIP_POOL_SIZE = 253  # a slice's .1 to .253 (.254 is its egress address)
 PUBLIC_MARK = 0xE1  # set by cloudlet_public on forwarded packets allowed out; the hub's forward chain accepts it
 HUB_LINK = "out0"  # the hub's end of its link to the outside
 INTERNET_ADDRESS = "198.19.255.254"  # the outside's own address on lo, with the whole range's prefix (no slice has it)
@@ -93,7 +95,7 @@ class Slice:
         return str(self.pool.network_address + 254)
 
     def eip_candidates(self) -> list[str]:
-        return [str(self.pool.network_address + i) for i in range(1, 254)]
+        return [str(self.pool.network_address + i) for i in range(1, EIP_POOL_SIZE + 1)]
 
 
 def _routed_elsewhere(net: ipaddress.IPv4Network) -> bool:

@@ -20,6 +20,7 @@ from cloudlet.core.errors import Conflict
 from cloudlet.core.kinds import TENANT
 from cloudlet.core.records import JsonNumber, Name, Resource, check_name
 from cloudlet.network import ipam
+from cloudlet.network.outside import EIP_POOL_SIZE
 from cloudlet.storage.resource import TenantSpec
 
 router = APIRouter(prefix="/v1", tags=["system"])
@@ -101,6 +102,7 @@ class QuotaUpdate(BaseModel):
     volumes: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
     volume_gib: Annotated[int, Field(ge=0, le=1_000_000_000), JsonNumber] | None = None
     snapshots: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
+    eips: Annotated[int, Field(ge=0, le=EIP_POOL_SIZE), JsonNumber] | None = None  # a cloud's pool holds no more
 
 
 def _tenant_view(cloud: Cloud, name: str) -> dict[str, Any]:
