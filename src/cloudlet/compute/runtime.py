@@ -113,16 +113,10 @@ class InstanceReconciler(KindReconciler):
         zone = res.zone or self.ctx.zone
         fqdn = dns_name(res.name, net.name, zone)
         gateway = NetworkSpec.of(net).gateway
-        pool = self.ctx.pool
-        mounts = []
-        for vol in attached_to(self.ctx, res):
-            attachment = VolumeSpec.of(vol).attachment
-            if attachment:
-                mounts.append((str(pool.path(volume_name(vol.id))), attachment.path))
         launch = LaunchSpec(
             id=res.id,
             hostname=res.name,
-            rootfs=pool.path(disk_of(res.id)),
+            rootfs=self.ctx.pool.path(disk_of(res.id)),
             command=spec.command or ImageSpec.of(image).command,
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
@@ -130,7 +124,7 @@ class InstanceReconciler(KindReconciler):
             hosts=f"127.0.0.1\tlocalhost\n{ip}\t{fqdn} {res.name}\n",
             resolv_conf=(f"nameserver {gateway}\nsearch {net.name}.{zone}.{DOMAIN}\noptions timeout:1 attempts:2\n"),
             host=self.ctx.host,
-            mounts=tuple(mounts),
+            mounts=self._mounts(res),
             uid_base=spec.uid_base if self.ctx.compute.capabilities.real_processes else None,
             net_raw=spec.net_raw,
             meta_data=meta_data(res.id, fqdn),
@@ -138,6 +132,15 @@ class InstanceReconciler(KindReconciler):
         )
         source = snapshot_name(spec.from_snapshot_id) if spec.from_snapshot_id else volume_of(image)
         return _Plan(launch, net, ip, fqdn, source, spec.disk_gib)
+
+    def _mounts(self, res: Resource) -> tuple[tuple[str, str], ...]:
+        """(pool path, path inside) of each volume attached to the instance, as the cache says now."""
+        pool = self.ctx.pool
+        return tuple(
+            (str(pool.path(volume_name(vol.id))), attachment.path)
+            for vol in attached_to(self.ctx, res)
+            if (attachment := VolumeSpec.of(vol).attachment)
+        )
 
     def _start(self, res: Resource, plan: _Plan, fresh: bool) -> InstanceInfo:
         base, pool, disk = plan.launch.uid_base, self.ctx.pool, disk_of(res.id)
@@ -156,9 +159,14 @@ class InstanceReconciler(KindReconciler):
             self.ctx.net.ensure_port(port, pid)
 
         launch = dataclasses.replace(plan.launch, plumb=plumb, console=self._console(res, base))
-        if fresh:
-            return self.ctx.compute.create_instance(launch)
-        return self.ctx.compute.start_instance(launch)
+        compute = self.ctx.compute
+        info = compute.create_instance(launch) if fresh else compute.start_instance(launch)
+        if info.state == InstanceState.RUNNING:
+            # a volume attached while this start was under way (after its plan, before init ran) was left to
+            # "the next start" by the attach, which saw no running instance: mount it now (attach is idempotent)
+            for source, path in set(self._mounts(res)) - set(launch.mounts):
+                compute.attach_volume(res.id, Path(source), path)
+        return info
 
     def _console(self, res: Resource, base: int | None) -> Path | None:
         """Console logs of a tenant's instances share one size-limited volume: an instance printing without end

@@ -38,7 +38,7 @@ from cloudlet.compute.drivers.base import (
     exec_output,
 )
 from cloudlet.compute.drivers.seccomp import oci_profile
-from cloudlet.compute.seed import RUNNER, RUNNER_DIR, RUNNER_PATH, SEED_DIR
+from cloudlet.compute.seed import NETWORK_CONFIG, RUNNER, RUNNER_DIR, RUNNER_PATH, SEED_DIR, VENDOR_DATA
 from cloudlet.core.beneath import DIR_FLAGS, open_dir, parts_of
 from cloudlet.core.errors import Conflict, DriverError, translate_errors
 
@@ -131,6 +131,8 @@ class RuncDriver(ComputeDriver):
         self._sel: selectors.BaseSelector | None = None
         self._on_exit: Callable[[str], None] | None = None
         self._lock = threading.Lock()
+        # the runtime and the volume reconciler may attach the same volume at once: helpers run one at a time
+        self._mount_lock = threading.Lock()
 
     # interface, in base-class order
     def create_instance(self, spec: LaunchSpec) -> InstanceInfo:
@@ -331,15 +333,16 @@ class RuncDriver(ComputeDriver):
         self._mountns("detach", iid, str(source))
 
     def _mountns(self, verb: str, iid: str, *paths: str) -> None:
-        info = self.get_instance(iid)
-        if info.state != InstanceState.RUNNING or not info.pid:
-            return  # not running: config.json carries the mounts at the next start
-        proc = subprocess.run(
-            [sys.executable, "-m", "cloudlet.compute.drivers.mountns", verb, str(info.pid), *paths],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        with self._mount_lock:
+            info = self.get_instance(iid)
+            if info.state != InstanceState.RUNNING or not info.pid:
+                return  # not running: config.json carries the mounts at the next start
+            proc = subprocess.run(
+                [sys.executable, "-m", "cloudlet.compute.drivers.mountns", verb, str(info.pid), *paths],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         if proc.returncode != 0:
             raise DriverError(f"could not {verb} volume {Path(paths[0]).name}: {proc.stderr.strip()}")
 
@@ -444,6 +447,8 @@ class RuncDriver(ComputeDriver):
         seed = d / "seed"
         seed.mkdir(exist_ok=True)
         (seed / "meta-data").write_text(spec.meta_data)
+        (seed / "network-config").write_text(NETWORK_CONFIG)
+        (seed / "vendor-data").write_text(VENDOR_DATA)
         if spec.user_data is None:
             (seed / "user-data").unlink(missing_ok=True)
             return
