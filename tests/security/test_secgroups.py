@@ -40,7 +40,7 @@ print(" ".join(sorted(seen)))
 
 FORGE = """
 import socket, struct, sys
-own, other, dst = sys.argv[1:4]
+own, other, dst, other_mac = sys.argv[1:5]
 
 def udp(src, marker):
     body = struct.pack("!HHHH", 40000, 9999, 8 + len(marker), 0) + marker
@@ -63,6 +63,12 @@ def garp(ip, marker):  # a gratuitous ARP reply: "ip is at my MAC", padded with 
 
 eth.send(garp(own, b"ARP-OWN"))
 eth.send(garp(other, b"ARP-FORGED"))
+
+def frame(src_mac, marker):  # our own address, sent to everyone from the given MAC
+    return b"\\xff" * 6 + src_mac + b"\\x08\\x00" + udp(own, marker)
+
+eth.send(frame(mac, b"L2-OWN"))
+eth.send(frame(bytes.fromhex(other_mac.replace(":", "")), b"L2-FORGED"))  # would move its MAC to our port
 """
 
 
@@ -127,19 +133,24 @@ def test_another_tenant_cannot_name_the_victims_groups(cloud: CloudCLI, tenants:
 
 def test_forged_source_addresses_are_dropped_at_the_port(cloud: CloudCLI, tenants: dict[str, Any]) -> None:
     attacker, trusted, target = tenants["v2"], tenants["v1"], tenants["v3"]
-    markers = ["IP-OWN", "IP-FORGED", "ARP-OWN", "ARP-FORGED"]
+    markers = ["IP-OWN", "IP-FORGED", "ARP-OWN", "ARP-FORGED", "L2-OWN", "L2-FORGED"]
+    trusted_ns = f"cl-{cloud.cloud_id()}-i-{trusted['id']}"
+    trusted_mac = subprocess.run(
+        ["ip", "netns", "exec", trusted_ns, "cat", "/sys/class/net/eth0/address"], capture_output=True, text=True
+    ).stdout.strip()
+    assert len(trusted_mac) == 17, trusted_mac
     sniffer = subprocess.Popen(
         [*in_netns(cloud, target["id"]), SNIFF, "3", *markers], stdout=subprocess.PIPE, text=True
     )
     assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
     subprocess.run(
-        [*in_netns(cloud, attacker["id"]), FORGE, attacker["ip"], trusted["ip"], target["ip"]],
+        [*in_netns(cloud, attacker["id"]), FORGE, attacker["ip"], trusted["ip"], target["ip"], trusted_mac],
         check=True,
         timeout=30,
     )
     seen = set(sniffer.communicate(timeout=30)[0].split())
-    assert {"IP-OWN", "ARP-OWN"} <= seen, f"the controls did not arrive: {seen}"
-    assert not {"IP-FORGED", "ARP-FORGED"} & seen, f"forged packets reached the target: {seen}"
+    assert {"IP-OWN", "ARP-OWN", "L2-OWN"} <= seen, f"the controls did not arrive: {seen}"
+    assert not {"IP-FORGED", "ARP-FORGED", "L2-FORGED"} & seen, f"forged packets reached the target: {seen}"
 
 
 def test_an_instance_cannot_take_another_address(cloud: CloudCLI, tenants: dict[str, Any]) -> None:

@@ -77,6 +77,10 @@ def test_antispoof_table() -> None:
     text = render_antispoof({I1: "10.240.0.2"})
     assert f'"v{I1[-10:]}" : jump p_{I1}' in text
     assert "ip saddr 10.240.0.2 return" in text and "arp saddr ip 10.240.0.2 return" in text
+    assert "ether saddr" not in text  # a port whose MAC is unknown is held to its address only
+    _nft_check(text)
+    text = render_antispoof({I1: "10.240.0.2"}, {I1: "02:00:00:00:00:01"})
+    assert "ether saddr != 02:00:00:00:00:01 drop" in text and "arp saddr ether != 02:00:00:00:00:01 drop" in text
     _nft_check(text)
     _nft_check(render_antispoof({}))
 
@@ -166,6 +170,7 @@ def test_plumber_loads_tables_on_the_fake_driver(sim: SimCloud) -> None:
     web = cloud.store.get(secgroups.KIND, "admin", "web")
     hub = net.rulesets[("secgroups", None)]
     assert all(f"ip saddr {ip} return" in hub for ip in ips.values())
+    assert f"ether saddr != {net.port_mac(w1.id)} drop" in hub
     table = net.rulesets[("secgroups", w1.id)]
     assert f"elements = {{ {', '.join(sorted([str(ips['w1']), str(ips['w2'])]))} }}" in table
     assert "tcp dport 80 accept" in table and str(ips["other"]) not in table

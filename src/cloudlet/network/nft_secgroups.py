@@ -3,7 +3,7 @@ each (network/secgroups.py SecurityGroupPlumber).
 
 Two tables, both named `cl_sg`, each file deleting and recreating its own table so a load replaces it atomically:
 - the hub's `table bridge cl_sg` (anti-spoofing): a frame entering the bridge from an instance's port `v<short id>`
-  must carry that instance's address (IPv4, or ARP for it); anything else from the port is dropped. DNS and the
+  must carry that instance's MAC and address (IPv4, or ARP for it); anything else from the port is dropped. DNS and the
   metadata server tell instances apart by source address, so this is what makes that safe.
 - each instance netns's `table inet cl_sg` (ingress): established and related traffic, loopback, then the union of
   its groups' rules (chain `sg_<group id>`, which also admits the group's members, set `m_<group id>`); the input
@@ -34,8 +34,9 @@ DENY_INGRESS = """table inet cl_sg {
 """
 
 
-def render_antispoof(ports: Mapping[str, str]) -> str:
-    """The hub's table for ports {instance id: its address}."""
+def render_antispoof(ports: Mapping[str, str], macs: Mapping[str, str] | None = None) -> str:
+    """The hub's table for ports {instance id: its address}; with the port's MAC address known, frames from it
+    must also carry that (a forged one would teach the bridge to send another instance's frames to this port)."""
     lines = [_RESET.format(family="bridge"), "table bridge cl_sg {"]
     verdicts = [f'"v{short(iid)}" : jump p_{iid}' for iid in sorted(ports)]
     lines += ["    chain prerouting {", "        type filter hook prerouting priority -200; policy accept;"]
@@ -43,9 +44,11 @@ def render_antispoof(ports: Mapping[str, str]) -> str:
         lines.append(f"        iifname vmap {{ {', '.join(verdicts)} }}")
     lines.append("    }")
     for iid in sorted(ports):
-        addr = ports[iid]
+        addr, mac = ports[iid], (macs or {}).get(iid)
+        lines.append(f"    chain p_{iid} {{")
+        if mac:
+            lines += [f"        ether saddr != {mac} drop", f"        arp saddr ether != {mac} drop"]
         lines += [
-            f"    chain p_{iid} {{",
             f"        ether type ip ip saddr {addr} return",
             f"        ether type arp arp saddr ip {addr} return",
             "        drop",

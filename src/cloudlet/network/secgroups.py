@@ -46,6 +46,7 @@ from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import Result, Watches
 from cloudlet.core.records import Name, NameRef, Resource, Text, check_name, record_view
+from cloudlet.lb.resource import LOADBALANCER, LoadBalancerStatus, members_of
 from cloudlet.network.nft_secgroups import render_antispoof, render_ingress
 from cloudlet.network.resource import SECGROUP, SecurityGroupRule, SecurityGroupSpec
 
@@ -304,17 +305,18 @@ class SecurityGroupPlumber:
 
     def __init__(self, ctx: HostContext) -> None:
         self.ctx = ctx
-        self.watches: Watches = {INSTANCE: lambda inst: [inst.id]}
+        self.watches: Watches = {INSTANCE: lambda inst: [inst.id], LOADBALANCER: lambda lb: [lb.id]}
         self._loaded: dict[str | None, tuple[str, int | None]] = {}  # instance id (None: hub) -> (text, pid)
+        self._macs: dict[str, tuple[int, str]] = {}  # instance id -> (pid, its port's MAC) as read then
 
     def reconcile(self, rid: str) -> Result:
         if rid != _TABLES:
             self.ctx.manager.enqueue(self.kind, _TABLES, after=DEBOUNCE)
             return Result()
-        self._load_all()
-        return Result()
+        return Result(requeue_after=None if self._load_all() else 1.0)
 
-    def _load_all(self) -> None:
+    def _load_all(self) -> bool:
+        """Loads what changed; False if a running instance's MAC could not be read yet (try again soon)."""
         store = self.ctx.store
         groups = {g.id: SecurityGroupSpec.of(g) for g in store.list(KIND) if not g.deleting}
         defaults = {g.tenant: g.id for g in store.list(KIND, name=DEFAULT) if not g.deleting}
@@ -331,8 +333,16 @@ class SecurityGroupPlumber:
             if not inst.deleting:
                 for gid in gids:
                     members.setdefault(gid, set()).add(ip)
+        # a load balancer here reaches its members as if it were in their groups (its own netns admits only its port)
+        for lb in store.list(LOADBALANCER):
+            lb_ip = LoadBalancerStatus.of(lb).ip
+            if lb.host == self.ctx.host and lb_ip and not lb.deleting:
+                for inst in members_of(store, lb):
+                    for gid in member_of.get(inst.id, []):
+                        members.setdefault(gid, set()).add(lb_ip)
         failed: list[str] = []
-        self._load(None, render_antispoof(ports), None, failed)
+        macs = self._port_macs(local)
+        self._load(None, render_antispoof(ports, macs), None, failed)
         for inst in local:
             pid = InstanceStatus.of(inst).pid
             if pid is not None:
@@ -340,8 +350,31 @@ class SecurityGroupPlumber:
                 self._load(inst.id, render_ingress(mine, members), pid, failed)
         for gone in set(self._loaded) - {None, *ports}:
             del self._loaded[gone]
+        for gone in set(self._macs) - set(ports):
+            del self._macs[gone]
         if failed:
             raise DriverError(f"security group tables not loaded: {'; '.join(failed)}")
+        return all(i.id in macs for i in local if InstanceStatus.of(i).pid is not None)
+
+    def _port_macs(self, local: list[Resource]) -> dict[str, str]:
+        """The MAC of each running instance's port, read once per run (a restart makes a new port)."""
+        macs = {}
+        for inst in local:
+            pid = InstanceStatus.of(inst).pid
+            if pid is None:
+                continue
+            known = self._macs.get(inst.id)
+            if known is None or known[0] != pid:
+                try:
+                    mac = self.ctx.net.port_mac(inst.id)
+                except DriverError as exc:  # its netns went away meanwhile: its frames go nowhere anyway
+                    log.info("no MAC address for instance %s: %s", inst.id, exc)
+                    mac = None
+                if mac is None:
+                    continue
+                known = self._macs[inst.id] = (pid, mac)
+            macs[inst.id] = known[1]
+        return macs
 
     def _load(self, iid: str | None, text: str, pid: int | None, failed: list[str]) -> None:
         if self._loaded.get(iid) == (text, pid):

@@ -71,6 +71,10 @@ class NetworkDriver(ABC):
         replaces it atomically; `name` identifies it (the fake records it under that name)."""
         raise NotImplementedError("apply_ruleset not implemented for this driver")
 
+    def port_mac(self, instance_id: str) -> str | None:
+        """The MAC address of the instance's interface, None if it has no port (or the driver none to tell)."""
+        return None
+
     def set_public(self, plan: PublicPlan) -> None:
         """Points the elastic IPs and egress NAT at the plan, all at once (drivers without a public side: no-op)."""
 

@@ -38,6 +38,11 @@ class FakeNetworkDriver(NetworkDriver):
     def list_ports(self) -> set[str]:
         return set(self.ports)
 
+    def port_mac(self, instance_id: str) -> str | None:
+        if instance_id not in self.ports:
+            return None
+        return "02:" + ":".join(f"{b:02x}" for b in instance_id[-5:].encode())
+
     def apply_ruleset(self, name: str, text: str, instance_id: str | None = None) -> None:
         if instance_id is None or instance_id in self.ports:
             self.rulesets[(name, instance_id)] = text

@@ -230,6 +230,18 @@ class LinuxNetworkDriver(NetworkDriver):
             capture_output=True,
         )
 
+    def port_mac(self, instance_id: str) -> str | None:
+        name = self._port_ns(instance_id)
+
+        def mac(ns: IPRoute) -> str | None:
+            idx = ns.link_lookup(ifname="eth0")
+            return str(ns.get_links(idx[0])[0].get_attr("IFLA_ADDRESS")) if idx else None
+
+        if not self._exists(name):
+            return None
+        with translate_errors(f"reading the MAC address of instance {instance_id}"):
+            return self._in(name, mac)
+
     def apply_ruleset(self, name: str, text: str, instance_id: str | None = None) -> None:
         netns = self.hub if instance_id is None else self._port_ns(instance_id)
         if instance_id is None:
