@@ -294,3 +294,46 @@ def test_a_tenants_stack_is_its_own(sim: SimCloud) -> None:
     resolver = Resolver(sim.cloud.store)
     mine = {r.status["ip"] for r in sim.cloud.store.list(INSTANCE, tenant="acme")}
     assert set(resolver.lookup("web.shop.cloudlet", "A", View("acme"))[1]) == mine
+
+
+FRONTED = """\
+name: lbs
+layers:
+  web:
+    count: 2
+    memory: 32
+    hooks: {setup: echo setup, shutdown: echo bye}
+load_balancers:
+  front: {layer: web, port: 80, health_check: "http:/health"}
+eips:
+  pub: {load_balancer: front}
+"""
+
+
+def test_a_load_balancer_follows_the_layer_and_drains_before_removal(sim: SimCloud) -> None:
+    stacks.apply_stack(sim.cloud, ADMIN, FRONTED)
+    settle(sim)
+    stack = sim.cloud.store.get(stacks.KIND, "admin", "lbs")
+    lb = sim.cloud.store.get("LoadBalancer", "admin", "lbs-front")
+    assert lb.owner == stack.id and lb.spec["layer"] == "lbs/web" and lb.spec["health_check"] == "http:/health"
+    # each instance was drained until its setup succeeded, then put back
+    assert lb.spec["drained"] == []
+    messages = [e.message for e in sim.cloud.store.list_events("admin", "lbs-front", 100)]
+    assert "member web-2 drained" in messages and "member web-2 back in service" in messages
+    eip = sim.cloud.store.get("ElasticIP", "admin", "lbs-pub")
+    assert eip.spec["target"]["kind"] == "LoadBalancer" and eip.spec["target"]["name"] == "lbs-front"
+    assert stacks.plan_stack(sim.cloud, ADMIN, FRONTED)["actions"] == []
+    # read-only mode reaches the LB and the flag
+    stacks.set_readonly(sim.cloud, ADMIN, "lbs", True)
+    assert sim.cloud.store.get("LoadBalancer", "admin", "lbs-front").spec["readonly"] is True
+    assert sim.cloud.store.get(stacks.KIND, "admin", "lbs").spec["flags"] == {"readonly": "true"}
+    stacks.set_readonly(sim.cloud, ADMIN, "lbs", False)
+    assert sim.cloud.store.get("LoadBalancer", "admin", "lbs-front").spec["readonly"] is False
+    # scaling down drains web-2 before its shutdown hook, and the LB keeps it drained while it goes
+    stacks.apply_stack(sim.cloud, ADMIN, FRONTED.replace("count: 2", "count: 1"))
+    settle(sim)
+    assert names(sim) == ["web-1"]
+    assert sim.cloud.store.get("LoadBalancer", "admin", "lbs-front").spec["drained"] == ["web-2"]
+    stacks.delete_stack(sim.cloud, ADMIN, "lbs")
+    settle(sim)
+    assert not sim.cloud.store.list("LoadBalancer") and not sim.cloud.store.list("ElasticIP")

@@ -90,7 +90,8 @@ class MembersChange(BaseModel):
     remove: list[NameRef] = Field(default_factory=list, max_length=256)
 
 
-def create_lb(cloud: Cloud, caller: Caller, req: LoadBalancerCreate) -> Resource:
+def create_lb(cloud: Cloud, caller: Caller, req: LoadBalancerCreate, owner: str | None = None) -> Resource:
+    """`owner`: the record it belongs to (a stack's LBs go with their stack)."""
     check_name("load balancer", req.name)
     if req.members and req.layer:
         raise InvalidSpec("give either members or a layer, not both")
@@ -120,6 +121,7 @@ def create_lb(cloud: Cloud, caller: Caller, req: LoadBalancerCreate) -> Resource
         kind=KIND,
         tenant=caller.tenant,
         name=req.name,
+        owner=owner,
         spec=spec.dump(),
         finalizers=[FINALIZER],
         labels=req.labels,

@@ -16,7 +16,8 @@ from typing import Any, Literal
 from cloudlet.stacks.spec import ImageRecipe, Layer, StackDoc
 
 # the order resources are made in; deletes go the other way
-KIND_ORDER = ("Network", "SecurityGroup", "Volume", "Instance", "LoadBalancer", "ElasticIP")
+# (an LB before the instances it balances, so each joins it drained until its setup succeeded)
+KIND_ORDER = ("Network", "SecurityGroup", "Volume", "LoadBalancer", "Instance", "ElasticIP")
 Op = Literal["create", "update", "replace", "delete", "unchanged"]
 
 
@@ -120,7 +121,6 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
                 fields["user_data"] = layer.user_data
             params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
             instances.append(Desired("Instance", name, fields, frozenset(fields), params))
-    out += instances
     for key, lb in doc.load_balancers.items():
         wanted: dict[str, Any] = {
             "port": lb.port,
@@ -130,6 +130,7 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
         extra = {"health_check": lb.health_check, "target_port": lb.target_port}
         wanted.update({k: v for k, v in extra.items() if v is not None})
         out.append(Desired("LoadBalancer", lb.name or f"{doc.name}-{key}", wanted, frozenset({"network"}), {}))
+    out += instances
     for key, eip in doc.eips.items():
         holder = eip.instance or (
             doc.load_balancers[eip.load_balancer].name or f"{doc.name}-{eip.load_balancer}" if eip.load_balancer else ""

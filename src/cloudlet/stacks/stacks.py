@@ -66,6 +66,7 @@ _OPTIONAL = {
     "ElasticIP": ("cloudlet.network.eips", "eips"),
 }
 POLL = 2.0  # while instances boot or old ones go, look again this often (watches wake it sooner)
+DRAIN_WAIT = 5.0  # seconds to wait for the LBs to confirm a member drained before going on without it
 
 
 class StackSource(BaseModel):
@@ -272,13 +273,31 @@ def _drain(cloud: Cloud, stack: Resource, layer: str, member: str, drained: bool
             lb_mod.set_member_drained(cloud, _caller_of(stack.tenant), lb.name, member, drained)
 
 
-def _healthy_in_lbs(cloud: Cloud, stack: Resource, layer: str, member: str) -> bool:
-    """Whether every LB of the layer reports `member` up (no LB: true)."""
+def _member_states(cloud: Cloud, stack: Resource, layer: str, member: str) -> list[dict[str, Any] | None]:
+    """What each LB of the layer last reported of `member` (None: not among its members)."""
+    out = []
     for lb in _lbs_of_layer(cloud, stack, layer):
-        states = {m.get("name"): m.get("state") for m in (cloud.store.get_by_id(lb.id) or lb).status.get("members", [])}
-        if states.get(member) != "up":
-            return False
-    return True
+        fresh = cloud.store.get_by_id(lb.id) or lb
+        out.append(next((m for m in fresh.status.get("members", []) if m.get("name") == member), None))
+    return out
+
+
+def _healthy_in_lbs(cloud: Cloud, stack: Resource, layer: str, member: str) -> bool:
+    """Whether every LB of the layer reports `member` up and taking requests (no LB: true)."""
+    return all(
+        m is not None and m.get("state") == "up" and m.get("weight", 0) > 0
+        for m in _member_states(cloud, stack, layer, member)
+    )
+
+
+def _wait_drained(cloud: Cloud, stack: Resource, layer: str, member: str, wait: float = DRAIN_WAIT) -> None:
+    """Until every LB of the layer gives `member` no new requests (weight 0, or not a member), at most `wait`
+    seconds: the agents report what HAProxy does every couple of seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if all(m is None or m.get("weight", 0) == 0 for m in _member_states(cloud, stack, layer, member)):
+            return
+        time.sleep(0.2)
 
 
 def rolling_deploy(
@@ -307,6 +326,8 @@ def rolling_deploy(
         for inst in group:
             _drain(cloud, stack, layer, inst.name, True)
             cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "deploying"})
+        for inst in group:
+            _wait_drained(cloud, stack, layer, inst.name)
         env = {i.name: hooks.hook_env(name, layer, i.name, "deploy", status.membership) for i in group}
         if script_undeploy:
             runs += hooks.run_many(cloud, [(i, "undeploy", script_undeploy, env[i.name]) for i in group])
@@ -471,7 +492,14 @@ class StackReconciler(KindReconciler):
         elif d.kind == "ElasticIP":
             _module(d.kind).allocate_eip(cloud, caller, d.name, labels, owner=res.id)
         else:
-            _module(d.kind).create_for_stack(cloud, caller, d, owner=res.id, labels=labels)
+            lb = _module(d.kind)
+            req = lb.LoadBalancerCreate.model_validate({**d.fields, "name": d.name, "labels": labels})
+            made = lb.create_lb(cloud, caller, req, owner=res.id)
+            # members still in setup join it drained (an LB added to a stack already running)
+            layer = d.fields["layer"].split("/", 1)[1]
+            for inst in cloud.store.list(INSTANCE, tenant=res.tenant, owner=res.id):
+                if inst.labels.get(LAYER_LABEL) == layer and inst.labels.get(LIFECYCLE_LABEL) != IN_SERVICE:
+                    lb.set_member_drained(cloud, caller, made.name, inst.name, True)
 
     def _attach_volumes(self, res: Resource, caller: Caller, doc: StackDoc) -> None:
         paths = {}
@@ -533,6 +561,7 @@ class StackReconciler(KindReconciler):
             member.state = "leaving"
             self.cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "leaving"})
             _drain(self.cloud, res, layer, inst.name, True)
+            _wait_drained(self.cloud, res, layer, inst.name)
             script = doc.layers[layer].hooks.shutdown if layer in doc.layers else None
             if script:
                 env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
