@@ -7,6 +7,7 @@ run it again); the NoCloud seed is in the instance, read-only. With cloudletd ki
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -104,6 +105,34 @@ def test_cloud_config_without_cloud_init_is_not_run(booted: CloudCLI, tmp_path: 
     assert "is no script" in _console_until(booted, "md-cc", "is no script")
     assert _wget(booted, "md-cc", f"{BASE}/user-data") == config.read_text()  # still served, for tools that read it
     booted.run("delete", "md-cc", "--wait")
+
+
+CLOUD_INIT_TAR = os.environ.get("CLOUDLET_TEST_CLOUD_INIT_TAR")
+
+
+@pytest.mark.skipif(not CLOUD_INIT_TAR, reason="set CLOUDLET_TEST_CLOUD_INIT_TAR to a Debian rootfs with cloud-init")
+def test_cloud_init_image_runs_user_data_once(booted: CloudCLI, tmp_path: Path) -> None:
+    """Real cloud-init (NoCloud datasource) runs the script. The tarball is built outside the tests (debootstrap
+    --include=cloud-init fails configuring python3-cryptography):
+    debootstrap --variant=minbase --include=python3 bookworm R; chroot R apt-get install -y --no-install-recommends
+    cloud-init (with /proc mounted); tar -C R --exclude='./dev/*' --exclude='./proc/*' -cf FILE ."""
+    assert CLOUD_INIT_TAR
+    script = tmp_path / "ci.sh"
+    script.write_text(SCRIPT)
+    booted.run("image", "import", CLOUD_INIT_TAR, "deb-ci", timeout=300)
+    booted.run("launch", "deb-ci", "ci-1", "--wait", "--memory", "256", "--user-data", str(script), "--command",
+               "exec sleep 100000")  # fmt: skip
+    out = _console_until(booted, "ci-1", "Datasource DataSourceNoCloud", timeout=60)
+    assert "user-data-ran-ci-1" in out and "Datasource DataSourceNoCloud" in out, out
+    assert "cloudlet-boot" not in out  # cloud-init ran it, not the busybox runner
+    booted.run("restart", "ci-1", "--wait")
+    deadline = time.monotonic() + 60
+    while booted.run("console", "ci-1").stdout.count("finished at") < 2:  # cloud-init's second boot is done
+        assert time.monotonic() < deadline, "cloud-init did not finish after the restart"
+        time.sleep(0.5)
+    assert booted.run("exec", "ci-1", "--", "cat", "/root/runs").stdout == "ran\n"  # once per instance
+    booted.run("delete", "ci-1", "--wait")
+    booted.run("image", "delete", "deb-ci")
 
 
 def test_nocloud_seed_is_present_and_read_only(booted: CloudCLI) -> None:

@@ -10,19 +10,34 @@ restart does not run it again. Its output goes to the console like init's.
 
 from __future__ import annotations
 
-__all__ = ["SEED_DIR", "RUNNER_DIR", "RUNNER_PATH", "RUNNER", "USER_DATA_MAX", "meta_data"]
+__all__ = [
+    "SEED_DIR",
+    "RUNNER_DIR",
+    "RUNNER_PATH",
+    "RUNNER",
+    "USER_DATA_MAX",
+    "NETWORK_CONFIG",
+    "VENDOR_DATA",
+    "meta_data",
+]
 
 SEED_DIR = "/var/lib/cloud/seed/nocloud"
 RUNNER_DIR = "/.cloudlet"  # bound as a directory: a file's mount point would be a file in the tenant's disk
 RUNNER_PATH = f"{RUNNER_DIR}/boot"
 USER_DATA_MAX = 16 << 10  # bytes, as EC2's limit
+# the host plumbs the network and binds /etc/hostname read-only: cloud-init must leave both alone
+NETWORK_CONFIG = "config: disabled\n"
+VENDOR_DATA = "#cloud-config\npreserve_hostname: true\n"
 
 RUNNER = f"""#!/bin/sh
 # cloudlet boot runner: the instance's user-data, then its command (see cloudlet/compute/seed.py)
 seed={SEED_DIR}
 if [ -x /usr/bin/cloud-init ]; then
-    /usr/bin/cloud-init init --local && /usr/bin/cloud-init init &&
-        /usr/bin/cloud-init modules --mode=config && /usr/bin/cloud-init modules --mode=final
+    # each stage whatever the last one's status: one failed module (of many) must not skip the user's scripts
+    /usr/bin/cloud-init init --local
+    /usr/bin/cloud-init init
+    /usr/bin/cloud-init modules --mode=config
+    /usr/bin/cloud-init modules --mode=final
 else
     id=
     while IFS=': ' read -r key value; do
