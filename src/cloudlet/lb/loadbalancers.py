@@ -51,6 +51,7 @@ from cloudlet.lb.resource import (
     LoadBalancerSpec,
     LoadBalancerStatus,
     MemberStatus,
+    members_of,
 )
 from cloudlet.lb.weights import MAX_WEIGHT
 from cloudlet.network import ipam, networks
@@ -66,6 +67,19 @@ Layer = Annotated[
 HealthCheck = Annotated[
     str, Field(pattern=r"^(tcp|http:/[A-Za-z0-9._~/?=&%-]{0,200})$", description="http:/PATH (2xx or 3xx) or tcp")
 ]
+
+# the LB's netns takes the place of an instance's security groups: its listening port is open, the rest closed
+LB_INGRESS = """table inet cl_sg
+delete table inet cl_sg
+table inet cl_sg {{
+    chain input {{
+        type filter hook input priority 0; policy drop;
+        ct state established,related accept
+        iif "lo" accept
+        tcp dport {port} accept
+    }}
+}}
+"""
 
 
 class LoadBalancerCreate(BaseModel):
@@ -217,17 +231,6 @@ def lb_view(res: Resource) -> dict[str, Any]:
     )
 
 
-def members_of(records: Records, lb: Resource) -> list[Resource]:
-    """The live instances an LB balances over, by name or by stack layer."""
-    spec = LoadBalancerSpec.of(lb)
-    live = [i for i in records.list(INSTANCE, tenant=lb.tenant) if not i.deleting]
-    if spec.layer:
-        stack, layer = spec.layer.split("/", 1)
-        return [i for i in live if i.labels.get(STACK_LABEL) == stack and i.labels.get(LAYER_LABEL) == layer]
-    wanted = set(spec.members)
-    return [i for i in live if i.name in wanted]
-
-
 def _set_state(records: Records, res: Resource, state: str, **fields: Any) -> None:
     old = LoadBalancerStatus.of(res)
     new = old.model_copy(update={**fields, "state": state})
@@ -286,6 +289,7 @@ class LoadBalancerReconciler(KindReconciler):
         super().__init__(ctx.store)
         self.ctx = ctx
         self.controllers: dict[str, LbController] = {}
+        self._ingress: dict[str, str] = {}  # the ingress table last loaded in each LB's netns
         self._lock = threading.Lock()
         self.watches = {INSTANCE: self._lbs_of_instance, NETWORK: self._lbs_on_network}
 
@@ -330,6 +334,10 @@ class LoadBalancerReconciler(KindReconciler):
         prefixlen = ipaddress.ip_network(netspec.subnet).prefixlen
         self.ctx.net.ensure_network(net.id, netspec.gateway, prefixlen)
         netns = Path(self.ctx.net.ensure_port(PortSpec(res.id, net.id, status.ip, prefixlen, netspec.gateway))).name
+        ingress = LB_INGRESS.format(port=spec.port)
+        if self._ingress.get(res.id) != ingress:  # its port from anywhere on the network (and EIPs), nothing else
+            self.ctx.net.apply_ruleset("lb", ingress, res.id)
+            self._ingress[res.id] = ingress
         drained = frozenset(spec.drained)
         servers = [Server(m.name, m.ip, m.port, 0 if m.name in drained else MAX_WEIGHT) for m in members]
         balance = "leastconn" if spec.balance == "leastconn" else "roundrobin"
@@ -373,6 +381,7 @@ class LoadBalancerReconciler(KindReconciler):
         self.forget(res.id)
 
     def forget(self, rid: str) -> None:
+        self._ingress.pop(rid, None)
         with self._lock:
             ctl = self.controllers.pop(rid, None)
         if ctl is not None:

@@ -15,14 +15,18 @@ __all__ = [
     "LoadBalancerSpec",
     "MemberStatus",
     "LoadBalancerStatus",
+    "members_of",
 ]
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from cloudlet.compute.resource import INSTANCE
+from cloudlet.core.context import Records
 from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.models import Spec, Status
+from cloudlet.core.records import Resource
 
 LOADBALANCER = register_kind(KindInfo("LoadBalancer", "loadbalancers", host_bound=True)).name
 STACK_LABEL = "cloudlet.io/stack"
@@ -62,3 +66,14 @@ class LoadBalancerStatus(Status):
     members: list[MemberStatus] = Field(default_factory=list)
     placement: dict[str, Any] | None = None
     conditions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def members_of(records: Records, lb: Resource) -> list[Resource]:
+    """The live instances an LB balances over, by name or by stack layer."""
+    spec = LoadBalancerSpec.of(lb)
+    live = [i for i in records.list(INSTANCE, tenant=lb.tenant) if not i.deleting]
+    if spec.layer:
+        stack, layer = spec.layer.split("/", 1)
+        return [i for i in live if i.labels.get(STACK_LABEL) == stack and i.labels.get(LAYER_LABEL) == layer]
+    wanted = set(spec.members)
+    return [i for i in live if i.name in wanted]

@@ -1,0 +1,285 @@
+"""Load balancers, real: HAProxy in its own netns in front of busybox instances; clients in the hub netns.
+
+Members run busybox httpd with a CGI (`/cgi-bin/app`) that answers with its hostname and can be told, through
+files inside the instance, to be slow (/tmp/slow holds seconds) or to fail (/tmp/fail).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import pytest
+
+from tests.conftest import CloudCLI, running_cloud
+
+pytestmark = pytest.mark.root
+T = TypeVar("T")
+
+APP = (
+    "mkdir -p /www/cgi-bin && echo ok > /www/health && "
+    "printf '#!/bin/sh\\n[ -f /tmp/slow ] && sleep $(cat /tmp/slow)\\n"
+    '[ -f /tmp/fail ] && echo "Status: 500 Failing"\\n'
+    'echo "Content-Type: text/plain"\\necho\\necho "$(hostname) $REQUEST_METHOD"\\n'
+    "' > /www/cgi-bin/app && chmod +x /www/cgi-bin/app && exec httpd -f -p 80 -h /www"
+)
+
+
+def launch_member(cloud: CloudCLI, name: str, restart: str = "always") -> None:
+    cloud.run("launch", "busybox", name, "--memory", "32", "--cpus", "0.2", "--restart", restart, "--command", APP)
+
+
+def in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """fn in a thread switched into netns (its sockets live there)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        with open(f"/run/netns/{netns}") as f:
+            assert ctypes.CDLL(None, use_errno=True).setns(f.fileno(), 0x40000000) == 0
+        try:
+            out["v"] = fn()
+        except BaseException as exc:
+            out["e"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    return out["v"]  # type: ignore[no-any-return]
+
+
+def request(ip: str, method: str = "GET", path: str = "/cgi-bin/app", timeout: float = 5.0) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(ip, 80, timeout=timeout)
+    try:
+        conn.request(method, path, body=b"x=1" if method == "POST" else None)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+@dataclass
+class Load:
+    """A request loop in the hub netns (threads), counting answers by member and failures."""
+
+    netns: str
+    ip: str
+    threads: int = 2
+    seen: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    total: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def _loop(self) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    status, body = request(self.ip, timeout=3)
+                    if status == 200:
+                        self.seen[body.split()[0]] += 1
+                    else:
+                        self.failures.append(f"{status} {body[:80]}")
+                except OSError as exc:
+                    self.failures.append(repr(exc))
+                self.total += 1
+
+        in_netns(self.netns, run)
+
+    def __enter__(self) -> Self:
+        for _ in range(self.threads):
+            t = threading.Thread(target=self._loop)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join()
+
+
+@dataclass
+class Env:
+    cloud: CloudCLI
+    hub: str
+    ip: str
+    lb_dir: Path
+
+    def get(self, method: str = "GET", path: str = "/cgi-bin/app") -> tuple[int, str]:
+        return in_netns(self.hub, lambda: request(self.ip, method, path))
+
+    def show(self) -> dict[str, Any]:
+        view: dict[str, Any] = self.cloud.json("lb", "show", "web")
+        return view
+
+    def stat(self) -> dict[str, dict[str, str]]:
+        from cloudlet.lb.haproxy import HAProxy, parse_stat
+
+        return parse_stat(HAProxy(self.lb_dir, "").command("show stat"))
+
+    def wait_members(self, want: set[str], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                up = {n for n, r in self.stat().items() if r["status"].startswith("UP")}
+            except OSError:
+                up = set()
+            if up == want:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"members up never became {want}: {self.stat()}")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with running_cloud() as cloud:
+        home = cloud.home
+        for name in ("m1", "m2", "m3"):
+            launch_member(cloud, name)
+        for name in ("m1", "m2", "m3"):
+            cloud.wait_state(name, "running", timeout=60)
+        cloud.run("lb", "create", "web", "--port", "80", "--members", "m1,m2", "--timeout-ms", "300")
+        deadline = time.monotonic() + 30
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            view = cloud.json("lb", "show", "web")
+            if view["state"] == "running":
+                break
+            time.sleep(0.1)
+        assert view["state"] == "running", view
+        e = Env(cloud, f"cl-{cloud.cloud_id()}-hub", view["ip"], home / "agents/local/lb" / view["id"])
+        e.wait_members({"m1", "m2"})
+        yield e
+    # `down --purge` (running_cloud) checked netns and mounts; nothing of HAProxy may be left either
+    left = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left after down --purge: {left}"
+
+
+def test_requests_reach_every_member(env: Env) -> None:
+    seen = Counter(env.get()[1].split()[0] for _ in range(20))
+    assert set(seen) == {"m1", "m2"}
+    out = env.cloud.run("lb", "show", "web").stdout
+    assert "EWMA_MS" in out and "ERROR_RATE" in out and "m1" in out
+    members = {m["name"]: m for m in env.show()["member_status"]}
+    assert members["m1"]["state"].startswith("up") and members["m1"]["weight"] > 0
+    assert env.cloud.json("lb", "list")[0]["name"] == "web"
+
+
+def test_readonly_serves_reads_refuses_writes(env: Env) -> None:
+    assert env.get("POST")[0] == 200
+    env.cloud.run("lb", "readonly", "web", "on")
+    deadline = time.monotonic() + 10
+    while env.get("POST")[0] != 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, body = env.get("POST")
+    assert status == 503 and "read-only for now" in body
+    assert env.get("GET")[0] == 200 and env.get("HEAD")[0] == 200
+    assert env.show()["readonly"] is True
+    env.cloud.run("lb", "readonly", "web", "off")
+    deadline = time.monotonic() + 10
+    while env.get("POST")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, body = env.get("POST")
+    assert status == 200 and body.endswith("POST\n")
+    proc = env.cloud.run("lb", "readonly", "web", "maybe", check=False)
+    assert proc.returncode != 0 and "on" in proc.stderr
+
+
+def test_members_follow_instances_reloads_drop_nothing(env: Env) -> None:
+    with Load(env.hub, env.ip) as load:
+        env.cloud.run("lb", "members", "web", "--add", "m3")
+        env.wait_members({"m1", "m2", "m3"})
+        env.cloud.run("lb", "members", "web", "--add", "m4")  # not there yet: it joins when it comes
+        launch_member(env.cloud, "m4")
+        env.wait_members({"m1", "m2", "m3", "m4"}, timeout=60)
+        env.cloud.run("lb", "drain", "web", "m1")
+        time.sleep(1.5)
+        drained_at = load.seen["m1"]
+        time.sleep(1.0)
+        assert load.seen["m1"] == drained_at  # no new requests while drained
+        env.cloud.run("lb", "drain", "web", "m1", "--undo")
+        env.cloud.run("delete", "m4")
+        env.wait_members({"m1", "m2", "m3"}, timeout=60)
+        time.sleep(1.0)
+    events = env.cloud.run("events", check=False).stdout
+    assert load.total > 50, load.total
+    assert not load.failures, load.failures[:5]
+    assert {"m1", "m2", "m3", "m4"} <= set(load.seen), load.seen
+    assert "HAProxyReloaded" in events or env.stat()
+
+
+def test_slow_member_gets_lower_weight(env: Env) -> None:
+    env.cloud.run("exec", "m2", "--", "sh", "-c", "echo 1 > /tmp/slow")
+    try:
+        with Load(env.hub, env.ip, threads=4) as load:
+            deadline = time.monotonic() + 15
+            weights: dict[str, int] = {}
+            while time.monotonic() < deadline:
+                weights = {n: int(r["weight"]) for n, r in env.stat().items()}
+                if weights.get("m2", 256) <= 8 and min(w for n, w in weights.items() if n != "m2") >= 128:
+                    break
+                time.sleep(0.2)
+            assert weights["m2"] <= 8, weights
+            time.sleep(2.5)  # one status report later, still under load
+            members = {m["name"]: m for m in env.show()["member_status"]}
+        assert members["m2"]["weight"] < members["m1"]["weight"], members
+        assert members["m2"]["ewma_ms"] > members["m1"]["ewma_ms"], members
+        assert not load.failures, load.failures[:5]  # timed out GETs were retried elsewhere
+    finally:
+        env.cloud.run("exec", "m2", "--", "rm", "-f", "/tmp/slow")
+
+
+def test_dead_member_marked_down_within_2s(env: Env) -> None:
+    launch_member(env.cloud, "doomed", restart="never")
+    env.cloud.wait_state("doomed", "running", timeout=60)
+    env.cloud.run("lb", "members", "web", "--add", "doomed")
+    env.wait_members({"m1", "m2", "m3", "doomed"})
+    with Load(env.hub, env.ip) as load:
+        time.sleep(0.5)
+        killed = time.monotonic()
+        env.cloud.run("exec", "doomed", "--", "kill", "1", check=False)
+        env.cloud.run("exec", "doomed", "--", "killall", "httpd", check=False)
+        env.wait_members({"m1", "m2", "m3"}, timeout=10)
+        took = time.monotonic() - killed
+        time.sleep(0.5)
+    print(f"dead member marked down after {took:.2f} s")
+    assert took < 4.0  # goal 2 s; generous here
+    assert len(load.failures) <= 2, load.failures  # GETs are retried on another member
+
+
+def test_lb_serves_while_cloudletd_is_down(env: Env) -> None:
+    env.cloud.kill9("cloudletd")
+    try:
+        with Load(env.hub, env.ip) as load:
+            time.sleep(2)
+        assert load.total > 20 and not load.failures
+    finally:
+        env.cloud.run("up")
+    env.cloud.kill9("agent")  # HAProxy is not the agent's child: it keeps serving, the new agent adopts it
+    pid = int((env.lb_dir / "haproxy.pid").read_text())
+    assert env.get()[0] == 200
+    env.cloud.run("up")
+    time.sleep(1)
+    assert int((env.lb_dir / "haproxy.pid").read_text()) == pid and env.get()[0] == 200
+
+
+def test_delete_removes_haproxy_and_netns(env: Env) -> None:
+    pid = int((env.lb_dir / "haproxy.pid").read_text())
+    lb_id = env.show()["id"]
+    env.cloud.run("lb", "delete", "web")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (Path(f"/proc/{pid}").exists() or env.lb_dir.exists()):
+        time.sleep(0.1)
+    assert not env.lb_dir.exists() and not os.path.exists(f"/run/netns/cl-{env.cloud.cloud_id()}-i-{lb_id}")
+    assert not Path(f"/proc/{pid}").exists() or "haproxy" not in Path(f"/proc/{pid}/cmdline").read_text()
