@@ -252,7 +252,14 @@ class Outside:
             _run("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=OUTSIDE_NFT)
             _run("ip", "-n", hub, "route", "add", str(PUBLIC_RANGE), "via", sl.outside_hub_side)
             # the host's one route into the project: this cloud's slice, nothing else
-            _run("ip", "route", "add", pool, "via", sl.outside_host_side, "dev", self.host_link)
+            try:
+                _run("ip", "route", "add", pool, "via", sl.outside_host_side, "dev", self.host_link)
+            except subprocess.CalledProcessError as exc:  # another cloud took the slice since it was chosen
+                self.teardown()
+                raise Conflict(
+                    f"the host already routes this cloud's public slice {pool} (another cloud?); take that one down, "
+                    f"or before any EIP exists, remove {self.home / POOL_FILE} to choose another"
+                ) from exc
         self.apply(self._plan)
 
     def apply(self, plan: PublicPlan) -> None:
