@@ -16,6 +16,7 @@ from cloudlet.core.errors import CloudletError
 PLURALS = {
     "instance": "instances",
     "network": "networks",
+    "eip": "eips",
     "volume": "volumes",
     "snapshot": "snapshots",
     "image": "images",
