@@ -156,13 +156,14 @@ def eip_view(res: Resource) -> dict[str, object]:
 
 
 def public_ip(records: Records, instance_id: str) -> str | None:
-    """The public address of an instance (or load balancer): the first of its EIPs by name, None without one."""
+    """The public address of an instance (or load balancer), None without one. Should it hold two (associates
+    racing), the one its own traffic leaves from: the first in the public table's order (network/outside.py)."""
     held = [
-        r
+        spec.address
         for r in records.list(KIND)
-        if not r.deleting and (t := ElasticIPSpec.of(r).target) is not None and t.id == instance_id
+        if not r.deleting and (t := (spec := ElasticIPSpec.of(r)).target) is not None and t.id == instance_id
     ]
-    return ElasticIPSpec.of(min(held, key=lambda r: r.name)).address if held else None
+    return min(held) if held else None
 
 
 def _holds(records: Records, target: Resource) -> list[str]:
