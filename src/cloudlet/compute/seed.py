@@ -1,11 +1,11 @@
 """Boot-time configuration inside an instance: the NoCloud seed and the boot runner that runs its user-data.
 
-The agent writes the seed (`meta-data`, and `user-data` when the instance has one) into a host-owned directory,
-bound read-only at `SEED_DIR` in the instance, as cloud-init's NoCloud datasource reads it. An instance with
-user-data also gets `RUNNER` bound read-only at `RUNNER_PATH` (in `RUNNER_DIR`) and started by init before its command (one sh):
-an image with cloud-init hands the seed to cloud-init's own stages (which keep their per-instance state); any
-other runs a user-data starting with `#!` once per instance-id, leaving a marker in the instance's own disk so a
-restart does not run it again. Its output goes to the console like init's.
+The agent writes the seed (`meta-data`, `network-config`, `vendor-data`, and `user-data` when the instance has one)
+into a host-owned directory, bound read-only at `SEED_DIR` in the instance, where cloud-init's NoCloud datasource
+reads it. An instance with user-data also gets `RUNNER` bound read-only at `RUNNER_PATH` (in `RUNNER_DIR`), which
+init starts before the instance's command (one sh): an image with cloud-init hands the seed to cloud-init's own
+stages (which keep their per-instance state); any other runs a user-data starting with `#!` once per instance-id,
+leaving a marker in the instance's own disk so a restart does not run it again. Its output goes to the console.
 """
 
 from __future__ import annotations
