@@ -6,6 +6,7 @@ and delete removing everything."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from dnslib import DNSRecord
 
 from tests.conftest import CloudCLI
+from tests.integration.test_lb import APP, Load
 
 pytestmark = pytest.mark.root
 EXAMPLE = Path(__file__).parents[2] / "examples" / "stack-busybox.yaml"
@@ -190,3 +192,53 @@ def test_delete_removes_everything(demo: CloudCLI) -> None:
     assert demo.json("list") == [] and demo.json("stack", "list") == []
     assert "demo-net" not in [n["name"] for n in demo.json("network", "list")]
     assert demo.json("volume", "list") == []
+
+
+def _fronted(cloud: CloudCLI, tmp_path: Path) -> Path:
+    """A stack of two web members behind an LB; deploy makes a member answer 500 for 2 s, as an app that
+    restarts would, so only a member the LB drained first keeps every request succeeding."""
+    text = f"""\
+name: shop
+layers:
+  app:
+    count: 2
+    memory: 32
+    cpus: 0.2
+    command: {json.dumps(APP)}
+    hooks:
+      deploy: touch /tmp/fail && sleep 2 && rm /tmp/fail && echo deployed >> /tmp/deploys
+load_balancers:
+  front: {{layer: app, port: 80, health_check: "http:/health"}}
+"""
+    path = tmp_path / "shop.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_rolling_deploy_behind_a_load_balancer_fails_no_request(demo: CloudCLI, tmp_path: Path) -> None:
+    shop = _fronted(demo, tmp_path)
+    demo.run("stack", "apply", str(shop), "--wait", timeout=180)
+    lb = demo.json("lb", "show", "shop-front")
+    hub = f"cl-{demo.cloud_id()}-hub"
+
+    def both_up() -> bool:
+        view = demo.json("lb", "show", "shop-front")
+        return sorted(m["name"] for m in view["member_status"] if m["state"] == "up") == ["app-1", "app-2"]
+
+    _eventually(both_up, "both members up in the LB", timeout=30)
+    with Load(hub, lb["ip"]) as load:
+        time.sleep(1)
+        out = demo.run("stack", "deploy", "shop", "--layer", "app", "--batch", "1", timeout=180).stdout
+        time.sleep(1)
+    assert out.splitlines()[:2] == ["app-1: deploy exit 0", "app-2: deploy exit 0"], out
+    for name in ("app-1", "app-2"):
+        assert demo.run("exec", name, "--", "cat", "/tmp/deploys").stdout == "deployed\ndeployed\n"
+    print(f"rolling deploy behind the LB: {load.total} requests, {len(load.failures)} failed")
+    assert load.total > 20 and set(load.seen) == {"app-1", "app-2"}, (load.total, load.seen)
+    assert load.failures == [], load.failures[:5]
+    # the control: the same deploy hook run without draining fails requests (so the test can fail)
+    with Load(hub, lb["ip"]) as load:
+        demo.run("exec", "-l", "cloudlet.io/stack=shop", "--", "sh", "-c", "touch /tmp/fail && sleep 2 && rm /tmp/fail")
+    assert load.failures, "requests to members that were not drained should have failed"
+    demo.run("stack", "delete", "shop", "--wait", timeout=180)
+    assert "shop-front" not in [lb["name"] for lb in demo.json("lb", "list")]
