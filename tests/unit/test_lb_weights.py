@@ -49,7 +49,8 @@ def test_recovered_member_wins_traffic_back() -> None:
 def test_all_slow_means_equal_weights_not_drained() -> None:
     c = WeightController()
     c.update(0.0, {"a": FAST, "b": FAST, "c": FAST})
-    slow = {"a": Sample(latency_ms=900.0), "b": Sample(latency_ms=1000.0), "c": Sample(latency_ms=1500.0)}
+    c.slow_ms = 500.0
+    slow = {"a": Sample(latency_ms=600.0), "b": Sample(latency_ms=900.0), "c": Sample(latency_ms=3000.0)}
     w = c.update(0.2, slow)
     assert set(w.values()) == {MAX_WEIGHT}
 
@@ -60,3 +61,10 @@ def test_drained_member_is_zero_and_gone_member_dropped() -> None:
     w = c.update(0.2, {"a": FAST, "b": FAST}, drained=frozenset({"b"}))
     assert w == {"a": MAX_WEIGHT, "b": 0}
     assert set(c.update(0.4, {"a": FAST})) == {"a"}
+
+
+def test_jitter_of_fast_members_is_no_slowness() -> None:
+    c = WeightController()
+    c.update(0.0, {"a": FAST, "b": FAST})
+    w = c.update(0.2, {"a": Sample(latency_ms=40.0), "b": Sample(latency_ms=400.0, errors=2, requests=2)})
+    assert w["a"] == MAX_WEIGHT and w["b"] == MIN_WEIGHT

@@ -138,6 +138,7 @@ class LbController:
             if d_err and _int(row.get("eresp")):  # response timeouts: requests took at least the server timeout
                 latency = max(latency or 0.0, float(s.server_timeout_ms))
             samples[m.name] = Sample(latency, _int(row.get("scur")), d_resp, d_err + (1 if probe.failures else 0))
+        self.weights.slow_ms = s.server_timeout_ms / 2
         desired = self.weights.update(now, samples, s.drained)
         statuses = []
         for m in s.members:

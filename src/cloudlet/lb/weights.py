@@ -7,8 +7,8 @@ Peak-EWMA (Finagle's): a sample above the current value replaces it at once (a m
 avoided on the next tick), one below decays toward it with time constant `decay` (a member that recovered wins
 traffic back over a second or two). Cost = ewma latency x (1 + requests in flight) x (1 + penalty x error
 rate): in-flight requests pile up on a slow member long before its responses (or timeouts) come back.
-When every member is slow, or they all cost about the same, weights are equal: draining them all would only
-move the queue into HAProxy.
+When every member is slow (timing out or failing), or they all cost about the same, weights are equal: draining
+them all would only move the queue into HAProxy.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ MAX_WEIGHT = 256  # HAProxy's largest
 MIN_WEIGHT = 1  # a floor, not 0: a slow member still gets a trickle, so its recovery shows in real traffic
 ERROR_PENALTY = 20.0  # cost multiplier per unit of error rate: 10 % errors cost 3x
 EQUAL_WITHIN = 1.2  # costs within 20 % of each other: equal weights
-ALL_SLOW = 3.0  # every member above 3x the best latency ever seen here: equal weights
+SLOW_ERRORS = 0.5  # an error rate above this: the member is failing, however fast it fails
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class WeightController:
     decay: float = 1.0
     error_decay: float = 3.0
     members: dict[str, MemberCost] = field(default_factory=dict)
-    best_ever: float | None = None  # lowest latency ewma seen: the baseline "slow" is measured against
+    slow_ms: float = 1000.0  # a member this slow (the controller says: half the server timeout) is timing out
 
     def update(self, now: float, samples: dict[str, Sample], drained: frozenset[str] = frozenset()) -> dict[str, int]:
         """Takes one tick's samples; returns every member's weight (drained members 0)."""
@@ -84,14 +84,14 @@ class WeightController:
             m.in_flight = s.in_flight
             if s.latency_ms is not None:
                 m.latency.observe(s.latency_ms, now)
-                self.best_ever = min(self.best_ever or s.latency_ms, max(s.latency_ms, 0.1))
             if s.requests or s.errors:
                 m.errors.observe(min(1.0, s.errors / max(1, s.requests)), now)
             elif m.errors.value:
                 m.errors.observe(0.0, now)
         costs = {n: c for n, m in self.members.items() if n not in drained and (c := m.cost()) is not None}
+        all_slow = all(self._slow(self.members[n]) for n in costs)
         weights = {n: MAX_WEIGHT for n in self.members}
-        if costs and not self._equal(costs):
+        if costs and not all_slow and max(costs.values()) > min(costs.values()) * EQUAL_WITHIN:
             best = min(costs.values())
             for n, c in costs.items():
                 weights[n] = max(MIN_WEIGHT, min(MAX_WEIGHT, round(MAX_WEIGHT * best / c)))
@@ -102,9 +102,5 @@ class WeightController:
             self.members[n].weight = w
         return weights
 
-    def _equal(self, costs: dict[str, float]) -> bool:
-        low, high = min(costs.values()), max(costs.values())
-        if high <= low * EQUAL_WITHIN:
-            return True
-        latencies = [m.latency.value for n, m in self.members.items() if n in costs and m.latency.value is not None]
-        return bool(self.best_ever and latencies and min(latencies) > ALL_SLOW * max(self.best_ever, 1.0))
+    def _slow(self, m: MemberCost) -> bool:
+        return (m.latency.value or 0.0) >= self.slow_ms or m.error_rate > SLOW_ERRORS
