@@ -181,6 +181,8 @@ def test_flags_and_name_conflicts(sim: SimCloud) -> None:
     other = "name: other\nlayers:\n  web: {count: 1}\n"
     with pytest.raises(Conflict, match=r"instance web-1 \(of stack shop\)"):
         stacks.apply_stack(sim.cloud, ADMIN, other)
+    with pytest.raises(NotFound, match="layers.web.image: image 'nope' not found"):
+        stacks.plan_stack(sim.cloud, ADMIN, "name: x\nlayers:\n  web: {image: nope}\n")
     with pytest.raises(BadRequest, match="line 3: layers.web.cuont: unknown field"):
         stacks.plan_stack(sim.cloud, ADMIN, "name: x\nlayers:\n  web: {cuont: 1}\n")
 
@@ -291,6 +293,11 @@ def test_a_tenants_stack_is_its_own(sim: SimCloud) -> None:
     stacks.apply_stack(sim.cloud, other, text)
     settle(sim)
     assert sorted(r.tenant for r in sim.cloud.store.list(INSTANCE) if r.name == "web-1") == ["acme", "other"]
+    # another tenant's image is not there for it
+    spec = {"source": "import", "digest": "acme-img-1", "command": ["sh"]}
+    sim.cloud.store.create(Resource(kind="Image", tenant="acme", name="acme-img", spec=spec, phase="ready"))
+    with pytest.raises(NotFound, match="layers.x.image: image 'acme-img' not found"):
+        stacks.apply_stack(sim.cloud, other, "name: steal\nlayers:\n  x: {image: acme-img}\n")
     resolver = Resolver(sim.cloud.store)
     mine = {r.status["ip"] for r in sim.cloud.store.list(INSTANCE, tenant="acme")}
     assert set(resolver.lookup("web.shop.cloudlet", "A", View("acme"))[1]) == mine

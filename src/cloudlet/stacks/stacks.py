@@ -115,12 +115,19 @@ def _find(cloud: Cloud, tenant: str, name: str) -> Resource | None:
     return found[0] if found else None
 
 
-def _check(cloud: Cloud, tenant: str, doc: StackDoc, stack: Resource | None, actions: list[Action]) -> None:
-    """Refuses a document whose names are taken by records this stack does not own, or that needs a kind this
-    cloud lacks."""
+def _check(cloud: Cloud, caller: Caller, doc: StackDoc, stack: Resource | None, actions: list[Action]) -> None:
+    """Refuses a document whose names are taken by records this stack does not own, that names an image the
+    caller cannot see, or that needs a kind this cloud lacks."""
+    tenant = caller.tenant
     for kind, (_, section) in _OPTIONAL.items():
         if getattr(doc, section):
             _module(kind)
+    for key, layer in doc.layers.items():
+        if isinstance(layer.image, str):
+            try:
+                images.get_image(cloud, caller, layer.image)
+            except NotFound as exc:
+                raise NotFound(f"layers.{key}.image: {exc.message}") from None
     mine = stack.id if stack is not None else None
     by_kind: dict[str, set[str]] = {}
     for a in actions:
@@ -168,7 +175,7 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 def plan_stack(cloud: Cloud, caller: Caller, text: str) -> dict[str, Any]:
     doc = parse_stack(text)
     stack, actions = _plan_of(cloud, caller.tenant, doc)
-    _check(cloud, caller.tenant, doc, stack, actions)
+    _check(cloud, caller, doc, stack, actions)
     return _plan_view(doc, stack, actions)
 
 
@@ -176,7 +183,7 @@ def apply_stack(cloud: Cloud, caller: Caller, text: str) -> dict[str, Any]:
     """Stores the document; the reconciler makes it so. Applying the same document again writes nothing."""
     doc = parse_stack(text)
     stack, actions = _plan_of(cloud, caller.tenant, doc)
-    _check(cloud, caller.tenant, doc, stack, actions)
+    _check(cloud, caller, doc, stack, actions)
     view = _plan_view(doc, stack, actions)
     document = doc.model_dump(mode="json")
     if stack is None:
