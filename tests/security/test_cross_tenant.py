@@ -202,6 +202,10 @@ def _make_victims(world: World, s3: str) -> None:
     _ok(b.post("/v1/volumes", json={"name": "bravo-vol", "size_gib": 1}))
     _wait(a, "/v1/instances/acme-web", ("running",))
     _wait(b, "/v1/instances/bravo-web", ("running",))
+    if "/v1/eips" in world.schema["paths"]:
+        _ok(a.post("/v1/eips", json={"name": "acme-eip", "labels": lab}))
+        _ok(a.post("/v1/eips/acme-eip/association", json={"target": "acme-web"}))
+        _ok(b.post("/v1/eips", json={"name": "bravo-eip"}))
     for api, path in ((a, "/v1/volumes/acme-vol"), (a, "/v1/volumes/acme-spare"), (b, "/v1/volumes/bravo-vol")):
         _wait(api, path, ("ready",))
     _wait(admin, "/v1/volumes/root-vol", ("ready",))
@@ -286,6 +290,7 @@ BODIES: dict[tuple[str, str], list[Any]] = {
     ("POST", "/v1/hosts/{name}/heartbeat"): [{}],
     ("POST", "/v1/secgroups/{name}/rules"): [{"protocol": "tcp", "ports": "22", "cidr": "0.0.0.0/0"}],
     ("POST", "/v1/secgroups/{name}/members"): [{"instance": "bravo-web"}],
+    ("POST", "/v1/eips/{name}/association"): [{"target": "bravo-web"}],
 }
 # Path parameters besides {name} and {kinds}: B's own instance, A's group's rule (the id of tcp 80 from anywhere)
 OTHER_PARAMS = {"instance": "bravo-web", "rule_id": rule_id("tcp", "80", "0.0.0.0/0", None)}
@@ -516,6 +521,8 @@ def _body_probes(world: World) -> list[tuple[str, str, dict[str, Any]]]:
             ("POST", "/v1/secgroups/default/rules", {"protocol": "all", "source_group": "acme-sg"}),
             ("POST", "/v1/secgroups/default/members", {"instance": "acme-web"}),
         ]
+    if "/v1/eips" in world.schema["paths"]:
+        probes.append(("POST", "/v1/eips/bravo-eip/association", {"target": "acme-web"}))
     if not world.no_backups:
         probes += [
             ("POST", "/v1/backups", {"source": "acme-snap", "target": "bravo-s3", "name": "bravo-p8"}),
