@@ -26,6 +26,7 @@ bench: install
 	.venv/bin/python bench/debian_density.py
 	.venv/bin/python bench/backup_throughput.py
 	.venv/bin/python bench/cli_latency.py --runs 3
+	.venv/bin/python bench/eip_move.py --moves 20
 
 clean:
 	-.venv/bin/cloudlet down --purge
