@@ -118,6 +118,10 @@ class Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = HOST, self.server_address[1]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a check or client that hung up early: not news
+            super().handle_error(request, client_address)
+
 
 def main() -> None:
     port = int(os.environ.get("SHOP_PORT", "80"))
