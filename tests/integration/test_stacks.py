@@ -226,6 +226,11 @@ def test_rolling_deploy_behind_a_load_balancer_fails_no_request(demo: CloudCLI, 
         return sorted(m["name"] for m in view["member_status"] if m["state"] == "up") == ["app-1", "app-2"]
 
     _eventually(both_up, "both members up in the LB", timeout=30)
+    # each member joined the LB drained and was put in service only once its setup and deploy had run
+    events = [e["message"] for e in demo.json("events", "shop-front")]  # oldest first
+    for name in ("app-1", "app-2"):
+        drained, back = events.index(f"member {name} drained"), events.index(f"member {name} back in service")
+        assert drained < back, events
     with Load(hub, lb["ip"]) as load:
         time.sleep(1)
         out = demo.run("stack", "deploy", "shop", "--layer", "app", "--batch", "1", timeout=180).stdout
