@@ -42,6 +42,7 @@ def test_slice_addresses_and_pool_checks(tmp_path: Path, monkeypatch: pytest.Mon
         "198.19.77.6",
     )
     assert sl.egress_address == "198.18.77.254" and sl.eip_candidates()[0] == "198.18.77.1"
+    assert sl.transit_links == (("198.19.77.0/30", "host0"), ("198.19.77.4/30", "hub0"))
     assert sl.egress_address not in sl.eip_candidates() and len(sl.eip_candidates()) == 253
     for bad in ("10.0.0.0/24", "198.19.1.0/24", "198.18.1.0/23", "nonsense"):
         monkeypatch.setenv("CLOUDLET_EIP_POOL", bad)

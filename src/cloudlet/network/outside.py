@@ -1,10 +1,9 @@
 """The outside namespace: each cloud's stand-in for the internet, and the NAT that joins it to the hub.
 
 `cl-<cloud>-out` answers for the whole benchmark range 198.18.0.0/15 (an address with that prefix on its
-loopback), except this cloud's public slice, which it routes to the hub (a more specific route in the same local
-table), and its transit links. It is joined to the hub by a veth pair (`hub0`
-there, `out0` in the hub) and to the host by another (`host0` there, `cl<cloud>out` on the host) with a host route
-for the slice only. Nothing here has a default route: no packet of an instance, the hub or the outside can reach
+loopback), except this cloud's public slice, which it routes to the hub, and its transit links (more specific
+routes in the same local table). It is joined to the hub by a veth pair (`hub0` there, `out0` in the hub) and to
+the host by another (`host0` there, `cl<cloud>out` on the host) with a host route for the slice only. Nothing here has a default route: no packet of an instance, the hub or the outside can reach
 the machine's real uplink.
 
 Slices: a /24 pool per cloud in 198.18.0.0/16 (elastic IPs, .254 the egress NAT address), chosen from the cloud id
@@ -89,6 +88,11 @@ class Slice:
     @property
     def hub_address(self) -> str:
         return self._transit(6)
+
+    @property
+    def transit_links(self) -> tuple[tuple[str, str], ...]:
+        """(network, the outside's device on it): host-outside, outside-hub."""
+        return (f"198.19.{self.index}.0/30", "host0"), (f"198.19.{self.index}.4/30", "hub0")
 
     @property
     def egress_address(self) -> str:
@@ -236,19 +240,8 @@ class Outside:
             prefix = PUBLIC_RANGE.prefixlen
             _run("ip", "-n", ns, "addr", "add", f"{INTERNET_ADDRESS}/{prefix}", "dev", "lo")
             _run("ip", "-n", ns, "route", "add", pool, "via", sl.hub_address, "table", "local")
-            for net, link in ((f"{sl.host_address}/30", "host0"), (f"{sl.hub_address}/30", "hub0")):
-                _run(
-                    "ip",
-                    "-n",
-                    ns,
-                    "route",
-                    "add",
-                    str(ipaddress.ip_network(net, strict=False)),
-                    "dev",
-                    link,
-                    "table",
-                    "local",
-                )
+            for net, link in sl.transit_links:
+                _run("ip", "-n", ns, "route", "add", net, "dev", link, "table", "local")
             _run("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=OUTSIDE_NFT)
             _run("ip", "-n", hub, "route", "add", str(PUBLIC_RANGE), "via", sl.outside_hub_side)
             # the host's one route into the project: this cloud's slice, nothing else
