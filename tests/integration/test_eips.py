@@ -294,6 +294,19 @@ def test_eip_works_while_cloudletd_is_down(web: CloudCLI) -> None:
     assert fetch_from_outside(web, f"http://{address}/") == f"hello from {holder}"
 
 
+def test_eip_survives_the_agent_and_moves_after_its_restart(web: CloudCLI) -> None:
+    address = web.json("eip", "show", "e1")["address"]
+    holder = web.json("eip", "show", "e1")["target"].split("/")[1]
+    web.kill9("agent")
+    try:  # the kernel keeps the table: no agent needed to serve it
+        assert fetch_from_outside(web, f"http://{address}/") == f"hello from {holder}"
+    finally:
+        web.run("up")
+    other = "w1" if holder != "w1" else "w2"
+    web.run("eip", "associate", "e1", other)
+    until(lambda: fetch_from_outside(web, f"http://{address}/") == f"hello from {other}")
+
+
 def test_release(web: CloudCLI) -> None:
     address = web.json("eip", "show", "e1")["address"]
     proc = web.run("eip", "release", "e1", check=False)
