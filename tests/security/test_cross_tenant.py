@@ -195,12 +195,16 @@ def _make_victims(world: World, s3: str) -> None:
     if "/v1/secgroups" in world.schema["paths"]:
         rule = {"protocol": "tcp", "ports": "80", "cidr": "0.0.0.0/0"}
         _ok(a.post("/v1/secgroups", json={"name": "acme-sg", "labels": lab, "rules": [rule]}))
+    if "/v1/stacks" in world.schema["paths"]:
+        _ok(a.post("/v1/stacks", json={"yaml": "name: acme-stack\nlayers:\n  acme-app: {count: 1, memory: 32}\n"}))
     _ok(admin.post("/v1/networks", json={"name": "root-net"}))
     _ok(admin.post("/v1/volumes", json={"name": "root-vol", "size_gib": 1}))
     # B's own things, to aim A's at
     _ok(b.post("/v1/instances", json={"name": "bravo-web", "image": "busybox"}))
     _ok(b.post("/v1/volumes", json={"name": "bravo-vol", "size_gib": 1}))
     _wait(a, "/v1/instances/acme-web", ("running",))
+    if "/v1/stacks" in world.schema["paths"]:
+        _wait(a, "/v1/stacks/acme-stack", ("ready",))
     _wait(b, "/v1/instances/bravo-web", ("running",))
     if "/v1/eips" in world.schema["paths"]:
         _ok(a.post("/v1/eips", json={"name": "acme-eip", "labels": lab}))
@@ -291,6 +295,9 @@ BODIES: dict[tuple[str, str], list[Any]] = {
     ("POST", "/v1/secgroups/{name}/rules"): [{"protocol": "tcp", "ports": "22", "cidr": "0.0.0.0/0"}],
     ("POST", "/v1/secgroups/{name}/members"): [{"instance": "bravo-web"}],
     ("POST", "/v1/eips/{name}/association"): [{"target": "bravo-web"}],
+    ("POST", "/v1/stacks/{name}/flags"): [{"flags": {"pwned": "yes"}}],
+    ("POST", "/v1/stacks/{name}/readonly"): [{"on": True}],
+    ("POST", "/v1/stacks/{name}/deploy"): [{"layer": "acme-app"}],
 }
 # Path parameters besides {name} and {kinds}: B's own instance, A's group's rule (the id of tcp 80 from anywhere)
 OTHER_PARAMS = {"instance": "bravo-web", "rule_id": rule_id("tcp", "80", "0.0.0.0/0", None)}
