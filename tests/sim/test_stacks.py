@@ -344,3 +344,14 @@ def test_a_load_balancer_follows_the_layer_and_drains_before_removal(sim: SimClo
     stacks.delete_stack(sim.cloud, ADMIN, "lbs")
     settle(sim)
     assert not sim.cloud.store.list("LoadBalancer") and not sim.cloud.store.list("ElasticIP")
+
+
+def test_spread_over_hosts_puts_a_layer_on_different_hosts(sim: SimCloud) -> None:
+    for i in range(3):
+        sim.add_host(f"h-{i}", sim.config.zone)
+    stacks.apply_stack(
+        sim.cloud, ADMIN, "name: s\nplacement: {spread: hosts}\nlayers:\n  web: {count: 4, memory: 32}\n"
+    )
+    settle(sim)
+    hosts = [sim.cloud.store.get(INSTANCE, "admin", f"web-{n}").host for n in range(1, 5)]
+    assert len(set(hosts)) == 4, hosts  # placement's spread weight: one host each while there are enough
