@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet.compute import instances
 from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.context import Caller
@@ -59,8 +60,8 @@ def names(sim: SimCloud, kind: str = INSTANCE) -> list[str]:
     return sorted(r.name for r in sim.cloud.store.list(kind, tenant="admin") if not r.deleting)
 
 
-def events(sim: SimCloud, reason: str) -> list[str]:
-    return [e.message for e in sim.cloud.store.list_events("admin", "shop", 1000) if e.reason == reason]
+def events(sim: SimCloud, reason: str, stack: str = "shop") -> list[str]:
+    return [e.message for e in sim.cloud.store.list_events("admin", stack, 1000) if e.reason == reason]
 
 
 def test_apply_makes_everything_and_applying_again_changes_nothing(sim: SimCloud) -> None:
@@ -355,3 +356,21 @@ def test_spread_over_hosts_puts_a_layer_on_different_hosts(sim: SimCloud) -> Non
     settle(sim)
     hosts = [sim.cloud.store.get(INSTANCE, "admin", f"web-{n}").host for n in range(1, 5)]
     assert len(set(hosts)) == 4, hosts  # placement's spread weight: one host each while there are enough
+
+
+def test_a_restarted_instance_leaves_its_lb_and_runs_setup_again(sim: SimCloud) -> None:
+    stacks.apply_stack(sim.cloud, ADMIN, FRONTED.replace("count: 2", "count: 1"))
+    settle(sim)
+    web = sim.cloud.store.get(INSTANCE, "admin", "web-1")
+    instances.act(sim.cloud, ADMIN, "web-1", "stop")
+    settle(sim)
+    assert sim.cloud.store.get("LoadBalancer", "admin", "lbs-front").spec["drained"] == ["web-1"]
+    assert sim.cloud.store.get(INSTANCE, "admin", "web-1").labels[LIFECYCLE_LABEL] == "down"
+    instances.act(sim.cloud, ADMIN, "web-1", "start")
+    settle(sim)
+    assert sim.cloud.store.get("LoadBalancer", "admin", "lbs-front").spec["drained"] == []
+    assert sim.cloud.store.get(INSTANCE, "admin", "web-1").labels[LIFECYCLE_LABEL] == IN_SERVICE
+    assert (
+        events(sim, "HookSucceeded", "lbs").count("setup on web-1") == 2
+        and web.id == sim.cloud.store.get(INSTANCE, "admin", "web-1").id
+    )

@@ -635,8 +635,8 @@ class StackReconciler(KindReconciler):
             label = member.state if member.state != "booting" else "setup"
             if inst.labels.get(LIFECYCLE_LABEL) != label and inst.labels.get(LIFECYCLE_LABEL) != "deploying":
                 cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: label})
-                if member.state == IN_SERVICE:
-                    _drain(cloud, res, member.layer, name, False)
+                # out of its LBs whenever it leaves service (down: after a restart it runs setup again first)
+                _drain(cloud, res, member.layer, name, member.state != IN_SERVICE)
         status.membership = _membership(doc, status)
         eips = {e.name: e.spec.get("target") for e in cloud.store.list("ElasticIP", tenant=res.tenant, owner=res.id)}
         lbs = [lb.id for lb in _all_lbs(cloud, res)]
