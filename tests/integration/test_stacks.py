@@ -16,7 +16,7 @@ import pytest
 from dnslib import DNSRecord
 
 from tests.conftest import CloudCLI
-from tests.integration.test_lb import APP, Load
+from tests.integration.test_lb import APP, Load, in_netns, request
 
 pytestmark = pytest.mark.root
 EXAMPLE = Path(__file__).parents[2] / "examples" / "stack-busybox.yaml"
@@ -245,5 +245,16 @@ def test_rolling_deploy_behind_a_load_balancer_fails_no_request(demo: CloudCLI, 
     with Load(hub, lb["ip"]) as load:
         demo.run("exec", "-l", "cloudlet.io/stack=shop", "--", "sh", "-c", "touch /tmp/fail && sleep 2 && rm /tmp/fail")
     assert load.failures, "requests to members that were not drained should have failed"
+    # browsing-only mode through the stack: its LB refuses writes, still serves reads
+    demo.run("stack", "readonly", "shop", "on")
+
+    def post_refused() -> bool:
+        status, body = in_netns(hub, lambda: request(lb["ip"], "POST"))
+        return status == 503 and "read-only" in body
+
+    _eventually(post_refused, "POST answered 503 read-only", timeout=15)
+    assert in_netns(hub, lambda: request(lb["ip"]))[0] == 200
+    demo.run("stack", "readonly", "shop", "off")
+    _eventually(lambda: in_netns(hub, lambda: request(lb["ip"], "POST"))[0] == 200, "POST served again", timeout=15)
     demo.run("stack", "delete", "shop", "--wait", timeout=180)
     assert "shop-front" not in [lb["name"] for lb in demo.json("lb", "list")]
