@@ -66,14 +66,13 @@ async def one(ip: str, results: list[tuple[bool, float]]) -> None:
     results.append((ok, time.monotonic() - started))
 
 
-async def open_loop(ip: str, rate: float, seconds: float, on_tick: Any) -> list[tuple[bool, float]]:
+async def open_loop(ip: str, rate: float, seconds: float) -> list[tuple[bool, float]]:
     """A request every 1/rate s whatever the answers (open loop), at most 1,000 in flight (bounded)."""
     results: list[tuple[bool, float]] = []
     tasks: set[asyncio.Task[None]] = set()
     start = time.monotonic()
     n = 0
     while (now := time.monotonic()) - start < seconds:
-        on_tick(now - start)
         due = start + n / rate
         if due > now:
             await asyncio.sleep(due - now)
@@ -86,6 +85,15 @@ async def open_loop(ip: str, rate: float, seconds: float, on_tick: Any) -> list[
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks)
     return results
+
+
+def slow_window(env: dict[str, str], seconds: float) -> None:
+    """m1 answers in SLOW_SECONDS from a quarter to three quarters of the run."""
+    start = time.monotonic()
+    time.sleep(seconds / 4)
+    cli(env, "exec", "m1", "--", "sh", "-c", f"echo {SLOW_SECONDS} > /tmp/slow")
+    time.sleep(max(0.0, start + 3 * seconds / 4 - time.monotonic()))
+    cli(env, "exec", "m1", "--", "rm", "-f", "/tmp/slow")
 
 
 def in_netns(netns: str, fn: Any) -> Any:
@@ -142,17 +150,13 @@ def main() -> None:
             else:
                 target, netns = cli_json(env, "lb", "show", mode)["ip"], f"cl-{cid}-hub"
             time.sleep(2.0)
-            state = {"slow": False}
-
-            def tick(t: float, slow: bool = slow, state: dict[str, bool] = state) -> None:
-                want = slow and args.seconds / 4 <= t < 3 * args.seconds / 4
-                if want != state["slow"]:
-                    state["slow"] = want
-                    cmd = f"echo {SLOW_SECONDS} > /tmp/slow" if want else "rm -f /tmp/slow"
-                    threading.Thread(target=cli, args=(env, "exec", "m1", "--", "sh", "-c", cmd)).start()
-
-            results = in_netns(netns, lambda t=target, tk=tick: asyncio.run(open_loop(t, args.rate, args.seconds, tk)))
-            cli(env, "exec", "m1", "--", "rm", "-f", "/tmp/slow")
+            # toggled from a thread of the root netns (a thread started in the outside netns would stay there)
+            toggler = threading.Thread(target=slow_window, args=(env, args.seconds)) if slow else None
+            if toggler:
+                toggler.start()
+            results = in_netns(netns, lambda t=target: asyncio.run(open_loop(t, args.rate, args.seconds)))
+            if toggler:
+                toggler.join()
             ok = [d for good, d in results if good]
             rows.append(
                 (

@@ -108,13 +108,35 @@ class HAProxy:
         self.state = state_dir / "servers.state"
 
     def pid(self) -> int | None:
-        """The master's pid, if it is alive and is this LB's HAProxy (a recycled pid is not)."""
+        """The master's pid, if it is alive and is this LB's HAProxy (a recycled pid is not). Asked of the master
+        itself first: its pid file is rewritten at every reload, and a read in between must not look like
+        "not running" (that would start a second HAProxy beside it)."""
+        try:
+            for line in self.master_command("show proc").splitlines():
+                parts = line.split()
+                if len(parts) > 1 and parts[1] == "master" and self._ours(int(parts[0])):
+                    return int(parts[0])
+        except (OSError, ValueError):
+            pass
         try:
             pid = int(self.pidfile.read_text().split()[0])
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             return None
-        return pid if str(self.cfg).encode() in cmdline else None
+        return pid if self._ours(pid) else None
+
+    def _ours(self, pid: int) -> bool:
+        try:
+            return str(self.cfg).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    def processes(self) -> list[int]:
+        """Every process running this LB's config (masters and workers, however many)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and self._ours(int(entry)):
+                found.append(int(entry))
+        return found
 
     def ensure(self, config: str) -> str:
         """Starts HAProxy with config, or reloads it if its config differs; returns what it did."""
@@ -181,15 +203,18 @@ class HAProxy:
         return _ask(self.master, cmd)
 
     def stop(self) -> None:
+        """Stops the master (it stops its workers), then anything still running this config."""
         pid = self.pid()
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGTERM)  # the master stops its workers
-        deadline = time.monotonic() + 5
-        while self.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while self._ours(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for other in self.processes():
+            try:
+                os.kill(other, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _ask(path: Path, cmd: str, timeout: float = 2.0) -> str:
