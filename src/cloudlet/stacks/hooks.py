@@ -18,6 +18,7 @@ from cloudlet.core.records import Resource
 log = logging.getLogger("cloudlet.stacks")
 TIMEOUT = 600.0  # a hook may install packages; the cloud's exec cap still applies
 PARALLEL = 8  # hooks of one event run on this many instances at once
+ENV_MAX = 64 * 1024  # bytes of CLOUDLET_MEMBERSHIP; beyond, hooks read /latest/meta-data/stack/membership
 UNREACHED = -1  # the exit code of a hook that did not run: the agent did not answer, or the instance is not running
 
 
@@ -37,13 +38,15 @@ def hook_env(
     stack: str, layer: str, instance: str, event: str, membership: dict[str, list[dict[str, Any]]]
 ) -> dict[str, str]:
     """What a hook sees: who it is, and every member of the stack (CLOUDLET_LAYER_<LAYER>_IPS per layer, all of it
-    as JSON in CLOUDLET_MEMBERSHIP), so a web tier finds its database without a lookup."""
+    as JSON in CLOUDLET_MEMBERSHIP up to ENV_MAX), so a web tier finds its database without a lookup."""
+    whole = json.dumps(membership, sort_keys=True, separators=(",", ":"))
     env = {
         "CLOUDLET_STACK": stack,
         "CLOUDLET_LAYER": layer,
         "CLOUDLET_INSTANCE": instance,
         "CLOUDLET_EVENT": event,
-        "CLOUDLET_MEMBERSHIP": json.dumps(membership, sort_keys=True, separators=(",", ":")),
+        # one argument may not pass the kernel's 128 KiB (MAX_ARG_STRLEN): a larger stack's is in the metadata
+        "CLOUDLET_MEMBERSHIP": whole if len(whole) <= ENV_MAX else "",
     }
     for lname, members in membership.items():
         ips = " ".join(m["ip"] for m in members if m.get("ip") and m.get("state") == "in-service")
