@@ -37,12 +37,13 @@ from cloudlet.compute import images, instances
 from cloudlet.compute.resource import HOST, INSTANCE, InstanceStatus
 from cloudlet.core.context import ADMIN_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import BadRequest, CloudletError, Conflict, NotFound
+from cloudlet.core.kinds import kinds
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, NameRef, Resource, record_view
 from cloudlet.network import networks
 from cloudlet.network.resource import NETWORK
 from cloudlet.stacks import hooks
-from cloudlet.stacks.plan import KIND_ORDER, Action, desired, plan
+from cloudlet.stacks.plan import KIND_ORDER, Action, desired, plan, recipe_image
 from cloudlet.stacks.resource import (
     IN_SERVICE,
     LAYER_LABEL,
@@ -257,8 +258,6 @@ def set_readonly(cloud: Cloud, caller: Caller, name: str, on: bool) -> Resource:
 
 
 def _kinds() -> set[str]:
-    from cloudlet.core.kinds import kinds
-
     return {k.name for k in kinds()}
 
 
@@ -413,7 +412,7 @@ class StackReconciler(KindReconciler):
         actions = plan(desired(doc, _zones(cloud)), owned)
         for layer in doc.layers.values():
             if isinstance(layer.image, ImageRecipe):
-                build = images.ImageBuild(name=_recipe_name(layer.image), packages=layer.image.packages)
+                build = images.ImageBuild(name=recipe_image(layer.image), packages=layer.image.packages)
                 images.request_build(cloud, caller, build)
         problems: list[str] = []
         busy = False
@@ -446,7 +445,7 @@ class StackReconciler(KindReconciler):
             if a.id is not None:
                 return True  # the replaced one is still being removed
             assert a.desired is not None
-            self._make(res, doc, caller, a)
+            self._make(res, caller, a)
             return True
         if a.op == "update":
             current = cloud.store.get_by_id(a.id or "")
@@ -456,8 +455,8 @@ class StackReconciler(KindReconciler):
         current = cloud.store.get_by_id(a.id or "")
         if current is None or current.deleting:
             return True
-        if current.kind == INSTANCE and not self._leave(res, doc, current, status):
-            return True
+        if current.kind == INSTANCE:
+            self._leave(res, doc, current, status)
         if a.op == "replace":
             cloud.store.add_event(res, "Replacing", f"{a.kind.lower()} {a.name}: {', '.join(a.forced_by)} changed")
         if current.kind in (INSTANCE, VOLUME):
@@ -468,7 +467,7 @@ class StackReconciler(KindReconciler):
             cloud.store.mark_deleted(current.id)
         return True
 
-    def _make(self, res: Resource, doc: StackDoc, caller: Caller, a: Action) -> None:
+    def _make(self, res: Resource, caller: Caller, a: Action) -> None:
         cloud, d = self.cloud, a.desired
         assert d is not None
         labels = {STACK_LABEL: res.name}
@@ -559,9 +558,8 @@ class StackReconciler(KindReconciler):
                 problems.append(f"{d.kind.lower()} {d.name}: {exc.message}")
         return problems
 
-    def _leave(self, res: Resource, doc: StackDoc, inst: Resource, status: StackStatus) -> bool:
-        """Takes an instance out of service before it is removed: out of its LBs, then the shutdown hook. True
-        once it may go."""
+    def _leave(self, res: Resource, doc: StackDoc, inst: Resource, status: StackStatus) -> None:
+        """Takes an instance out of service before it is removed: out of its LBs, then the shutdown hook."""
         member = status.members.get(inst.name)
         layer = inst.labels.get(LAYER_LABEL, "")
         if member is not None and member.state == IN_SERVICE:
@@ -573,7 +571,6 @@ class StackReconciler(KindReconciler):
             if script:
                 env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
                 _record_runs(self.cloud, res, [hooks.run_hook(self.cloud, inst, "shutdown", script, env)])
-        return True
 
     def _run_event(
         self, res: Resource, doc: StackDoc, event: str, targets: list[Resource], membership: dict[str, Any]
@@ -685,9 +682,3 @@ def _progress(r: Resource) -> dict[str, Any]:
 
 def _making_order(r: Resource) -> tuple[int, float]:
     return (KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER), r.created_at)
-
-
-def _recipe_name(recipe: ImageRecipe) -> str:
-    from cloudlet.stacks.plan import recipe_image
-
-    return recipe_image(recipe)
