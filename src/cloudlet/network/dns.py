@@ -19,6 +19,7 @@ once a query has not fully arrived within `TCP_IDLE_TIMEOUT`, or after `TCP_MAX_
 
 from __future__ import annotations
 
+import errno
 import logging
 import selectors
 import socket
@@ -334,7 +335,18 @@ class _Endpoint:
 
 
 def _sockets(address: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """A UDP socket on (address, port), telling the destination of each datagram, and a TCP one on its port."""
+    """A UDP socket on (address, port), telling the destination of each datagram, and a TCP one on its port.
+    With port 0 the kernel picks a UDP port whose TCP twin may be taken (by a connection of anyone's): pick again."""
+    for _ in range(20 if port == 0 else 0):
+        try:
+            return _socket_pair(address, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    return _socket_pair(address, port)
+
+
+def _socket_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
