@@ -44,6 +44,7 @@ POOL_FILE = "eip-pool"
 EIP_POOL_SIZE = 253  # a slice's .1 to .253 (.254 is its egress address)
 PUBLIC_MARK = 0xE1  # set by cloudlet_public on forwarded packets allowed out; the hub's forward chain accepts it
 HUB_LINK = "out0"  # the hub's end of its link to the outside
+GUARDED = (ipaddress.IPv4Network("10.240.0.0/12"), PUBLIC_RANGE)  # never via the host's default route
 INTERNET_ADDRESS = "198.19.255.254"  # the outside's own address on lo, with the whole range's prefix (no slice has it)
 # the outside forwards what the host starts towards the hub and replies, never a connection from the hub (an
 # instance) to the host: the host's address on its link is as far as a tenant's packet must not get
@@ -107,9 +108,23 @@ def _routed_elsewhere(net: ipaddress.IPv4Network) -> bool:
     out = subprocess.run(["ip", "-j", "-4", "route", "show"], capture_output=True, text=True).stdout
     for route in json.loads(out or "[]"):
         dst = route.get("dst", "")
+        if route.get("type") == "unreachable":
+            continue  # the guard below, not a route anywhere
         if dst and dst != "default" and ipaddress.ip_network(dst if "/" in dst else f"{dst}/32").overlaps(net):
             return True
     return False
+
+
+def _guard_host(on: bool) -> None:
+    """The host answers "unreachable" for the tenant and public ranges, so a packet the host sends to an address
+    no cloud routes (an instance's private address, another slice) fails at once instead of leaving by the
+    machine's real uplink through the default route. Shared by every cloud: removed with the last one."""
+    if on:
+        for net in GUARDED:
+            _run("ip", "route", "replace", "unreachable", str(net), "metric", "4242")
+    elif not any(name.startswith("cl") and name.endswith("out") for name in os.listdir("/sys/class/net")):
+        for net in GUARDED:
+            subprocess.run(["ip", "route", "del", "unreachable", str(net), "metric", "4242"], capture_output=True)
 
 
 def _parse_pool(text: str) -> ipaddress.IPv4Network:
@@ -225,6 +240,7 @@ class Outside:
         sl, ns, hub = self.slice, self.netns, self.hub
         pool = str(sl.pool)
         with translate_errors(f"creating the outside namespace {ns}"):
+            _guard_host(True)
             _run("ip", "netns", "add", ns)
             _run("ip", "link", "add", self.host_link, "type", "veth", "peer", "name", "host0", "netns", ns)
             _run("ip", "-n", hub, "link", "add", HUB_LINK, "type", "veth", "peer", "name", "hub0", "netns", ns)
@@ -269,3 +285,4 @@ class Outside:
                 _run("ip", "netns", "del", self.netns)
             if os.path.exists(os.path.join(NETNS_DIR, self.hub)):
                 subprocess.run(["ip", "-n", self.hub, "link", "del", HUB_LINK], capture_output=True)
+            _guard_host(False)
