@@ -154,6 +154,14 @@ def test_outside_has_no_default_route_and_host_routes_only_the_slice(web: CloudC
     }
 
 
+def test_host_never_sends_tenant_or_public_addresses_to_its_uplink(web: CloudCLI) -> None:
+    inst = web.json("show", "w1")["ip"]
+    elsewhere = pool(web).network_address.packed[2] ^ 0x80  # a slice no cloud of this test holds
+    for address in (inst, "10.255.255.1", f"198.18.{elsewhere}.9", "198.19.250.250"):
+        got = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True)
+        assert got.returncode != 0 and "no route" in got.stderr.lower(), (address, got.stdout)
+
+
 def test_allocate_associate_and_reach(web: CloudCLI) -> None:
     eip = web.json("eip", "allocate", "e1")
     address = eip["address"]
