@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import http.client
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -272,6 +273,25 @@ def test_lb_serves_while_cloudletd_is_down(env: Env) -> None:
     env.cloud.run("up")
     time.sleep(1)
     assert int((env.lb_dir / "haproxy.pid").read_text()) == pid and env.get()[0] == 200
+
+
+def test_killed_haproxy_is_started_again(env: Env) -> None:
+    from cloudlet.lb.haproxy import HAProxy
+
+    proxy = HAProxy(env.lb_dir, "")
+    for pid in proxy.processes():
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    deadline = killed + 15
+    while time.monotonic() < deadline:
+        try:
+            if env.get()[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    took = time.monotonic() - killed
+    print(f"HAProxy killed -> serving again after {took:.2f} s")
+    assert env.get()[0] == 200 and proxy.pid() is not None
 
 
 def test_delete_removes_haproxy_and_netns(env: Env) -> None:

@@ -30,6 +30,7 @@ TICK = 0.2
 REPORT = 2.0
 PROBE_EVERY = 0.25
 PROBE_TIMEOUT = 0.5
+LOST_AFTER = 10  # ticks without an answer from HAProxy's runtime socket (2 s; a reload takes ~0.1 s)
 CLONE_NEWNET = 0x40000000
 ERROR_FIELDS = ("econ", "eresp", "wretr", "wredis", "hrsp_5xx")
 
@@ -68,6 +69,7 @@ class LbController:
     haproxy: HAProxy
     netns: str
     report: Callable[[list[MemberStatus]], None]
+    lost: Callable[[], None] = lambda: None  # HAProxy stopped answering: the reconciler starts it again
     settings: Settings = field(default_factory=Settings)
     weights: WeightController = field(default_factory=WeightController)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -101,6 +103,7 @@ class LbController:
     async def _main(self) -> None:
         probers: dict[Member, asyncio.Task[None]] = {}
         next_report = 0.0
+        failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
             s = self.settings
@@ -114,8 +117,12 @@ class LbController:
                 if started >= next_report:
                     self.report(statuses)
                     next_report = started + REPORT
+                failures = 0
             except (OSError, ValueError) as exc:  # HAProxy reloading or not up yet: the next tick retries
                 log.debug("lb controller tick failed: %s", exc)
+                failures += 1
+                if failures == LOST_AFTER:
+                    self.lost()
             await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
         for task in probers.values():
             task.cancel()

@@ -363,7 +363,12 @@ class LoadBalancerReconciler(KindReconciler):
             ctl = self.controllers.get(res.id)
             if ctl is None or not ctl.alive:
                 rid = res.id
-                ctl = LbController(proxy, netns, lambda members: self._report(rid, members))
+                ctl = LbController(
+                    proxy,
+                    netns,
+                    lambda members: self._report(rid, members),
+                    lambda: self.ctx.manager.enqueue(KIND, rid),
+                )
                 self.controllers[res.id] = ctl
                 ctl.start()
             return ctl
