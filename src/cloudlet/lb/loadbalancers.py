@@ -14,6 +14,7 @@ __all__ = [
     "LoadBalancerCreate",
     "MembersChange",
     "create_lb",
+    "get_lb",
     "delete_lb",
     "set_readonly",
     "set_member_drained",
@@ -150,11 +151,15 @@ def create_lb(cloud: Cloud, caller: Caller, req: LoadBalancerCreate, owner: str 
     return res
 
 
-def _get(cloud: Cloud, caller: Caller, name: str) -> Resource:
+def get_lb(cloud: Cloud, caller: Caller, name: str) -> Resource:
     try:
-        res = cloud.store.get(KIND, caller.tenant, name)
+        return cloud.store.get(KIND, caller.tenant, name)
     except NotFound:
         raise NotFound(f"load balancer {name!r} not found; see 'cloudlet lb list'") from None
+
+
+def _get(cloud: Cloud, caller: Caller, name: str) -> Resource:
+    res = get_lb(cloud, caller, name)
     if res.deleting:
         raise Conflict(f"load balancer {name} is being deleted")
     return res
@@ -197,10 +202,7 @@ def change_members(cloud: Cloud, caller: Caller, name: str, change: MembersChang
 
 
 def delete_lb(cloud: Cloud, caller: Caller, name: str) -> Resource:
-    try:
-        res = cloud.store.get(KIND, caller.tenant, name)
-    except NotFound:
-        raise NotFound(f"load balancer {name!r} not found; see 'cloudlet lb list'") from None
+    res = get_lb(cloud, caller, name)
     if not res.deleting:
         res = cloud.store.mark_deleted(res.id)
         cloud.store.add_event(res, "Deleting", f"load balancer {name} marked for deletion")

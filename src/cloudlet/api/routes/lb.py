@@ -44,7 +44,7 @@ def create_lb(
 
 @router.get("/{name}")
 def show_lb(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return lbs.lb_view(cloud.store.get(lbs.KIND, who.tenant, name))
+    return lbs.lb_view(lbs.get_lb(cloud, who, name))
 
 
 @router.delete("/{name}", status_code=202)
