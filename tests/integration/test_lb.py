@@ -275,6 +275,24 @@ def test_lb_serves_while_cloudletd_is_down(env: Env) -> None:
     assert int((env.lb_dir / "haproxy.pid").read_text()) == pid and env.get()[0] == 200
 
 
+def test_lb_holds_an_eip(env: Env) -> None:
+    outside = f"cl-{env.cloud.cloud_id()}-out"
+    if not os.path.exists(f"/run/netns/{outside}"):
+        pytest.skip("no outside namespace in this cloud")
+    address = env.cloud.json("eip", "allocate", "front")["address"]
+    env.cloud.run("eip", "associate", "front", "--lb", "web")
+    deadline = time.monotonic() + 10
+    answer: tuple[int, str] | None = None
+    while time.monotonic() < deadline:
+        try:
+            answer = in_netns(outside, lambda: request(address, timeout=1))
+            break
+        except OSError:
+            time.sleep(0.1)
+    assert answer is not None and answer[0] == 200 and answer[1].startswith("m"), answer
+    env.cloud.run("eip", "release", "front", "--force")
+
+
 def test_killed_haproxy_is_started_again(env: Env) -> None:
     from cloudlet.lb.haproxy import HAProxy
 
