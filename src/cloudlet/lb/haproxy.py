@@ -30,7 +30,11 @@ READONLY_PAGE = (
     "</h1><p>You can browse as usual; changes (posting, saving, buying) are paused for a short while. Please try "
     "again later.</p></body></html>"
 )
-CHECK_INTERVAL_MS = 500  # x fall 3: a dead member is down within ~1.5 s (HAProxy's defaults: 2 s x 3)
+# a member that stops answering is down after 2 failed checks: within inter + timeout + fastinter + timeout
+# = 1.3 s (HAProxy's defaults: inter 2 s x fall 3, about 6 s); fall 3 measured 2.1 s
+CHECK_INTERVAL_MS = 500
+CHECK_TIMEOUT_MS = 300
+CHECK_FAST_MS = 200
 CONNECT_TIMEOUT_MS = 500
 
 
@@ -66,14 +70,14 @@ def render(state_dir: Path, fe: Frontend, servers: list[Server]) -> str:
         f"    timeout server {fe.server_timeout_ms}ms",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
-        f"    timeout check {CHECK_INTERVAL_MS - 100}ms",
+        f"    timeout check {CHECK_TIMEOUT_MS}ms",
         # a request that failed before any answer is retried on another member (redispatch at every retry);
         # only idempotent ones, see the frontend
         "    retries 2",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout 0rtt-rejected",
         "    load-server-state-from-file global",
-        f"    default-server inter {CHECK_INTERVAL_MS}ms fastinter 250ms downinter 1s fall 3 rise 2",
+        f"    default-server inter {CHECK_INTERVAL_MS}ms fastinter {CHECK_FAST_MS}ms downinter 1s fall 2 rise 2",
         "frontend web",
         f"    bind {fe.address}:{fe.port}",
     ]
