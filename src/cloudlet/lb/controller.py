@@ -62,6 +62,7 @@ class _Probe:
 class _Counters:
     responses: int = 0
     errors: int = 0
+    timeouts: int = 0
 
 
 @dataclass
@@ -136,13 +137,15 @@ class LbController:
                 continue
             responses = sum(_int(row.get(f"hrsp_{c}xx")) for c in range(1, 6)) + _int(row.get("hrsp_other"))
             errors = sum(_int(row.get(k)) for k in ERROR_FIELDS)
-            before = self._counters.setdefault(m.name, _Counters(responses, errors))
+            timeouts = _int(row.get("eresp"))
+            now_counts = _Counters(responses, errors, timeouts)
+            before = self._counters.setdefault(m.name, now_counts)
             d_resp, d_err = max(0, responses - before.responses), max(0, errors - before.errors)
-            self._counters[m.name] = _Counters(responses, errors)
+            self._counters[m.name] = now_counts
             probe = self._probes.get(m.name, _Probe())
             latency = probe.latency_ms if probe.fresh else None
             probe.fresh = False
-            if d_err and _int(row.get("eresp")):  # response timeouts: requests took at least the server timeout
+            if timeouts > before.timeouts:  # response timeouts: those requests took at least the server timeout
                 latency = max(latency or 0.0, float(s.server_timeout_ms))
             samples[m.name] = Sample(latency, _int(row.get("scur")), d_resp, d_err + (1 if probe.failures else 0))
         self.weights.slow_ms = s.server_timeout_ms / 2

@@ -38,7 +38,7 @@ from cloudlet.compute.resource import INSTANCE, InstanceStatus
 from cloudlet.core import quota
 from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import Caller, Cloud, HostContext, Records
-from cloudlet.core.errors import Conflict, InvalidSpec, NotFound, TerminalError
+from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, TerminalError
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name, record_view
@@ -345,7 +345,13 @@ class LoadBalancerReconciler(KindReconciler):
         balance = "leastconn" if spec.balance == "leastconn" else "roundrobin"
         fe = Frontend(status.ip, spec.port, balance, spec.health_check, spec.readonly, spec.server_timeout_ms)
         proxy = HAProxy(_lb_dir(self.ctx, res.id), netns)
-        done = proxy.ensure(render(proxy.dir, fe, servers))
+        try:
+            done = proxy.ensure(render(proxy.dir, fe, servers))
+        except DriverError as exc:  # shown once (state, message, event); retried with backoff
+            if status.message != exc.message:
+                _set_state(self.records, res, "error", message=exc.message)
+                self.records.add_event(res, "HAProxyFailed", exc.message, "Warning")
+            raise
         if done != "unchanged":
             self.records.add_event(res, "HAProxy" + done.capitalize(), f"HAProxy {done} with {len(servers)} members")
         self._control(res, proxy, netns).configure(
