@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -157,9 +159,14 @@ def test_outside_has_no_default_route_and_host_routes_only_the_slice(web: CloudC
 def test_host_never_sends_tenant_or_public_addresses_to_its_uplink(web: CloudCLI) -> None:
     inst = web.json("show", "w1")["ip"]
     elsewhere = pool(web).network_address.packed[2] ^ 0x80  # a slice no cloud of this test holds
-    for address in (inst, "10.255.255.1", f"198.18.{elsewhere}.9", "198.19.250.250"):
+    for address in (inst, f"198.18.{elsewhere}.9", "198.19.250.250"):
         got = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True)
         assert got.returncode != 0 and "no route" in got.stderr.lower(), (address, got.stdout)
+    # what the host itself uses is never guarded, even inside 10.240.0.0/12 (this machine's resolver is there)
+    for resolver in re.findall(
+        r"^nameserver\s+(\d+\.\d+\.\d+\.\d+)", Path("/etc/resolv.conf").read_text(), re.MULTILINE
+    ):
+        assert subprocess.run(["ip", "route", "get", resolver], capture_output=True).returncode == 0, resolver
 
 
 def test_allocate_associate_and_reach(web: CloudCLI) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from cloudlet.core.errors import Conflict, InvalidSpec, translate_errors
 from cloudlet.network.drivers.base import PublicPlan
+from cloudlet.network.hostguard import guard, unguard
 from cloudlet.network.netns import NETNS_DIR
 
 PUBLIC_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
@@ -44,7 +45,6 @@ POOL_FILE = "eip-pool"
 EIP_POOL_SIZE = 253  # a slice's .1 to .253 (.254 is its egress address)
 PUBLIC_MARK = 0xE1  # set by cloudlet_public on forwarded packets allowed out; the hub's forward chain accepts it
 HUB_LINK = "out0"  # the hub's end of its link to the outside
-GUARDED = (ipaddress.IPv4Network("10.240.0.0/12"), PUBLIC_RANGE)  # never via the host's default route
 INTERNET_ADDRESS = "198.19.255.254"  # the outside's own address on lo, with the whole range's prefix (no slice has it)
 # the outside forwards what the host starts towards the hub and replies, never a connection from the hub (an
 # instance) to the host: the host's address on its link is as far as a tenant's packet must not get
@@ -116,15 +116,12 @@ def _routed_elsewhere(net: ipaddress.IPv4Network) -> bool:
 
 
 def _guard_host(on: bool) -> None:
-    """The host answers "unreachable" for the tenant and public ranges, so a packet the host sends to an address
-    no cloud routes (an instance's private address, another slice) fails at once instead of leaving by the
-    machine's real uplink through the default route. Shared by every cloud: removed with the last one."""
+    """The public range is unreachable from the host but for the clouds' slices (network/hostguard.py); shared by
+    every cloud, so removed with the last one."""
     if on:
-        for net in GUARDED:
-            _run("ip", "route", "replace", "unreachable", str(net), "metric", "4242")
+        guard(PUBLIC_RANGE)
     elif not any(name.startswith("cl") and name.endswith("out") for name in os.listdir("/sys/class/net")):
-        for net in GUARDED:
-            subprocess.run(["ip", "route", "del", "unreachable", str(net), "metric", "4242"], capture_output=True)
+        unguard(PUBLIC_RANGE)
 
 
 def _parse_pool(text: str) -> ipaddress.IPv4Network:

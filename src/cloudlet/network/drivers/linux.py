@@ -13,7 +13,9 @@ from __future__ import annotations
 __all__ = ["LinuxNetworkDriver"]
 
 import hashlib
+import ipaddress
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from pyroute2 import IPRoute
 
 from cloudlet.core.errors import translate_errors
 from cloudlet.network.drivers.base import NetworkDriver, PortSpec, PublicPlan, short
+from cloudlet.network.hostguard import guard, unguard
 from cloudlet.network.netns import NETNS_DIR, run_in_netns
 from cloudlet.network.nft_secgroups import DENY_INGRESS
 from cloudlet.network.outside import HUB_LINK, PUBLIC_MARK, Outside
@@ -137,6 +140,7 @@ class LinuxNetworkDriver(NetworkDriver):
 
         with translate_errors(f"creating bridge {br}"):
             self._in(self.hub, plumb)
+            guard(ipaddress.IPv4Interface(f"{gateway}/{prefixlen}").network)
 
     def _delete_link(self, ifname: str) -> None:
         def delete(ns: IPRoute) -> None:
@@ -147,9 +151,24 @@ class LinuxNetworkDriver(NetworkDriver):
         if self._exists(self.hub):
             self._in(self.hub, delete)
 
+    def _subnets(self, br: str | None = None) -> list[ipaddress.IPv4Network]:
+        """The subnets of the hub's bridges (all, or br's)."""
+
+        def read(ns: IPRoute) -> list[ipaddress.IPv4Network]:
+            return [
+                ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
+                for link in ns.get_links()
+                if link.get_attr("IFLA_IFNAME").startswith("br") and br in (None, link.get_attr("IFLA_IFNAME"))
+                for a in ns.get_addr(index=link["index"], family=socket.AF_INET)
+            ]
+
+        return self._in(self.hub, read) if self._exists(self.hub) else []
+
     def delete_network(self, network_id: str) -> None:
         br = f"br{short(network_id)}"
         with translate_errors(f"deleting bridge {br}"):
+            for net in self._subnets(br):
+                unguard(net)
             self._delete_link(br)
 
     def list_networks(self) -> set[str]:
@@ -259,6 +278,8 @@ class LinuxNetworkDriver(NetworkDriver):
     def teardown(self) -> None:
         for iid in self.list_ports():
             self.delete_port(iid)
+        for net in self._subnets():
+            unguard(net)
         if self.outside is not None:
             self.outside.teardown()
         if self._exists(self.hub):
