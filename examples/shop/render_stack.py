@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DEMO_PASSWORD = "shop-demo-pw"  # examples/shop.yaml's (tests/unit/test_examples.py keeps the file rendered)
 
 
 def block(text: str, indent: int) -> str:
@@ -30,6 +31,8 @@ def render(password: str) -> str:
     return f"""\
 # The shop: an HAProxy LB holding an EIP, two Debian web instances (app.py over psycopg2) and PostgreSQL on a
 # volume. Rendered by examples/shop/render_stack.py from app.py and db-init.sh: edit those, then render again.
+# The committed examples/shop.yaml (make demo) has the password {DEMO_PASSWORD!r}, which PostgreSQL accepts only from
+# the shop's own subnet; render your own (a random one by default) for anything that matters.
 name: shop
 networks:
   net: {{}}
