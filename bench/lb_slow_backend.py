@@ -30,6 +30,7 @@ from bench._cloud import percentile, real_cloud_env
 
 MEMBERS = 11
 CLIENT_TIMEOUT = 1.0
+SERVER_TIMEOUT = 0.4  # every LB's: a request sent to the slow member is retried elsewhere after it
 SLOW_SECONDS = 2
 APP = (
     "mkdir -p /www/cgi-bin && echo ok > /www/health && "
@@ -117,6 +118,7 @@ def main() -> None:
         "--seconds", type=float, default=60.0, help="length of each run (the slow window is its middle half)"
     )
     ap.add_argument("--rate", type=float, default=150.0, help="requests per second")
+    ap.add_argument("--modes", default="roundrobin,leastconn,latency", help="balance modes to run, in order")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, runc)")
@@ -128,9 +130,20 @@ def main() -> None:
         for name in names:
             while cli_json(env, "show", name)["state"] != "running":
                 time.sleep(0.2)
-        modes = ["roundrobin", "leastconn", "latency"]
+        modes = args.modes.split(",")
         for mode in modes:
-            cli(env, "lb", "create", mode, "--members", ",".join(names), "--balance", mode, "--timeout-ms", "400")
+            cli(
+                env,
+                "lb",
+                "create",
+                mode,
+                "--members",
+                ",".join(names),
+                "--balance",
+                mode,
+                "--timeout-ms",
+                str(int(SERVER_TIMEOUT * 1000)),
+            )
         for mode in modes:
             while not (
                 (v := cli_json(env, "lb", "show", mode))["state"] == "running"
@@ -158,13 +171,16 @@ def main() -> None:
             if toggler:
                 toggler.join()
             ok = [d for good, d in results if good]
+            every = [d if good else CLIENT_TIMEOUT for good, d in results]
             rows.append(
                 (
                     label,
                     len(results),
                     100.0 * len(ok) / max(1, len(results)),
                     1000 * percentile(ok, 50) if ok else float("nan"),
-                    1000 * percentile([d if good else CLIENT_TIMEOUT for good, d in results], 99),
+                    1000 * percentile(every, 99),
+                    sum(d >= SERVER_TIMEOUT for d in every),  # waited for a server timeout: sent to the slow member
+                    os.getloadavg()[0],
                 )
             )
             time.sleep(3.0)  # the slow member's penalty decays before the next run
@@ -173,9 +189,9 @@ def main() -> None:
             f"\n{MEMBERS} members, m1 answers in {SLOW_SECONDS} s for the middle half of each {args.seconds:g} s run; "
             f"{args.rate:g} req/s open loop, client timeout {CLIENT_TIMEOUT:g} s; load from {where}"
         )
-        print(f"{'mode':<24}{'requests':>10}{'success %':>12}{'p50 ms':>9}{'p99 ms':>9}")
-        for label, n, success, p50, p99 in rows:
-            print(f"{label:<24}{n:>10}{success:>12.3f}{p50:>9.1f}{p99:>9.1f}")
+        print(f"{'mode':<24}{'requests':>10}{'success %':>12}{'p50 ms':>9}{'p99 ms':>9}{'>=400ms':>9}{'load':>6}")
+        for label, n, success, p50, p99, slow_hits, load in rows:
+            print(f"{label:<24}{n:>10}{success:>12.3f}{p50:>9.1f}{p99:>9.1f}{slow_hits:>9}{load:>6.1f}")
         base = rows[0][4]
         lat = rows[-1]
         print(
