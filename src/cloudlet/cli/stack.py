@@ -167,20 +167,34 @@ def schema() -> None:
 @app.command()
 def deploy(
     name: str,
-    layer: Annotated[str, typer.Option(help="the layer to deploy")],
+    layer: Annotated[str | None, typer.Option(help="the layer to deploy")] = None,
     batch: Annotated[int, typer.Option(help="instances at a time")] = 1,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow it until it finished")] = True,
+    status: Annotated[bool, typer.Option("--status", help="show the running or last deploy; start none")] = False,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Rolling deploy: each batch out of its LBs, deploy hook, back in once healthy."""
+    """Rolling deploy: each batch out of its LBs, deploy hook, back in once healthy. It runs in the background;
+    this follows it (exits 1 if it failed) unless --no-wait."""
     client = connect()
-    client.timeout = 3600
-    result = client.post(f"/v1/stacks/{name}/deploy", {"layer": layer, "batch": batch})
+    if status:
+        result = client.get(f"/v1/stacks/{name}/deploy")
+    elif layer is None:
+        raise CloudletError("give --layer LAYER to deploy (or --status to see the last deploy)")
+    else:
+        result = client.post(f"/v1/stacks/{name}/deploy", {"layer": layer, "batch": batch})
+    while wait and result["state"] == "running":
+        time.sleep(0.5)
+        result = client.get(f"/v1/stacks/{name}/deploy")
     if output != Format.table:
         emit(result, output)
-        return
-    for r in result["runs"]:
-        say(f"{r['instance']}: {r['event']} exit {r['exit_code']}")
-    say(f"Layer {layer} of stack {name} deployed")
+    else:
+        for r in result["runs"]:
+            say(f"{r['instance']}: {r['event']} exit {r['exit_code']}")
+    if result["state"] == "failed":
+        raise CloudletError(f"deploy of layer {result['layer']} of stack {name} failed: {result['message']}")
+    if output == Format.table:
+        done = {"running": "is being deployed", "succeeded": "deployed"}[result["state"]]
+        say(f"Layer {result['layer']} of stack {name} {done}")
 
 
 @app.command()

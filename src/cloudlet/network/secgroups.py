@@ -19,6 +19,7 @@ __all__ = [
     "SecGroupCreate",
     "MemberRequest",
     "rule_id",
+    "normal_rule",
     "create_secgroup",
     "ensure_default_secgroup",
     "resolve_secgroups",
@@ -90,29 +91,37 @@ def rule_id(protocol: str, ports: str | None, cidr: str | None, source_group: st
     return hashlib.sha256(f"{protocol}|{ports}|{cidr}|{source_group}".encode()).hexdigest()[:8]
 
 
+def normal_rule(protocol: str, ports: str | None, cidr: str | None) -> tuple[str | None, str | None]:
+    """A rule's ports and cidr as stored (and hashed into its id): "80-80" is "80", 10.0.0.1 is 10.0.0.1/32.
+    InvalidSpec saying what to fix when they are not a port range within 1-65535 and an IPv4 network."""
+    port_range = None
+    if ports is not None:
+        if protocol not in ("tcp", "udp"):
+            raise InvalidSpec(f"ports apply to tcp and udp only, not to {protocol}; leave them out")
+        m = PORTS_RE.fullmatch(ports)
+        lo, hi = (int(m.group(1)), int(m.group(3) or m.group(1))) if m else (0, 0)
+        if not 1 <= lo <= hi <= 65535:
+            raise InvalidSpec(f"ports {ports!r}: give a port or a range low-high within 1-65535")
+        port_range = str(lo) if lo == hi else f"{lo}-{hi}"
+    network = None
+    if cidr is not None:
+        try:
+            network = str(ipaddress.IPv4Network(cidr))
+        except ValueError as exc:
+            raise InvalidSpec(f"cidr {cidr!r}: {exc} (give an IPv4 network like 10.240.0.0/12)") from None
+    return port_range, network
+
+
 def _rule(cloud: Cloud, tenant: str, req: RuleCreate, own: tuple[str, str]) -> SecurityGroupRule:
     """`own` is the (name, id) of the group the rule goes in: it may name itself as the source."""
     if (req.cidr is None) == (req.source_group is None):
         raise InvalidSpec("a rule takes exactly one of cidr (e.g. 0.0.0.0/0) or source_group")
-    ports = None
-    if req.ports is not None:
-        if req.protocol not in ("tcp", "udp"):
-            raise InvalidSpec(f"ports apply to tcp and udp only, not to {req.protocol}; leave them out")
-        m = PORTS_RE.fullmatch(req.ports)
-        lo, hi = (int(m.group(1)), int(m.group(3) or m.group(1))) if m else (0, 0)
-        if not 1 <= lo <= hi <= 65535:
-            raise InvalidSpec(f"ports {req.ports!r}: give a port or a range low-high within 1-65535")
-        ports = str(lo) if lo == hi else f"{lo}-{hi}"
-    cidr = source = None
-    if req.cidr is not None:
-        try:
-            cidr = str(ipaddress.IPv4Network(req.cidr))
-        except ValueError as exc:
-            raise InvalidSpec(f"cidr {req.cidr!r}: {exc} (give an IPv4 network like 10.240.0.0/12)") from None
-    elif req.source_group == own[0]:
+    ports, cidr = normal_rule(req.protocol, req.ports, req.cidr)
+    source: str | None = None
+    if req.source_group == own[0]:
         source = own[1]
-    else:
-        source = _get(cloud, tenant, str(req.source_group)).id
+    elif req.source_group is not None:
+        source = _get(cloud, tenant, req.source_group).id
     return SecurityGroupRule(
         id=rule_id(req.protocol, ports, cidr, source),
         protocol=req.protocol,

@@ -7,17 +7,17 @@ __all__ = ["HookRun", "hook_env", "run_hook", "run_many", "TIMEOUT", "UNREACHED"
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from cloudlet.core.context import Cloud
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.records import Resource
+from cloudlet.stacks.hookpool import POOL
 
 log = logging.getLogger("cloudlet.stacks")
 TIMEOUT = 600.0  # a hook may install packages; the cloud's exec cap still applies
-PARALLEL = 8  # hooks of one event run on this many instances at once
 ENV_MAX = 64 * 1024  # bytes of CLOUDLET_MEMBERSHIP; beyond, hooks read /latest/meta-data/stack/membership
 UNREACHED = -1  # the exit code of a hook that did not run: the agent did not answer, or the instance is not running
 
@@ -68,9 +68,9 @@ def run_hook(cloud: Cloud, inst: Resource, event: str, script: str, env: dict[st
     return HookRun(inst.name, event, int(result["exit_code"]), output[-2000:])
 
 
-def run_many(cloud: Cloud, jobs: list[tuple[Resource, str, str, dict[str, str]]]) -> list[HookRun]:
-    """(instance, event, script, env) jobs in parallel; results in job order."""
-    if not jobs:
-        return []
-    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(jobs))) as pool:
-        return list(pool.map(lambda j: run_hook(cloud, *j), jobs))
+def run_many(cloud: Cloud, tenant: str, jobs: list[tuple[Resource, str, str, dict[str, str]]]) -> list[HookRun]:
+    """(instance, event, script, env) jobs on the hook pool, within the tenant's share; waits for them all and
+    answers the results in job order. For a caller with a thread of its own (a rolling deploy), never a
+    reconcile worker."""
+    futures = [POOL.submit(tenant, partial(run_hook, cloud, *job)) for job in jobs]
+    return [f.result() for f in futures]

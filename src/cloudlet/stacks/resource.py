@@ -34,6 +34,7 @@ class StackSpec(Spec):
     source: str = ""  # the YAML as applied, for `stack show`
     flags: dict[str, str] = Field(default_factory=dict)  # the document's flags plus `stack flag`; metadata serves them
     readonly: bool = False
+    delete: bool = False  # deletion asked for: the shutdown hooks run, then the record is marked deleted
 
 
 class Member(Status):

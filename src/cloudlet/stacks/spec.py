@@ -3,23 +3,50 @@ line and the field ("line 12: layers.web.cuont: unknown field"), so a typo is fo
 
 from __future__ import annotations
 
-__all__ = ["StackDoc", "Layer", "ImageRecipe", "Hooks", "HOOKS", "parse_stack", "stack_schema"]
+__all__ = [
+    "check_flag_key",
+    "MAX_FLAGS",
+    "FLAG_VALUE_MAX",
+    "FlagValue",
+    "StackDoc",
+    "Layer",
+    "ImageRecipe",
+    "Hooks",
+    "HOOKS",
+    "parse_stack",
+    "stack_schema",
+]
 
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cloudlet.core.errors import BadRequest
+from cloudlet.core.errors import BadRequest, CloudletError
 from cloudlet.core.records import NAME_RE, NAME_RULES, NO_NUL
+from cloudlet.lb.loadbalancers import HealthCheck
+from cloudlet.network import ipam
+from cloudlet.network.networks import Subnet
+from cloudlet.network.secgroups import normal_rule
+from cloudlet.storage.volumes import ATTACH_PATH, AttachRequest
 
+T = TypeVar("T")
 HOOKS = ("setup", "configure", "deploy", "undeploy", "shutdown")  # OpsWorks' lifecycle events, in life order
 MAX_COUNT = 500  # instances per layer
 MAX_NODES = 200_000  # values in a document, counting each use of an alias
 MAX_DEPTH = 32
+MAX_FLAGS = 64  # flags of a stack: each is served by the metadata service and kept in its spec
+FLAG_VALUE_MAX = 256
 Key = Annotated[str, Field(min_length=1, max_length=40, pattern=NAME_RE.pattern, description=NAME_RULES)]
 Script = Annotated[str, Field(max_length=64 * 1024, pattern=NO_NUL)]
+FlagValue = Annotated[str, Field(max_length=FLAG_VALUE_MAX)]
+
+
+def check_flag_key(key: str) -> None:
+    if not key or len(key) > 63 or not all(c.isalnum() or c in "-_." for c in key):
+        raise BadRequest(f"flag {key!r}: use 1-63 letters, digits, '-', '_' or '.'")
 
 
 class _Strict(BaseModel):
@@ -32,7 +59,13 @@ class Placement(_Strict):
 
 class NetworkDef(_Strict):
     name: Key | None = Field(None, description="the network's name; default STACK-KEY")
-    subnet: str | None = Field(None, description="e.g. 10.240.50.0/24; omit for the next free /24")
+    subnet: Subnet | None = Field(None, description="e.g. 10.240.50.0/24; omit for the next free /24")
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str | None) -> str | None:
+        # the same check as `network create` (the tenant's own prefix limit is applied when it is made)
+        return None if v is None else str(_valid(lambda: ipam.parse_subnet(v, ipam.ADMIN_MIN_PREFIX)))
 
 
 class Rule(_Strict):
@@ -43,6 +76,13 @@ class Rule(_Strict):
     cidr: str | None = Field(None, description="IPv4 source network, e.g. 0.0.0.0/0")
     source: Key | None = Field(None, description="a security group of this stack (its key)")
 
+    @model_validator(mode="after")
+    def _normal(self) -> Rule:
+        # the checks (and the normal form) of `secgroup rule add`: 99999 or '::/0' is refused here, not looped on
+        ports = None if self.ports is None else str(self.ports)
+        self.ports, self.cidr = _valid(lambda: normal_rule(self.protocol, ports, self.cidr))
+        return self
+
 
 class SecurityGroupDef(_Strict):
     name: Key | None = None
@@ -52,7 +92,12 @@ class SecurityGroupDef(_Strict):
 class VolumeDef(_Strict):
     name: Key
     size_gib: int = Field(1, ge=1, le=16384)
-    path: str = Field("/data", max_length=255, pattern=r"^/[^\x00]*$")
+    path: str = Field("/data", max_length=255, pattern=NO_NUL, json_schema_extra={"pattern": ATTACH_PATH})
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return AttachRequest._path(v)  # volume attach's own rule: absolute, no '..', not /proc, /sys, /dev, /etc
 
 
 class ImageRecipe(_Strict):
@@ -90,7 +135,7 @@ class LoadBalancerDef(_Strict):
     port: int = Field(80, ge=1, le=65535)
     layer: Key = Field(description="the layer whose healthy members it balances")
     target_port: int | None = Field(None, ge=1, le=65535, description="members' port; default: port")
-    health_check: str | None = Field(None, description="e.g. http:/health")
+    health_check: HealthCheck | None = Field(None, description="http:/PATH or tcp, e.g. http:/health")
     network: Key | None = None
 
 
@@ -103,7 +148,7 @@ class EipDef(_Strict):
 class StackDoc(_Strict):
     name: Key = Field(description="the stack's name; its instances are LAYER-N.NAME.cloudlet")
     zone: Key | None = None
-    flags: dict[str, str] = Field(default_factory=dict)
+    flags: dict[str, FlagValue] = Field(default_factory=dict, max_length=MAX_FLAGS)
     placement: Placement = Field(default_factory=lambda: Placement.model_validate({}))
     networks: dict[Key, NetworkDef] = Field(default_factory=dict)
     security_groups: dict[Key, SecurityGroupDef] = Field(default_factory=dict)
@@ -115,9 +160,19 @@ class StackDoc(_Strict):
     @classmethod
     def _flags(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not key or len(key) > 63 or not all(c.isalnum() or c in "-_." for c in key):
-                raise ValueError(f"flag {key!r}: use 1-63 letters, digits, '-', '_' or '.'")
+            try:
+                check_flag_key(key)
+            except BadRequest as exc:
+                raise ValueError(exc.message) from None
         return v
+
+
+def _valid(check: Callable[[], T]) -> T:
+    """What `check` returns; its CloudletError as the ValueError pydantic turns into 'line N: field: message'."""
+    try:
+        return check()
+    except CloudletError as exc:
+        raise ValueError(exc.message) from None
 
 
 def stack_schema() -> dict[str, Any]:

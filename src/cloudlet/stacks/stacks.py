@@ -22,19 +22,26 @@ __all__ = [
     "set_flags",
     "set_readonly",
     "rolling_deploy",
+    "start_deploy",
+    "deploy_state",
+    "MAX_PER_TENANT",
     "stack_view",
     "StackReconciler",
 ]
 
+import hashlib
 import importlib
 import json
 import time
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloudlet.compute import images, instances
 from cloudlet.compute.resource import HOST, INSTANCE, InstanceStatus
+from cloudlet.core import quota
 from cloudlet.core.context import ADMIN_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import BadRequest, CloudletError, Conflict, NotFound
 from cloudlet.core.kinds import kinds
@@ -43,6 +50,8 @@ from cloudlet.core.records import FINALIZER, NameRef, Resource, record_view
 from cloudlet.network import networks
 from cloudlet.network.resource import NETWORK
 from cloudlet.stacks import hooks
+from cloudlet.stacks.deploys import DEPLOYS
+from cloudlet.stacks.hookpool import POOL
 from cloudlet.stacks.plan import KIND_ORDER, Action, desired, plan, recipe_image
 from cloudlet.stacks.resource import (
     IN_SERVICE,
@@ -54,7 +63,7 @@ from cloudlet.stacks.resource import (
     StackSpec,
     StackStatus,
 )
-from cloudlet.stacks.spec import ImageRecipe, StackDoc, parse_stack
+from cloudlet.stacks.spec import MAX_FLAGS, FlagValue, ImageRecipe, StackDoc, check_flag_key, parse_stack
 from cloudlet.storage import volumes
 from cloudlet.storage.resource import VOLUME, VolumeSpec
 
@@ -68,6 +77,10 @@ _OPTIONAL = {
 }
 POLL = 2.0  # while instances boot or old ones go, look again this often (watches wake it sooner)
 DRAIN_WAIT = 5.0  # seconds to wait for the LBs to confirm a member drained before going on without it
+GRACE = 0.05  # seconds a reconcile pass waits for the hooks it started: a quick one is taken in the same pass
+MAX_PER_TENANT = 20  # stacks of a tenant (quota "stacks", the admin may set another)
+HookKey = tuple[str, str, str, str]  # a hook run on the pool: (stack id, instance id, event, what it ran for)
+quota.register_meter(quota.Meter("stacks", KIND, lambda r: 0 if r.deleting else 1, MAX_PER_TENANT))
 
 
 class StackSource(BaseModel):
@@ -77,7 +90,9 @@ class StackSource(BaseModel):
 
 class FlagsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    flags: dict[str, str | None] = Field(description="KEY: VALUE to set, KEY: null to remove", max_length=256)
+    flags: dict[str, FlagValue | None] = Field(
+        description=f"KEY: VALUE to set, KEY: null to remove; a stack holds at most {MAX_FLAGS}", max_length=MAX_FLAGS
+    )
 
 
 class ReadonlyRequest(BaseModel):
@@ -148,7 +163,7 @@ def _check(cloud: Cloud, caller: Caller, doc: StackDoc, stack: Resource | None, 
 
 def _plan_of(cloud: Cloud, tenant: str, doc: StackDoc) -> tuple[Resource | None, list[Action]]:
     stack = _find(cloud, tenant, doc.name)
-    if stack is not None and stack.deleting:
+    if stack is not None and (stack.deleting or StackSpec.of(stack).delete):
         raise Conflict(f"stack {doc.name} is being deleted; apply again once it is gone")
     return stack, plan(desired(doc, _zones(cloud)), _owned(cloud, stack))
 
@@ -192,10 +207,19 @@ def apply_stack(cloud: Cloud, caller: Caller, text: str) -> dict[str, Any]:
         stack = Resource(
             kind=KIND, tenant=caller.tenant, name=doc.name, spec=spec.dump(), finalizers=[FINALIZER], zone=doc.zone
         )
-        cloud.store.create(stack, created=f"stack {doc.name} applied: {_summary(view)}")
+        cloud.store.create(
+            stack,
+            created=f"stack {doc.name} applied: {_summary(view)}",
+            guard=quota.guard(caller.tenant, {"stacks": 1}),
+        )
     elif view["stack_op"] == "update":
         spec = StackSpec.of(stack)
         spec.flags = {**spec.flags, **doc.flags}
+        if len(spec.flags) > MAX_FLAGS:
+            raise BadRequest(
+                f"stack {doc.name} would have {len(spec.flags)} flags (its own and those set with 'stack flag'), "
+                f"the most is {MAX_FLAGS}; remove some first"
+            )
         spec.document, spec.source = document, text
         stack = cloud.store.update_spec(stack.id, spec.dump())
         cloud.store.add_event(stack, "Applied", f"stack {doc.name} applied: {_summary(view)}")
@@ -207,38 +231,65 @@ def _summary(view: dict[str, Any]) -> str:
 
 
 def delete_stack(cloud: Cloud, caller: Caller, name: str) -> Resource:
-    """Runs the shutdown hooks of its in-service instances, then marks it deleted: everything it owns goes with
-    it (core/collect.py), and the stack record once the last of them is gone."""
+    """Deletes the stack and everything it made (core/collect.py), the stack record once the last of them is gone.
+    Its in-service instances' shutdown hooks run first, in the background (StackReconciler): until they are done
+    the stack shows as deleting and cannot be applied again."""
     stack = cloud.store.get(KIND, caller.tenant, name)
-    if stack.deleting:
+    spec = StackSpec.of(stack)
+    if stack.deleting or spec.delete:
         return stack
+    if not _shutdown_jobs(cloud, stack):
+        return _mark_deleted(cloud, stack)
+    spec.delete = True
+    stack = cloud.store.update_spec(stack.id, spec.dump())
+    cloud.store.add_event(stack, "ShuttingDown", f"stack {name}: running shutdown hooks, then deleting it")
+    return stack
+
+
+def _mark_deleted(cloud: Cloud, stack: Resource) -> Resource:
+    stack = cloud.store.mark_deleted(stack.id)
+    cloud.store.add_event(stack, "Deleting", f"stack {stack.name} and everything it made marked for deletion")
+    DEPLOYS.forget(stack.id)
+    return stack
+
+
+def _shutdown_jobs(cloud: Cloud, stack: Resource) -> list[tuple[Resource, str, str, dict[str, str]]]:
+    """(instance, event, script, env) of the shutdown hook of each in-service instance of the stack."""
     doc = StackDoc.model_validate(StackSpec.of(stack).document)
     status = StackStatus.of(stack)
     jobs = []
     for inst in cloud.store.list(INSTANCE, tenant=stack.tenant, owner=stack.id):
         member = status.members.get(inst.name)
         script = doc.layers[member.layer].hooks.shutdown if member and member.layer in doc.layers else None
-        if member and member.state == IN_SERVICE and script:
+        if member and member.state == IN_SERVICE and script and not inst.deleting:
             env = hooks.hook_env(doc.name, member.layer, inst.name, "shutdown", status.membership)
             jobs.append((inst, "shutdown", script, env))
-    _record_runs(cloud, stack, hooks.run_many(cloud, jobs))
-    stack = cloud.store.mark_deleted(stack.id)
-    cloud.store.add_event(stack, "Deleting", f"stack {name} and everything it made marked for deletion")
-    return stack
+    return jobs
 
 
 def set_flags(cloud: Cloud, caller: Caller, name: str, flags: dict[str, str | None]) -> Resource:
     stack = cloud.store.get(KIND, caller.tenant, name)
     for key in flags:
-        if not key or len(key) > 63 or not all(c.isalnum() or c in "-_." for c in key):
-            raise BadRequest(f"flag {key!r}: use 1-63 letters, digits, '-', '_' or '.'")
+        check_flag_key(key)
     spec = StackSpec.of(stack)
     new = {k: v for k, v in {**spec.flags, **flags}.items() if v is not None}
+    if len(new) > MAX_FLAGS:
+        raise BadRequest(
+            f"stack {name} would have {len(new)} flags, the most is {MAX_FLAGS}; remove some (KEY: null) first"
+        )
     if new != spec.flags:
+        message = _flags_message(spec.flags, new, flags)
         spec.flags = new
         stack = cloud.store.update_spec(stack.id, spec.dump())
-        cloud.store.add_event(stack, "FlagsChanged", ", ".join(f"{k}={v}" for k, v in flags.items()))
+        cloud.store.add_event(stack, "FlagsChanged", message)
     return stack
+
+
+def _flags_message(old: dict[str, str], new: dict[str, str], asked: dict[str, str | None]) -> str:
+    """Which keys changed, not their values (up to 256 characters each): the event stays one short line."""
+    changed = sorted(k for k in asked if old.get(k) != new.get(k))
+    shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    return f"flags changed: {shown}"[:200]
 
 
 def set_readonly(cloud: Cloud, caller: Caller, name: str, on: bool) -> Resource:
@@ -306,16 +357,14 @@ def _wait_drained(cloud: Cloud, stack: Resource, layer: str, member: str, wait: 
         time.sleep(0.2)
 
 
-def rolling_deploy(
-    cloud: Cloud, caller: Caller, name: str, layer: str, batch: int, wait: float = 120.0
-) -> dict[str, Any]:
-    """Runs `deploy` on the layer's in-service instances a batch at a time: each taken out of its LBs first
-    (undeploy runs then), put back once deploy succeeded and the LBs see it healthy again."""
+def _deploy_targets(cloud: Cloud, caller: Caller, name: str, layer: str) -> tuple[Resource, StackDoc, list[Resource]]:
+    """The stack, its document and the layer's instances a deploy goes to (in name order); 404/409 otherwise."""
     stack = cloud.store.get(KIND, caller.tenant, name)
+    if stack.deleting or StackSpec.of(stack).delete:
+        raise Conflict(f"stack {name} is being deleted")
     doc = StackDoc.model_validate(StackSpec.of(stack).document)
     if layer not in doc.layers:
         raise NotFound(f"stack {name} has no layer {layer!r}; its layers: {', '.join(doc.layers) or 'none'}")
-    status = StackStatus.of(stack)
     targets = sorted(
         (i for i in cloud.store.list(INSTANCE, tenant=stack.tenant, owner=stack.id) if not i.deleting),
         key=lambda i: (len(i.name), i.name),
@@ -325,6 +374,35 @@ def rolling_deploy(
     targets = [i for i in targets if i.labels.get(LAYER_LABEL) == layer and i.labels.get(LIFECYCLE_LABEL) in serving]
     if not targets:
         raise Conflict(f"layer {layer} of stack {name} has no instance in service to deploy to")
+    return stack, doc, targets
+
+
+def start_deploy(cloud: Cloud, caller: Caller, name: str, layer: str, batch: int) -> dict[str, Any]:
+    """Starts a rolling deploy in the background (stacks/deploys.py): 409 while one of this stack runs, 429
+    beyond the tenant's or the cloud's limit. Answers its state; deploy_state() follows it."""
+    stack, _, _ = _deploy_targets(cloud, caller, name, layer)
+    run = partial(rolling_deploy, cloud, caller, name, layer, batch)
+    return DEPLOYS.start(stack.id, stack.tenant, {"stack": name, "layer": layer, "batch": batch}, run)
+
+
+def deploy_state(cloud: Cloud, caller: Caller, name: str) -> dict[str, Any]:
+    """The running or last rolling deploy of the stack: state running, succeeded or failed, with each hook run."""
+    stack = cloud.store.get(KIND, caller.tenant, name)
+    found = DEPLOYS.state(stack.id)
+    if found is None:
+        raise NotFound(
+            f"stack {name} has had no deploy since cloudletd started; start one with 'cloudlet stack deploy'"
+        )
+    return found
+
+
+def rolling_deploy(
+    cloud: Cloud, caller: Caller, name: str, layer: str, batch: int, wait: float = 120.0
+) -> dict[str, Any]:
+    """Runs `deploy` on the layer's in-service instances a batch at a time: each taken out of its LBs first
+    (undeploy runs then), put back once deploy succeeded and the LBs see it healthy again."""
+    stack, doc, targets = _deploy_targets(cloud, caller, name, layer)
+    status = StackStatus.of(stack)
     script_deploy, script_undeploy = doc.layers[layer].hooks.deploy, doc.layers[layer].hooks.undeploy
     runs: list[hooks.HookRun] = []
     for start in range(0, len(targets), batch):
@@ -336,10 +414,9 @@ def rolling_deploy(
             _wait_drained(cloud, stack, layer, inst.name)
         env = {i.name: hooks.hook_env(name, layer, i.name, "deploy", status.membership) for i in group}
         if script_undeploy:
-            runs += hooks.run_many(cloud, [(i, "undeploy", script_undeploy, env[i.name]) for i in group])
-        done = (
-            hooks.run_many(cloud, [(i, "deploy", script_deploy, env[i.name]) for i in group]) if script_deploy else []
-        )
+            runs += hooks.run_many(cloud, stack.tenant, [(i, "undeploy", script_undeploy, env[i.name]) for i in group])
+        deploys = [(i, "deploy", script_deploy, env[i.name]) for i in group] if script_deploy else []
+        done = hooks.run_many(cloud, stack.tenant, deploys)
         runs += done
         failed = [r for r in done if not r.ok]
         for inst in group:
@@ -372,7 +449,7 @@ def stack_view(res: Resource) -> dict[str, Any]:
     spec, st = StackSpec.of(res), StackStatus.of(res)
     return record_view(
         res,
-        state="deleting" if res.deleting else res.phase,
+        state="deleting" if res.deleting or spec.delete else res.phase,
         layers={k: v.get("count", 1) for k, v in spec.document.get("layers", {}).items()},
         flags=spec.flags,
         readonly=spec.readonly,
@@ -405,7 +482,13 @@ class StackReconciler(KindReconciler):
     def converge(self, res: Resource) -> Result:
         cloud = self.cloud
         spec = StackSpec.of(res)
-        doc = StackDoc.model_validate(spec.document)
+        try:
+            doc = StackDoc.model_validate(spec.document)
+        except ValidationError as exc:  # stored before a check existed: say so, and wait for a fixed document
+            return self._failed(res, f"the stack document is not valid any more; apply a fixed one: {_brief(exc)}")
+        touched: set[HookKey] = set()  # the hook runs this pass looked at; others of this stack are stale
+        if spec.delete:
+            return self._shut_down(res, touched)
         caller = _caller_of(res.tenant)
         status = StackStatus.of(res)
         owned = _owned(cloud, res)
@@ -418,13 +501,16 @@ class StackReconciler(KindReconciler):
         busy = False
         for a in actions:
             try:
-                busy |= self._step(res, doc, caller, a, status)
+                busy |= self._step(res, doc, caller, a, status, touched)
             except CloudletError as exc:
                 problems.append(f"{a.op} {a.kind.lower()} {a.name}: {exc.message}")
+            except ValidationError as exc:  # a value the kind's own model refuses: an error to show, not a retry
+                problems.append(f"{a.op} {a.kind.lower()} {a.name}: invalid: {_brief(exc)}")
         self._attach_volumes(res, caller, doc)
         problems += self._complete_groups_and_eips(res, caller, doc)
         owned = _owned(cloud, res)
-        busy |= self._lifecycle(res, doc, status, owned)
+        busy |= self._lifecycle(res, doc, status, owned, touched)
+        POOL.drop(POOL.keys(lambda k: isinstance(k, tuple) and k[0] == res.id and k not in touched))
         status.progress = [_progress(r) for r in sorted(owned, key=_making_order)]
         status.message = "; ".join(problems)
         ready = not busy and not problems and all(p["state"] in _READY_STATES for p in status.progress)
@@ -436,7 +522,50 @@ class StackReconciler(KindReconciler):
             self.records.update_status(res.id, status=new, phase=phase, observed_generation=res.generation)
         return Result(requeue_after=None if ready else POLL)
 
-    def _step(self, res: Resource, doc: StackDoc, caller: Caller, a: Action, status: StackStatus) -> bool:
+    def _failed(self, res: Resource, message: str) -> Result:
+        if res.phase != "error" or StackStatus.of(res).message != message:
+            self.records.add_event(res, "ApplyFailed", message, "Warning")
+            status = StackStatus.of(res)
+            status.message = message
+            self.records.update_status(res.id, status=status.dump(), phase="error", observed_generation=res.generation)
+        return Result()
+
+    def _shut_down(self, res: Resource, touched: set[HookKey]) -> Result:
+        """Deletion was asked for: the shutdown hooks on the hook pool, then the record marked deleted."""
+        jobs = _shutdown_jobs(self.cloud, res)
+        runs, waiting = self._hooks(res, jobs, {job[0].name: "delete" for job in jobs}, touched)
+        if waiting:
+            return Result(requeue_after=POLL)
+        _record_runs(self.cloud, res, list(runs.values()))
+        POOL.drop(list(touched))
+        _mark_deleted(self.cloud, res)
+        return Result()
+
+    def _hooks(
+        self,
+        res: Resource,
+        jobs: list[tuple[Resource, str, str, dict[str, str]]],
+        tokens: dict[str, str],
+        touched: set[HookKey],
+    ) -> tuple[dict[str, hooks.HookRun], set[str]]:
+        """Starts each (instance, event, script, env) job on the hook pool unless it already ran for the instance's
+        token (the boot, the membership...): never here, on a reconcile worker every tenant shares. Answers the
+        runs that finished, by instance name, and the names of those still running; a finished run wakes the
+        stack."""
+        wake = partial(self.cloud.manager.enqueue, KIND, res.id)
+        started: dict[str, Future[Any]] = {}
+        for inst, event, script, env in jobs:
+            key = (res.id, inst.id, event, tokens[inst.name])
+            touched.add(key)
+            job = partial(hooks.run_hook, self.cloud, inst, event, script, env)
+            started[inst.name] = POOL.poll(key, res.tenant, job, wake)
+        POOL.settle(list(started.values()), GRACE)
+        done = {name: f.result() for name, f in started.items() if f.done()}
+        return done, set(started) - set(done)
+
+    def _step(
+        self, res: Resource, doc: StackDoc, caller: Caller, a: Action, status: StackStatus, touched: set[HookKey]
+    ) -> bool:
         """Takes one action; True while it waits for something (an old record still going)."""
         cloud = self.cloud
         if a.op == "unchanged":
@@ -455,8 +584,8 @@ class StackReconciler(KindReconciler):
         current = cloud.store.get_by_id(a.id or "")
         if current is None or current.deleting:
             return True
-        if current.kind == INSTANCE:
-            self._leave(res, doc, current, status)
+        if current.kind == INSTANCE and not self._leave(res, doc, current, status, touched):
+            return True  # its shutdown hook is running
         if a.op == "replace":
             cloud.store.add_event(res, "Replacing", f"{a.kind.lower()} {a.name}: {', '.join(a.forced_by)} changed")
         if current.kind in (INSTANCE, VOLUME):
@@ -558,35 +687,55 @@ class StackReconciler(KindReconciler):
                 problems.append(f"{d.kind.lower()} {d.name}: {exc.message}")
         return problems
 
-    def _leave(self, res: Resource, doc: StackDoc, inst: Resource, status: StackStatus) -> None:
-        """Takes an instance out of service before it is removed: out of its LBs, then the shutdown hook."""
+    def _leave(self, res: Resource, doc: StackDoc, inst: Resource, status: StackStatus, touched: set[HookKey]) -> bool:
+        """Takes an instance out of service before it is removed: out of its LBs, then the shutdown hook (on the
+        hook pool, after the LBs confirm the drain). True once it may go."""
         member = status.members.get(inst.name)
         layer = inst.labels.get(LAYER_LABEL, "")
-        if member is not None and member.state == IN_SERVICE:
+        if member is None or member.state not in (IN_SERVICE, "leaving"):
+            return True
+        if member.state == IN_SERVICE:
             member.state = "leaving"
             self.cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "leaving"})
             _drain(self.cloud, res, layer, inst.name, True)
-            _wait_drained(self.cloud, res, layer, inst.name)
-            script = doc.layers[layer].hooks.shutdown if layer in doc.layers else None
-            if script:
-                env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
-                _record_runs(self.cloud, res, [hooks.run_hook(self.cloud, inst, "shutdown", script, env)])
+        script = doc.layers[layer].hooks.shutdown if layer in doc.layers else None
+        if not script:
+            return True
+        env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
+        key = (res.id, inst.id, "shutdown", "leave")
+        touched.add(key)
+        job = partial(_drained_then, self.cloud, res, layer, inst, script, env)
+        fut = POOL.poll(key, res.tenant, job, partial(self.cloud.manager.enqueue, KIND, res.id))
+        POOL.settle([fut], GRACE)
+        if not fut.done():
+            return False
+        _record_runs(self.cloud, res, [fut.result()])
+        POOL.drop([key])
+        return True
 
     def _run_event(
-        self, res: Resource, doc: StackDoc, event: str, targets: list[Resource], membership: dict[str, Any]
-    ) -> dict[str, hooks.HookRun]:
-        """Runs the hook of `event` on each target whose layer has one, in parallel; results by instance name."""
+        self,
+        res: Resource,
+        doc: StackDoc,
+        event: str,
+        targets: list[Resource],
+        membership: dict[str, Any],
+        tokens: dict[str, str],
+        touched: set[HookKey],
+    ) -> tuple[dict[str, hooks.HookRun], set[str]]:
+        """Starts the hook of `event` on each target whose layer has one (_hooks); the finished runs by instance
+        name, and the instances whose run has not finished."""
         jobs = []
         for inst in targets:
             layer = inst.labels.get(LAYER_LABEL, "")
             script = getattr(doc.layers[layer].hooks, event) if layer in doc.layers else None
             if script:
                 jobs.append((inst, event, script, hooks.hook_env(res.name, layer, inst.name, event, membership)))
-        runs = hooks.run_many(self.cloud, jobs)
-        _record_runs(self.cloud, res, runs)
-        return {r.instance: r for r in runs}
+        return self._hooks(res, jobs, tokens, touched)
 
-    def _lifecycle(self, res: Resource, doc: StackDoc, status: StackStatus, owned: list[Resource]) -> bool:
+    def _lifecycle(
+        self, res: Resource, doc: StackDoc, status: StackStatus, owned: list[Resource], touched: set[HookKey]
+    ) -> bool:
         """setup (then deploy) on each instance after it boots; configure on every in-service instance whenever
         membership changes. True while some instance is still on its way."""
         cloud = self.cloud
@@ -612,12 +761,21 @@ class StackReconciler(KindReconciler):
             elif member.started_at != ist.started_at:  # a boot setup has not run after (a failed one stays failed)
                 booting.append(inst)
         membership = _membership(doc, status)
-        setup_runs = self._run_event(res, doc, "setup", booting, membership)
-        deployable = [i for i in booting if setup_runs.get(i.name) is None or setup_runs[i.name].ok]
-        deploy_runs = self._run_event(res, doc, "deploy", deployable, membership)
+        # keyed by the boot they follow: setup (then deploy) runs once per boot, whatever passes it takes
+        boot = {i.name: f"boot {InstanceStatus.of(i).started_at}" for i in booting}
+        setup_runs, hooked = self._run_event(res, doc, "setup", booting, membership, boot, touched)
+        set_up = [i for i in booting if i.name not in hooked and (i.name not in setup_runs or setup_runs[i.name].ok)]
+        deploy_runs, deploying = self._run_event(res, doc, "deploy", set_up, membership, boot, touched)
+        hooked |= deploying
         for inst in booting:
+            if inst.name in hooked:
+                busy = True
+                continue
             member = status.members[inst.name]
-            failed = next((r for r in (setup_runs.get(inst.name), deploy_runs.get(inst.name)) if r and not r.ok), None)
+            ran = [r for r in (setup_runs.get(inst.name), deploy_runs.get(inst.name)) if r]
+            _record_runs(cloud, res, ran)
+            POOL.drop([(res.id, inst.id, event, boot[inst.name]) for event in ("setup", "deploy")])
+            failed = next((r for r in ran if not r.ok), None)
             if failed is not None and failed.exit_code == hooks.UNREACHED:
                 busy = True  # its agent did not answer, or it stopped meanwhile: not the hook's failure; again later
                 continue
@@ -640,9 +798,29 @@ class StackReconciler(KindReconciler):
         fingerprint = json.dumps({"members": _in_service(status.membership), "lbs": lbs, "eips": eips}, sort_keys=True)
         if fingerprint != status.configured:
             serving = [live[n] for n, m in status.members.items() if m.state == IN_SERVICE]
-            self._run_event(res, doc, "configure", serving, status.membership)
+            token = "membership " + hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+            tokens = {i.name: token for i in serving}
+            runs, waiting = self._run_event(res, doc, "configure", serving, status.membership, tokens, touched)
+            if waiting:
+                return True
+            _record_runs(cloud, res, list(runs.values()))
+            POOL.drop([k for k in touched if k[2] == "configure"])
             status.configured = fingerprint
         return busy
+
+
+def _drained_then(
+    cloud: Cloud, stack: Resource, layer: str, inst: Resource, script: str, env: dict[str, str]
+) -> hooks.HookRun:
+    """A leaving member's shutdown hook, once its LBs give it no new requests (or DRAIN_WAIT passed)."""
+    _wait_drained(cloud, stack, layer, inst.name)
+    return hooks.run_hook(cloud, inst, "shutdown", script, env)
+
+
+def _brief(exc: ValidationError) -> str:
+    """A pydantic error in one short line: where and what, of the first problems."""
+    shown = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:3]]
+    return "; ".join(shown)[:300]
 
 
 def _all_lbs(cloud: Cloud, stack: Resource) -> list[Resource]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends
 
 from cloudlet.api.deps import NamePath, caller, get_cloud, page
@@ -51,10 +49,9 @@ def show(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depend
 
 
 @router.delete("/{name}", status_code=202)
-async def delete(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    """Runs the shutdown hooks, then deletes the stack and everything it made."""
-    res = await anyio.to_thread.run_sync(partial(stacks.delete_stack, cloud, who, name))
-    return stacks.stack_view(res)
+def delete(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Deletes the stack and everything it made, after its instances' shutdown hooks ran (in the background)."""
+    return stacks.stack_view(stacks.delete_stack(cloud, who, name))
 
 
 @router.post("/{name}/flags")
@@ -71,12 +68,16 @@ def readonly(
     return stacks.stack_view(stacks.set_readonly(cloud, who, name, body.on))
 
 
-@router.post("/{name}/deploy")
-async def deploy(
+@router.post("/{name}/deploy", status_code=202)
+def deploy(
     name: NamePath, body: stacks.DeployRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
 ) -> dict[str, Any]:
-    """Rolling deploy of a layer: a batch at a time out of its LBs, deploy, back in once healthy. Answers when
-    done, with each hook's exit code."""
-    run = partial(stacks.rolling_deploy, cloud, who, name, body.layer, body.batch)
-    result: dict[str, Any] = await anyio.to_thread.run_sync(run)
-    return result
+    """Starts a rolling deploy of a layer in the background: a batch at a time out of its LBs, deploy, back in
+    once healthy. One at a time per stack (409), a few per tenant (429); GET .../deploy follows it."""
+    return stacks.start_deploy(cloud, who, name, body.layer, body.batch)
+
+
+@router.get("/{name}/deploy")
+def deploy_state(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """The running or last rolling deploy: state running, succeeded or failed, message, and each hook's exit code."""
+    return stacks.deploy_state(cloud, who, name)
