@@ -51,6 +51,7 @@ def quota(
     gib: Annotated[int | None, typer.Option(help="most GiB of volumes in all")] = None,
     snapshots: Annotated[int | None, typer.Option(help="most snapshots")] = None,
     eips: Annotated[int | None, typer.Option(help="most elastic IPs")] = None,
+    stacks: Annotated[int | None, typer.Option(help="most stacks")] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Set a tenant's quota (admin); limits not given stay as they are. Shows used and limit of each."""
@@ -64,6 +65,7 @@ def quota(
         "volume_gib": gib,
         "snapshots": snapshots,
         "eips": eips,
+        "stacks": stacks,
     }
     _emit_quota(connect().request("PUT", f"/v1/tenants/{name}/quota", json=limits), output)
 

@@ -103,6 +103,7 @@ class QuotaUpdate(BaseModel):
     volume_gib: Annotated[int, Field(ge=0, le=1_000_000_000), JsonNumber] | None = None
     snapshots: Annotated[int, Field(ge=0, le=1_000_000), JsonNumber] | None = None
     eips: Annotated[int, Field(ge=0, le=EIP_POOL_SIZE), JsonNumber] | None = None  # a cloud's pool holds no more
+    stacks: Annotated[int, Field(ge=0, le=10_000), JsonNumber] | None = None
 
 
 def _tenant_view(cloud: Cloud, name: str) -> dict[str, Any]:
