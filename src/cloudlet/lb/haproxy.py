@@ -11,7 +11,7 @@ drain go through the runtime API, with no reload.
 
 from __future__ import annotations
 
-__all__ = ["Server", "Frontend", "render", "HAProxy", "READONLY_PAGE", "parse_stat"]
+__all__ = ["Server", "Frontend", "render", "HAProxy", "READONLY_PAGE", "parse_stat", "processes_under"]
 
 import csv
 import io
@@ -129,18 +129,11 @@ class HAProxy:
         return pid if self._ours(pid) else None
 
     def _ours(self, pid: int) -> bool:
-        try:
-            return str(self.cfg).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
+        return _runs(pid, str(self.cfg))
 
     def processes(self) -> list[int]:
         """Every process running this LB's config (masters and workers, however many)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and self._ours(int(entry)):
-                found.append(int(entry))
-        return found
+        return processes_under(str(self.cfg))
 
     def ensure(self, config: str) -> str:
         """Starts HAProxy with config, or reloads it if its config differs; returns what it did."""
@@ -219,6 +212,21 @@ class HAProxy:
                 os.kill(other, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _runs(pid: int, path: str) -> bool:
+    """Whether pid is a HAProxy (by its executable's name, not by arguments anyone may pass) naming path."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "haproxy":
+            return False
+        return path.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def processes_under(path: str) -> list[int]:
+    """Pids of the HAProxy processes whose command line names path (a config, or a directory of LBs)."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _runs(int(e), path)]
 
 
 def _ask(path: Path, cmd: str, timeout: float = 2.0) -> str:

@@ -26,8 +26,11 @@ __all__ = [
     "stop_all",
 ]
 
+import contextlib
 import ipaddress
+import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +46,7 @@ from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Resource, check_name, record_view
 from cloudlet.lb.controller import LbController, Member, Settings
-from cloudlet.lb.haproxy import Frontend, HAProxy, Server, render
+from cloudlet.lb.haproxy import Frontend, HAProxy, Server, processes_under, render
 from cloudlet.lb.resource import (
     LAYER_LABEL,
     LOADBALANCER,
@@ -408,9 +411,11 @@ class LoadBalancerReconciler(KindReconciler):
 def stop_all(ctx: HostContext, purge: bool) -> None:
     """`cloudlet down`: stop every HAProxy of this host (the next `up` starts them again); purge: their files."""
     root = ctx.config.agent_dir(ctx.host) / "lb"
-    if not root.is_dir():
-        return
-    for state_dir in root.iterdir():
-        HAProxy(state_dir, "").stop()
-        if purge:
-            shutil.rmtree(state_dir, ignore_errors=True)
+    if root.is_dir():
+        for state_dir in root.iterdir():
+            HAProxy(state_dir, "").stop()
+            if purge:
+                shutil.rmtree(state_dir, ignore_errors=True)
+    for pid in processes_under(f"{root}/"):  # one whose state dir is gone (removed under it) is still ours
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
