@@ -77,7 +77,7 @@ def settle(sim: SimCloud, seconds: float = 60) -> None:
     sim.run_until_idle(until=sim.clock.now() + seconds)
 
 
-def bounded(fn: Any, limit: float = 20.0) -> float:
+def bounded(fn: Any, limit: float = 10.0) -> float:
     """Runs fn in a thread; fails (instead of hanging) if it takes longer than `limit` seconds."""
     t0 = time.monotonic()
     worker = threading.Thread(target=fn, daemon=True)

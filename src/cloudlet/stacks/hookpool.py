@@ -49,15 +49,16 @@ class HookPool:
 
     def poll(
         self, key: Hashable, tenant: str, job: Callable[[], Any], done: Callable[[], None] | None = None
-    ) -> Future[Any]:
-        """The job under `key`, submitted now if it is not known yet (a key runs once until `drop`ped)."""
+    ) -> tuple[Future[Any], bool]:
+        """The job under `key`, submitted now if it is not known yet (a key runs once until `drop`ped), and
+        whether it was submitted now."""
         with self._lock:
             fut = self._keyed.get(key)
-        if fut is None:
-            fut = self.submit(tenant, job, done)
-            with self._lock:
-                fut = self._keyed.setdefault(key, fut)
-        return fut
+        if fut is not None:
+            return fut, False
+        fut = self.submit(tenant, job, done)
+        with self._lock:
+            return self._keyed.setdefault(key, fut), True
 
     def drop(self, keys: list[Hashable]) -> None:
         """Forgets keyed jobs (a running one finishes; its result is not kept)."""

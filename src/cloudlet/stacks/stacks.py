@@ -554,12 +554,15 @@ class StackReconciler(KindReconciler):
         stack."""
         wake = partial(self.cloud.manager.enqueue, KIND, res.id)
         started: dict[str, Future[Any]] = {}
+        new: list[Future[Any]] = []
         for inst, event, script, env in jobs:
             key = (res.id, inst.id, event, tokens[inst.name])
             touched.add(key)
             job = partial(hooks.run_hook, self.cloud, inst, event, script, env)
-            started[inst.name] = POOL.poll(key, res.tenant, job, wake)
-        POOL.settle(list(started.values()), GRACE)
+            started[inst.name], fresh = POOL.poll(key, res.tenant, job, wake)
+            if fresh:
+                new.append(started[inst.name])
+        POOL.settle(new, GRACE)  # only for runs started now: a pass looking again at a slow one does not wait
         done = {name: f.result() for name, f in started.items() if f.done()}
         return done, set(started) - set(done)
 
@@ -705,8 +708,8 @@ class StackReconciler(KindReconciler):
         key = (res.id, inst.id, "shutdown", "leave")
         touched.add(key)
         job = partial(_drained_then, self.cloud, res, layer, inst, script, env)
-        fut = POOL.poll(key, res.tenant, job, partial(self.cloud.manager.enqueue, KIND, res.id))
-        POOL.settle([fut], GRACE)
+        fut, fresh = POOL.poll(key, res.tenant, job, partial(self.cloud.manager.enqueue, KIND, res.id))
+        POOL.settle([fut] if fresh else [], GRACE)
         if not fut.done():
             return False
         _record_runs(self.cloud, res, [fut.result()])
