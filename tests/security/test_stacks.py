@@ -245,6 +245,11 @@ def test_a_stored_document_that_became_invalid_is_an_error_not_a_loop(sim: SimCl
     assert stack.phase == "error" and "load_balancers.lb.health_check" in stack.status["message"], stack.status
     assert settled < 20, f"{settled} passes: it keeps retrying"
     assert sim.cloud.store.list(INSTANCE, tenant="acme") == []
+    with pytest.raises(Conflict, match="not valid any more"):
+        stacks.start_deploy(sim.cloud, A, "old", "web", 1)
+    stacks.delete_stack(sim.cloud, A, "old")
+    settle(sim)
+    assert sim.cloud.store.list(stacks.KIND, tenant="acme") == []
 
 
 def test_a_rule_cidr_in_short_form_converges(sim: SimCloud) -> None:

@@ -255,7 +255,10 @@ def _mark_deleted(cloud: Cloud, stack: Resource) -> Resource:
 
 def _shutdown_jobs(cloud: Cloud, stack: Resource) -> list[tuple[Resource, str, str, dict[str, str]]]:
     """(instance, event, script, env) of the shutdown hook of each in-service instance of the stack."""
-    doc = StackDoc.model_validate(StackSpec.of(stack).document)
+    try:
+        doc = StackDoc.model_validate(StackSpec.of(stack).document)
+    except ValidationError:  # a document stored before a check existed: it cannot say what to run
+        return []
     status = StackStatus.of(stack)
     jobs = []
     for inst in cloud.store.list(INSTANCE, tenant=stack.tenant, owner=stack.id):
@@ -362,7 +365,10 @@ def _deploy_targets(cloud: Cloud, caller: Caller, name: str, layer: str) -> tupl
     stack = cloud.store.get(KIND, caller.tenant, name)
     if stack.deleting or StackSpec.of(stack).delete:
         raise Conflict(f"stack {name} is being deleted")
-    doc = StackDoc.model_validate(StackSpec.of(stack).document)
+    try:
+        doc = StackDoc.model_validate(StackSpec.of(stack).document)
+    except ValidationError as exc:
+        raise Conflict(f"stack {name}: its document is not valid any more; apply a fixed one: {_brief(exc)}") from None
     if layer not in doc.layers:
         raise NotFound(f"stack {name} has no layer {layer!r}; its layers: {', '.join(doc.layers) or 'none'}")
     targets = sorted(
@@ -475,6 +481,7 @@ class StackReconciler(KindReconciler):
         self.watches = {INSTANCE: owned, VOLUME: owned, NETWORK: owned}
 
     def cleanup(self, res: Resource) -> None:
+        POOL.drop(POOL.keys(lambda k: isinstance(k, tuple) and k[0] == res.id))
         left = [r for r in self.cloud.store.list(owner=res.id)]
         if left:  # the collector is removing them; the stack goes last so `stack show` tells how far it got
             raise Conflict(f"stack {res.name} still has {len(left)} resources being removed")
@@ -482,13 +489,13 @@ class StackReconciler(KindReconciler):
     def converge(self, res: Resource) -> Result:
         cloud = self.cloud
         spec = StackSpec.of(res)
+        touched: set[HookKey] = set()  # the hook runs this pass looked at; others of this stack are stale
+        if spec.delete:
+            return self._shut_down(res, touched)
         try:
             doc = StackDoc.model_validate(spec.document)
         except ValidationError as exc:  # stored before a check existed: say so, and wait for a fixed document
             return self._failed(res, f"the stack document is not valid any more; apply a fixed one: {_brief(exc)}")
-        touched: set[HookKey] = set()  # the hook runs this pass looked at; others of this stack are stale
-        if spec.delete:
-            return self._shut_down(res, touched)
         caller = _caller_of(res.tenant)
         status = StackStatus.of(res)
         owned = _owned(cloud, res)
