@@ -82,6 +82,8 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
         out.append(Desired("Network", net.name or f"{doc.name}-{key}", subnet, frozenset(subnet), {"key": key}))
     groups = {key: sg.name or f"{doc.name}-{key}" for key, sg in doc.security_groups.items()}
     for key, sg in doc.security_groups.items():
+        # ports and cidr in the stored rule's normal form (spec.Rule applies secgroups.normal_rule), so the ids
+        # the reconciler compares (rule_id) match those of the rules it made
         rules = [
             {
                 "protocol": r.protocol,
