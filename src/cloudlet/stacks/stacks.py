@@ -709,8 +709,6 @@ class StackReconciler(KindReconciler):
             self.cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "leaving"})
             _drain(self.cloud, res, layer, inst.name, True)
         script = doc.layers[layer].hooks.shutdown if layer in doc.layers else None
-        if not script:
-            return True
         env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
         key = (res.id, inst.id, "shutdown", "leave")
         touched.add(key)
@@ -719,7 +717,8 @@ class StackReconciler(KindReconciler):
         POOL.settle([fut] if fresh else [], GRACE)
         if not fut.done():
             return False
-        _record_runs(self.cloud, res, [fut.result()])
+        run = fut.result()
+        _record_runs(self.cloud, res, [run] if run is not None else [])
         POOL.drop([key])
         return True
 
@@ -820,11 +819,12 @@ class StackReconciler(KindReconciler):
 
 
 def _drained_then(
-    cloud: Cloud, stack: Resource, layer: str, inst: Resource, script: str, env: dict[str, str]
-) -> hooks.HookRun:
-    """A leaving member's shutdown hook, once its LBs give it no new requests (or DRAIN_WAIT passed)."""
+    cloud: Cloud, stack: Resource, layer: str, inst: Resource, script: str | None, env: dict[str, str]
+) -> hooks.HookRun | None:
+    """Waits until a leaving member's LBs give it no new requests (or DRAIN_WAIT passed), then runs its shutdown
+    hook if it has one: on the hook pool, as the wait may take seconds."""
     _wait_drained(cloud, stack, layer, inst.name)
-    return hooks.run_hook(cloud, inst, "shutdown", script, env)
+    return hooks.run_hook(cloud, inst, "shutdown", script, env) if script else None
 
 
 def _brief(exc: ValidationError) -> str:
