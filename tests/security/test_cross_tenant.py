@@ -206,6 +206,9 @@ def _make_victims(world: World, s3: str) -> None:
     if "/v1/stacks" in world.schema["paths"]:
         _wait(a, "/v1/stacks/acme-stack", ("ready",))
     _wait(b, "/v1/instances/bravo-web", ("running",))
+    if "/v1/loadbalancers" in world.schema["paths"]:
+        lb = {"name": "acme-lb", "network": "acme-net", "members": ["acme-web"], "labels": lab}
+        _ok(a.post("/v1/loadbalancers", json=lb))
     if "/v1/eips" in world.schema["paths"]:
         _ok(a.post("/v1/eips", json={"name": "acme-eip", "labels": lab}))
         _ok(a.post("/v1/eips/acme-eip/association", json={"target": "acme-web"}))
