@@ -374,3 +374,19 @@ def test_a_restarted_instance_leaves_its_lb_and_runs_setup_again(sim: SimCloud) 
         events(sim, "HookSucceeded", "lbs").count("setup on web-1") == 2
         and web.id == sim.cloud.store.get(INSTANCE, "admin", "web-1").id
     )
+
+
+def test_a_failed_image_build_is_an_error_not_a_rebuild_loop(sim: SimCloud) -> None:
+    stacks.apply_stack(sim.cloud, ADMIN, "name: broken\nlayers:\n  app: {image: {packages: [nosuch]}}\n")
+    stack = sim.cloud.store.get(stacks.KIND, "admin", "broken")
+    reconciler = stacks.StackReconciler(sim.cloud)
+    reconciler.reconcile(stack.id)  # not stepped: the build "fails" below, as debootstrap would without a mirror
+    image = next(r for r in sim.cloud.store.list("Image", tenant="public") if r.name.startswith("recipe-"))
+    sim.cloud.store.update_status(image.id, phase="failed", status={"message": "debootstrap failed: no mirror"})
+    generation = sim.cloud.store.get_by_id(image.id).generation  # type: ignore[union-attr]
+    for _ in range(3):
+        reconciler.reconcile(stack.id)
+    stack = sim.cloud.store.get(stacks.KIND, "admin", "broken")
+    assert stack.phase == "error" and "no mirror" in stacks.StackStatus.of(stack).message
+    assert f"cloudlet image build {image.name} --packages nosuch" in stacks.StackStatus.of(stack).message
+    assert sim.cloud.store.get_by_id(image.id).generation == generation  # type: ignore[union-attr]

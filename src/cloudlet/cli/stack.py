@@ -64,12 +64,16 @@ def plan(file: File, output: OutputOpt = Format.table) -> None:
         _print_plan(view)
 
 
+ERROR_GRACE = 5.0  # seconds a stack may stay in error before --wait gives up
+
+
 def _wait(client: Client, name: str, timeout: float) -> dict[str, Any]:
     """Prints one line per resource as it becomes ready, until the stack is ready (or fails to be)."""
     deadline = time.monotonic() + timeout
     seen: dict[tuple[str, str], str] = {}
     start = time.monotonic()
     view: dict[str, Any] = {}
+    error_since: float | None = None
     while time.monotonic() < deadline:
         view = client.get(f"/v1/stacks/{name}")
         for p in view["progress"]:
@@ -83,6 +87,10 @@ def _wait(client: Client, name: str, timeout: float) -> dict[str, Any]:
         failed = [n for n, m in view["members"].items() if m["state"] == "failed"]
         if failed:
             raise CloudletError(f"stack {name}: {', '.join(failed)} failed: {view['members'][failed[0]]['message']}")
+        # an error can be passing (a name still being freed): give up on one that lasts
+        error_since = (error_since or time.monotonic()) if view["state"] == "error" else None
+        if error_since is not None and time.monotonic() - error_since > ERROR_GRACE:
+            raise CloudletError(f"stack {name}: {view['message']}")
         time.sleep(0.3)
     raise CloudletError(
         f"timed out after {timeout:.0f} s waiting for stack {name}: {view.get('message') or view.get('state')}"

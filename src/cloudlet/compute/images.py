@@ -210,7 +210,9 @@ def ensure_busybox(cloud: Cloud) -> Resource:
         return _record(cloud, PUBLIC_TENANT, BUILT_IN, spec, "pending")
 
 
-def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
+def request_build(cloud: Cloud, caller: Caller, req: ImageBuild, retry_failed: bool = True) -> Resource:
+    """The image record of a build, made or found (same content: cached). A failed build of the same content is
+    tried again only with retry_failed (a controller asking again on every pass would run debootstrap in a loop)."""
     owner = _claim(cloud, caller, req.name)
     base = req.name if req.name in SUITES else "debian-12"
     suite = SUITES[base]
@@ -221,8 +223,8 @@ def request_build(cloud: Cloud, caller: Caller, req: ImageBuild) -> Resource:
         source="debootstrap", suite=suite, packages=req.packages, mirror=mirror, digest=digest, command=DEBIAN_COMMAND
     )
     for res in cloud.store.list(KIND, tenant=owner, name=req.name):
-        if ImageSpec.of(res).digest == digest and res.phase != "failed":
-            return res  # same content: the build is cached
+        if ImageSpec.of(res).digest == digest and (res.phase != "failed" or not retry_failed):
+            return res  # same content: the build is cached (or failed, and not to be retried)
         return cloud.store.update_spec(res.id, spec.dump())
     return _record(cloud, owner, req.name, spec, "pending", req.labels, quota.guard(caller.tenant, {"images": 1}))
 

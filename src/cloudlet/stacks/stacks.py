@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloudlet.compute import images, instances
-from cloudlet.compute.resource import HOST, INSTANCE, InstanceStatus
+from cloudlet.compute.resource import HOST, INSTANCE, ImageStatus, InstanceStatus
 from cloudlet.core import quota
 from cloudlet.core.context import ADMIN_TENANT, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import BadRequest, CloudletError, Conflict, NotFound
@@ -500,11 +500,20 @@ class StackReconciler(KindReconciler):
         status = StackStatus.of(res)
         owned = _owned(cloud, res)
         actions = plan(desired(doc, _zones(cloud)), owned)
+        problems: list[str] = []
         for layer in doc.layers.values():
             if isinstance(layer.image, ImageRecipe):
                 build = images.ImageBuild(name=recipe_image(layer.image), packages=layer.image.packages)
-                images.request_build(cloud, caller, build)
-        problems: list[str] = []
+                # a failed build is retried by a changed document or by hand, not on every pass
+                image = images.request_build(
+                    cloud, caller, build, retry_failed=res.observed_generation != res.generation
+                )
+                problem = (
+                    f"image {image.name} failed to build ({ImageStatus.of(image).message}); to retry: cloudlet image "
+                    f"build {image.name} --packages {','.join(build.packages)}"
+                )
+                if image.phase == "failed" and problem not in problems:
+                    problems.append(problem)
         busy = False
         for a in actions:
             try:
