@@ -16,26 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _cloud import percentile, real_cloud_env
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tests.helpers import REQUEST_LOOP
+
 SERVE = "mkdir -p /w && echo hello from $(hostname) > /w/index.html && exec httpd -f -p 80 -h /w"
-LOOP = """
-import json, socket, sys, time
-address = sys.argv[1]
-while True:
-    t = time.time()
-    try:
-        s = socket.create_connection((address, 80), timeout=0.2)
-        s.settimeout(0.2)
-        s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        s.close()
-        body = data.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip()
-    except OSError:
-        body = None
-    print(json.dumps([t, body]), flush=True)
-    time.sleep(0.01)
-"""
 
 
 def main() -> None:
@@ -65,7 +49,7 @@ def main() -> None:
         outside = f"cl-{(home / 'cloud.id').read_text().strip()}-out"
         moves: list[tuple[str, float, float]] = []  # (new holder, before the request, after its answer)
         with tempfile.TemporaryFile("w+") as log:  # not a pipe: a full one would stall the loop
-            argv = ["ip", "netns", "exec", outside, sys.executable, "-c", LOOP, address]
+            argv = ["ip", "netns", "exec", outside, sys.executable, "-c", REQUEST_LOOP, address]
             loop = subprocess.Popen(argv, stdout=log)
             try:
                 time.sleep(1.0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CloudCLI, running_cloud
+from tests.helpers import REQUEST_LOOP
 
 pytestmark = pytest.mark.root
 
@@ -201,33 +202,12 @@ def urlopen_no_proxy(url: str) -> Iterator[str]:
         yield resp.read().decode().strip()
 
 
-LOOP = """
-import socket, sys, time, json
-address, until = sys.argv[1], time.time() + float(sys.argv[2])
-while time.time() < until:
-    t = time.time()
-    try:
-        s = socket.create_connection((address, 80), timeout=0.2)
-        s.settimeout(0.2)
-        s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        s.close()
-        body = data.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip()
-    except OSError:
-        body = None
-    print(json.dumps([t, body]), flush=True)
-    time.sleep(0.01)
-"""
-
-
 def move_gap(cloud: CloudCLI, eip: str, address: str, to: str, seconds: float = 4.0) -> tuple[float, float]:
     """Moves eip to `to` while a request loop runs in the outside namespace. Returns (gap, follow): the time
     between the last answer of the old holder and the first of the new one, and from the associate command's
     return to that first answer."""
     loop = subprocess.Popen(
-        ["ip", "netns", "exec", outside(cloud), sys.executable, "-c", LOOP, address, str(seconds)],
+        ["ip", "netns", "exec", outside(cloud), sys.executable, "-c", REQUEST_LOOP, address, str(seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
