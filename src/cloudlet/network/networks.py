@@ -72,12 +72,14 @@ class NetworkCreate(BaseModel):
     labels: Labels = {}
     name: Name
     subnet: Subnet | None = None
-    egress: bool = Field(False, description="NAT its traffic to the outside namespace's range (off by default)")
+    egress: bool = Field(
+        False, strict=True, description="NAT its traffic to the outside namespace's range (off by default)"
+    )
 
 
 class NetworkUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    egress: bool
+    egress: bool = Field(strict=True)
 
 
 def create_network(
