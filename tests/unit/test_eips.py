@@ -85,7 +85,7 @@ def test_allocate_associate_move_release(sim: SimCloud) -> None:
     eips.allocate_eip(cloud, ADMIN, "e2")
     with pytest.raises(Conflict, match="instance b already holds EIP e1; disassociate that one first"):
         eips.associate_eip(cloud, ADMIN, "e2", "Instance", "b")
-    with pytest.raises(NotFound, match="'nope' not found"):
+    with pytest.raises(Conflict, match="'nope' not found; create it before"):
         eips.associate_eip(cloud, ADMIN, "e2", "Instance", "nope")
     with pytest.raises(NotFound):  # another tenant's instance is not found by name
         eips.associate_eip(cloud, Caller("acme"), "e2", "Instance", "a")

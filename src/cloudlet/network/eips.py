@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from cloudlet.compute.resource import INSTANCE
 from cloudlet.core import quota
 from cloudlet.core.context import Caller, Cloud, HostContext, Records
-from cloudlet.core.errors import Conflict, InvalidSpec
+from cloudlet.core.errors import Conflict, InvalidSpec, NotFound
 from cloudlet.core.kinds import kinds as registered_kinds
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result, Watches
@@ -93,7 +93,10 @@ def allocate_eip(
 def _target(cloud: Cloud, caller: Caller, kind: str, name: str) -> Resource:
     if kind not in {k.name for k in registered_kinds()}:
         raise InvalidSpec(f"{kind} targets are not available in this cloud; associate an instance")
-    target = cloud.store.get(kind, caller.tenant, name)
+    try:
+        target = cloud.store.get(kind, caller.tenant, name)
+    except NotFound:  # 409: the EIP exists, what it should go to does not (a 404 would say the EIP is gone)
+        raise Conflict(f"{kind.lower()} {name!r} not found; create it before associating an EIP with it") from None
     if target.deleting:
         raise Conflict(f"{kind.lower()} {name} is being deleted; associate another")
     return target
