@@ -75,7 +75,15 @@ def test_kill9_during_storage_operations(cloud: CloudCLI) -> None:
         if set(v) == vols and set(s) == set(snaps) and all(x == "ready" for x in [*v.values(), *s.values()]):
             break
         time.sleep(0.25)
-    assert set(v) == vols and set(s) == set(snaps), f"{seen}: {v} {s} {vols} {snaps}"
+    if set(v) != vols or set(s) != set(snaps):  # what the stragglers went through, and what the agent holds
+        stuck = sorted((set(v) - vols) | (set(s) - set(snaps)))
+        events = {n: api.get("/v1/events", params={"name": n}).json()["items"][-8:] for n in stuck}
+        cache = json.loads((cloud.home / "agents/local/cache.json").read_text())
+        held = [r for r in cache["items"] if r.get("name") in stuck]
+        raise AssertionError(
+            f"{seen}: {v} {s} {vols} {snaps}\nevents: {events}\nagent cache: {held}\n"
+            f"outbox: {cache['outbox'][:20]}\nfinalized: {cache['finalized']}"
+        )
     assert all(x == "ready" for x in [*v.values(), *s.values()]), f"{seen}: {v} {s}"
     usage = api.get("/v1/storage/usage").json()["volumes"]
     owned = {(u["kind"], u["name"]) for u in usage}
