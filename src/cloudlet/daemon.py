@@ -78,12 +78,17 @@ def bootstrap(cloud: Cloud) -> str:
 
 
 def _compact(cloud: Cloud, stop: threading.Event) -> None:
-    while not stop.wait(60):
+    """At start and every minute: purges records a kill left deleting with no finalizer, bounds the logs."""
+    while True:
         try:
+            if purged := cloud.store.purge_finalized():
+                log.info("purged %d deleted records that had no finalizer left", purged)
             cloud.store.compact_changes()
             cloud.store.compact_events()
         except Exception as exc:  # the next round tries again
-            log.warning("compacting the change and event logs failed: %s", exc)
+            log.warning("compacting the store failed: %s", exc)
+        if stop.wait(60):
+            return
 
 
 def serve(cloud: Cloud) -> None:

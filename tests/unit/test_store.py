@@ -54,6 +54,25 @@ def test_finalizer_gates_purge(store: Store) -> None:
     assert store.get_by_id(plain.id) is None
 
 
+def test_finalize_purges_in_one_write_and_leftovers_are_swept(store: Store) -> None:
+    r = _res("once")
+    r.finalizers = [FINALIZER]
+    store.create(r)
+    store.mark_deleted(r.id)
+    rev = store.revision()
+    assert store.finalize(r.id) and store.get_by_id(r.id) is None
+    assert store.revision() == rev + 1  # the purge alone: no write that drops the finalizer and leaves the record
+    # what a kill between two writes left (the old finalize, or mark_deleted before its purge): the sweep ends it
+    left, kept = _res("left"), _res("kept")
+    left.finalizers = kept.finalizers = [FINALIZER]
+    for res in (left, kept):
+        store.create(res)
+        store.mark_deleted(res.id)
+    store._update(left.id, {"finalizers": []})
+    assert store.purge_finalized() == 1
+    assert store.get_by_id(left.id) is None and store.get_by_id(kept.id) is not None
+
+
 def test_watch_resumes_without_missing_or_repeating(store: Store) -> None:
     start = store.revision()
     a, b = store.create(_res("wa")), store.create(_res("wb"))
