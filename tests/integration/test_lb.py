@@ -10,7 +10,6 @@ import ctypes
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -202,52 +201,6 @@ def test_readonly_serves_reads_refuses_writes(env: Env) -> None:
     assert status == 200 and body.endswith("POST\n")
     proc = env.cloud.run("lb", "readonly", "web", "maybe", check=False)
     assert proc.returncode != 0 and "on" in proc.stderr
-
-
-def test_lingering_connections_do_not_pile_up_old_workers(env: Env) -> None:
-    """A member that trickles its answer keeps the connection, and so the old worker after a reload, alive: a
-    tenant holds both ends. Old workers are bounded (mworker-max-reloads), whatever the reloads."""
-    from cloudlet.lb.haproxy import MAX_RELOADS_SURVIVED, HAProxy
-
-    trickle = (
-        "printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nfor i in $(seq 300); do echo x; sleep 0.1; done\\n'"
-    )
-    for m in ("m1", "m2"):
-        env.cloud.run("exec", m, "--", "sh", "-c", f"{trickle} > /www/cgi-bin/trickle && chmod +x /www/cgi-bin/trickle")
-    socks: list[socket.socket] = []
-
-    def hold() -> None:
-        sock = socket.create_connection((env.ip, 80), timeout=5)
-        sock.sendall(b"GET /cgi-bin/trickle HTTP/1.1\r\nHost: lb\r\n\r\n")
-        assert sock.recv(64).startswith(b"HTTP/1.1 200")
-        socks.append(sock)
-
-    def old_workers() -> int:
-        deadline = time.monotonic() + 5
-        while True:  # the master socket refuses while the master re-executes itself for a reload
-            try:
-                text = HAProxy(env.lb_dir, "").master_command("show proc")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        return len(text.split("# old workers")[1].split("#")[0].strip().splitlines()) if "# old workers" in text else 0
-
-    try:
-        for i in range(8):
-            in_netns(env.hub, hold)
-            env.cloud.run("lb", "readonly", "web", "on" if i % 2 == 0 else "off")
-            deadline = time.monotonic() + 10  # until this reload left its old worker (or the bound was hit)
-            while old_workers() < min(i + 1, MAX_RELOADS_SURVIVED) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        assert 0 < old_workers() <= MAX_RELOADS_SURVIVED
-    finally:
-        for sock in socks:
-            sock.close()
-        env.cloud.run("lb", "readonly", "web", "off")
-        for m in ("m1", "m2"):
-            env.cloud.run("exec", m, "--", "rm", "-f", "/www/cgi-bin/trickle")
 
 
 def test_members_follow_instances_reloads_drop_nothing(env: Env) -> None:

@@ -83,6 +83,7 @@ def test_render_config(tmp_path: Path) -> None:
     assert "server a 10.240.0.2:8080 check weight 256" in text and "server b 10.240.0.3:8080 check weight 0" in text
     assert "timeout server 400ms" in text and "retry-on conn-failure empty-response response-timeout" in text
     assert "http-request disable-l7-retry if !METH_GET" in text  # writes are never replayed
+    assert "hard-stop-after 30s" in text  # an old worker held open by a trickling member goes after 30 s
     assert READONLY_PAGE in text and "if !METH_GET" in text
     assert READONLY_PAGE not in render(tmp_path, Frontend("10.240.0.9", 80, "leastconn", "tcp", False, 400), [])
     if shutil.which("haproxy"):

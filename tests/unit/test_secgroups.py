@@ -149,8 +149,8 @@ def test_launch_attach_detach_delete(sim: SimCloud) -> None:
     secgroups.delete_secgroup(cloud, me, "app")
     secgroups.delete_secgroup(cloud, me, "db")
     assert [g.name for g in cloud.store.list(secgroups.KIND)] == ["default"]
-    # another tenant's groups are not found by name
-    with pytest.raises(NotFound):
+    # another tenant's instances are not found by name (as one that never existed)
+    with pytest.raises(Conflict, match="instance 'a' not found"):
         secgroups.attach(cloud, Caller("acme"), "default", "a")
 
 

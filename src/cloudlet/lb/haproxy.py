@@ -37,7 +37,6 @@ CHECK_TIMEOUT_MS = 300
 CHECK_FAST_MS = 200
 CONNECT_TIMEOUT_MS = 500
 HARD_STOP_AFTER_S = 30  # how long an old worker may keep serving its connections after a reload
-MAX_RELOADS_SURVIVED = 3
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,8 @@ def render(state_dir: Path, fe: Frontend, servers: list[Server]) -> str:
         f"    server-state-file {state_dir / 'servers.state'}",
         "    maxconn 4096",
         # an old worker lives while any connection to it does, and a tenant holds both ends (its member can
-        # trickle a byte now and then): after a reload it gets 30 s to finish, and at most 3 reloads survive
+        # trickle a byte now and then): after a reload it gets 30 s to finish
         f"    hard-stop-after {HARD_STOP_AFTER_S}s",
-        f"    mworker-max-reloads {MAX_RELOADS_SURVIVED}",
         "defaults",
         "    mode http",
         f"    timeout connect {CONNECT_TIMEOUT_MS}ms",

@@ -246,7 +246,10 @@ def attach(cloud: Cloud, caller: Caller, name: str, instance: str) -> Resource:
     """Puts a (running or not) instance into a group; its agent reloads its table at once."""
     with _lock:
         group = _get(cloud, caller.tenant, name)
-        inst = _instance(cloud, caller, instance)
+        try:
+            inst = _instance(cloud, caller, instance)
+        except NotFound:  # 409: the group exists, the instance named in the body does not (404 would say the group)
+            raise Conflict(f"instance {instance!r} not found; launch it before attaching it to a group") from None
         spec = InstanceSpec.of(inst)
         if group.id in spec.secgroups:
             raise Conflict(f"instance {instance} is already in security group {name}")
