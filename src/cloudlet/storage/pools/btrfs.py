@@ -1,5 +1,7 @@
 """btrfs pool: a sparse image file under $CLOUDLET_HOME, loop-mounted at $CLOUDLET_HOME/pool. Every volume is a
-subvolume; snapshot and clone are subvolume snapshots (O(1)); size limits are qgroup limits on referenced bytes."""
+subvolume; snapshot and clone are subvolume snapshots (O(1)); size limits are qgroup limits on referenced bytes.
+Replication is `btrfs send [-p parent]` into `btrfs receive`: the receiver finds the parent by its received uuid, so
+a received volume is renamed into place, never snapshotted (a snapshot would have no received uuid)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,17 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from cloudlet.core.errors import DriverError, translate_errors
-from cloudlet.storage.pools.base import PoolCapabilities, StoragePool, Usage, mounted, run
+from cloudlet.storage.pools.base import PoolCapabilities, SendStream, StoragePool, Usage, mounted, run
 
 
 class BtrfsPool(StoragePool):
     name = "btrfs"
-    capabilities = PoolCapabilities(cow=True, quotas=True)
+    capabilities = PoolCapabilities(cow=True, quotas=True, replication=True)
 
     def __init__(self, home: Path, size_bytes: int = 20 << 30) -> None:
         self.image = home / "pool.img"
@@ -74,6 +78,53 @@ class BtrfsPool(StoragePool):
             if qgroup:
                 subprocess.run(["btrfs", "qgroup", "destroy", qgroup, str(self.root)], capture_output=True)
 
+    def send(self, name: str, parent: str | None = None) -> SendStream:
+        for volume in (name, parent):
+            if volume is not None and not self.exists(volume):
+                raise DriverError(f"cannot send {name}: {volume} does not exist")
+        argv = ["btrfs", "send", "-q", *(["-p", str(self.path(parent))] if parent else []), str(self.path(name))]
+        return SendStream(argv, f"sending {name}")
+
+    def receive(self, stream: Iterable[bytes], into_prefix: str) -> str:
+        """The stream's volume must be named `<final>.partial`: a received volume cannot move to another
+        directory (its '..' is read-only), so it arrives beside its final name and is renamed there."""
+        prefix = into_prefix.strip("/")
+        where = self.path(prefix)
+        where.mkdir(parents=True, exist_ok=True)
+        for stale in where.glob("*.partial"):  # a receive killed half way (one receive per prefix at a time)
+            self.delete(f"{prefix}/{stale.name}")
+        before = {p.name for p in where.iterdir()}
+        try:
+            self._receive_into(stream, where, f"receiving into {prefix}")
+        finally:
+            new = sorted(p.name for p in where.iterdir() if p.name not in before)
+            if len(new) != 1 or not new[0].endswith(".partial") or not self._readonly(where / new[0]):
+                for name in new:
+                    self.delete(f"{prefix}/{name}")
+        if len(new) != 1 or not new[0].endswith(".partial"):
+            raise DriverError(f"receiving into {prefix}: expected one volume named <name>.partial, got {new}")
+        final = f"{prefix}/{new[0].removesuffix('.partial')}"
+        self.seal(f"{prefix}/{new[0]}", final)
+        return final
+
+    def seal(self, partial: str, final: str) -> Path:
+        """A read-only partial (a snapshot sent or received) is renamed: it keeps its uuid, which the receiver
+        matches an incremental stream's parent against; a writable one is snapshotted read-only."""
+        src, dst = self.path(partial), self.path(final)
+        if src.parent == dst.parent and self._readonly(src):
+            with translate_errors(f"sealing {final}"):
+                if dst.exists():
+                    self.delete(partial)
+                else:
+                    os.rename(src, dst)
+            return dst
+        return super().seal(partial, final)
+
+    def promote(self, replica: str, disk: str) -> Path:
+        if not self.exists(replica):
+            raise DriverError(f"cannot promote {replica}: no such replica")
+        return self.snapshot(replica, disk, readonly=False)
+
     def usage(self, name: str) -> Usage:
         qgroup = self._qgroup(self.path(name))
         for line in run("btrfs", "qgroup", "show", "--raw", "--sync", str(self.root)).splitlines():
@@ -95,6 +146,37 @@ class BtrfsPool(StoragePool):
             if parts and parts[0].startswith("0/") and parts[0] != "0/5":
                 logical += int(parts[1])
         return Usage(logical, used)
+
+    @staticmethod
+    def _receive_into(stream: Iterable[bytes], where: Path, what: str) -> None:
+        with tempfile.TemporaryFile() as err:
+            # -e: stop at the stream's end marker; a stream cut before it is an error, not a short volume
+            proc = subprocess.Popen(
+                ["btrfs", "receive", "-e", str(where)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+            )
+            assert proc.stdin is not None
+            try:
+                try:
+                    for chunk in stream:
+                        proc.stdin.write(chunk)
+                finally:
+                    proc.stdin.close()
+            except BrokenPipeError:
+                pass  # receive stopped early; its exit status says why
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            if proc.wait() != 0:
+                err.seek(0)
+                raise DriverError(f"{what}: {err.read().decode(errors='replace').strip()}")
+
+    @staticmethod
+    def _readonly(p: Path) -> bool:
+        try:
+            return run("btrfs", "property", "get", "-ts", str(p), "ro").strip() == "ro=true"
+        except subprocess.CalledProcessError:
+            return False
 
     def _qgroup(self, p: Path) -> str | None:
         try:
