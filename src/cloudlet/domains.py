@@ -19,8 +19,9 @@ from cloudlet.lb.loadbalancers import LbPlacer, LoadBalancerReconciler
 from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
 from cloudlet.network.secgroups import SecurityGroupPlumber
+from cloudlet.resilience.monitor import HostMonitor
 from cloudlet.stacks.stacks import StackReconciler
-from cloudlet.storage import backups, policies, volumes
+from cloudlet.storage import backups, policies, replication, volumes
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,12 @@ DOMAINS = (
     Domain("secgroups", agent=(SecurityGroupPlumber,), routers=("cloudlet.api.routes.secgroups",)),
     Domain(
         "storage",
-        control_plane=(policies.BackupPolicyReconciler,),
+        control_plane=(policies.BackupPolicyReconciler, replication.ReplicaPlanner),
         agent=(
             lambda ctx: volumes.VolumeReconciler(ctx, restore=backups.restore_into),
             lambda ctx: volumes.SnapshotReconciler(ctx, restore=backups.restore_into),
             backups.BackupReconciler,
+            replication.ReplicationReconciler,
         ),
         routers=("cloudlet.api.routes.storage",),
     ),
@@ -62,6 +64,7 @@ DOMAINS = (
         agent=(LoadBalancerReconciler,),
         routers=("cloudlet.api.routes.lb",),
     ),
+    Domain("resilience", control_plane=(HostMonitor,)),
     Domain(
         "system",
         control_plane=(lambda cloud: OwnerCollector(cloud.store),),

@@ -3,8 +3,9 @@ or, for in-process (simulated) hosts, by calling the Agent object itself."""
 
 from __future__ import annotations
 
-__all__ = ["HostClient", "HttpHosts", "LocalHosts"]
+__all__ = ["HostClient", "HttpHosts", "LocalHosts", "ReplicaClient"]
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,33 @@ class HostClient:
     def import_image(self, digest: str, tarball: Path) -> None:
         with open(tarball, "rb") as f:
             self._call("PUT", f"/images/{digest}", timeout=3600, content=f)
+
+    def promote_replica(self, volume: str, into: str) -> dict[str, Any]:
+        """Recovery on a replica host: a writable clone `into` (disks/<id>, volumes/<id>) of the newest replica of
+        the pool volume `volume` (as named on its source host); answers its name and seq."""
+        result: dict[str, Any] = self._call("POST", f"/replicas/{volume}/promote", json={"into": into})
+        return result
+
+
+class ReplicaClient:
+    """An agent shipping one pool volume's replicas to its replica host's agent, with the token the control plane
+    made for that volume and host (it opens nothing else there)."""
+
+    def __init__(self, host: str, url: str, token: str) -> None:
+        self.api = ApiClient(url, token, f"agent of replica host {host}")
+
+    def seqs(self, volume: str) -> list[int]:
+        """The replicas the host holds, oldest first."""
+        result: list[int] = self.api.call("GET", f"/replicas/{volume}", timeout=10)["seqs"]
+        return result
+
+    def put(self, volume: str, seq: int, stream: Iterable[bytes], parent: int | None) -> dict[str, Any]:
+        params = {"seq": seq} if parent is None else {"seq": seq, "parent": parent}
+        result: dict[str, Any] = self.api.call("PUT", f"/replicas/{volume}", timeout=300, params=params, content=stream)
+        return result
+
+    def drop(self, volume: str) -> None:
+        self.api.call("DELETE", f"/replicas/{volume}", timeout=30)
 
 
 class HttpHosts:

@@ -9,7 +9,7 @@ import hmac
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudlet.agent.agent import Agent
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
-from cloudlet.core.errors import CloudletError, Unauthorized
+from cloudlet.core.errors import CloudletError, Conflict, Unauthorized
+from cloudlet.storage import replication
 
 
 class ExecBody(BaseModel):
@@ -37,9 +38,19 @@ class ShutdownBody(BaseModel):
     purge: bool = False
 
 
+class PromoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    into: str = Field(pattern=r"^(disks|volumes)/[0-9a-z]{26}$")
+
+
 def _id() -> Any:
     """Ids name host paths, so nothing but an id gets through (one fresh parameter per route)."""
     return PathParam(pattern=r"^[0-9a-z]{26}$")
+
+
+def _area() -> Any:
+    """Replicas are only ever of instance root disks and volumes."""
+    return PathParam(pattern=r"^(disks|volumes)$")
 
 
 def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None]) -> FastAPI:
@@ -57,6 +68,11 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"host": agent.host, "connected": agent.connected}
+
+    @app.get("/lease")
+    def lease() -> dict[str, Any]:
+        """For peer agents deciding whether to self-fence (resilience/lease.py): no key, three fields, read-only."""
+        return agent.lease.answer()
 
     # execs wait on threads of their own: long ones must not take the shared pool the other routes run in
     exec_threads = anyio.CapacityLimiter(agent.ctx.config.exec_total)
@@ -114,6 +130,62 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
         finally:
             os.unlink(tmp)
         return {"digest": digest}
+
+    def replica_holder(request: Request, area: str = _area(), sid: str = _id()) -> str:
+        """A peer agent shipping a volume here shows the token the control plane made for this volume and this
+        host's key (storage/replication.py): one volume's replicas, nothing else. Answers the volume's name."""
+        volume = f"{area}/{sid}"
+        _, _, token = request.headers.get("authorization", "").partition(" ")
+        if not hmac.compare_digest(token.strip().encode(), replication.replica_token(agent.key, volume).encode()):
+            raise Unauthorized(f"no replica of {volume} is to be kept on host {agent.host}")
+        return volume
+
+    receives = anyio.CapacityLimiter(2)  # each holds a btrfs receive and a thread
+    receiving: dict[str, threading.Lock] = {}
+
+    @app.get("/replicas/{area}/{sid}")
+    def replica_seqs(volume: str = Depends(replica_holder)) -> dict[str, Any]:
+        return {"seqs": replication.seqs(agent.ctx.pool, volume)}
+
+    @app.put("/replicas/{area}/{sid}")
+    async def replica_receive(
+        request: Request,
+        volume: str = Depends(replica_holder),
+        seq: int = Query(ge=1, le=1 << 62),
+        parent: int | None = Query(None, ge=1, le=1 << 62),
+    ) -> dict[str, Any]:
+        body = request.stream().__aiter__()
+
+        async def next_chunk() -> bytes:
+            return await body.__anext__()
+
+        def chunks() -> Iterator[bytes]:  # the body, read on the event loop, for the receive's thread
+            while True:
+                try:
+                    yield anyio.from_thread.run(next_chunk)
+                except StopAsyncIteration:
+                    return
+
+        def receive() -> dict[str, Any]:
+            lock = receiving.setdefault(volume, threading.Lock())
+            if not lock.acquire(blocking=False):
+                raise Conflict(f"a replica of {volume} is being received already")
+            try:
+                return replication.receive(agent.ctx.pool, volume, seq, chunks())
+            finally:
+                lock.release()
+
+        result: dict[str, Any] = await anyio.to_thread.run_sync(receive, limiter=receives)
+        return result
+
+    @app.delete("/replicas/{area}/{sid}")
+    def replica_drop(volume: str = Depends(replica_holder)) -> dict[str, Any]:
+        replication.drop(agent.ctx.pool, volume)
+        return {"volume": volume}
+
+    @app.post("/replicas/{area}/{sid}/promote", dependencies=[Depends(authorized)])
+    def replica_promote(body: PromoteBody, area: str = _area(), sid: str = _id()) -> dict[str, Any]:
+        return replication.promote(agent.ctx.pool, f"{area}/{sid}", body.into)
 
     @app.post("/shutdown", dependencies=[Depends(authorized)])
     def shutdown(body: ShutdownBody) -> dict[str, Any]:

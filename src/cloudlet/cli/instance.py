@@ -103,6 +103,10 @@ def register(app: typer.Typer) -> None:
         user_data: Annotated[
             Path | None, typer.Option("--user-data", help="script (#!...) or cloud-config to run at boot")
         ] = None,
+        replicas: Annotated[
+            int, typer.Option(help="1: keep a copy of its root disk on a host in another zone", min=0, max=1)
+        ] = 0,
+        replica_interval: Annotated[float, typer.Option(help="seconds between replica updates")] = 5.0,
         label: LabelOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
         output: OutputOpt = Format.table,
@@ -132,6 +136,8 @@ def register(app: typer.Typer) -> None:
             "labels": labels_of(label),
             "secgroups": secgroup or [],
             "user_data": _read_user_data(user_data) if user_data else None,
+            "replicas": replicas,
+            "replica_interval_s": replica_interval,
         }
         view = client.post("/v1/instances", body)
         if wait:

@@ -34,12 +34,15 @@ def wait_ready(client: Client, path: str, name: str, timeout: float = 60) -> dic
 def create(
     name: str,
     size: Annotated[int, typer.Option("--size", help="size in GiB")],
+    replicas: Annotated[int, typer.Option(help="1: keep a copy on a host in another zone", min=0, max=1)] = 0,
+    replica_interval: Annotated[float, typer.Option(help="seconds between replica updates")] = 5.0,
     label: LabelOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create an empty volume of SIZE GiB."""
     client = connect()
-    client.post("/v1/volumes", {"name": name, "size_gib": size, "labels": labels_of(label)})
+    body = {"name": name, "size_gib": size, "labels": labels_of(label), "replicas": replicas}
+    client.post("/v1/volumes", {**body, "replica_interval_s": replica_interval})
     view = wait_ready(client, "/v1/volumes", name)
     say(f"Volume {name} created ({size} GiB)") if output == Format.table else emit(view, output)
 

@@ -23,11 +23,21 @@ __all__ = [
     "AgentOp",
     "AgentOps",
     "AgentService",
+    "HostJoin",
+    "set_cordoned",
+    "join_host",
+    "remove_host",
+    "host_lock",
+    "UP",
+    "SUSPECT",
+    "FENCED",
+    "LEASE_EXPIRED",
 ]
 
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,23 +46,39 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, HostSpec, HostStatus
+from cloudlet.core.clock import Clock, RealClock
 from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller
-from cloudlet.core.errors import BadRequest, Forbidden
+from cloudlet.core.errors import BadRequest, Conflict, Forbidden
 from cloudlet.core.records import Resource, check_name
 from cloudlet.core.store import Store
 from cloudlet.core.watch import Watch
 from cloudlet.lb.resource import LOADBALANCER
 from cloudlet.network.resource import ELASTIC_IP, NETWORK, SECGROUP
 from cloudlet.stacks.resource import STACK
-from cloudlet.storage.resource import BACKUP, BACKUP_TARGET, SNAPSHOT, VOLUME
+from cloudlet.storage.resource import BACKUP, BACKUP_TARGET, REPLICA, SNAPSHOT, VOLUME
 
 HOST_KIND = HOST
 log = logging.getLogger("cloudlet.hosts")
 # what an agent watches; Network, Image, BackupTarget, SecurityGroup and ElasticIP records are not placed on a host
 # but every host needs them
 HOSTLESS_KINDS = (NETWORK, IMAGE, BACKUP_TARGET, SECGROUP, ELASTIC_IP, STACK)  # Stack: metadata serves its flags
-AGENT_KINDS = (*HOSTLESS_KINDS, INSTANCE, VOLUME, SNAPSHOT, BACKUP, LOADBALANCER)
+AGENT_KINDS = (*HOSTLESS_KINDS, INSTANCE, VOLUME, SNAPSHOT, BACKUP, LOADBALANCER, REPLICA)
+# every agent sees every instance and load balancer, wherever placed: names resolve, security groups admit their
+# members and load balancers reach theirs across hosts; each agent runs only its own (KindReconciler.serves)
+SHARED_KINDS = (*HOSTLESS_KINDS, INSTANCE, LOADBALANCER)
 STALE_AFTER = 5.0  # seconds without a heartbeat before a host shows as not ready
+# a host's phases (resilience/monitor.py writes all but up): a heartbeat brings a fenced or lease-expired host
+# back up only from a new incarnation of its agent (a new process, or one that has self-fenced since)
+UP, SUSPECT, FENCED, LEASE_EXPIRED = "up", "suspect", "fenced", "lease-expired"
+_host_locks: dict[str, threading.Lock] = {}
+_host_locks_guard = threading.Lock()
+
+
+def host_lock(name: str) -> threading.Lock:
+    """Serialises a host's heartbeats with the monitor's phase changes: a renewal never lands between the
+    monitor's decision and its write."""
+    with _host_locks_guard:
+        return _host_locks.setdefault(name, threading.Lock())
 
 
 class Heartbeat(BaseModel):
@@ -64,6 +90,9 @@ class Heartbeat(BaseModel):
     endpoint: str = Field("", max_length=200)
     key: str = Field("", max_length=128)
     dns_port: int | None = Field(None, ge=0, le=65535)
+    pressure: float = Field(0.0, ge=0, le=100, description="CPU PSI some avg10 (%), 0 if the host has none")
+    incarnation: str = Field("", max_length=64, description="the agent's boot id (resilience/lease.py)")
+    replied: bool = Field(True, description="whether the agent's previous heartbeat got its reply")
 
 
 class AgentOp(BaseModel):
@@ -85,14 +114,73 @@ class AgentOps(BaseModel):
 
 
 def register_host(store: Store, name: str, zone: str, cpus: int, memory_mib: int) -> Resource:
-    """A host's zone is fixed when it joins; its capacity follows what its agent reports."""
+    """A host's zone is fixed when it joins; its capacity follows what its agent reports (a cordon stays)."""
     spec = HostSpec(cpus=cpus, memory_mib=memory_mib).dump()
     for res in store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=name):
+        spec = HostSpec.of(res).model_copy(update={"cpus": cpus, "memory_mib": memory_mib}).dump()
         if res.spec != spec:
             res = store.update_spec(res.id, spec)
         return res
     res = Resource(kind=HOST_KIND, tenant=SYSTEM_TENANT, name=name, zone=zone, spec=spec, phase="up")
     return store.create(res, created=f"host {name} joined {zone}")
+
+
+class HostJoin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=63, pattern=r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+    zone: str = Field(max_length=63, pattern=r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def join_host(store: Store, join: HostJoin) -> tuple[Resource, str]:
+    """A host's record and a new agent token (any earlier one of the host is revoked: a host that comes back
+    wiped joins again with the same name). Its zone is fixed while the record exists."""
+    found = store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=join.name)
+    if found and found[0].zone != join.zone:
+        raise Conflict(f"host {join.name} is in {found[0].zone}; remove it before adding it to {join.zone}")
+    res = found[0] if found else None
+    if res is None:
+        spec = HostSpec(cpus=1, memory_mib=16).dump()  # until its agent's first heartbeat says what it has
+        res = Resource(kind=HOST_KIND, tenant=SYSTEM_TENANT, name=join.name, zone=join.zone, spec=spec, phase="joining")
+        res = store.create(res, created=f"host {join.name} added to {join.zone}")
+    token = secrets.token_urlsafe(32)
+    store.revoke_tokens(SYSTEM_TENANT, f"{HOST_ROLE}:{join.name}")
+    store.add_token(token, SYSTEM_TENANT, f"{HOST_ROLE}:{join.name}")
+    return res, token
+
+
+def remove_host(store: Store, name: str, force: bool) -> builtins.list[Resource]:
+    """Removes the host's record and revokes its token. Records still placed there refuse it, unless force:
+    then they are released (instances and load balancers go back to the scheduler, the rest are purged with the
+    host's disks). Returns what was released or purged."""
+    res = store.get(HOST_KIND, SYSTEM_TENANT, name)
+    placed = [r for kind in AGENT_KINDS if kind not in HOSTLESS_KINDS for r in store.list(kind, host=name)]
+    if placed and not force:
+        sample = ", ".join(f"{r.kind.lower()} {r.name}" for r in placed[:5])
+        raise Conflict(
+            f"host {name} still holds {len(placed)} records ({sample}); drain it first, or remove it with --force"
+        )
+    for r in placed:
+        if r.kind in (INSTANCE, LOADBALANCER) and not r.deleting:
+            status = {**r.status, "state": "pending", "pid": None, "run_nonce": None, "placement": None}
+            store.place(r.id, None, phase="pending", status=status)
+            store.add_event(r, "HostRemoved", f"host {name} was removed by force; placing it again", "Warning")
+        else:
+            store.purge_lost(r.id)
+    store.revoke_tokens(SYSTEM_TENANT, f"{HOST_ROLE}:{name}")
+    store.purge_lost(res.id)
+    return placed
+
+
+def set_cordoned(store: Store, name: str, on: bool) -> Resource:
+    """Cordoned, placement puts nothing new on the host; what runs there stays."""
+    res = store.get(HOST_KIND, SYSTEM_TENANT, name)
+    spec = HostSpec.of(res)
+    if spec.cordoned != on:
+        spec.cordoned = on
+        res = store.update_spec(res.id, spec.dump())
+        what = "cordoned: nothing new is placed here" if on else "uncordoned: placement may use it again"
+        store.add_event(res, "Cordoned" if on else "Uncordoned", f"host {name} {what}")
+    return res
 
 
 def host_token(store: Store, name: str, path: Path) -> str:
@@ -112,14 +200,41 @@ def host_token(store: Store, name: str, path: Path) -> str:
     return token
 
 
-def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat) -> Resource:
+def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat, now: float, lease_s: float) -> dict[str, Any]:
+    """Renews the host's lease (now: the control plane's clock) and answers with it and the peers its agent asks
+    before it self-fences; a fenced or lease-expired host's old incarnation gets no renewal (`revoked`)."""
     if caller.host != name:
         raise Forbidden(f"this token belongs to host {caller.host}, not {name}")
-    res = register_host(store, name, beat.zone, beat.cpus, beat.memory_mib)
-    status = HostStatus(
-        version=beat.version, endpoint=beat.endpoint, key=beat.key, dns_port=beat.dns_port, last_heartbeat=time.time()
-    )
-    return store.update_status(res.id, status=status.dump(), phase="up")
+    with host_lock(name):
+        res = register_host(store, name, beat.zone, beat.cpus, beat.memory_mib)
+        old, was = HostStatus.of(res), res.phase
+        if was in (FENCED, LEASE_EXPIRED) and beat.incarnation == (old.incarnation or ""):
+            return {**host_view(res), "lease": None, "revoked": was}
+        peers = [h for h in store.list(HOST_KIND, tenant=SYSTEM_TENANT) if h.name != name and not h.deleting]
+        steady = was == UP and beat.replied and old.up_since is not None
+        status = old.model_copy(
+            update={
+                "version": beat.version,
+                "endpoint": beat.endpoint,
+                "key": beat.key,
+                "dns_port": beat.dns_port,
+                "last_heartbeat": time.time(),
+                "pressure": beat.pressure,
+                "incarnation": beat.incarnation,
+                "renewed_at": now,
+                "lease_until": now + lease_s,
+                "up_since": old.up_since if steady else now,
+                "lease_peers": [p.name for p in peers],
+                "phase_since": old.phase_since if was == UP else time.time(),
+            }
+        )
+        res = store.update_status(res.id, status=status.dump(), phase=UP)
+    if was in (SUSPECT, FENCED, LEASE_EXPIRED):
+        down = time.time() - (old.phase_since or time.time())
+        store.add_event(res, "HostRecovered", f"host {name} is up again after {down:.1f} s {was}")
+    urls = {p.name: HostStatus.of(p).endpoint for p in peers}
+    lease = {"valid_for": lease_s, "peers": [{"host": n, "url": f"{u}/lease" if u else ""} for n, u in urls.items()]}
+    return {**host_view(res), "lease": lease}
 
 
 def host_view(res: Resource) -> dict[str, Any]:
@@ -128,12 +243,16 @@ def host_view(res: Resource) -> dict[str, Any]:
     return {
         "name": res.name,
         "zone": res.zone,
-        "state": res.phase if age <= STALE_AFTER else "unreachable",
+        "state": res.phase,
+        "since": st.phase_since,
         "cpus": spec.cpus,
         "memory_mib": spec.memory_mib,
+        "cordoned": spec.cordoned,
+        "pressure": st.pressure,
         "version": st.version,
         "endpoint": st.endpoint,
         "dns_port": st.dns_port,
+        "incarnation": st.incarnation,
         "last_heartbeat": st.last_heartbeat,
         "heartbeat_age_s": round(age, 2) if st.last_heartbeat else None,
     }
@@ -143,7 +262,7 @@ def visible_to(host: str) -> Callable[[Resource], bool]:
     """What an agent sees: its host's records and the host-less kinds (not unplaced ones: none are its work)."""
 
     def visible(res: Resource) -> bool:
-        return res.kind in HOSTLESS_KINDS or res.host == host
+        return res.kind in SHARED_KINDS or res.host == host
 
     return visible
 
@@ -180,10 +299,18 @@ def apply_ops(store: Store, caller: Caller, ops: builtins.list[AgentOp], on_purg
 class AgentService:
     """The control plane's end of the agent protocol, shared by the HTTP routes and in-process agents."""
 
-    def __init__(self, store: Store, on_purged: Callable[[Resource], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_purged: Callable[[Resource], None],
+        clock: Clock | None = None,
+        lease_s: float = 10.0,
+    ) -> None:
         self.store = store
         self.watch = Watch(store)
         self.on_purged = on_purged
+        self.clock = clock or RealClock()  # lease renewals are stamped on it (resilience/monitor.py reads them)
+        self.lease_s = lease_s
 
     @staticmethod
     def _kinds(kinds: builtins.list[str]) -> builtins.list[str]:
@@ -204,13 +331,13 @@ class AgentService:
 
     def wait(self, caller: Caller, rev: int, kinds: builtins.list[str], timeout: float) -> dict[str, Any]:
         host = self._host(caller)
-        events, latest = self.watch.wait(rev, self._kinds(kinds), host, HOSTLESS_KINDS, timeout, visible_to(host))
+        events, latest = self.watch.wait(rev, self._kinds(kinds), host, SHARED_KINDS, timeout, visible_to(host))
         return {"events": events, "rev": latest}
 
     def apply(self, caller: Caller, ops: AgentOps) -> dict[str, int]:
         self._host(caller)
         return {"applied": apply_ops(self.store, caller, ops.ops, self.on_purged)}
 
-    def heartbeat(self, caller: Caller, name: str, beat: Heartbeat) -> Resource:
+    def heartbeat(self, caller: Caller, name: str, beat: Heartbeat) -> dict[str, Any]:
         self._host(caller)
-        return heartbeat(self.store, caller, name, beat)
+        return heartbeat(self.store, caller, name, beat, self.clock.now(), self.lease_s)

@@ -86,6 +86,19 @@ class InstanceCreate(BaseModel):
     user_data: Text | None = Field(
         None, description=f"script or cloud-config run at boot, at most {USER_DATA_MAX} bytes (UTF-8)"
     )
+    group: str | None = Field(
+        None,
+        max_length=100,
+        pattern=r"^[a-z0-9][a-z0-9./_-]*$",
+        description="placement group (a stack layer's STACK/LAYER): its instances spread over zones, then hosts",
+    )
+    anti_affinity: Literal["prefer", "hosts"] = Field(
+        "prefer", description="prefer: avoid a host holding one of the group while another can; hosts: never"
+    )
+    replicas: Int = Field(default=0, ge=0, le=1, description="1: ship its root disk to a host in another zone")
+    replica_interval_s: Number = Field(
+        default=5.0, ge=0.5, le=3600, description="how often its replica is brought up to date"
+    )
 
 
 class InstanceAction(BaseModel):
@@ -159,6 +172,10 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, owner: str | None 
         net_raw=req.net_raw,
         secgroups=groups,
         user_data=req.user_data,
+        group=req.group,
+        anti_affinity=req.anti_affinity,
+        replicas=req.replicas,
+        replica_interval_s=req.replica_interval_s,
     )
     res = Resource(
         kind=KIND,

@@ -44,6 +44,14 @@ class InstanceSpec(Spec):
     net_raw: bool = False  # CAP_NET_RAW, asked for at launch (ping needs none: ICMP datagram sockets)
     secgroups: list[str] = Field(default_factory=list)  # SecurityGroup ids (network/secgroups.py), ingress rules
     user_data: str | None = None  # run at boot (compute/seed.py), served as /latest/user-data (network/metadata.py)
+    # placement (compute/placement.py): the tenant's instances of one group (a stack layer's STACK/LAYER) spread
+    # over zones then hosts, a host holding one is avoided ("prefer") or refused ("hosts")
+    group: str | None = None
+    anti_affinity: Literal["prefer", "hosts"] = "prefer"
+    ha: bool = False  # HA-managed: its agent stops it when it loses its lease (resilience/lease.py)
+    # 1: its root disk is shipped to a host in another zone every replica_interval_s (storage/replication.py)
+    replicas: int = Field(default=0, ge=0, le=1)
+    replica_interval_s: float = Field(default=5.0, ge=0.5, le=3600)
 
 
 class InstanceStatus(Status):
@@ -79,6 +87,7 @@ class ImageStatus(Status):
 class HostSpec(Spec):
     cpus: int
     memory_mib: int
+    cordoned: bool = False  # placement puts nothing new here; what runs stays
 
 
 class HostStatus(Status):
@@ -87,3 +96,13 @@ class HostStatus(Status):
     key: str | None = None  # what the control plane shows the agent's API; never in views
     dns_port: int | None = None
     last_heartbeat: float | None = None
+    pressure: float = 0.0  # CPU PSI "some avg10" the agent last reported (placement's pressure weight)
+    # failure detection (resilience/monitor.py): the agent process's boot id; the last renewal of its lease and
+    # since when it has been up, renewing, with every reply reaching it (both on the control plane's clock); the
+    # peers that renewal named (its agent asks them before it self-fences); when the phase last changed (wall)
+    incarnation: str | None = None
+    renewed_at: float | None = None
+    lease_until: float | None = None  # renewed_at + T: the agent's lease ends before this
+    up_since: float | None = None
+    lease_peers: list[str] = Field(default_factory=list)
+    phase_since: float | None = None

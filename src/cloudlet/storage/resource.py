@@ -1,5 +1,5 @@
-"""The storage kinds (Volume, Snapshot, BackupTarget, BackupEndpoint, Backup, BackupPolicy): their registration and
-their Spec and Status models; and the Tenant's spec (its quota, core/quota.py, and more)."""
+"""The storage kinds (Volume, Snapshot, BackupTarget, BackupEndpoint, Backup, BackupPolicy, Replica): their
+registration and their Spec and Status models; and the Tenant's spec (its quota, core/quota.py, and more)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ __all__ = [
     "BACKUP_ENDPOINT",
     "BACKUP",
     "BACKUP_POLICY",
+    "REPLICA",
     "Attachment",
     "VolumeSpec",
     "VolumeStatus",
@@ -22,6 +23,8 @@ __all__ = [
     "BackupStatus",
     "PolicySpec",
     "PolicyStatus",
+    "ReplicaSpec",
+    "ReplicaStatus",
     "TenantSpec",
 ]
 
@@ -42,6 +45,9 @@ BACKUP_ENDPOINT = register_kind(
 ).name
 BACKUP = register_kind(KindInfo("Backup", "backups", host_bound=True)).name
 BACKUP_POLICY = register_kind(KindInfo("BackupPolicy", "backup-policies")).name
+# how one disk (an instance's root or a volume) is shipped to its replica host: a system record on the source's
+# host, so only that agent sees the token (storage/replication.py); owned by the source
+REPLICA = register_kind(KindInfo("Replica", "replicas", tenant_scoped=False, host_bound=True, labelled=False)).name
 
 
 class Attachment(BaseModel):
@@ -59,6 +65,8 @@ class VolumeSpec(Spec):
     source_part: str | None = None  # the pool volume of an instance snapshot's part it is cloned from
     attachment: Attachment | None = None
     restore_from: str | None = None  # a backup id
+    replicas: int = Field(default=0, ge=0, le=1)  # 1: a copy on another host, shipped every replica_interval_s
+    replica_interval_s: float = Field(default=5.0, ge=0.5, le=3600)
 
 
 class VolumeStatus(Status):
@@ -150,6 +158,35 @@ class PolicyStatus(Status):
     last_run: float | None = None
     message: str = ""
     expired: int = 0
+
+
+class ReplicaSpec(Spec):
+    """Written by the control plane (storage/replication.py ReplicaPlanner)."""
+
+    source_kind: Literal["Volume", "Instance"]
+    source_id: str
+    source_name: str
+    tenant: str
+    volume: str  # the pool volume shipped: disks/<instance id> or volumes/<volume id>
+    interval_s: float = 5.0
+    target_host: str | None = None  # None: no host can hold it (note says why)
+    target_zone: str | None = None
+    endpoint: str | None = None  # the target agent's API, from its heartbeat
+    token: str | None = None  # lets the holder ship this volume's replicas to the target, and nothing else
+    note: str = ""
+
+
+class ReplicaStatus(Status):
+    """Written by the source host's agent after each cycle."""
+
+    host: str | None = None  # where the newest replica is
+    seq: int | None = None
+    taken_at: float | None = None  # when the newest replica's snapshot was taken: the data it holds is this old
+    shipped_at: float | None = None
+    ship_s: float | None = None  # snapshot, send and receive of the last cycle
+    bytes: int | None = None
+    stale: bool = False  # a ReplicaStale event was sent and the replica has not caught up since
+    message: str = ""
 
 
 class TenantSpec(TenantQuota):

@@ -46,7 +46,18 @@ from cloudlet.core.context import Caller, Cloud, HostContext
 from cloudlet.core.errors import Conflict, DriverError, InvalidSpec, NotFound, NotSupported, TerminalError
 from cloudlet.core.labels import Labels
 from cloudlet.core.reconcile import KindReconciler, Result
-from cloudlet.core.records import FINALIZER, NO_NUL, Int, Name, NameRef, Resource, check_name, derived_name, record_view
+from cloudlet.core.records import (
+    FINALIZER,
+    NO_NUL,
+    Int,
+    Name,
+    NameRef,
+    Number,
+    Resource,
+    check_name,
+    derived_name,
+    record_view,
+)
 from cloudlet.core.store import Guard
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import (
@@ -77,6 +88,10 @@ class VolumeCreate(BaseModel):
     labels: Labels = {}
     name: Name
     size_gib: Int = Field(ge=1, le=16384)
+    replicas: Int = Field(default=0, ge=0, le=1, description="1: ship it to a host in another zone")
+    replica_interval_s: Number = Field(
+        default=5.0, ge=0.5, le=3600, description="how often its replica is brought up to date"
+    )
 
 
 class AttachRequest(BaseModel):
@@ -138,7 +153,7 @@ def create_volume(cloud: Cloud, caller: Caller, req: VolumeCreate, owner: str | 
         VOLUME,
         caller,
         req.name,
-        VolumeSpec(size_gib=req.size_gib).dump(),
+        VolumeSpec(size_gib=req.size_gib, replicas=req.replicas, replica_interval_s=req.replica_interval_s).dump(),
         f"volume {req.name} of {req.size_gib} GiB",
         req.labels,
         storage_quota(caller.tenant, volumes=1, gib=req.size_gib),

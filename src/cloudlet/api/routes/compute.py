@@ -13,13 +13,14 @@ from cloudlet.api.deps import NamePath, caller, get_cloud
 from cloudlet.api.limits import ExecSlots
 from cloudlet.api.listcache import RenderCache
 from cloudlet.api.routes.labels import label_selector
-from cloudlet.compute import instances
+from cloudlet.compute import instances, placement
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, Forbidden
 from cloudlet.core.labels import Selector
 from cloudlet.network.metadata import documents, metadata_of
+from cloudlet.storage import replication
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
@@ -47,6 +48,7 @@ def launch(
 def show_instance(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(instances.KIND, who.tenant, name)
     view = instances.instance_view(res)
+    view["replica"] = replication.replica_view(replication.replica_of(cloud.store, res.id))
     view["stats"] = {}
     if InstanceStatus.of(res).state == "running" and res.host:
         try:
@@ -54,6 +56,13 @@ def show_instance(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller
         except CloudletError as exc:  # the record is still worth showing
             view["stats"] = {"error": exc.message}
     return view
+
+
+@router.get("/{name}/why")
+def why(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Why the instance is where it is, or is nowhere: every host the scheduler weighed (at most 64, `more`
+    counts the rest) with its verdict and the filter that rejected it or the weights that ranked it."""
+    return placement.explain(cloud.store.get(instances.KIND, who.tenant, name))
 
 
 @router.post("/{name}/actions", status_code=202)

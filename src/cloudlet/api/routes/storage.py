@@ -14,7 +14,7 @@ from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.labels import Labels, Selector
 from cloudlet.core.records import Name, NameRef
-from cloudlet.storage import backups, endpoints, policies, volumes
+from cloudlet.storage import backups, endpoints, policies, replication, volumes
 
 router = APIRouter(prefix="/v1", tags=["storage"])
 Cascade = Query(False, description="also delete everything that depends on it")
@@ -66,6 +66,7 @@ def detach(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depe
 def show_volume(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(volumes.VOLUME, who.tenant, name)
     view = {**volumes.volume_view(res), "dependents": [d.name for d in volumes.dependents(cloud, res)]}
+    view["replica"] = replication.replica_view(replication.replica_of(cloud.store, res.id))
     if res.phase == "ready" and res.host:
         try:
             view.update(cloud.hosts.agent(res.host).volume_usage(res.id))
