@@ -78,7 +78,7 @@ class ReplicaClient:
 
     def seqs(self, volume: str) -> list[int]:
         """The replicas the host holds, oldest first."""
-        result: list[int] = self.api.call("GET", f"/replicas/{volume}", timeout=10)["seqs"]
+        result: list[int] = self.api.call("GET", f"/replicas/{volume}", timeout=5)["seqs"]
         return result
 
     def put(self, volume: str, seq: int, stream: Iterable[bytes], parent: int | None) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class ReplicaClient:
         return result
 
     def drop(self, volume: str) -> None:
-        self.api.call("DELETE", f"/replicas/{volume}", timeout=30)
+        self.api.call("DELETE", f"/replicas/{volume}", timeout=10)
 
 
 class HttpHosts:
