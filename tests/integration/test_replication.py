@@ -2,7 +2,8 @@
 agent and btrfs pool): an instance that keeps writing and a volume with `replicas: 1` are shipped to h2 every
 second as incremental btrfs streams; two replicas are kept on each side; the replica holds what was written; the
 token opens only its own volume; a replica host that stops answering raises ReplicaStale, and catching up
-ReplicaCurrent; the newest replica promotes to a bootable root disk; deleting the source removes every replica."""
+ReplicaCurrent; the newest replica promotes to a bootable root disk; recovery boots the instance from its replica on
+the replica host (and its replica then goes the other way); deleting the source removes every replica."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from cloudlet.agent.client import HttpHosts
+from cloudlet.core.store import Store
+from cloudlet.storage import replication
 from tests.conftest import CloudCLI, running_cloud
 
 pytestmark = pytest.mark.root
 
-WRITER = "i=0; while :; do i=$((i+1)); echo $i > /counter.tmp && mv /counter.tmp /counter; sleep 0.1; done"
+# counts on from what its disk holds: booted from a replica, it goes on from the replica's value
+WRITER = (
+    "i=$(cat /counter 2>/dev/null || echo 0); "
+    "while :; do i=$((i+1)); echo $i > /counter.tmp && mv /counter.tmp /counter; sleep 0.1; done"
+)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +162,38 @@ def test_the_newest_replica_promotes_to_a_bootable_disk(two: CloudCLI) -> None:
         assert (disk / "bin" / "busybox").exists() and int((disk / "counter").read_text()) > 0
         assert http.post(f"/replicas/disks/{db['id']}/promote", json={"into": into}).status_code == 409
     subprocess.run(["btrfs", "subvolume", "delete", str(disk)], check=True, capture_output=True)
+
+
+def test_recovery_boots_the_instance_from_its_replica_on_the_replica_host(two: CloudCLI) -> None:
+    db = two.json("show", "db")
+    two.run("stop", "db", "--wait")
+    stopped_at = time.time()
+    last = int((_pool(two, "local") / "disks" / db["id"] / "counter").read_text())
+    deadline = time.monotonic() + 30
+    while (two.json("show", "db")["replica"]["taken_at"] or 0) < stopped_at:  # the last delta, after the stop
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    store = Store(f"sqlite:///{two.home / 'state.db'}")
+    try:  # what recovery (cloudletd) does, from here: the cloud is ours and the old copy is stopped
+        replication.recover_from_replica(
+            SimpleNamespace(store=store, hosts=HttpHosts(store)), store.get_by_id(db["id"])
+        )  # type: ignore[arg-type]
+    finally:
+        store.close()
+    two.run("start", "db")
+    view = two.wait_state("db", "running", timeout=60)
+    assert (view["host"], view["zone"]) == ("h2", "zone-b"), view
+    assert "RecoveredFromReplica" in _events(two, "db")
+    now = int(two.run("exec", "db", "--", "cat", "/counter").stdout)
+    assert now > last, f"booted from the replica it counts on from {last}, not from 0 (now {now})"
+    assert view["ip"] == db["ip"], "the same address, on the network that spans both hosts"
+    # the old host let go of its disk, and the replica now goes from h2 back to local (an added host cannot ship
+    # to local yet: local's agent listens on 127.0.0.1 of the root namespace only)
+    deadline = time.monotonic() + 40
+    while (rep := two.json("show", "db")["replica"]) is None or rep["target_host"] != "local":
+        assert time.monotonic() < deadline, (rep or {}).get("message")
+        time.sleep(0.5)
+    assert not (_pool(two, "local") / "disks" / db["id"]).exists()
 
 
 def test_deleting_the_source_removes_every_replica(two: CloudCLI) -> None:

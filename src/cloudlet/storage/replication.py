@@ -33,6 +33,7 @@ __all__ = [
     "choose_replica_host",
     "replica_of",
     "replica_view",
+    "recover_from_replica",
     "ReplicaPlanner",
     "ReplicationReconciler",
 ]
@@ -48,7 +49,7 @@ import httpx
 
 from cloudlet.agent.client import ReplicaClient
 from cloudlet.compute.hosts import HOST_KIND, STALE_AFTER
-from cloudlet.compute.resource import INSTANCE, HostSpec, HostStatus, InstanceSpec
+from cloudlet.compute.resource import INSTANCE, HostSpec, HostStatus, InstanceSpec, InstanceStatus
 from cloudlet.core.context import SYSTEM_TENANT, Cloud, HostContext, Records
 from cloudlet.core.errors import BadRequest, CloudletError, Conflict, NotFound
 from cloudlet.core.reconcile import KindReconciler, Result
@@ -153,6 +154,7 @@ def replica_view(rep: Resource | None) -> dict[str, Any] | None:
         return None
     spec, st = ReplicaSpec.of(rep), ReplicaStatus.of(rep)
     return {
+        "target_host": spec.target_host,  # where the next one goes
         "host": st.host,
         "zone": spec.target_zone if st.host == spec.target_host else None,
         "seq": st.seq,
@@ -163,6 +165,33 @@ def replica_view(rep: Resource | None) -> dict[str, Any] | None:
         "state": rep.phase,
         "message": st.message or spec.note,
     }
+
+
+def recover_from_replica(cloud: Cloud, res: Resource) -> Resource:
+    """Moves instance res onto the host holding its newest replica, booting from it: that host's agent promotes
+    the replica to the instance's root disk (`disks/<id>`), then the record is placed there, and the runtime boots
+    a disk that exists as it is. The caller makes sure no copy runs where it was (stopped or fenced): this never
+    checks. Its replica then goes the other way (the planner sees the source moved)."""
+    rep = replica_of(cloud.store, res.id)
+    st = ReplicaStatus.of(rep) if rep is not None else None
+    if rep is None or st is None or st.host is None or st.seq is None:
+        raise Conflict(f"{res.kind.lower()} {res.name} has no replica yet")
+    if res.kind != INSTANCE:
+        raise BadRequest("only an instance is recovered from its replica; a volume's replica is promoted by hand")
+    spec = ReplicaSpec.of(rep)
+    got = cloud.hosts.agent(st.host).promote_replica(spec.volume, disk_of(res.id))
+    status = InstanceStatus.of(res).model_copy(
+        update={"state": "scheduled", "pid": None, "started_at": None, "message": "", "retry_at": None}
+    )
+    zone = spec.target_zone if st.host == spec.target_host else None
+    moved = cloud.store.update_status(
+        res.id, host=st.host, zone=zone or res.zone, phase="scheduled", status=status.dump()
+    )
+    age = time.time() - (st.taken_at or 0.0)
+    cloud.store.add_event(
+        moved, "RecoveredFromReplica", f"booting on host {st.host} from replica {got['seq']}, taken {age:.1f} s ago"
+    )
+    return moved
 
 
 def _wanted(src: Resource) -> tuple[int, float, str]:
