@@ -218,9 +218,15 @@ class ReplicaPlanner:
             REPLICA: lambda rep: [ReplicaSpec.of(rep).source_id],
             HOST_KIND: self._host,
         }
+        # the manager's resync lists records of a kind, and this queue kind has none: look at each source once
+        for kind in (INSTANCE, VOLUME):
+            for res in self.store.list(kind):
+                if _wanted(res)[0] > 0:
+                    cloud.manager.enqueue(PLAN, res.id)
 
     def _source(self, res: Resource) -> list[str]:
-        return [res.id] if res.id in self._targets or _wanted(res)[0] > 0 else []
+        # runs on every instance and volume write: a dict lookup, not a model validation
+        return [res.id] if res.id in self._targets or res.spec.get("replicas") else []
 
     def _host(self, host: Resource) -> list[str]:
         """A host joined, or its agent restarted (a new key): the replicas waiting for it or shipped to it."""
