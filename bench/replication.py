@@ -6,6 +6,10 @@ holds, sampled every 0.5 s from the first replica on): p50 and max. The writer r
 cycle (a steady writer, not one that starts with replication). Two schedules: `fixed` starts a cycle every
 interval; `early` (what the agent does, replication.next_cycle_at) starts it early by a margin over the last
 cycle's duration, so a replica lands before the one before turns one interval old. Goal: RPO <= 5 s at 10 MB/s.
+With --cloud, the same through a real cloud instead: host local (zone-a) and an added host h2 (zone-b), a busybox
+instance with `replicas: 1` appending ~10 MiB/s of random data to a file on its root disk, its agent shipping to
+h2's agent over HTTP; each replica's taken_at and shipped_at are read from `GET /v1/instances/db` every 0.5 s, and
+the RPO at each 0.1 s step is that time minus taken_at of the newest replica shipped by then.
 Needs root, btrfs and mkfs.btrfs."""
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import percentile
+from _cloud import percentile, real_cloud_env
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
 from cloudlet.storage import replication
@@ -93,13 +98,64 @@ def run(mode: str, interval: float, seconds: float, rate_mb: float, home: Path) 
             pool.teardown(purge=True)
 
 
+# ~10 MiB/s: a 1 MiB block of random data, then 0.09 s of sleep (the dd takes the rest of the 0.1 s)
+INSTANCE_WRITER = "while :; do dd if=/dev/urandom bs=1048576 count=1 2>/dev/null >> /log; usleep 90000; done"
+
+
+def run_cloud(interval: float, seconds: float) -> None:
+    with real_cloud_env() as (api, env):
+        cli = [sys.executable, "-m", "cloudlet.cli.main"]
+        subprocess.run([*cli, "host", "add", "h2", "--zone", "zone-b"], env=env, check=True, capture_output=True)
+        body = {
+            "name": "db",
+            "image": "busybox",
+            "memory_mib": 64,
+            "zone": "zone-a",
+            "disk_gib": 4,
+            "replicas": 1,
+            "replica_interval_s": interval,
+            "command": ["sh", "-c", INSTANCE_WRITER],
+        }
+        api.post("/v1/instances", json=body).raise_for_status()
+        seen: dict[int, tuple[float, float, int]] = {}  # seq -> taken_at, shipped_at, bytes
+        start = time.time()
+        while time.time() < start + interval + seconds:  # one interval to start and ship a first (full) replica
+            rep = api.get("/v1/instances/db").json().get("replica") or {}
+            if rep.get("seq") and rep["seq"] not in seen:
+                seen[rep["seq"]] = (rep["taken_at"], rep["shipped_at"], 0)
+            time.sleep(0.5)
+        home = Path(env["CLOUDLET_HOME"])
+        iid = api.get("/v1/instances/db").json()["id"]
+        written = (home / "pool" / "disks" / iid / "log").stat().st_size
+    cycles = sorted(seen.items())
+    if len(cycles) < 3:
+        raise SystemExit(f"only {len(cycles)} replicas shipped: {cycles}")
+    print(
+        f"\ncloud: interval {interval:g} s, instance wrote {written / (1 << 20):.0f} MiB in {interval + seconds:.0f} s"
+    )
+    print(f"{'seq':>5} {'taken→shipped s':>16}")
+    for seq, (taken, shipped, _) in cycles:
+        print(f"{seq:>5} {shipped - taken:>16.3f}")
+    t, rpo = cycles[1][1][1], []  # from the second replica on: the first is the full send
+    while t < cycles[-1][1][1]:
+        newest = max(taken for _, (taken, shipped, _) in cycles if shipped <= t)
+        rpo.append(t - newest)
+        t += 0.1
+    took = [shipped - taken for _, (taken, shipped, _) in cycles[1:]]
+    print(f"\nRPO p50 {percentile(rpo, 50):.2f} s, max {max(rpo):.2f} s; cycle p50 {statistics.median(took):.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rate", type=float, default=10.0, help="MiB/s the writer appends")
     ap.add_argument("--mode", choices=("early", "fixed", "both"), default="both")
+    ap.add_argument("--cloud", action="store_true", help="through a real cloud's agents (instance writer ~10 MiB/s)")
     args = ap.parse_args()
+    if args.cloud:
+        run_cloud(args.interval, args.seconds)
+        return
     home = Path(tempfile.mkdtemp(prefix="cloudlet-bench-repl-"))
     summary = []
     try:
