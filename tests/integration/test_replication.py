@@ -70,7 +70,7 @@ def _agent(cli: CloudCLI, host: str) -> dict[str, Any]:
 
 
 def _events(cli: CloudCLI, name: str) -> list[str]:
-    return [e["reason"] for e in cli.json("events", name)]
+    return [e["reason"] for e in cli.json("events", name, "--limit", "1000")]
 
 
 def test_instance_disk_is_shipped_to_the_other_zone(two: CloudCLI) -> None:
@@ -132,10 +132,11 @@ def test_a_silent_replica_host_raises_replica_stale(two: CloudCLI) -> None:
   }}
 }}
 """
+    before = _events(two, "db")
     subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=block, text=True, check=True)
     try:
         deadline = time.monotonic() + 40
-        while "ReplicaStale" not in _events(two, "db"):
+        while _events(two, "db").count("ReplicaStale") <= before.count("ReplicaStale"):
             assert time.monotonic() < deadline, two.json("show", "db")["replica"]
             time.sleep(0.5)
         rep = two.json("show", "db")["replica"]
@@ -143,7 +144,7 @@ def test_a_silent_replica_host_raises_replica_stale(two: CloudCLI) -> None:
     finally:
         subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "cloudlet_test_block"])
     deadline = time.monotonic() + 40
-    while "ReplicaCurrent" not in _events(two, "db"):
+    while _events(two, "db").count("ReplicaCurrent") <= before.count("ReplicaCurrent"):
         assert time.monotonic() < deadline, two.json("show", "db")["replica"]
         time.sleep(0.5)
     assert two.json("show", "db")["replica"]["state"] == "current"
