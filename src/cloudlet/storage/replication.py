@@ -61,6 +61,7 @@ from cloudlet.storage.resource import REPLICA, VOLUME, ReplicaSpec, ReplicaStatu
 log = logging.getLogger("cloudlet.replication")
 KEEP = 2  # replicas kept on each side: the newest is the parent of the next send, the one before is a spare
 STALE_AFTER_INTERVALS = 3
+FIRST_GRACE_S = 30.0  # before the first replica: how long until it is reported stale, at least
 PLAN = "ReplicaPlan"  # the planner's queue kind: keyed by the source's id, not a record kind of its own
 LIVE_PHASES = ("up", "suspect")  # a replica host in any other phase (fenced, gone) is replaced
 
@@ -385,6 +386,8 @@ class ReplicationReconciler(KindReconciler):
         """ReplicaStale once the newest replica is older than three intervals, ReplicaCurrent when it caught up."""
         age = time.time() - (st.taken_at or rep.created_at)
         limit = STALE_AFTER_INTERVALS * spec.interval_s
+        if not st.taken_at:  # the first one waits for its disk to be made, and is a full send
+            limit = max(limit, FIRST_GRACE_S)
         what = f"{spec.source_kind.lower()} {spec.source_name}"
         if age > limit and not st.stale:
             st.stale = True
