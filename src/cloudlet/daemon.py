@@ -50,7 +50,7 @@ def build_control_plane(config: Config, clock: Clock | None = None, hosts: HostD
         if res.kind == INSTANCE:
             release(cloud, res)
 
-    cloud.agent_api = AgentService(store, on_purged)
+    cloud.agent_api = AgentService(store, on_purged, clock, config.lease_s)
     for domain in DOMAINS:
         for make in domain.control_plane:
             manager.register(make(cloud))

@@ -29,7 +29,7 @@ from cloudlet.compute.drivers.base import ComputeDriver
 from cloudlet.compute.hosts import AGENT_KINDS
 from cloudlet.compute.instances import KIND as INSTANCE
 from cloudlet.compute.instances import set_state
-from cloudlet.compute.resource import InstanceStatus
+from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.clock import Clock
 from cloudlet.core.config import Config
 from cloudlet.core.context import HostContext
@@ -38,6 +38,7 @@ from cloudlet.core.reconcile import Manager
 from cloudlet.domains import DOMAINS
 from cloudlet.lb.loadbalancers import stop_all as stop_load_balancers
 from cloudlet.network.drivers.base import NetworkDriver
+from cloudlet.resilience import lease
 from cloudlet.storage import usage
 from cloudlet.storage.names import volume_name
 from cloudlet.storage.pools.base import StoragePool
@@ -48,6 +49,20 @@ KINDS = list(AGENT_KINDS)
 BATCH = 0.01  # seconds the outbox waits to gather writes into one request
 # one request's share of the outbox: the API bounds request bodies (and the ops of one request)
 PUSH_BYTES, PUSH_OPS = 256 * 1024, 1000
+# the host's CPU pressure, for placement's pressure weight: the unified hierarchy's root group (this host's
+# hybrid layout), else the kernel's system-wide file
+PSI_FILES = (Path("/sys/fs/cgroup/unified/cpu.pressure"), Path("/proc/pressure/cpu"))
+
+
+def cpu_pressure() -> float:
+    """PSI "some avg10": the share (%) of the last 10 s in which a runnable task waited for a CPU; 0 if unknown."""
+    for path in PSI_FILES:
+        try:
+            line = path.read_text().splitlines()[0]  # some avg10=0.00 avg60=0.00 avg300=0.00 total=0
+            return min(100.0, max(0.0, float(line.split()[1].partition("=")[2])))
+        except (OSError, IndexError, ValueError):
+            continue
+    return 0.0
 
 
 class Agent:
@@ -78,6 +93,9 @@ class Agent:
             for make in domain.agent:
                 self.manager.register(make(self.ctx))
         compute.watch(lambda iid: self.manager.enqueue(INSTANCE, iid))
+        # renewed by heartbeats; when it runs out and this host is the one cut off, HA instances stop here
+        self.lease = lease.Lease(host, config.lease_s, clock, self._self_fence, self._ha_allowed_again)
+        lease.install(self.lease)
 
     @property
     def host(self) -> str:
@@ -85,8 +103,18 @@ class Agent:
 
     # talking to the control plane
     def heartbeat(self) -> None:
+        """One heartbeat: renews (or loses) the lease; raises Unreachable when the control plane does not answer."""
         cpus, memory = self.capacity
-        self.cp.heartbeat(
+        sent = self.ctx.clock.now()  # the lease runs from the send: the agent trusts only its own clock
+        try:
+            reply = self._beat(cpus, memory)
+        except CloudletError:
+            self.lease.unreachable()
+            raise
+        self.lease.renewed(sent, reply)
+
+    def _beat(self, cpus: int, memory: int) -> dict[str, Any]:
+        return self.cp.heartbeat(
             self.host,
             {
                 "zone": self.ctx.zone,
@@ -96,8 +124,21 @@ class Agent:
                 "endpoint": self.endpoint,
                 "key": self.key,
                 "dns_port": self.dns_port,
+                # fake hosts (simulation) share this machine's CPU: its pressure says nothing of theirs
+                "pressure": 0.0 if self.ctx.config.compute_driver == "fake" else cpu_pressure(),
+                "incarnation": self.lease.incarnation,
+                "replied": self.lease.cp_reachable,
             },
         )
+
+    def _self_fence(self, reason: str) -> None:
+        stopped = lease.self_fence(self.ctx, reason)
+        log.warning("self-fenced: stopped %d HA instances (%s)", len(stopped), ", ".join(stopped) or "none running")
+
+    def _ha_allowed_again(self) -> None:
+        for res in self.cache.list(INSTANCE, host=self.host):
+            if InstanceSpec.of(res).ha:
+                self.manager.enqueue(INSTANCE, res.id)
 
     def flush(self) -> None:
         """Sends the outbox, a bounded batch a request; raises Unreachable (and keeps what is left) when the
@@ -117,12 +158,14 @@ class Agent:
     def catch_up(self, timeout: float = 0.0) -> int:
         """Takes in what changed (a full listing the first time), waiting up to timeout for a change; returns
         the revision the cache is now at."""
+        started = self.ctx.clock.now()
         if not self.cache.listed:
             records, rev = self.cp.list(KINDS)
             self.cache.replace_all(records, rev)
-            return rev
-        changes, rev = self.cp.watch(self.cache.rev, KINDS, timeout)
-        self.cache.apply(changes, rev)
+        else:
+            changes, rev = self.cp.watch(self.cache.rev, KINDS, timeout)
+            self.cache.apply(changes, rev)
+        self.lease.caught_up(started)  # after a lost lease, HA instances wait for records this fresh
         return rev
 
     def sync(self) -> None:
@@ -146,6 +189,7 @@ class Agent:
             ("watch", self._watch_loop),
             ("outbox", self._outbox_loop),
             ("heartbeat", self._heartbeat_loop),
+            ("lease", lambda: self.lease.run(self._stop)),
         ):
             threading.Thread(target=target, name=f"agent-{name}", daemon=True).start()
 

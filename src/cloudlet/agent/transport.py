@@ -36,7 +36,8 @@ class ControlPlane(ABC):
         """Applies outbox ops in order; returns the seq of the last one applied."""
 
     @abstractmethod
-    def heartbeat(self, host: str, beat: dict[str, Any]) -> None: ...
+    def heartbeat(self, host: str, beat: dict[str, Any]) -> dict[str, Any]:
+        """The host's view and its lease: renewed (for how long, the peers to ask) or revoked."""
 
 
 class HttpControlPlane(ControlPlane):
@@ -60,8 +61,9 @@ class HttpControlPlane(ControlPlane):
     def push(self, ops: builtins.list[dict[str, Any]]) -> int:
         return int(self._call("POST", "/v1/agent/ops", json={"ops": ops})["applied"])
 
-    def heartbeat(self, host: str, beat: dict[str, Any]) -> None:
-        self._call("POST", f"/v1/hosts/{host}/heartbeat", timeout=5, json=beat)
+    def heartbeat(self, host: str, beat: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any] = self._call("POST", f"/v1/hosts/{host}/heartbeat", timeout=5, json=beat)
+        return reply
 
 
 class LocalControlPlane(ControlPlane):
@@ -84,7 +86,7 @@ class LocalControlPlane(ControlPlane):
 
         return self.service.apply(self.caller, AgentOps.model_validate({"ops": ops}))["applied"]
 
-    def heartbeat(self, host: str, beat: dict[str, Any]) -> None:
+    def heartbeat(self, host: str, beat: dict[str, Any]) -> dict[str, Any]:
         from cloudlet.compute.hosts import Heartbeat
 
-        self.service.heartbeat(self.caller, host, Heartbeat.model_validate(beat))
+        return self.service.heartbeat(self.caller, host, Heartbeat.model_validate(beat))

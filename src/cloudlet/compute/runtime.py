@@ -11,6 +11,7 @@ __all__ = ["InstanceReconciler"]
 
 import dataclasses
 import ipaddress
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from cloudlet.core.records import Resource
 from cloudlet.network.dns import DOMAIN, dns_name
 from cloudlet.network.drivers.base import PortSpec
 from cloudlet.network.resource import NETWORK, NetworkSpec
+from cloudlet.resilience import lease
 from cloudlet.storage.names import disk_of, snapshot_name, volume_name
 from cloudlet.storage.resource import VOLUME, VolumeSpec
 from cloudlet.storage.shift import shifted
 from cloudlet.storage.volumes import attached_to
+
+log = logging.getLogger("cloudlet.runtime")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class InstanceReconciler(KindReconciler):
         info = self.ctx.compute.get_instance(res.id)
         if spec.state == "stopped":
             return self._converge_stopped(res, info.state)
+        if spec.ha and not lease.ha_allowed(self.ctx.host):
+            return self._fenced(res, info.state)
         if not status.ip:
             raise TerminalError(f"instance {res.name} was placed without an address")
         try:
@@ -271,8 +277,21 @@ class InstanceReconciler(KindReconciler):
         set_state(self.records, res, "stopped", pid=None, message="")
         return Result()
 
+    def _fenced(self, res: Resource, state: InstanceState) -> Result:
+        """This host lost its lease (resilience/lease.py): an HA instance stays down until it is renewed."""
+        if state in (InstanceState.RUNNING, InstanceState.STARTING, InstanceState.PAUSED):
+            self.ctx.compute.stop_instance(res.id, timeout=0)
+            self.records.add_event(res, "SelfFenced", "stopped: this host holds no lease", "Warning")
+        set_state(self.records, res, "stopped", pid=None, message=lease.FENCED_MESSAGE)
+        return Result()
+
     def cleanup(self, res: Resource) -> None:
         self.forget(res.id)
+
+    def let_go(self, res: Resource) -> None:
+        if res.id in self.ctx.compute.list_instances() or self.ctx.net.port_exists(res.id):
+            log.info("instance %s moved to host %s; removing what is left of it here", res.name, res.host)
+            self.forget(res.id)
 
     def forget(self, rid: str) -> None:
         """Also for a record purged while this agent was not looking (it restarted from an older cache and

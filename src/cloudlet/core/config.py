@@ -42,6 +42,14 @@ class Config:
     max_upload_bytes: int = 4 << 30
     max_image_bytes: int = 16 << 30
     max_image_files: int = 1_000_000
+    # failure detection (resilience/): a host's lease lasts lease_s from its agent's heartbeat; silent for
+    # suspect_s it is suspected; the control plane treats it as self-fenced only lease_s + lease_margin_s after
+    # the last renewal it saw. fence: how a suspected host is fenced (netns, fake or none; empty: netns for runc
+    # clouds, fake for fake ones)
+    lease_s: float = 10.0
+    suspect_s: float = 3.0
+    lease_margin_s: float = 2.0
+    fence: str = ""
 
     @property
     def pid_file(self) -> Path:
@@ -123,4 +131,8 @@ def load_config() -> Config:
         max_upload_bytes=int(os.environ.get("CLOUDLET_MAX_UPLOAD_BYTES") or 4 << 30),
         max_image_bytes=int(os.environ.get("CLOUDLET_MAX_IMAGE_BYTES") or 16 << 30),
         max_image_files=int(os.environ.get("CLOUDLET_MAX_IMAGE_FILES") or 1_000_000),
+        lease_s=float(os.environ.get("CLOUDLET_LEASE_S") or 10),
+        suspect_s=float(os.environ.get("CLOUDLET_SUSPECT_S") or 3),
+        lease_margin_s=float(os.environ.get("CLOUDLET_LEASE_MARGIN_S") or 2),
+        fence=os.environ.get("CLOUDLET_FENCE", ""),
     )

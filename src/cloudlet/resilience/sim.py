@@ -24,10 +24,19 @@ from cloudlet.storage.pools.memory import MemoryPool
 
 
 class SimCloud:
-    def __init__(self, home: Path, clock: Clock | None = None, db_url: str | None = None, **driver_args: Any) -> None:
+    def __init__(
+        self,
+        home: Path,
+        clock: Clock | None = None,
+        db_url: str | None = None,
+        failure_detection: bool = False,
+        **driver_args: Any,
+    ) -> None:
         self.config = dataclasses.replace(
             load_config(), home=home, compute_driver="fake", db_url=db_url or f"sqlite:///{home / 'state.db'}"
         )
+        if not failure_detection:  # its hosts heartbeat only when added: the host monitor must not suspect them
+            self.config = dataclasses.replace(self.config, suspect_s=float("inf"))
         self.hosts = LocalHosts()
         self.cloud = build_control_plane(self.config, clock, self.hosts)
         self.clock = self.cloud.clock

@@ -8,7 +8,16 @@ from fastapi import APIRouter, Depends, Query
 
 from cloudlet.api.deps import agent_caller, caller, get_cloud, page
 from cloudlet.api.routes.labels import label_selector
-from cloudlet.compute.hosts import HOST_KIND, AgentOps, Heartbeat, host_view
+from cloudlet.compute.hosts import (
+    HOST_KIND,
+    AgentOps,
+    Heartbeat,
+    HostJoin,
+    host_view,
+    join_host,
+    remove_host,
+    set_cordoned,
+)
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.labels import Selector
 
@@ -35,11 +44,49 @@ def show_host(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depend
     return host_view(cloud.store.get(HOST_KIND, SYSTEM_TENANT, name))
 
 
+@router.post("/v1/hosts", status_code=201)
+def add_host(body: HostJoin, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Registers a host (or a wiped one again) and issues its agent token, shown this once."""
+    who.require_admin("adding hosts")
+    res, token = join_host(cloud.store, body)
+    cloud.placement.invalidate()
+    return {**host_view(res), "token": token}
+
+
+@router.delete("/v1/hosts/{name}")
+def delete_host(
+    name: str, force: bool = False, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Removes a host that holds nothing (or, with force, re-places its instances and forgets its disks)."""
+    who.require_admin("removing hosts")
+    released = remove_host(cloud.store, name, force)
+    cloud.placement.invalidate()
+    return {"name": name, "released": [{"kind": r.kind, "name": r.name, "tenant": r.tenant} for r in released]}
+
+
+@router.post("/v1/hosts/{name}/cordon")
+def cordon(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Places nothing new on the host; what runs there stays."""
+    who.require_admin("cordoning hosts")
+    res = set_cordoned(cloud.store, name, True)
+    cloud.placement.invalidate()
+    return host_view(res)
+
+
+@router.post("/v1/hosts/{name}/uncordon")
+def uncordon(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Lets placement use the host again."""
+    who.require_admin("uncordoning hosts")
+    res = set_cordoned(cloud.store, name, False)
+    cloud.placement.invalidate()
+    return host_view(res)
+
+
 @router.post("/v1/hosts/{name}/heartbeat")
 def heartbeat(
     name: str, body: Heartbeat, cloud: Cloud = Depends(get_cloud), agent: Caller = Depends(agent_caller)
 ) -> dict[str, Any]:
-    return host_view(cloud.agent_api.heartbeat(agent, name, body))
+    return cloud.agent_api.heartbeat(agent, name, body)  # the host's view plus its lease (resilience/lease.py)
 
 
 @router.get("/v1/agent/records")
