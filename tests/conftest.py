@@ -96,6 +96,9 @@ def leaks(cloud_id: str, home: Path) -> list[str]:
         found += [f"mount {line.split()[1]}" for line in f if str(home) in line]
     losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += [f"loop device {line.split(':')[0]}" for line in losetup.splitlines() if str(home) in line]
+    found += [f"link {name}" for name in os.listdir("/sys/class/net") if name.startswith(f"cl{cloud_id}")]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    found += [f"nft {line}" for line in tables.splitlines() if f"cl_{cloud_id}_" in line]
     for ctrl in Path("/sys/fs/cgroup").iterdir():
         if (ctrl / f"cloudlet-{cloud_id}").exists():
             found.append(f"cgroup {ctrl.name}/cloudlet-{cloud_id}")
@@ -137,11 +140,9 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
         yield cli
     finally:
         ACTIVE.remove(home)
-        pids = {
-            what: int(f.read_text())
-            for what, f in (("cloudletd", home / "cloudletd.pid"), ("agent", home / "agents/local/agent.pid"))
-            if f.exists()
-        }
+        pid_files = [("cloudletd", home / "cloudletd.pid")]
+        pid_files += [(f"agent of {d.name}", d / "agent.pid") for d in (home / "agents").glob("*")]
+        pids = {what: int(f.read_text()) for what, f in pid_files if f.exists()}
         cli.run("down", "--purge", check=False)
         left = leaks(cid, home)
         left += [f"{what} process {pid}" for what, pid in pids.items() if Path(f"/proc/{pid}").exists()]

@@ -31,6 +31,7 @@ from cloudlet.core.records import Resource
 from cloudlet.core.store import Store
 from cloudlet.domains import DOMAINS
 from cloudlet.network import networks
+from cloudlet.network.underlay import Underlay
 
 log = logging.getLogger("cloudlet.daemon")
 
@@ -102,10 +103,15 @@ def serve(cloud: Cloud) -> None:
         choose_port(before.get("port"), cfg.api_port, "API", "CLOUDLET_API_PORT", cfg.explicit_ports)
     )
     port = sock.getsockname()[1]
+    sockets = [sock]
+    endpoint: dict[str, object] = {"url": f"http://{cfg.api_host}:{port}", "port": port, "pid": os.getpid()}
+    if cfg.compute_driver != "fake":  # added hosts' agents reach the API over the underlay (network/underlay.py)
+        address = Underlay(cfg.cloud_id(), cfg.home).control_address
+        sockets.append(listening_socket(port, address, freebind=True))
+        endpoint["underlay_url"] = f"http://{address}:{port}"
     cloud.manager.start()
     stop = threading.Event()
     threading.Thread(target=_compact, args=(cloud, stop), name="compact", daemon=True).start()
-    endpoint = {"url": f"http://{cfg.api_host}:{port}", "port": port, "pid": os.getpid()}
     tmp = cfg.endpoint_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(endpoint))
     os.replace(tmp, cfg.endpoint_file)
@@ -115,7 +121,7 @@ def serve(cloud: Cloud) -> None:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     app.state.shutdown = lambda: setattr(server, "should_exit", True)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=sockets)
     finally:
         stop.set()
         cloud.manager.stop()

@@ -59,11 +59,15 @@ def test_domains_import_no_api_or_cli(domain: str) -> None:
     assert _violations(f"cloudlet.{domain}", ("cloudlet.api", "cloudlet.cli")) == []
 
 
+# what `cloudlet up`, `down` and `host add|remove|partition` do to this machine itself (cli/daemons.py): the
+# underlay between its hosts' namespaces, and the netns fence of a host removed by force
+MACHINE = ("cloudlet.network.underlay", "cloudlet.resilience.fence")
+
+
 def test_cli_talks_only_http() -> None:
-    assert (
-        _violations("cloudlet.cli", ("cloudlet.",), ("cloudlet.cli", "cloudlet.core.config", "cloudlet.core.errors"))
-        == []
-    )
+    allowed = ("cloudlet.cli", "cloudlet.core.config", "cloudlet.core.errors")
+    violations = _violations("cloudlet.cli", ("cloudlet.",), allowed)
+    assert [v for v in violations if not (v.startswith("cloudlet.cli.daemons ") and v.endswith(MACHINE))] == []
 
 
 def test_routes_do_not_import_the_app() -> None:

@@ -20,6 +20,7 @@ from cloudlet.core.config import Config, load_config
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.ports import choose_port, listening_socket
 from cloudlet.network.drivers import get_network_driver
+from cloudlet.network.underlay import host_netns
 from cloudlet.storage.pools import get_pool
 
 log = logging.getLogger("cloudlet.agent")
@@ -36,14 +37,18 @@ def build_agent(config: Config, host: str, zone: str, api: str, token: str) -> A
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     cloud_id = config.cloud_id()
+    # an added host keeps its runc state and pool in its own directory and names its namespaces after itself
+    added = host != config.host
+    data = state_dir if added else config.home
     if config.compute_driver == "fake":
         compute = get_driver("fake")
         net = get_network_driver("fake")
-        pool = get_pool("memory", config.home)
+        pool = get_pool("memory", data)
     else:
-        compute = get_driver(config.compute_driver, home=config.home, cloud_id=cloud_id)
-        net = get_network_driver("linux", cloud_id=cloud_id, home=config.home)
-        pool = get_pool(config.storage_pool, config.home)
+        compute = get_driver(config.compute_driver, home=data, cloud_id=cloud_id)
+        host_ns = host_netns(cloud_id, host) if added else None
+        net = get_network_driver("linux", cloud_id=cloud_id, home=config.home, host_ns=host_ns)
+        pool = get_pool(config.storage_pool, data)
     return Agent(
         config,
         HttpControlPlane(api, token),
@@ -66,7 +71,15 @@ def _write_private(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool = False, purge: bool = False) -> None:
+def run_agent(
+    host: str,
+    zone: str,
+    api: str,
+    token_file: Path,
+    shutdown: bool = False,
+    purge: bool = False,
+    listen: str = "127.0.0.1",
+) -> None:
     import uvicorn
 
     from cloudlet.agent.server import create_agent_app
@@ -97,9 +110,9 @@ def run_agent(host: str, zone: str, api: str, token_file: Path, shutdown: bool =
     dns = DNSService(resolver, dns_port)
     agent.dns_port = dns.port
     metadata = MetadataService(agent.cache, zone)
-    sock = listening_socket(choose_port(before.get("port"), 0, "agent"))
+    sock = listening_socket(choose_port(before.get("port"), 0, "agent", host=listen), host=listen)
     port = sock.getsockname()[1]
-    agent.endpoint = f"http://127.0.0.1:{port}"
+    agent.endpoint = f"http://{listen}:{port}"
     agent.start()
     hub = agent.ctx.net.hub_netns()
     if hub:

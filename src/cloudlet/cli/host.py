@@ -1,13 +1,18 @@
-"""cloudlet host list|show (admin): each host's agent, zone, capacity, version and last heartbeat."""
+"""cloudlet host list|show|add|remove|partition (admin): each host's agent, zone, capacity, version and last
+heartbeat; added hosts are namespaces of this machine with their own agent and pool (cli/daemons.py)."""
 
 from __future__ import annotations
 
 __all__ = ["app"]
 
+from typing import Annotated
+
 import typer
 
+from cloudlet.cli import daemons
 from cloudlet.cli.client import connect
-from cloudlet.cli.output import Format, OutputOpt, SelectorOpt, emit
+from cloudlet.cli.output import Format, OutputOpt, SelectorOpt, emit, say
+from cloudlet.core.config import load_config
 
 app = typer.Typer(help="Hosts: where instances run, each served by its own agent.", no_args_is_help=True)
 COLUMNS = ["name", "zone", "state", "cpus", "memory_mib", "version", "heartbeat_age_s", "endpoint"]
@@ -26,3 +31,36 @@ app.command("ls", hidden=True)(list_)
 def show(name: str, output: OutputOpt = Format.table) -> None:
     """Show one host."""
     emit(connect().get(f"/v1/hosts/{name}"), output)
+
+
+@app.command()
+def add(
+    name: str,
+    zone: Annotated[str, typer.Option(help="the host's zone (fixed while it exists)")],
+    output: OutputOpt = Format.table,
+) -> None:
+    """Add a host on this machine: its own namespace on the underlay, pool and agent (again: rejoin it)."""
+    emit(daemons.add_host(load_config(), name, zone), output)
+
+
+@app.command()
+def remove(
+    name: str,
+    force: Annotated[
+        bool, typer.Option("--force", help="kill everything it runs; its instances are placed again elsewhere")
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Remove an added host that holds nothing (or, with --force, whatever it holds)."""
+    result = daemons.remove_host(load_config(), name, force)
+    if output == Format.table:
+        say(f"host {name} removed" + (f"; {len(result['released'])} records released" if result["released"] else ""))
+    else:
+        emit(result, output)
+
+
+@app.command()
+def partition(name: str, heal: Annotated[bool, typer.Option("--heal", help="reconnect it")] = False) -> None:
+    """Cut an added host off the underlay (its peers and the control plane), or reconnect it."""
+    daemons.partition_host(load_config(), name, not heal)
+    say(f"host {name} {'reconnected' if heal else 'partitioned'}")

@@ -70,12 +70,16 @@ class KindReconciler:
     def forget(self, rid: str) -> None:
         """The record is gone: remove whatever real artefact is still named after it (nothing by default)."""
 
+    def let_go(self, res: Resource) -> None:
+        """res is served elsewhere (it moved to another host): drop what of it is still here (nothing by default)."""
+
     def reconcile(self, rid: str) -> Result:
         res = self.records.get_by_id(rid)
         if res is None:
             self.forget(rid)
             return Result()
         if not self.serves(res):
+            self.let_go(res)
             return Result()
         if res.deleting:
             if FINALIZER in res.finalizers:

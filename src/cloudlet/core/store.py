@@ -178,6 +178,24 @@ class Store:
         """Labels are metadata: changing them moves no generation, but watchers and selectors see it."""
         return self._update(rid, {"labels": labels, "updated_at": time.time()})
 
+    def place(self, rid: str, host: str | None, zone: str | None = None, **values: Any) -> Resource:
+        """Moves a record to host (None: back to the scheduler). The old host's watch hears it too (as a delete:
+        the record left its view), so its agent lets go of what it ran."""
+        old = self.get_by_id(rid)
+        values.update(host=host, updated_at=time.time(), **({"zone": zone} if zone else {}))
+        res = self._update(rid, values)
+        if old is not None and old.host not in (None, host):
+            with self.engine.begin() as conn:
+                rev = self._changed(conn, rid, res.kind, old.host)
+            self._notify(res, rev)
+        return res
+
+    def purge_lost(self, rid: str) -> None:
+        """Purges a record whose host is gone for good, finalizers and all: nobody is left to clean up after it."""
+        res = self.get_by_id(rid)
+        if res is not None:
+            self._purge(rid, dropping=None, lost=True)
+
     def mark_deleted(self, rid: str) -> Resource:
         """Deletion is a request: the record stays until every finalizer is removed (at once if it has none)."""
         res = self._update(rid, {"deleted_at": time.time(), "updated_at": time.time()})
@@ -221,7 +239,7 @@ class Store:
         self._notify(res, rev, spec_side=notify)
         return res
 
-    def _purge(self, rid: str, dropping: str | None = None) -> None:
+    def _purge(self, rid: str, dropping: str | None = None, lost: bool = False) -> None:
         """Removes the record for good; refused while any finalizer (but `dropping`, whose owner is done) is left,
         so nothing real is forgotten."""
         with self.engine.begin() as conn:
@@ -229,7 +247,7 @@ class Store:
             if row is None:
                 return
             res = _row_to_resource(row)
-            if [f for f in res.finalizers if f != dropping]:
+            if not lost and [f for f in res.finalizers if f != dropping]:
                 raise Conflict(f"{res.kind} {rid} still has finalizers {res.finalizers}; it cannot be purged yet")
             conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == rid))
             conn.execute(resources.delete().where(resources.c.id == rid))
@@ -330,6 +348,10 @@ class Store:
             conn.execute(
                 tokens.insert().values(token_hash=hash_token(token), tenant=tenant, role=role, created_at=time.time())
             )
+
+    def revoke_tokens(self, tenant: str, role: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(tokens.delete().where(tokens.c.tenant == tenant, tokens.c.role == role))
 
     def lookup_token(self, token: str) -> tuple[str, str] | None:
         with self.engine.connect() as conn:

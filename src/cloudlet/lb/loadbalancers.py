@@ -396,6 +396,10 @@ class LoadBalancerReconciler(KindReconciler):
     def cleanup(self, res: Resource) -> None:
         self.forget(res.id)
 
+    def let_go(self, res: Resource) -> None:
+        if res.id in self.controllers or self.ctx.net.port_exists(res.id):
+            self.forget(res.id)
+
     def forget(self, rid: str) -> None:
         self._ingress.pop(rid, None)
         with self._lock:

@@ -309,9 +309,8 @@ def secgroup_view(cloud: Cloud, res: Resource) -> dict[str, Any]:
 
 class SecurityGroupPlumber:
     """Agent: loads the hub's anti-spoofing table and each local instance's ingress table whenever a group or an
-    instance of this host changes (debounced: every change enqueues one key a moment later), skipping tables
-    whose text (and, for an instance, netns: its pid) is what it last loaded. Group members are the instances
-    this agent sees: those of its own host."""
+    instance changes (debounced: every change enqueues one key a moment later), skipping tables whose text (and,
+    for an instance, netns: its pid) is what it last loaded. Group members are the instances of every host."""
 
     kind = KIND
 
@@ -332,23 +331,22 @@ class SecurityGroupPlumber:
         store = self.ctx.store
         groups = {g.id: SecurityGroupSpec.of(g) for g in store.list(KIND) if not g.deleting}
         defaults = {g.tenant: g.id for g in store.list(KIND, name=DEFAULT) if not g.deleting}
-        local = [i for i in store.list(INSTANCE) if i.host == self.ctx.host and InstanceStatus.of(i).ip]
-        ports: dict[str, str] = {}
+        placed = [i for i in store.list(INSTANCE) if InstanceStatus.of(i).ip]
+        local = [i for i in placed if i.host == self.ctx.host]
+        ports = {inst.id: str(InstanceStatus.of(inst).ip) for inst in local}
         member_of: dict[str, list[str]] = {}
         members: dict[str, set[str]] = {}
-        for inst in local:
-            ip = str(InstanceStatus.of(inst).ip)
-            ports[inst.id] = ip
+        for inst in placed:  # members on every host: groups admit each other across hosts
             # an instance from before security groups (none in its spec) is in its tenant's default group
             gids = InstanceSpec.of(inst).secgroups or [d for d in [defaults.get(inst.tenant)] if d]
             member_of[inst.id] = gids
             if not inst.deleting:
                 for gid in gids:
-                    members.setdefault(gid, set()).add(ip)
-        # a load balancer here reaches its members as if it were in their groups (its own netns admits only its port)
+                    members.setdefault(gid, set()).add(str(InstanceStatus.of(inst).ip))
+        # a load balancer reaches its members as if it were in their groups (its own netns admits only its port)
         for lb in store.list(LOADBALANCER):
             lb_ip = LoadBalancerStatus.of(lb).ip
-            if lb.host == self.ctx.host and lb_ip and not lb.deleting:
+            if lb_ip and not lb.deleting:
                 for inst in members_of(store, lb):
                     for gid in member_of.get(inst.id, []):
                         members.setdefault(gid, set()).add(lb_ip)

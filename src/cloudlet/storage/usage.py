@@ -28,7 +28,7 @@ def _owners(cloud: HostContext) -> dict[str, tuple[str, str, str, bool]]:
         if (source := images.get(volume)) is not None:  # a launch may be shifting it now: never settled
             out[shifted_name(volume, base)] = (IMAGE, source.tenant, f"{source.name}@{base}", False)
     for kind, prefix in ((INSTANCE, "disks/"), (VOLUME, "volumes/"), (SNAPSHOT, "snapshots/")):
-        for res in cloud.store.list(kind):
+        for res in cloud.store.list(kind, host=cloud.host):  # other hosts' instances are in the cache too
             out[prefix + res.id] = (kind, res.tenant, res.name, res.phase not in ("pending", "scheduled"))
             for part in SnapshotStatus.of(res).volumes if kind == SNAPSHOT else []:
                 out[part.pool] = (kind, res.tenant, f"{res.name}:{part.volume}", True)

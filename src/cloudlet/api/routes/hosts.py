@@ -41,7 +41,13 @@ def list_hosts(
 @router.get("/v1/hosts/{name}")
 def show_host(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     who.require_admin("showing hosts")
-    return host_view(cloud.store.get(HOST_KIND, SYSTEM_TENANT, name))
+    view = host_view(cloud.store.get(HOST_KIND, SYSTEM_TENANT, name))
+    # its phase changes and fencing, with their timings (resilience/monitor.py): hosts are no tenant's
+    events = cloud.store.list_events(SYSTEM_TENANT, name, 20)
+    return {
+        **view,
+        "events": [{"time": e.time, "type": e.type, "reason": e.reason, "message": e.message} for e in events],
+    }
 
 
 @router.post("/v1/hosts", status_code=201)

@@ -6,6 +6,12 @@ forwarded packets (but those to and from the outside namespace, network/outside.
 address of another bridge than they came in on. So instances reach their own network, the gateway (DNS) and, with
 an EIP or egress, the outside's range, and nothing else: not other networks, not the machine's uplink. Each instance gets its own netns `cl-<cloud>-i-<id>` with
 a veth `eth0` whose peer sits on the network's bridge.
+
+An added host (network/underlay.py) names its hub `cl-<cloud>-h-<H>.hub` and its ports `cl-<cloud>-h-<H>.i-<id>`.
+Where the agent's namespace has an underlay link, each bridge also holds a VXLAN port `vx<short id>` (VNI from the
+network's subnet, the cloud's multicast group floods, MACs are learned), so a network is one L2 segment across hosts.
+Every host's bridge holds the same gateway address and MAC (a distributed gateway: DNS and metadata answer on the
+instance's own host); the hub's `bridge cl_vx` table keeps the gateway's own frames and ARP for it off the VXLAN.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from cloudlet.network.hostguard import guard, unguard
 from cloudlet.network.netns import NETNS_DIR, run_in_netns
 from cloudlet.network.nft_secgroups import DENY_INGRESS
 from cloudlet.network.outside import HUB_LINK, PUBLIC_MARK, Outside
+from cloudlet.network.underlay import Underlay
 
 T = TypeVar("T")
 
@@ -60,13 +67,42 @@ def _mac(key: str) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
+VXLAN_NFT = """
+table bridge cl_vx
+delete table bridge cl_vx
+table bridge cl_vx {
+    set gw_macs { type ether_addr; }
+    set gw_ips { type ipv4_addr; }
+    chain output {
+        type filter hook output priority 0; policy accept;
+        oifname "vx*" ether saddr @gw_macs drop
+    }
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        oifname "vx*" arp daddr ip @gw_ips drop
+        iifname "vx*" arp daddr ip @gw_ips drop
+    }
+}
+"""
+TENANT_BASE = int(ipaddress.IPv4Address("10.240.0.0"))
+
+
+def vni_of(subnet: ipaddress.IPv4Network) -> int:
+    """Subnets of one cloud never overlap and are /29 or larger: their network addresses over 8 are distinct."""
+    return ((int(subnet.network_address) - TENANT_BASE) >> 3) + 1
+
+
 class LinuxNetworkDriver(NetworkDriver):
-    def __init__(self, cloud_id: str, home: Path | None = None) -> None:
+    def __init__(self, cloud_id: str, home: Path | None = None, host_ns: str | None = None) -> None:
+        """host_ns: the namespace of an added host (network/underlay.py) whose agent this is; None for the machine's
+        own host, whose names carry only the cloud id."""
         self.cloud_id = cloud_id
-        self.hub = f"cl-{cloud_id}-hub"
-        # the outside namespace needs the cloud's home (its public slice is kept there)
-        self.outside = Outside(cloud_id, self.hub, home) if home is not None else None
-        self.port_prefix = f"cl-{cloud_id}-i-"
+        self.hub = f"{host_ns}.hub" if host_ns else f"cl-{cloud_id}-hub"
+        # the outside namespace needs the cloud's home (its public slice is kept there); added hosts have none yet
+        self.outside = Outside(cloud_id, self.hub, home) if home is not None and not host_ns else None
+        self.port_prefix = f"{host_ns}.i-" if host_ns else f"cl-{cloud_id}-i-"
+        self.underlay = Underlay(cloud_id, home) if home is not None else None
+        self.underlay_link = "ul0" if host_ns else (self.underlay.root_link if self.underlay else "")
         self._lock = threading.Lock()
 
     def hub_netns(self) -> str:
@@ -116,7 +152,7 @@ class LinuxNetworkDriver(NetworkDriver):
         )
         subprocess.run(
             ["ip", "netns", "exec", self.hub, "nft", "-f", "-"],
-            input=HUB_NFT.encode(),
+            input=(HUB_NFT + VXLAN_NFT).encode(),
             check=True,
             capture_output=True,
         )
@@ -138,9 +174,45 @@ class LinuxNetworkDriver(NetworkDriver):
                 ns.addr("add", index=idx[0], address=gateway, prefixlen=prefixlen)
             ns.link("set", index=idx[0], state="up")
 
+        subnet = ipaddress.IPv4Interface(f"{gateway}/{prefixlen}").network
         with translate_errors(f"creating bridge {br}"):
             self._in(self.hub, plumb)
-            guard(ipaddress.IPv4Interface(f"{gateway}/{prefixlen}").network)
+            self._ensure_vxlan(network_id, vni_of(subnet), mac, gateway)
+            guard(subnet)
+
+    def _ensure_vxlan(self, network_id: str, vni: int, mac: str, gateway: str) -> None:
+        """The network's VXLAN port on its bridge, made in the agent's own namespace (its socket stays on the
+        underlay link there) and moved into the hub."""
+        if self.underlay is None:
+            return
+        vx, br = f"vx{short(network_id)}", f"br{short(network_id)}"
+        underlay, hub = self.underlay, self.hub
+        if self._in(hub, lambda ns: bool(ns.link_lookup(ifname=vx))):
+            return
+        with IPRoute() as ipr:  # netlink, not /sys: an added host's agent sees the root namespace's sysfs
+            if not ipr.link_lookup(ifname=self.underlay_link):
+                return  # no underlay here: a host on its own
+            if ipr.link_lookup(ifname=vx):  # left behind by a crash before the move
+                ipr.link("del", index=ipr.link_lookup(ifname=vx)[0])
+            ipr.link(
+                "add",
+                ifname=vx,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_group=underlay.vxlan_group,
+                vxlan_link=ipr.link_lookup(ifname=self.underlay_link)[0],
+                vxlan_port=underlay.vxlan_port,
+                vxlan_learning=1,
+            )
+            ipr.link("set", index=ipr.link_lookup(ifname=vx)[0], net_ns_fd=hub)
+
+        def enslave(ns: IPRoute) -> None:
+            ns.link("set", index=ns.link_lookup(ifname=vx)[0], master=ns.link_lookup(ifname=br)[0], state="up")
+
+        self._in(hub, enslave)
+        self._nft(
+            f"add element bridge cl_vx gw_macs {{ {mac} }}\nadd element bridge cl_vx gw_ips {{ {gateway} }}\n", hub
+        )
 
     def _delete_link(self, ifname: str) -> None:
         def delete(ns: IPRoute) -> None:
@@ -169,6 +241,7 @@ class LinuxNetworkDriver(NetworkDriver):
         with translate_errors(f"deleting bridge {br}"):
             for net in self._subnets(br):
                 unguard(net)
+            self._delete_link(f"vx{short(network_id)}")
             self._delete_link(br)
 
     def list_networks(self) -> set[str]:
@@ -239,7 +312,8 @@ class LinuxNetworkDriver(NetworkDriver):
 
     def list_ports(self) -> set[str]:
         names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
-        return {n[len(self.port_prefix) :] for n in names if n.startswith(self.port_prefix)}
+        ids = (n[len(self.port_prefix) :] for n in names if n.startswith(self.port_prefix))
+        return {i for i in ids if "." not in i}
 
     def _nft(self, text: str, netns: str) -> None:
         subprocess.run(
