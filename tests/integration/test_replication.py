@@ -8,6 +8,8 @@ the replica host (and its replica then goes the other way); deleting the source 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -148,6 +150,26 @@ def test_a_silent_replica_host_raises_replica_stale(two: CloudCLI) -> None:
         assert time.monotonic() < deadline, two.json("show", "db")["replica"]
         time.sleep(0.5)
     assert two.json("show", "db")["replica"]["state"] == "current"
+
+
+def test_a_restarted_replica_host_gets_a_new_token_and_the_next_send_is_incremental(two: CloudCLI) -> None:
+    """The replica host's agent is killed and started again (`up`): its new key means a new token; what its pool kept
+    is the parent of the next send."""
+    db = _replica(two, "db")
+    old_key = _agent(two, "h2")["key"]
+    os.kill(two.agent_pid("h2"), signal.SIGKILL)
+    deadline = time.monotonic() + 15  # the monitor suspects and fences the silent host: let it finish first
+    while two.json("host", "show", "h2")["state"] == "up" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(1)
+    two.run("up")
+    assert _agent(two, "h2")["key"] != old_key
+    seq = two.json("show", "db")["replica"]["seq"]
+    view = _replica(two, "db", newer_than=seq, timeout=60)
+    rep = view["replica"]
+    assert rep["host"] == "h2" and rep["state"] == "current", rep
+    cycles = [e for e in two.json("events", "db", "--limit", "1000") if e["reason"] == "ReplicaCurrent"]
+    assert rep["seq"] > db["replica"]["seq"] and len(_seqs(two, "h2", view["id"])) <= 2, cycles
 
 
 def test_the_newest_replica_promotes_to_a_bootable_disk(two: CloudCLI) -> None:
