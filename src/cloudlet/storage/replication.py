@@ -161,6 +161,7 @@ def replica_view(rep: Resource | None) -> dict[str, Any] | None:
         "seq": st.seq,
         "taken_at": st.taken_at,
         "shipped_at": st.shipped_at,
+        "bytes": st.bytes,  # what the last cycle sent
         "age_s": round(time.time() - st.taken_at, 2) if st.taken_at else None,
         "interval_s": spec.interval_s,
         "state": rep.phase,
