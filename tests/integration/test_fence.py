@@ -1,0 +1,176 @@
+"""Fencing for real (issue 10): the netns fence kills exactly the processes of a host's namespaces; a real cloud's
+host goes suspect when its agent stops heartbeating and comes back up; with cloudletd down for longer than the
+lease, a single-host cloud's HA instance keeps running."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudlet.compute.resource import INSTANCE, InstanceSpec
+from cloudlet.core.errors import NotSupported
+from cloudlet.core.store import Store
+from cloudlet.resilience.fence import NetnsFence
+from tests.conftest import IS_ROOT, CloudCLI, running_cloud
+
+pytestmark = pytest.mark.root
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, list[str]]]:
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    cid = f"test{secrets.token_hex(2)}"
+    # the host x: its machine and an instance; x-y is another host whose name starts the same
+    names = [f"cl-{cid}-h-x", f"cl-{cid}-h-x.i-1", f"cl-{cid}-h-x-y"]
+    for ns in names:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        yield cid, names
+    finally:
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_netns_fence_kills_exactly_the_hosts_processes(namespaces: tuple[str, list[str]]) -> None:
+    cid, (machine, instance, other_host) = namespaces
+
+    def start(ns: str | None, *argv: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*(["ip", "netns", "exec", ns] if ns else []), *argv])
+
+    inside = [start(machine, "sleep", "300"), start(machine, "sleep", "300")]
+    # a shell that forks: its children must go too, wherever the fork was when the fence came
+    forker = start(instance, "sh", "-c", "for i in 1 2 3 4 5; do sleep 300 & done; wait")
+    outside = [start(other_host, "sleep", "300"), start(None, "sleep", "300")]
+    try:
+        _wait(lambda: len(_children(forker.pid)) == 5, 10, "the shell's five children")
+        children = _children(forker.pid)
+        result = NetnsFence(cid).fence("x")
+        assert result.killed == 2 + 1 + 5 and result.took_s < 5
+        for proc in [*inside, forker]:
+            assert proc.wait(5) == -signal.SIGKILL
+        assert not [pid for pid in children if _running(pid)]
+        assert all(_alive(p) for p in outside)  # another host's namespace and the root namespace: untouched
+        assert NetnsFence(cid).fence("x").killed == 0  # nothing left: fencing again is a no-op
+        assert NetnsFence(cid).fence("nothing-here").killed == 0
+        with pytest.raises(NotSupported, match="real power fence"):
+            NetnsFence(cid).fence("local")
+    finally:
+        for proc in [*inside, forker, *outside]:
+            if _alive(proc):
+                proc.kill()
+                proc.wait(5)
+
+
+def _running(pid: int) -> bool:
+    """Neither gone nor a zombie (killed children of a killed shell wait for init to reap them)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and Path(f"/proc/{entry}/stat").read_text().split(")")[1].split()[1] == str(pid):
+                found.append(int(entry))
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+# a real cloud with a short lease
+
+
+@pytest.fixture(scope="module")
+def short() -> Iterator[CloudCLI]:
+    with running_cloud({"CLOUDLET_LEASE_S": "3"}) as cli:
+        cli.run("launch", "busybox", "guarded", "--wait", "--memory", "32")
+        store = Store(f"sqlite:///{cli.home / 'state.db'}")
+        try:
+            # HA-managed, as a stack marks its layers' instances (written beside cloudletd: its agent's watch
+            # sees it in the change log)
+            res = next(r for r in store.list(INSTANCE) if r.name == "guarded")
+            (cli.home / "guarded.id").write_text(res.id)
+            store.update_spec(res.id, InstanceSpec.of(res).model_copy(update={"ha": True}).dump())
+        finally:
+            store.close()
+        _wait(lambda: _agent_sees_ha(cli), 15, "the agent to see ha")
+        yield cli
+
+
+def _agent_sees_ha(cli: CloudCLI) -> bool:
+    path = cli.home / "agents/local/cache.json"
+    cache = json.loads(path.read_text()) if path.exists() else {"items": []}  # saved within a second of a change
+    return any(i.get("name") == "guarded" and i.get("spec", {}).get("ha") for i in cache["items"])
+
+
+def _state(cli: CloudCLI) -> str:
+    hosts = cli.json("host", "list")
+    return str(next(h["state"] for h in hosts if h["name"] == "local"))
+
+
+def _init_pid(cli: CloudCLI) -> int | None:
+    """What runc runs for the HA instance (asked of runc: cloudletd may be down)."""
+    iid = (cli.home / "guarded.id").read_text()
+    listing = json.loads(cli.runc("list", "--format", "json").stdout or "[]")
+    return next((c["pid"] for c in listing if c["id"] == f"cl-{iid}" and c["status"] == "running"), None)
+
+
+def test_a_stopped_agent_is_suspected_and_back_up_when_it_beats_again(short: CloudCLI) -> None:
+    pid = _init_pid(short)
+    assert pid and _state(short) == "up"
+    agent = short.agent_pid()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        took = _wait(lambda: _state(short) == "suspect", 15, "host local to be suspected")
+        assert took < 8  # 3 s of silence, a heartbeat's second, the monitor's half second, and slack
+        time.sleep(5)  # past its 3 s lease: still nothing else (local cannot be fenced and has no peers)
+        assert _state(short) == "suspect"
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    _wait(lambda: _state(short) == "up", 15, "host local to be up again")
+    assert _init_pid(short) == pid  # the HA instance ran on throughout: a single host never self-fences
+    reasons = Counter(e["reason"] for e in short.json("host", "show", "local")["events"])
+    assert reasons["HostSuspect"] == 1 and reasons["HostRecovered"] == 1 and reasons["FenceFailed"] == 1
+    assert reasons["HostFenced"] == 0 and reasons["LeaseExpired"] == 0
+
+
+def test_cloudletd_down_past_the_lease_keeps_a_single_hosts_ha_instance_running(short: CloudCLI) -> None:
+    pid = _init_pid(short)
+    assert pid
+    before = Counter(e["reason"] for e in short.json("events", "--limit", "500"))
+    short.kill9("cloudletd")
+    time.sleep(3 + 2 + 3)  # the lease, the margin, and then some
+    assert _init_pid(short) == pid
+    short.run("up")
+    _wait(lambda: _state(short) == "up", 15, "host local to be up")
+    time.sleep(4)  # the monitor's grace after its restart has passed: still nothing to do
+    assert _state(short) == "up" and _init_pid(short) == pid
+    after = Counter(e["reason"] for e in short.json("events", "--limit", "500"))
+    for reason in ("HostSuspect", "HostFenced", "LeaseExpired", "SelfFenced", "Started", "Restarted"):
+        assert after[reason] == before[reason], reason
+    assert short.json("show", "guarded")["state"] == "running"
