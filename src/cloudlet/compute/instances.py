@@ -277,7 +277,8 @@ def instance_view(res: Resource) -> dict[str, Any]:
         generation=res.generation,
         observed_generation=res.observed_generation,
         started_at=st.started_at,
-        placement=st.placement,
+        # the outcome; the decision itself is GET /v1/instances/NAME/why
+        placement={k: v for k, v in (st.placement or {}).items() if k != "decision"} or None,
         conditions=st.conditions,
         labels=res.labels,
     )

@@ -6,9 +6,10 @@ from __future__ import annotations
 __all__ = ["SchedulerReconciler", "release"]
 
 from cloudlet.compute.instances import KIND, set_state
+from cloudlet.compute.placement import NoValidHost
 from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.context import Cloud
-from cloudlet.core.errors import InvalidSpec, TerminalError
+from cloudlet.core.errors import TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource
 from cloudlet.network import ipam
@@ -40,11 +41,19 @@ class SchedulerReconciler(KindReconciler):
             set_state(store, res, "failed", message=f"network {spec.network} no longer exists")
             raise TerminalError(f"network of instance {res.name} is gone")
         try:
-            d = self.cloud.placement.place(spec.memory_mib, spec.zone)
-        except InvalidSpec as exc:
+            d = self.cloud.placement.place(
+                spec.memory_mib,
+                spec.zone,
+                cpus=spec.cpus,
+                tenant=res.tenant,
+                group=spec.group,
+                anti_affinity=spec.anti_affinity,
+            )
+        except NoValidHost as exc:
             if status.message != exc.message:
                 store.add_event(res, "NoValidHost", exc.message, "Warning")
-            set_state(store, res, "unschedulable", message=exc.message)
+            # the decision too, so `instance why` shows each host's filter
+            set_state(store, res, "unschedulable", message=exc.message, placement=exc.decision.record())
             return Result(requeue_after=30.0)
         ip = store.allocate_ip(net.id, res.id, ipam.host_addresses(NetworkSpec.of(net).subnet))
         status = status.model_copy(update={"placement": d.record(), "state": "scheduled", "ip": ip})

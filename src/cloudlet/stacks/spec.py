@@ -54,7 +54,14 @@ class _Strict(BaseModel):
 
 
 class Placement(_Strict):
-    spread: Literal["hosts", "zones"] | None = Field(None, description="spread a layer's instances over hosts or zones")
+    spread: Literal["hosts", "zones"] | None = Field(
+        None,
+        description="zones: give each instance a zone in turn; otherwise placement spreads a layer over zones, "
+        "then hosts",
+    )
+    anti_affinity: Literal["prefer", "hosts"] = Field(
+        "prefer", description="prefer: avoid a host holding the layer while another can; hosts: never share one"
+    )
 
 
 class NetworkDef(_Strict):

@@ -593,7 +593,7 @@ class StackReconciler(KindReconciler):
             if a.id is not None:
                 return True  # the replaced one is still being removed
             assert a.desired is not None
-            self._make(res, caller, a)
+            self._make(res, doc, caller, a)
             return True
         if a.op == "update":
             current = cloud.store.get_by_id(a.id or "")
@@ -615,7 +615,7 @@ class StackReconciler(KindReconciler):
             cloud.store.mark_deleted(current.id)
         return True
 
-    def _make(self, res: Resource, caller: Caller, a: Action) -> None:
+    def _make(self, res: Resource, doc: StackDoc, caller: Caller, a: Action) -> None:
         cloud, d = self.cloud, a.desired
         assert d is not None
         labels = {STACK_LABEL: res.name}
@@ -628,6 +628,9 @@ class StackReconciler(KindReconciler):
             layer = d.params["layer"]
             body: dict[str, Any] = {**d.fields, "name": d.name}
             body["labels"] = {**labels, LAYER_LABEL: layer, LIFECYCLE_LABEL: "setup"}
+            # a layer is a placement group: spread over zones then hosts, kept apart as its placement says
+            body["group"] = f"{res.name}/{layer}"
+            body["anti_affinity"] = (doc.layers[layer].placement or doc.placement).anti_affinity
             if body.get("command") is None:
                 body.pop("command")
             if d.params["secgroups"]:
