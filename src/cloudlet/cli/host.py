@@ -64,3 +64,23 @@ def partition(name: str, heal: Annotated[bool, typer.Option("--heal", help="reco
     """Cut an added host off the underlay (its peers and the control plane), or reconnect it."""
     daemons.partition_host(load_config(), name, not heal)
     say(f"host {name} {'reconnected' if heal else 'partitioned'}")
+
+
+@app.command()
+def cordon(name: str, output: OutputOpt = Format.table) -> None:
+    """Place nothing new on the host; what runs there stays."""
+    view = connect().post(f"/v1/hosts/{name}/cordon")
+    if output == Format.table:
+        say(f"host {name} cordoned")
+    else:
+        emit(view, output)
+
+
+@app.command()
+def uncordon(name: str, output: OutputOpt = Format.table) -> None:
+    """Let placement use the host again."""
+    view = connect().post(f"/v1/hosts/{name}/uncordon")
+    if output == Format.table:
+        say(f"host {name} uncordoned")
+    else:
+        emit(view, output)

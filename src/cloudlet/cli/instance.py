@@ -81,6 +81,32 @@ def _check_reached(view: dict[str, Any], want: str) -> None:
         raise CloudletError(f"instance {view['name']} is {view['state']}: {view.get('message') or 'see events'}")
 
 
+def _why(name: str, output: Format) -> None:
+    view = connect().get(f"/v1/instances/{name}/why")
+    if output != Format.table:
+        emit(view, output)
+        return
+    where = f"on {view['host']} ({view['zone']})" if view["host"] else "on no host"
+    say(f"Instance {name} is {view['state']} {where}" + (f": {view['message']}" if view["message"] else ""))
+    if not view["hosts"]:
+        say("no placement recorded yet")
+        return
+    rows = []
+    for h in view["hosts"]:
+        if h["verdict"] == "rejected":
+            reason = f"{h['filter']['name']}: {h['filter']['reason']}"
+        else:
+            reason = " ".join(f"{k}={v:g}" for k, v in h["weights"].items())
+            if h.get("decided_by"):
+                reason = f"behind on {h['decided_by']}; {reason}"
+        rows.append({**h, "total": None if h.get("total") is None else f"{h['total']:g}", "why": reason})
+    emit(rows, output, ["host", "zone", "verdict", "total", "why"])
+    if view["more"]:
+        say(f"... and {view['more']} more hosts")
+    multipliers = ", ".join(f"{k} x{v:g}" for k, v in view["multipliers"].items())
+    say(f"weights (value x multiplier, highest total wins): {multipliers}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def launch(
@@ -97,6 +123,12 @@ def register(app: typer.Typer) -> None:
         ] = False,
         command: Annotated[str | None, typer.Option(help="shell command to run instead of the image's")] = None,
         zone: Annotated[str | None, typer.Option(help="place only in this zone")] = None,
+        group: Annotated[
+            str | None, typer.Option(help="placement group: its instances spread over zones, then hosts")
+        ] = None,
+        anti_affinity: Annotated[
+            str, typer.Option(help="prefer: avoid a host holding one of the group; hosts: never share one")
+        ] = "prefer",
         secgroup: Annotated[
             list[str] | None, typer.Option("--secgroup", help="security group (repeatable; default: default)")
         ] = None,
@@ -132,6 +164,8 @@ def register(app: typer.Typer) -> None:
             "restart": restart,
             "net_raw": net_raw,
             "zone": zone,
+            "group": group,
+            "anti_affinity": anti_affinity,
             "command": ["/bin/sh", "-c", command] if command else None,
             "labels": labels_of(label),
             "secgroups": secgroup or [],
@@ -289,6 +323,16 @@ def register(app: typer.Typer) -> None:
                     page = client.get(path, {"offset": 0, "limit": CONSOLE_PAGE})
         except KeyboardInterrupt:
             return
+
+    @app.command()
+    def why(name: str, output: OutputOpt = Format.table) -> None:
+        """Why the instance is on its host, or on none: every host placement weighed, with its verdict and the
+        filter that rejected it or the weights that ranked it (highest total wins)."""
+        _why(name, output)
+
+    group = typer.Typer(help="Instance commands (the others are at the top level: launch, list, show...).")
+    group.command("why")(why)
+    app.add_typer(group, name="instance")
 
     @app.command()
     def events(
