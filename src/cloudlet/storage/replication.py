@@ -185,10 +185,9 @@ def recover_from_replica(cloud: Cloud, res: Resource) -> Resource:
     status = InstanceStatus.of(res).model_copy(
         update={"state": "scheduled", "pid": None, "started_at": None, "message": "", "retry_at": None}
     )
-    zone = spec.target_zone if st.host == spec.target_host else None
-    moved = cloud.store.update_status(
-        res.id, host=st.host, zone=zone or res.zone, phase="scheduled", status=status.dump()
-    )
+    zone = cloud.store.get(HOST_KIND, SYSTEM_TENANT, st.host).zone
+    # place: the old host hears that the record left it, and its agent lets go of the old disk
+    moved = cloud.store.place(res.id, st.host, zone, phase="scheduled", status=status.dump())
     age = time.time() - (st.taken_at or 0.0)
     cloud.store.add_event(
         moved, "RecoveredFromReplica", f"booting on host {st.host} from replica {got['seq']}, taken {age:.1f} s ago"
