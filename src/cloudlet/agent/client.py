@@ -83,7 +83,8 @@ class ReplicaClient:
 
     def put(self, volume: str, seq: int, stream: Iterable[bytes], parent: int | None) -> dict[str, Any]:
         params = {"seq": seq} if parent is None else {"seq": seq, "parent": parent}
-        result: dict[str, Any] = self.api.call("PUT", f"/replicas/{volume}", timeout=300, params=params, content=stream)
+        # each read or write may take 30 s (a slow disk), not the whole: a cycle that hangs must end, and say so
+        result: dict[str, Any] = self.api.call("PUT", f"/replicas/{volume}", timeout=30, params=params, content=stream)
         return result
 
     def drop(self, volume: str) -> None:
