@@ -50,6 +50,7 @@ from cloudlet.core.context import HostContext
 log = logging.getLogger("cloudlet.lease")
 CHECK_EVERY = 1.0  # seconds between the watchdog's checks once the lease ran out
 PEER_TIMEOUT = 0.5  # for one peer's answer
+REPLY_FRESH = 2.5  # heartbeats go every second: no reply for this long and the control plane is not reached
 FENCED_MESSAGE = "self-fenced: this host holds no lease; it starts again once the lease is renewed"
 
 
@@ -111,7 +112,7 @@ class Lease:
         self.incarnation = secrets.token_hex(8)  # a new one per process, and after the control plane fenced us
         self.expires: float | None = None  # on self.clock; None until the first renewal
         self.peers: list[Peer] = []
-        self.cp_reachable = False
+        self._replied_at: float | None = None  # the last heartbeat reply (a partitioned beat hangs until timeout)
         self.fenced = False
         self._resync_after: float | None = None  # HA starts wait for a catch-up begun after this renewal
         self._serving_alone = False  # logged once per outage
@@ -119,6 +120,10 @@ class Lease:
 
     def valid(self) -> bool:
         return self.expires is not None and self.clock.now() < self.expires
+
+    @property
+    def cp_reachable(self) -> bool:
+        return self._replied_at is not None and self.clock.now() - self._replied_at < REPLY_FRESH
 
     def holds(self) -> bool:
         """Whether HA instances may run here."""
@@ -131,14 +136,13 @@ class Lease:
     # the heartbeat thread
     def renewed(self, sent_at: float, reply: dict[str, Any]) -> None:
         lease = reply.get("lease")
+        self._replied_at = self.clock.now()
         if not isinstance(lease, dict):
-            self.cp_reachable = True
             self._revoked(str(reply.get("revoked") or "fenced"))
             return
         with self._lock:
             self.expires = sent_at + min(self.lease_s, float(lease.get("valid_for") or self.lease_s))
             self.peers = [Peer(str(p["host"]), str(p.get("url") or "")) for p in lease.get("peers") or []]
-            self.cp_reachable = True
             self._serving_alone = False
             if self.fenced:
                 self.fenced = False
@@ -146,7 +150,7 @@ class Lease:
                 log.info("lease renewed; HA instances start again once the records are caught up")
 
     def unreachable(self) -> None:
-        self.cp_reachable = False
+        self._replied_at = None
 
     def _revoked(self, why: str) -> None:
         log.warning("the control plane has host %s as %s: stopping its HA instances, rejoining afresh", self.host, why)

@@ -1,0 +1,126 @@
+"""Two hosts and no split brain (issue 10), for real: host local and an added host h2 on the underlay, no fence
+driver (CLOUDLET_FENCE=none: only leases free a host) and a 4 s lease.
+
+With cloudletd down for both, h2's watchdog asks local over the underlay, hears that it cannot reach the control
+plane either, and keeps its HA instance serving; the restarted cloudletd fences nobody. With h2 partitioned (its
+underlay port drops every frame), nobody answers it: it kills its HA instance, and only after that does the control
+plane call its lease expired; its other instance serves on. Healed, h2 rejoins as a new incarnation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cloudlet.compute.resource import INSTANCE, InstanceSpec
+from cloudlet.core.store import Store
+from tests.conftest import CloudCLI, running_cloud
+
+pytestmark = pytest.mark.root
+LEASE_S = 4
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[CloudCLI]:
+    with running_cloud({"CLOUDLET_LEASE_S": str(LEASE_S), "CLOUDLET_FENCE": "none"}) as cli:
+        cli.run("host", "add", "h2", "--zone", "zone-b")
+        for name in ("ha1", "plain"):
+            cli.run("launch", "busybox", name, "--zone", "zone-b", "--memory", "32")
+        for name in ("ha1", "plain"):
+            cli.wait_state(name, "running", timeout=60)
+        store = Store(f"sqlite:///{cli.home / 'state.db'}")
+        try:  # HA-managed, as a stack marks its layers' instances (its agent's watch reads the change log)
+            res = next(r for r in store.list(INSTANCE) if r.name == "ha1")
+            store.update_spec(res.id, InstanceSpec.of(res).model_copy(update={"ha": True}).dump())
+        finally:
+            store.close()
+        _wait(lambda: _h2_sees_ha(cli), 15, "h2's agent to see ha1 as HA-managed")
+        yield cli
+
+
+def _h2_sees_ha(cli: CloudCLI) -> bool:
+    path = cli.home / "agents/h2/cache.json"
+    cache = json.loads(path.read_text()) if path.exists() else {"items": []}
+    return any(i.get("name") == "ha1" and i.get("spec", {}).get("ha") for i in cache["items"])
+
+
+def _pids(cli: CloudCLI) -> dict[str, int]:
+    """Name -> init pid of what runc runs on h2 (asked of runc: cloudletd may be down or cut off)."""
+    root = str(cli.home / "agents/h2/runc")
+    proc = subprocess.run(["runc", "--root", root, "list", "--format", "json"], capture_output=True, text=True)
+    names = json.loads((cli.home / "ids.json").read_text())
+    running = [c for c in json.loads(proc.stdout or "[]") if c["status"] == "running"]
+    return {names[c["id"].removeprefix("cl-")]: c["pid"] for c in running if c["id"].removeprefix("cl-") in names}
+
+
+def _states(cli: CloudCLI) -> dict[str, str]:
+    return {h["name"]: h["state"] for h in cli.json("host", "list")}
+
+
+def _events(cli: CloudCLI, host: str) -> Counter[str]:
+    return Counter(e["reason"] for e in cli.json("host", "show", host)["events"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ids(pair: CloudCLI) -> None:
+    (pair.home / "ids.json").write_text(json.dumps({i["id"]: i["name"] for i in pair.json("list")}))
+
+
+def test_cloudletd_down_for_both_hosts_stops_nothing(pair: CloudCLI) -> None:
+    before = _pids(pair)
+    assert before.keys() == {"ha1", "plain"}
+    pair.kill9("cloudletd")
+    time.sleep(LEASE_S + 2 + 3)  # lease, margin, and a few of the watchdog's checks
+    assert _pids(pair) == before
+    log = (pair.home / "agents/h2/agent.log").read_text()
+    assert "local cannot reach the control plane either: serving on" in log  # heard over the underlay
+    pair.run("up")
+    _wait(lambda: _states(pair) == {"local": "up", "h2": "up"}, 20, "both hosts up")
+    time.sleep(4)  # past the restarted monitor's grace
+    assert _states(pair) == {"local": "up", "h2": "up"} and _pids(pair) == before
+    for host in ("local", "h2"):
+        assert not {"HostSuspect", "HostFenced", "LeaseExpired"} & set(_events(pair, host)), host
+
+
+def test_a_partitioned_host_stops_its_ha_instance_before_its_lease_expires_at_the_control_plane(
+    pair: CloudCLI,
+) -> None:
+    before = _pids(pair)
+    assert before.keys() == {"ha1", "plain"}
+    start = time.monotonic()
+    pair.run("host", "partition", "h2")
+    try:
+        ha_gone = expired = None
+        seen: set[str] = set()
+        while expired is None:
+            assert time.monotonic() - start < 40, f"h2 never lease-expired: {seen}"
+            pids = _pids(pair)
+            if ha_gone is None and "ha1" not in pids:
+                ha_gone = time.monotonic() - start
+            state = _states(pair)["h2"]
+            seen.add(state)
+            if state == "lease-expired":
+                expired = time.monotonic() - start
+                assert "ha1" not in pids, "the control plane gave up h2 while its HA instance still ran"
+            assert pids.get("plain") == before["plain"]  # not HA-managed: it serves on
+            time.sleep(0.1)
+        assert "suspect" in seen and ha_gone is not None and ha_gone < expired
+        print(f"\nh2 partitioned: HA instance killed after {ha_gone:.1f} s, lease expired after {expired:.1f} s")
+    finally:
+        pair.run("host", "partition", "h2", "--heal")
+    _wait(lambda: _states(pair)["h2"] == "up", 30, "h2 to rejoin")
+    _wait(lambda: "ha1" in _pids(pair), 30, "ha1 to start again on h2 (nothing moved it)")
+    assert _pids(pair)["plain"] == before["plain"]
+    assert _events(pair, "h2")["LeaseExpired"] == 1 and _events(pair, "h2")["HostRecovered"] == 1
+    assert Counter(e["reason"] for e in pair.json("events", "ha1", "--limit", "100"))["SelfFenced"] == 1
