@@ -1,7 +1,8 @@
 """Replica planning on the fake cloud (real control plane and agents, fake drivers, memory pools): the replica host is
 in another zone when there is one, else another host, else none with a message saying what to add; the record
 that carries the replica host's token is a system record on the source's host, the tenant's view shows none of it;
-the replica goes with its source. Shipping itself needs btrfs: tests/integration/test_replication.py."""
+the replica goes with its source; a stack layer's replicas reach its instances and volumes, and change in place.
+Shipping itself needs btrfs: tests/integration/test_replication.py."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from cloudlet.compute import instances
-from cloudlet.compute.resource import HOST, HostStatus
+from cloudlet.compute.resource import HOST, INSTANCE, HostStatus
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.context import SYSTEM_TENANT, Caller
 from cloudlet.resilience.sim import SimCloud
+from cloudlet.stacks import stacks
 from cloudlet.storage import replication, volumes
-from cloudlet.storage.resource import REPLICA, ReplicaSpec
+from cloudlet.storage.resource import REPLICA, VOLUME, ReplicaSpec
 from tests.helpers import fake_cloud
 
 ADMIN = Caller("admin", "admin")
@@ -91,4 +93,29 @@ def test_replicas_off_drops_the_record(sim: SimCloud) -> None:
     vol = sim.cloud.store.get_by_id(vol.id)  # type: ignore[assignment]
     sim.cloud.store.update_spec(vol.id, {**vol.spec, "replicas": 0})
     settle(sim)
+    assert sim.cloud.store.list(REPLICA) == []
+
+
+STACK = """\
+name: shop
+layers:
+  db:
+    replicas: {replicas}
+    replica_interval_s: 2
+    volumes: [{{name: data, size_gib: 1}}]
+"""
+
+
+def test_a_stack_layer_replicates_its_instances_and_volumes_in_place(sim: SimCloud) -> None:
+    sim.add_host("far", "zone-z")
+    stacks.apply_stack(sim.cloud, ADMIN, STACK.format(replicas=1))
+    settle(sim)
+    db = sim.cloud.store.get(INSTANCE, "admin", "db-1")
+    vol = sim.cloud.store.get(VOLUME, "admin", "db-1-data")
+    for res in (db, vol):
+        assert (res.spec["replicas"], res.spec["replica_interval_s"]) == (1, 2.0)
+        assert replica_spec(sim, res.id).target_host in ("far", "local")
+    stacks.apply_stack(sim.cloud, ADMIN, STACK.format(replicas=0))
+    settle(sim)
+    assert sim.cloud.store.get(INSTANCE, "admin", "db-1").id == db.id, "switched off in place, not replaced"
     assert sim.cloud.store.list(REPLICA) == []

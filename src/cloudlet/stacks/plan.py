@@ -98,6 +98,8 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
     for lname, layer in doc.layers.items():
         image = layer.image if isinstance(layer.image, str) else recipe_image(layer.image)
         command = ["sh", "-c", layer.command] if layer.command else None
+        # replicas change in place: the disks stay, shipping starts or stops (storage/replication.py)
+        replicas = {"replicas": layer.replicas, "replica_interval_s": layer.replica_interval_s}
         for n in range(1, layer.count + 1):
             name = f"{lname}-{n}"
             for vol in layer.volumes:
@@ -105,7 +107,7 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
                     Desired(
                         "Volume",
                         f"{name}-{vol.name}",
-                        {"size_gib": vol.size_gib},
+                        {"size_gib": vol.size_gib, **replicas},
                         frozenset({"size_gib"}),
                         {"instance": name, "path": vol.path},
                     )
@@ -122,7 +124,7 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
             if layer.user_data is not None:
                 fields["user_data"] = layer.user_data
             params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
-            instances.append(Desired("Instance", name, fields, frozenset(fields), params))
+            instances.append(Desired("Instance", name, {**fields, **replicas}, frozenset(fields), params))
     for key, lb in doc.load_balancers.items():
         wanted: dict[str, Any] = {
             "port": lb.port,

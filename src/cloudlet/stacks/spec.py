@@ -135,6 +135,10 @@ class Layer(_Strict):
     user_data: Script | None = None
     hooks: Hooks = Field(default_factory=lambda: Hooks.model_validate({}))
     placement: Placement | None = None
+    replicas: int = Field(
+        0, ge=0, le=1, description="1: each instance's root disk and volumes are kept on a host in another zone"
+    )
+    replica_interval_s: float = Field(5.0, ge=0.5, le=3600, description="seconds between replica updates")
 
 
 class LoadBalancerDef(_Strict):

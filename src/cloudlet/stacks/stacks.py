@@ -622,7 +622,7 @@ class StackReconciler(KindReconciler):
         if d.kind == NETWORK:
             networks.create_network(cloud, caller, d.name, d.fields.get("subnet"), labels, owner=res.id)
         elif d.kind == VOLUME:
-            req = volumes.VolumeCreate(name=d.name, size_gib=d.fields["size_gib"], labels=labels)
+            req = volumes.VolumeCreate.model_validate({**d.fields, "name": d.name, "labels": labels})
             volumes.create_volume(cloud, caller, req, owner=res.id)
         elif d.kind == INSTANCE:
             layer = d.params["layer"]
