@@ -250,7 +250,7 @@ class NoValidHost(InvalidSpec):
 
     def __init__(self, decision: Decision) -> None:
         r = decision.request
-        what = f"{r.memory_mib} MiB" + (f", {r.cpus:g} vCPUs" if r.cpus else "")
+        what = f"{r.memory_mib} MiB" + (f", {r.cpus:g} vCPU{'' if r.cpus == 1 else 's'}" if r.cpus else "")
         super().__init__(f"no valid host for {what}: {decision.reasons()}")
         self.decision = decision
 
