@@ -100,9 +100,10 @@ def _agent_argv(cfg: Config, host: str, zone: str, api: str, listen: str | None)
 
 
 def _added(cfg: Config, host: str) -> tuple[str | None, str | None, str]:
-    """(netns, listen address, API URL) of host's agent: an added host's are on the underlay."""
+    """(netns, listen address, API URL) of host's agent: on the underlay, where its peers reach it (replicas)."""
     if host == cfg.host:
-        return None, None, str(cfg.endpoint()["url"])
+        listen = Underlay(cfg.cloud_id(), cfg.home).control_address if cfg.compute_driver != "fake" else None
+        return None, listen, str(cfg.endpoint()["url"])
     underlay = Underlay(cfg.cloud_id(), cfg.home)
     slot = underlay.slot(host)
     if slot is None:

@@ -109,16 +109,16 @@ delete table inet cl_{self.cloud_id}_ul
 table inet cl_{self.cloud_id}_ul {{
     chain input {{
         type filter hook input priority -10; policy accept;
-        iifname != "{self.root_link}" ip daddr {self.network} drop
-        iifname != "{self.root_link}" udp dport {self.vxlan_port} drop
+        iifname != {{ "{self.root_link}", "lo" }} ip daddr {self.network} drop
+        iifname != {{ "{self.root_link}", "lo" }} udp dport {self.vxlan_port} drop
     }}
 }}
 """
 
     def ensure(self) -> None:
+        _run("nft", "-f", "-", stdin=self._root_guard())
         if _exists(self.netns) and os.path.exists(f"/sys/class/net/{self.root_link}"):
             return
-        _run("nft", "-f", "-", stdin=self._root_guard())
         with translate_errors(f"creating the underlay {self.netns}"):
             if not _exists(self.netns):
                 _run("ip", "netns", "add", self.netns)
