@@ -322,7 +322,15 @@ def test_cordon_in_the_scheduler_and_unschedulable_keeps_the_decision(sim: SimCl
     assert "b1: cordoned: host is cordoned" in after.status["message"]
     why = explain(after)
     assert {h["host"]: h["filter"]["name"] for h in why["hosts"]} == {"local": "zone", "a2": "zone", "b1": "cordoned"}
-    set_cordoned(store, "b1", False)
-    sim.cloud.placement.invalidate()
-    sim.run_until_idle(until=sim.clock.now() + 60)  # the scheduler retries every 30 s
+    set_cordoned(store, "b1", False)  # the scheduler hears of it: no invalidate, no 30 s retry
+    sim.run_until_idle(until=sim.clock.now() + 1)
     assert store.get(INSTANCE, "admin", "after").host == "b1"
+
+
+def test_a_host_joining_takes_the_waiting_instances_at_once(sim: SimCloud) -> None:
+    instances.launch(sim.cloud, ADMIN, instances.InstanceCreate(name="far", image="busybox", zone="zone-c"))
+    sim.run_until_idle(until=sim.clock.now() + 1)
+    assert sim.cloud.store.get(INSTANCE, "admin", "far").status["state"] == "unschedulable"
+    sim.add_host("c1", "zone-c", 32, 64 * GIB)
+    sim.run_until_idle(until=sim.clock.now() + 1)
+    assert sim.cloud.store.get(INSTANCE, "admin", "far").host == "c1"

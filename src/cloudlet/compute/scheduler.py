@@ -5,9 +5,12 @@ from __future__ import annotations
 
 __all__ = ["SchedulerReconciler", "release"]
 
+import threading
+from typing import Any
+
 from cloudlet.compute.instances import KIND, set_state
 from cloudlet.compute.placement import NoValidHost
-from cloudlet.compute.resource import InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import HOST, InstanceSpec, InstanceStatus
 from cloudlet.core.context import Cloud
 from cloudlet.core.errors import TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
@@ -23,9 +26,29 @@ class SchedulerReconciler(KindReconciler):
     def __init__(self, cloud: Cloud) -> None:
         super().__init__(cloud.store)
         self.cloud = cloud
+        self._lock = threading.Lock()
+        self._waiting: set[str] = set()  # unschedulable instances
+        self._seen: dict[str, tuple[Any, ...]] = {}  # what placement depends on of each host, as last written
+        self.watches = {HOST: self._host_changed}
+
+    def _host_changed(self, host: Resource) -> list[str]:
+        """A host came up, went away, was cordoned or resized: placement sees it now, not at its next refresh,
+        and the instances waiting for a host try again (heartbeats, every second, change none of this)."""
+        spec = host.spec
+        seen = (host.phase, host.deleting, spec.get("cordoned"), spec.get("cpus"), spec.get("memory_mib"))
+        with self._lock:
+            if self._seen.get(host.name) == seen:
+                return []
+            self._seen[host.name] = seen
+            waiting = sorted(self._waiting)
+        self.cloud.placement.invalidate()
+        return waiting
 
     def reconcile(self, rid: str) -> Result:
         res = self.cloud.store.get_by_id(rid)
+        if res is None or res.host is not None or res.deleting:
+            with self._lock:
+                self._waiting.discard(rid)
         if res is None or res.host is not None:
             return Result()  # placed: its agent owns it from here, deletion included
         if res.deleting:
@@ -54,6 +77,8 @@ class SchedulerReconciler(KindReconciler):
                 store.add_event(res, "NoValidHost", exc.message, "Warning")
             # the decision too, so `instance why` shows each host's filter
             set_state(store, res, "unschedulable", message=exc.message, placement=exc.decision.record())
+            with self._lock:
+                self._waiting.add(res.id)
             return Result(requeue_after=30.0)
         ip = store.allocate_ip(net.id, res.id, ipam.host_addresses(NetworkSpec.of(net).subnet))
         status = status.model_copy(update={"placement": d.record(), "state": "scheduled", "ip": ip})
