@@ -4,7 +4,8 @@ driver (CLOUDLET_FENCE=none: only leases free a host) and a 4 s lease.
 With cloudletd down for both, h2's watchdog asks local over the underlay, hears that it cannot reach the control
 plane either, and keeps its HA instance serving; the restarted cloudletd fences nobody. With h2 partitioned (its
 underlay port drops every frame), nobody answers it: it kills its HA instance, and only after that does the control
-plane call its lease expired; its other instance serves on. Healed, h2 rejoins as a new incarnation."""
+plane call its lease expired; its other instance serves on. Healed, h2 rejoins as a new incarnation. Last, with
+the netns fence: partitioned, h2 is fenced within seconds, every process of its namespaces gone."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from cloudlet.compute.resource import INSTANCE, InstanceSpec
 from cloudlet.core.store import Store
+from cloudlet.resilience.fence import NetnsFence
 from tests.conftest import CloudCLI, running_cloud
 
 pytestmark = pytest.mark.root
@@ -62,6 +65,14 @@ def _pids(cli: CloudCLI) -> dict[str, int]:
     names = json.loads((cli.home / "ids.json").read_text())
     running = [c for c in json.loads(proc.stdout or "[]") if c["status"] == "running"]
     return {names[c["id"].removeprefix("cl-")]: c["pid"] for c in running if c["id"].removeprefix("cl-") in names}
+
+
+def _running(pid: int) -> bool:
+    """Neither gone nor a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _states(cli: CloudCLI) -> dict[str, str]:
@@ -124,3 +135,27 @@ def test_a_partitioned_host_stops_its_ha_instance_before_its_lease_expires_at_th
     assert _pids(pair)["plain"] == before["plain"]
     assert _events(pair, "h2")["LeaseExpired"] == 1 and _events(pair, "h2")["HostRecovered"] == 1
     assert Counter(e["reason"] for e in pair.json("events", "ha1", "--limit", "100"))["SelfFenced"] == 1
+
+
+def test_with_the_netns_fence_a_partitioned_host_is_fenced_in_seconds(pair: CloudCLI) -> None:
+    pair.kill9("cloudletd")
+    pair.run("up", env={"CLOUDLET_FENCE": "netns"})  # the default fence, for this last test
+    _wait(lambda: _states(pair) == {"local": "up", "h2": "up"}, 20, "both hosts up")
+    fence = NetnsFence(pair.cloud_id())
+    assert len(fence.processes_in(fence.namespaces("h2"))) >= 3  # its agent and two instances' processes at least
+    agent = pair.agent_pid("h2")
+    start = time.monotonic()
+    pair.run("host", "partition", "h2")
+    try:
+        _wait(lambda: _states(pair)["h2"] == "fenced", 15, "h2 to be fenced")
+        took = time.monotonic() - start
+        assert fence.processes_in(fence.namespaces("h2")) == [] and not _running(agent)
+        assert _pids(pair) == {}
+        print(f"\nh2 partitioned: fenced after {took:.1f} s")
+    finally:
+        pair.run("host", "partition", "h2", "--heal")
+    fenced = [e for e in pair.json("host", "show", "h2")["events"] if e["reason"] == "HostFenced"]
+    assert len(fenced) == 1 and "processes killed" in fenced[0]["message"]
+    pair.run("up")  # starts h2's agent again: a new incarnation, so it may rejoin
+    _wait(lambda: _states(pair)["h2"] == "up", 30, "h2 to rejoin")
+    _wait(lambda: _pids(pair).keys() == {"ha1", "plain"}, 30, "h2's instances to run again")

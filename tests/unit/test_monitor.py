@@ -18,7 +18,7 @@ from cloudlet.core.config import load_config
 from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.daemon import build_control_plane
 from cloudlet.resilience.fence import FakeFence
-from cloudlet.resilience.lease import Lease, Peer, PeerAnswer, isolated
+from cloudlet.resilience.lease import Lease, Peer, PeerAnswer, decide
 from cloudlet.resilience.monitor import MONITOR, HostMonitor, may_start_elsewhere
 
 TICK = 0.25
@@ -168,9 +168,9 @@ def test_a_silent_peer_holds_the_expiry_back(cluster: Cluster) -> None:
     cluster.run(30)
     assert cluster.phase("b") == cluster.phase("c") == "suspect"
     cluster.alive.add("c")  # c is back and renews: b's watchdog hears that from c, and self-fences
-    cluster.run(3)
-    assert cluster.phase("b") == "suspect"  # c has not been up for the peer window yet
-    cluster.run(3)
+    cluster.run(6)
+    assert cluster.phase("b") == "suspect"  # c has not been up for the peer window (6.5 s) yet
+    cluster.run(2)
     assert cluster.phase("b") == "lease-expired" and cluster.phase("c") == "up"
 
 
@@ -214,18 +214,21 @@ class Clocked:
 
 
 def test_peer_rule() -> None:
-    up = PeerAnswer("p", lease_valid=True, cp_reachable=True)
+    up = PeerAnswer("p", lease_valid=True, cp_reachable=True, cp_reachable_for=30.0)
+    back = PeerAnswer("p", lease_valid=True, cp_reachable=True, cp_reachable_for=0.5)
     cut = PeerAnswer("q", lease_valid=True, cp_reachable=False)
     expired_cut = PeerAnswer("q", lease_valid=False, cp_reachable=False)
-    assert isolated([]) and isolated([None, None]) and isolated([up]) and isolated([up, None])
-    assert not isolated([cut]) and not isolated([expired_cut, None]) and not isolated([up, cut])
+    assert decide([]) == decide([None, None]) == decide([up]) == decide([up, None]) == "fence"
+    assert decide([cut]) == decide([expired_cut, None]) == decide([up, cut]) == decide([back, cut]) == "serve"
+    assert decide([back]) == decide([up, back, None]) == "wait"  # cloudletd just came back: our beat is next
 
 
 @pytest.mark.parametrize(
     ("answers", "fences"),
     [
         ([None], True),  # nobody answers: this host is the one cut off
-        ([PeerAnswer("p", True, True)], True),  # the peer reaches the control plane: it is only us
+        ([PeerAnswer("p", True, True, 30.0)], True),  # the peer has long reached the control plane: it is only us
+        ([PeerAnswer("p", True, True, 0.5)], False),  # the peer just got through again: so will we
         ([PeerAnswer("p", False, False)], False),  # the control plane is down for the peer too
     ],
 )
@@ -240,7 +243,7 @@ def test_the_watchdog_fences_only_the_isolated_host(answers: list[PeerAnswer | N
     agent.lease.unreachable()
     agent.lease.check()
     assert bool(agent.fenced) == fences and agent.lease.holds() != fences
-    assert agent.lease.answer() == {"host": "h", "lease_valid": False, "cp_reachable": False}
+    assert agent.lease.answer() == {"host": "h", "lease_valid": False, "cp_reachable": False, "cp_reachable_for": 0}
 
 
 def test_a_single_host_never_self_fences() -> None:

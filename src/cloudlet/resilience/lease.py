@@ -6,9 +6,12 @@ watchdog asks the peers the last reply named (`GET /lease` on their agents, in p
 
 - a peer answers that it cannot reach the control plane either: the control plane is down for everybody, and
   this host serves on (nothing can be recovered elsewhere meanwhile); asked again every second;
-- no peer answers, or every answer comes from a peer that reaches the control plane: this host is the isolated
-  one, and it stops its HA-managed instances (SIGKILL), records them stopped (reason SelfFenced) and starts none
-  until it has renewed and caught up with the records (a copy may run elsewhere by then);
+- no peer answers, or every answer comes from a peer that has reached the control plane for PEER_STABLE: this
+  host is the isolated one, and it stops its HA-managed instances (SIGKILL), records them stopped (reason
+  SelfFenced) and starts none until it has renewed and caught up with the records (a copy may run elsewhere by
+  then);
+- a peer reaches the control plane again only since moments ago (cloudletd is back): wait, this host's own
+  heartbeat is about to get through too;
 - no peer at all (a single-host cloud): it never self-fences; nobody else could start a copy.
 
 A reply that refuses the renewal (the control plane fenced the host, or its lease expired there) self-fences at
@@ -23,7 +26,7 @@ __all__ = [
     "Peer",
     "PeerAnswer",
     "Lease",
-    "isolated",
+    "decide",
     "ask_peers",
     "self_fence",
     "install",
@@ -37,7 +40,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -51,6 +54,7 @@ log = logging.getLogger("cloudlet.lease")
 CHECK_EVERY = 1.0  # seconds between the watchdog's checks once the lease ran out
 PEER_TIMEOUT = 0.5  # for one peer's answer
 REPLY_FRESH = 2.5  # heartbeats go every second: no reply for this long and the control plane is not reached
+PEER_STABLE = 2.0  # a peer back in touch with the control plane for less than this may be just ahead of us
 FENCED_MESSAGE = "self-fenced: this host holds no lease; it starts again once the lease is renewed"
 
 
@@ -65,14 +69,21 @@ class PeerAnswer:
     host: str
     lease_valid: bool
     cp_reachable: bool
+    cp_reachable_for: float = 0.0  # seconds it has had every heartbeat answered
 
 
 AskPeers = Callable[[list[Peer]], list[PeerAnswer | None]]
+Verdict = Literal["fence", "serve", "wait"]
 
 
-def isolated(answers: list[PeerAnswer | None]) -> bool:
-    """Whether this host is the one cut off: nobody answered, or everybody who did reaches the control plane."""
-    return not any(a is not None and not a.cp_reachable for a in answers)
+def decide(answers: list[PeerAnswer | None]) -> Verdict:
+    """What a host whose lease ran out does, from its peers' answers (None: no answer)."""
+    got = [a for a in answers if a is not None]
+    if any(not a.cp_reachable for a in got):
+        return "serve"  # the control plane is down for that peer too: nobody can take over
+    if any(a.cp_reachable_for < PEER_STABLE for a in got):
+        return "wait"
+    return "fence"  # nobody answers, or everybody who does has long reached the control plane
 
 
 def _ask(peer: Peer) -> PeerAnswer | None:
@@ -80,7 +91,8 @@ def _ask(peer: Peer) -> PeerAnswer | None:
         return None
     try:
         data = httpx.get(peer.url, timeout=PEER_TIMEOUT).json()
-        return PeerAnswer(peer.host, bool(data["lease_valid"]), bool(data["cp_reachable"]))
+        since = float(data.get("cp_reachable_for") or 0.0)
+        return PeerAnswer(peer.host, bool(data["lease_valid"]), bool(data["cp_reachable"]), since)
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
 
@@ -113,6 +125,7 @@ class Lease:
         self.expires: float | None = None  # on self.clock; None until the first renewal
         self.peers: list[Peer] = []
         self._replied_at: float | None = None  # the last heartbeat reply (a partitioned beat hangs until timeout)
+        self._reachable_since: float | None = None  # the first reply after the control plane was last lost
         self.fenced = False
         self._resync_after: float | None = None  # HA starts wait for a catch-up begun after this renewal
         self._serving_alone = False  # logged once per outage
@@ -131,11 +144,20 @@ class Lease:
 
     def answer(self) -> dict[str, Any]:
         """What `GET /lease` tells a peer."""
-        return {"host": self.host, "lease_valid": self.valid(), "cp_reachable": self.cp_reachable}
+        reachable = self.cp_reachable
+        since = self.clock.now() - self._reachable_since if reachable and self._reachable_since is not None else 0.0
+        return {
+            "host": self.host,
+            "lease_valid": self.valid(),
+            "cp_reachable": reachable,
+            "cp_reachable_for": round(since, 3),
+        }
 
     # the heartbeat thread
     def renewed(self, sent_at: float, reply: dict[str, Any]) -> None:
         lease = reply.get("lease")
+        if not self.cp_reachable:
+            self._reachable_since = self.clock.now()
         self._replied_at = self.clock.now()
         if not isinstance(lease, dict):
             self._revoked(str(reply.get("revoked") or "fenced"))
@@ -182,11 +204,12 @@ class Lease:
         answers = self.ask(self.peers)
         if self.valid():
             return  # renewed while the peers were asked
-        if isolated(answers):
+        verdict = decide(answers)
+        if verdict == "fence":
             heard = sorted(a.host for a in answers if a is not None)
             why = f"peers {', '.join(heard)} reach the control plane" if heard else "no peer answers"
             self._fence(f"lease ran out and {why}")
-        elif not self._serving_alone:
+        elif verdict == "serve" and not self._serving_alone:
             down = sorted(a.host for a in answers if a is not None and not a.cp_reachable)
             log.warning("lease ran out but %s cannot reach the control plane either: serving on", ", ".join(down))
             self._serving_alone = True

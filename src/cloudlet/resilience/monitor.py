@@ -38,7 +38,7 @@ from cloudlet.core.reconcile import Result
 from cloudlet.core.records import Resource
 from cloudlet.core.store import Store
 from cloudlet.resilience.fence import FenceDriver, make_fence
-from cloudlet.resilience.lease import CHECK_EVERY, PEER_TIMEOUT
+from cloudlet.resilience.lease import CHECK_EVERY, PEER_STABLE, PEER_TIMEOUT
 
 log = logging.getLogger("cloudlet.monitor")
 MONITOR = "HostMonitor"  # the work queue's kind for this controller's keys (a Host's id)
@@ -48,9 +48,9 @@ BEAT = 1.0  # agents heartbeat this often
 
 def peer_window(config: Config) -> float:
     """How long a peer must have been up before a host's silence is taken as its self-fence: the host's
-    watchdog asks every CHECK_EVERY (PEER_TIMEOUT per round), and a peer's heartbeat reports a lost reply one
-    beat late."""
-    return CHECK_EVERY + PEER_TIMEOUT + BEAT + config.lease_margin_s
+    watchdog waits until the peer has been in touch PEER_STABLE, asks every CHECK_EVERY (PEER_TIMEOUT per round),
+    and a peer's heartbeat reports a lost reply one beat late."""
+    return PEER_STABLE + CHECK_EVERY + PEER_TIMEOUT + BEAT + config.lease_margin_s
 
 
 def may_start_elsewhere(store: Store, host_name: str, now: float) -> bool:
