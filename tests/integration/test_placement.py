@@ -87,3 +87,17 @@ def test_why_of_an_unknown_instance_is_a_404(cloud: CloudCLI) -> None:
     proc = cloud.run("instance", "why", "nope", check=False)
     assert proc.returncode != 0 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
+
+
+def test_a_tenant_sees_its_own_decision_and_no_one_elses(cloud: CloudCLI) -> None:
+    token = cloud.run("tenant", "create", "acme").stdout.strip().splitlines()[-1]
+    env = {"CLOUDLET_TOKEN": token}
+    proc = cloud.run("instance", "why", "p-1", check=False, env=env)  # the admin's
+    assert proc.returncode == 1 and "not found" in proc.stderr
+    cloud.run("launch", "busybox", "mine", "--memory", "32", "--group", "app/web", "--wait", env=env)
+    view = cloud.json("instance", "why", "mine", env=env)
+    assert view["chosen"] == "local"
+    # the admin's p-1 is in a group of the same name on the same host: not the tenant's member, not named
+    assert "p-1" not in json.dumps(view) and "admin" not in json.dumps(view)
+    assert view["hosts"][0]["weights"]["hosts"] == 0.0
+    cloud.run("delete", "mine", "--wait", env=env)
