@@ -19,7 +19,9 @@ from cloudlet.lb.loadbalancers import LbPlacer, LoadBalancerReconciler
 from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
 from cloudlet.network.secgroups import SecurityGroupPlumber
+from cloudlet.resilience.health import HealthReconciler
 from cloudlet.resilience.monitor import HostMonitor
+from cloudlet.resilience.recovery import RecoveryController
 from cloudlet.stacks.stacks import StackReconciler
 from cloudlet.storage import backups, policies, replication, volumes
 
@@ -64,7 +66,7 @@ DOMAINS = (
         agent=(LoadBalancerReconciler,),
         routers=("cloudlet.api.routes.lb",),
     ),
-    Domain("resilience", control_plane=(HostMonitor,)),
+    Domain("resilience", control_plane=(HostMonitor, RecoveryController), agent=(HealthReconciler,)),
     Domain(
         "system",
         control_plane=(lambda cloud: OwnerCollector(cloud.store),),

@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="1: keep a copy of its root disk on a host in another zone", min=0, max=1)
         ] = 0,
         replica_interval: Annotated[float, typer.Option(help="seconds between replica updates")] = 5.0,
+        ha: Annotated[bool, typer.Option("--ha", help="restart it on another host when its host fails")] = False,
         label: LabelOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
         output: OutputOpt = Format.table,
@@ -172,6 +173,7 @@ def register(app: typer.Typer) -> None:
             "user_data": _read_user_data(user_data) if user_data else None,
             "replicas": replicas,
             "replica_interval_s": replica_interval,
+            "ha": ha,
         }
         view = client.post("/v1/instances", body)
         if wait:
@@ -330,8 +332,33 @@ def register(app: typer.Typer) -> None:
         filter that rejected it or the weights that ranked it (highest total wins)."""
         _why(name, output)
 
+    @app.command()
+    def recover(name: str, output: OutputOpt = Format.table) -> None:
+        """Fence the instance, keep a forensic snapshot of its disk and start a replacement (from its replica,
+        else its newest snapshot, else its image), as a failed health check does; see `cloudlet events NAME`."""
+        view = connect().post(f"/v1/instances/{name}/recover")
+        if output == Format.table:
+            say(f"recovering instance {name} (follow it with 'cloudlet events {name}')")
+        else:
+            emit(view, output)
+
+    def replace(
+        name: str,
+        from_snapshot: Annotated[str, typer.Option("--from-snapshot", help="an instance snapshot on its host")],
+        output: OutputOpt = Format.table,
+    ) -> None:
+        """Swap the instance's root disk for a clone of a snapshot and restart it: same names, address, EIP and
+        load balancer membership."""
+        view = connect().post(f"/v1/instances/{name}/replace", {"from_snapshot": from_snapshot})
+        if output == Format.table:
+            say(f"instance {name} is restarting from snapshot {from_snapshot}")
+        else:
+            emit(view, output)
+
     group = typer.Typer(help="Instance commands (the others are at the top level: launch, list, show...).")
     group.command("why")(why)
+    group.command("replace")(replace)
+    group.command("recover")(recover)
     app.add_typer(group, name="instance")
 
     @app.command()

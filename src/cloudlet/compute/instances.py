@@ -28,7 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute import idmap
 from cloudlet.compute.images import get_image
-from cloudlet.compute.resource import HOST, INSTANCE, HostSpec, ImageStatus, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import (
+    HOST,
+    INSTANCE,
+    HealthCheck,
+    HostSpec,
+    ImageStatus,
+    InstanceSpec,
+    InstanceStatus,
+)
 from cloudlet.compute.seed import USER_DATA_MAX
 from cloudlet.core import quota
 from cloudlet.core.conditions import set_condition
@@ -96,9 +104,13 @@ class InstanceCreate(BaseModel):
         "prefer", description="prefer: avoid a host holding one of the group while another can; hosts: never"
     )
     replicas: Int = Field(default=0, ge=0, le=1, description="1: ship its root disk to a host in another zone")
+    ha: bool = Field(
+        False, strict=True, description="HA-managed: started elsewhere when its host fails (stopped by a host cut off)"
+    )
     replica_interval_s: Number = Field(
         default=5.0, ge=0.5, le=3600, description="how often its replica is brought up to date"
     )
+    health: HealthCheck | None = Field(None, description="probed by its agent from inside the instance")
 
 
 class InstanceAction(BaseModel):
@@ -175,7 +187,9 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, owner: str | None 
         group=req.group,
         anti_affinity=req.anti_affinity,
         replicas=req.replicas,
+        ha=req.ha,
         replica_interval_s=req.replica_interval_s,
+        health=req.health,
     )
     res = Resource(
         kind=KIND,
@@ -280,6 +294,8 @@ def instance_view(res: Resource) -> dict[str, Any]:
         # the outcome; the decision itself is GET /v1/instances/NAME/why
         placement={k: v for k, v in (st.placement or {}).items() if k != "decision"} or None,
         conditions=st.conditions,
+        health_check=spec.health.model_dump(mode="json") if spec.health else None,
+        health=st.health.model_dump(mode="json") if st.health else None,
         labels=res.labels,
     )
 

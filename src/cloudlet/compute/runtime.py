@@ -150,6 +150,9 @@ class InstanceReconciler(KindReconciler):
 
     def _start(self, res: Resource, plan: _Plan, fresh: bool) -> InstanceInfo:
         base, pool, disk = plan.launch.uid_base, self.ctx.pool, disk_of(res.id)
+        if pool.exists(disk) and InstanceStatus.of(res).disk_epoch != InstanceSpec.of(res).disk_epoch:
+            pool.delete(disk)  # rebuilt: from its image or the snapshot its spec names now
+            self.records.add_event(res, "Rebuilt", f"root disk cloned afresh from {plan.disk_source}")
         if not pool.exists(disk):
             # an instance snapshot is its tenant's disk, shifted already; an image is shifted once per tenant
             source = plan.disk_source
@@ -246,15 +249,23 @@ class InstanceReconciler(KindReconciler):
             info = self._start(res, plan, fresh=False)
             records.add_event(res, "Started", f"instance running with address {ip}")
         if info.state == InstanceState.STARTING:
-            set_state(records, res, "starting", run_nonce=nonce, restarts=restarts)
+            set_state(records, res, "starting", run_nonce=nonce, restarts=restarts, disk_epoch=spec.disk_epoch)
             return Result(requeue_after=max(0.01, float(info.extra.get("ready_at", 0)) - self.ctx.clock.now()))
         if info.state != InstanceState.RUNNING:
-            set_state(records, res, "starting", run_nonce=nonce, restarts=restarts, message="init exited at start")
+            set_state(
+                records,
+                res,
+                "starting",
+                run_nonce=nonce,
+                restarts=restarts,
+                message="init exited at start",
+                disk_epoch=spec.disk_epoch,
+            )
             raise RuntimeError(f"instance {res.name} did not stay running")
         if info is not observed and res.phase == "running":
             # a restart would keep the phase, and the agent's cache tells watchers only of phase changes: without
             # this the security-group plumber missed the new netns, which denied all ingress until its resync
-            set_state(records, res, "starting", run_nonce=nonce, restarts=restarts)
+            set_state(records, res, "starting", run_nonce=nonce, restarts=restarts, disk_epoch=spec.disk_epoch)
         set_state(
             records,
             res,
@@ -267,6 +278,7 @@ class InstanceReconciler(KindReconciler):
             crash_loop=crash_loop,
             retry_at=None,
             started_at=st.started_at if info is observed and st.state == "running" else time.time(),
+            disk_epoch=spec.disk_epoch,
         )
         return Result()
 

@@ -131,7 +131,9 @@ def _new(
     labels: dict[str, str],
     guard: Guard | None,
     owner: str | None = None,
+    on: Resource | None = None,
 ) -> Resource:
+    """on: the record whose host's pool holds it (an instance snapshot is taken where its disk is)."""
     res = Resource(
         owner=owner,
         kind=kind,
@@ -140,8 +142,8 @@ def _new(
         spec=spec,
         finalizers=[FINALIZER],
         labels=labels,
-        zone=cloud.config.zone,
-        host=cloud.config.host,
+        zone=on.zone if on is not None and on.host else cloud.config.zone,
+        host=on.host if on is not None and on.host else cloud.config.host,
     )
     return cloud.store.create(res, created=what, guard=guard)
 
@@ -288,9 +290,8 @@ def create_snapshot(cloud: Cloud, caller: Caller, req: SnapshotCreate, owner: st
             source_kind="Instance", source_id=src.id, source_name=src.name, image_id=InstanceSpec.of(src).image_id
         )
     what = f"snapshot {name} of {src.kind.lower()} {src.name}"
-    return _new(
-        cloud, SNAPSHOT, caller, name, spec.dump(), what, req.labels, storage_quota(caller.tenant, snapshots=1), owner
-    )
+    guard = storage_quota(caller.tenant, snapshots=1)
+    return _new(cloud, SNAPSHOT, caller, name, spec.dump(), what, req.labels, guard, owner, on=src)
 
 
 def dependents(cloud: Cloud, res: Resource) -> list[Resource]:

@@ -20,7 +20,9 @@ from cloudlet.core.context import Caller, Cloud
 from cloudlet.core.errors import CloudletError, Forbidden
 from cloudlet.core.labels import Selector
 from cloudlet.network.metadata import documents, metadata_of
+from cloudlet.resilience import recovery
 from cloudlet.storage import replication
+from cloudlet.storage.resource import SNAPSHOT
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
@@ -70,6 +72,25 @@ def act(
     name: NamePath, body: instances.InstanceAction, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
 ) -> dict[str, Any]:
     return instances.instance_view(instances.act(cloud, who, name, body.action))
+
+
+@router.post("/{name}/recover", status_code=202)
+def recover(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Fence the instance, keep a forensic snapshot of its disk and start a replacement (replica, else newest
+    snapshot, else image): what a failed health check does by itself. Progress is in its events."""
+    res = cloud.store.get(instances.KIND, who.tenant, name)
+    return instances.instance_view(recovery.request_recovery(cloud, res, "recovery requested by hand"))
+
+
+@router.post("/{name}/replace", status_code=202)
+def replace(
+    name: NamePath, body: recovery.ReplaceRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Swap the instance's root disk for a clone of an instance snapshot and restart it, keeping its names,
+    address, EIP and load balancer membership (upgrade by clone-and-swap)."""
+    res = cloud.store.get(instances.KIND, who.tenant, name)
+    snapshot = cloud.store.get(SNAPSHOT, who.tenant, body.from_snapshot)
+    return instances.instance_view(recovery.replace_from_snapshot(cloud, res, snapshot))
 
 
 @router.post("/{name}/exec")
