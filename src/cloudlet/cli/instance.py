@@ -76,6 +76,46 @@ def _exec_many(client: Client, selector: str, command: list[str], timeout: float
     return max((abs(r["exit_code"]) for r in results), default=0)
 
 
+def health_check(what: str | None, interval: float | None, fall: int | None, rise: int | None) -> dict[str, Any] | None:
+    """--health tcp:PORT | http:PORT[/PATH] | process:NAME as the API's health object (cloudletd validates it)."""
+    timing = {k: v for k, v in (("interval_s", interval), ("fall", fall), ("rise", rise)) if v is not None}
+    if what is None:
+        if timing:
+            raise CloudletError("--health-interval, --health-fall and --health-rise need --health")
+        return None
+    kind, _, arg = what.partition(":")
+    check: dict[str, Any] = {"type": kind, **timing}
+    if interval is not None:  # the default timeout (1 s) must stay below a short interval
+        check["timeout_s"] = min(1.0, interval / 2)
+    if kind == "process" and arg:
+        check["process"] = arg
+    elif kind in ("tcp", "http") and arg:
+        port, slash, path = arg.partition("/")
+        if not port.isdigit() or (kind == "tcp" and slash):
+            raise CloudletError(f"--health {what}: give tcp:PORT or http:PORT/PATH (PORT a number)")
+        check["port"] = int(port)
+        if slash:
+            check["path"] = "/" + path
+    else:
+        raise CloudletError(f"--health {what}: give tcp:PORT, http:PORT/PATH or process:NAME")
+    return check
+
+
+def _health_line(view: dict[str, Any]) -> str | None:
+    """healthy since 12:00:01 (http:80/ every 2 s, fall 3, rise 2): the show table's one line for health."""
+    check, health = view.get("health_check"), view.get("health") or {}
+    if not check:
+        return None
+    what = {"tcp": str(check["port"]), "http": f"{check['port']}{check['path']}"}.get(check["type"], check["process"])
+    line = f"{health.get('state', 'unknown')}"
+    if health.get("since"):
+        line += " since " + time.strftime("%H:%M:%S", time.localtime(health["since"]))
+    line += f" ({check['type']}:{what} every {check['interval_s']:g} s, fall {check['fall']}, rise {check['rise']})"
+    if health.get("state") == "unhealthy" and health.get("last_error"):
+        line += f": {health['last_error']}"
+    return line
+
+
 def _check_reached(view: dict[str, Any], want: str) -> None:
     if view["state"] != want:
         raise CloudletError(f"instance {view['name']} is {view['state']}: {view.get('message') or 'see events'}")
@@ -140,6 +180,12 @@ def register(app: typer.Typer) -> None:
         ] = 0,
         replica_interval: Annotated[float, typer.Option(help="seconds between replica updates")] = 5.0,
         ha: Annotated[bool, typer.Option("--ha", help="restart it on another host when its host fails")] = False,
+        health: Annotated[
+            str | None, typer.Option(help="health check: tcp:PORT, http:PORT/PATH (expects 200) or process:NAME")
+        ] = None,
+        health_interval: Annotated[float | None, typer.Option(help="seconds between probes (default 2)")] = None,
+        health_fall: Annotated[int | None, typer.Option(help="failures that make it unhealthy (default 3)")] = None,
+        health_rise: Annotated[int | None, typer.Option(help="successes that make it healthy (default 2)")] = None,
         label: LabelOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="wait until running, showing progress")] = False,
         output: OutputOpt = Format.table,
@@ -174,6 +220,7 @@ def register(app: typer.Typer) -> None:
             "replicas": replicas,
             "replica_interval_s": replica_interval,
             "ha": ha,
+            "health": health_check(health, health_interval, health_fall, health_rise),
         }
         view = client.post("/v1/instances", body)
         if wait:
@@ -203,7 +250,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def show(name: str, output: OutputOpt = Format.table) -> None:
         """Show one instance."""
-        emit(connect().get(f"/v1/instances/{name}"), output)
+        view = connect().get(f"/v1/instances/{name}")
+        if output == Format.table:
+            view = {k: v for k, v in view.items() if k != "health_check"} | {"health": _health_line(view)}
+        emit(view, output)
 
     def _action(action: str, names: list[str], wait: bool, quiet: bool, want: str, output: Format) -> None:
         client = connect()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloudlet.core.kinds import KindInfo, register_kind
 from cloudlet.core.models import Spec, Status
-from cloudlet.core.records import Int, Number
+from cloudlet.core.records import Int, JsonNumber, Number
 
 INSTANCE = register_kind(KindInfo("Instance", "instances", host_bound=True)).name
 IMAGE = register_kind(KindInfo("Image", "images", tenant_scoped=False)).name
@@ -35,7 +35,7 @@ class HealthCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["process", "tcp", "http"]
-    port: Annotated[int, Field(ge=1, le=65535), Int] | None = Field(None, description="tcp and http: the port")
+    port: Annotated[int, Field(ge=1, le=65535), JsonNumber] | None = Field(None, description="tcp and http: the port")
     path: str = Field("/", max_length=256, pattern=r"^/[!-~]*$", description="http: the path (printable ASCII)")
     expect_status: Int = Field(200, ge=100, le=599, description="http: the status that counts as healthy")
     process: str | None = Field(

@@ -100,6 +100,8 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
         command = ["sh", "-c", layer.command] if layer.command else None
         # replicas change in place: the disks stay, shipping starts or stops (storage/replication.py)
         replicas = {"replicas": layer.replicas, "replica_interval_s": layer.replica_interval_s}
+        # a health check changes in place too (the agent starts again from unknown)
+        health = {"health": layer.health.model_dump(mode="json") if layer.health else None}
         for n in range(1, layer.count + 1):
             name = f"{lname}-{n}"
             for vol in layer.volumes:
@@ -124,7 +126,7 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
             if layer.user_data is not None:
                 fields["user_data"] = layer.user_data
             params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
-            instances.append(Desired("Instance", name, {**fields, **replicas}, frozenset(fields), params))
+            instances.append(Desired("Instance", name, {**fields, **replicas, **health}, frozenset(fields), params))
     for key, lb in doc.load_balancers.items():
         wanted: dict[str, Any] = {
             "port": lb.port,

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cloudlet.compute.resource import HealthCheck as InstanceHealthCheck
 from cloudlet.core.errors import BadRequest, CloudletError
 from cloudlet.core.records import NAME_RE, NAME_RULES, NO_NUL
 from cloudlet.lb.loadbalancers import HealthCheck
@@ -139,6 +140,7 @@ class Layer(_Strict):
         0, ge=0, le=1, description="1: each instance's root disk and volumes are kept on a host in another zone"
     )
     replica_interval_s: float = Field(5.0, ge=0.5, le=3600, description="seconds between replica updates")
+    health: InstanceHealthCheck | None = Field(None, description="each instance's health check, as on launch")
 
 
 class LoadBalancerDef(_Strict):
