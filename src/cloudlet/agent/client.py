@@ -68,6 +68,13 @@ class HostClient:
         result: dict[str, Any] = self._call("POST", f"/replicas/{volume}/promote", json={"into": into})
         return result
 
+    def ship_replica(self, volume: str, host: str, endpoint: str, token: str) -> dict[str, Any]:
+        """Ships one replica of `volume` from this host to `host` now (full, or against the newest seq both hold):
+        answers seq, parent, bytes and ms."""
+        body = {"host": host, "endpoint": endpoint, "token": token}
+        result: dict[str, Any] = self._call("POST", f"/replicas/{volume}/ship", timeout=300, json=body)
+        return result
+
 
 class ReplicaClient:
     """An agent shipping one pool volume's replicas to its replica host's agent, with the token the control plane

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cloudlet.agent.agent import Agent
+from cloudlet.agent.client import ReplicaClient
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.core.errors import CloudletError, Conflict, Unauthorized
 from cloudlet.storage import replication
@@ -36,6 +37,13 @@ class ExecBody(BaseModel):
 class ShutdownBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     purge: bool = False
+
+
+class ShipBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(max_length=63, pattern=r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+    endpoint: str = Field(max_length=200, pattern=r"^https?://")
+    token: str = Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]+$")
 
 
 class PromoteBody(BaseModel):
@@ -186,6 +194,16 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
     @app.post("/replicas/{area}/{sid}/promote", dependencies=[Depends(authorized)])
     def replica_promote(body: PromoteBody, area: str = _area(), sid: str = _id()) -> dict[str, Any]:
         return replication.promote(agent.ctx.pool, f"{area}/{sid}", body.into)
+
+    shippers: dict[tuple[str, str, str], ReplicaClient] = {}  # one connection pool per (host, endpoint, token)
+
+    @app.post("/replicas/{area}/{sid}/ship", dependencies=[Depends(authorized)])
+    def replica_ship(body: ShipBody, area: str = _area(), sid: str = _id()) -> dict[str, Any]:
+        """One replica of this host's volume shipped now to the host the body names, with the token the control
+        plane made for it there (a drain's pre-copy and last delta, resilience/drain.py)."""
+        key = (body.host, body.endpoint, body.token)
+        client = shippers.get(key) or shippers.setdefault(key, ReplicaClient(*key))
+        return replication.ship_once(agent.ctx.pool, f"{area}/{sid}", client)
 
     @app.post("/shutdown", dependencies=[Depends(authorized)])
     def shutdown(body: ShutdownBody) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ["app"]
 
+import time
 from typing import Annotated
 
 import typer
@@ -84,3 +85,48 @@ def uncordon(name: str, output: OutputOpt = Format.table) -> None:
         say(f"host {name} uncordoned")
     else:
         emit(view, output)
+
+
+@app.command()
+def drain(
+    name: str,
+    wait: Annotated[bool, typer.Option("--wait", help="follow it, a line per instance, until it ends")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Cordon the host and move every instance off it (stop, ship the last disk delta, start on another host)."""
+    api = connect()
+    state = api.post(f"/v1/hosts/{name}/drain")
+    if not wait:
+        if output == Format.table:
+            say(
+                f"host {name} draining: {state.get('total', 0)} instances; follow it with 'cloudlet host drain {name} --wait'"
+            )
+        else:
+            emit(state, output)
+        return
+    seen: set[str] = set()
+    while True:
+        for m in state.get("moves", []):
+            if m["instance"] not in seen and output == Format.table:
+                down = f"down {m['downtime_s']:.2f} s" if m.get("downtime_s") is not None else "stopped"
+                say(f"moved {m['instance']} to {m['to']} ({down}, {m['bytes']} bytes shipped)")
+            seen.add(m["instance"])
+        for f in state.get("failed", []):
+            if f"failed:{f['instance']}" not in seen and output == Format.table:
+                say(f"not moved {f['instance']}: {f['reason']}")
+            seen.add(f"failed:{f['instance']}")
+        if state.get("state") != "running":
+            break
+        time.sleep(0.5)
+        state = api.get(f"/v1/hosts/{name}/drain")
+    if output != Format.table:
+        emit(state, output)
+    else:
+        downs = sorted(m["downtime_s"] for m in state.get("moves", []) if m.get("downtime_s") is not None)
+        p50 = f"; downtime p50 {downs[len(downs) // 2]:.2f} s, max {downs[-1]:.2f} s" if downs else ""
+        say(
+            f"host {name} drain {state.get('state')}: {state.get('moved', 0)} of {state.get('total', 0)} moved "
+            f"in {state.get('took_s') or 0:.1f} s{p50}" + (f"; {state['message']}" if state.get("message") else "")
+        )
+    if state.get("state") != "done":
+        raise typer.Exit(1)

@@ -255,6 +255,7 @@ def host_view(res: Resource) -> dict[str, Any]:
         "incarnation": st.incarnation,
         "last_heartbeat": st.last_heartbeat,
         "heartbeat_age_s": round(age, 2) if st.last_heartbeat else None,
+        "drain": st.drain,
     }
 
 

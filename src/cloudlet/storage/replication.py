@@ -34,6 +34,7 @@ __all__ = [
     "replica_of",
     "replica_view",
     "recover_from_replica",
+    "ship_once",
     "ReplicaPlanner",
     "ReplicationReconciler",
 ]
@@ -125,6 +126,30 @@ def promote(pool: StoragePool, volume: str, into: str) -> dict[str, Any]:
         raise Conflict(f"{into} exists already on this host")
     pool.promote(f"{replica_dir(volume)}/{have[-1]}", into)
     return {"name": into, "seq": have[-1]}
+
+
+def ship_once(pool: StoragePool, volume: str, client: ReplicaClient) -> dict[str, Any]:
+    """One cycle outside any Replica record (resilience/drain.py moves a disk with two: a full send while the
+    instance runs, then the last delta once it stopped): snapshot, send against the newest seq both sides hold,
+    seal, keep two. Answers seq, parent, bytes and ms."""
+    d = replica_dir(volume)
+    if not pool.exists(volume):
+        raise NotFound(f"this host holds no {volume}")
+    have, local = set(client.seqs(volume)), seqs(pool, volume)
+    parent = max((s for s in local if s in have), default=None)
+    seq = max([*local, *have, 0]) + 1
+    partial = f"{d}/{seq}.partial"
+    t0 = time.perf_counter()
+    pool.snapshot(volume, partial, readonly=True)
+    try:
+        stream = pool.send(partial, f"{d}/{parent}" if parent else None)
+        client.put(volume, seq, stream, parent)
+    except BaseException:
+        pool.delete(partial)
+        raise
+    pool.seal(partial, f"{d}/{seq}")
+    prune(pool, volume)
+    return {"seq": seq, "parent": parent, "bytes": stream.sent, "ms": round((time.perf_counter() - t0) * 1000, 1)}
 
 
 def _live(host: Resource, now: float) -> bool:

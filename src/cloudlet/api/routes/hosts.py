@@ -20,6 +20,7 @@ from cloudlet.compute.hosts import (
 )
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.labels import Selector
+from cloudlet.resilience.drain import drain_state, start_drain
 
 router = APIRouter(tags=["hosts"])
 OWN_AUTH = True  # users' routes and the agent protocol take different tokens
@@ -86,6 +87,22 @@ def uncordon(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends
     res = set_cordoned(cloud.store, name, False)
     cloud.placement.invalidate()
     return host_view(res)
+
+
+@router.post("/v1/hosts/{name}/drain", status_code=202)
+def drain(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Cordons the host and moves every instance off it in the background (stop, ship the last disk delta, start
+    on the target); again while one runs: its progress; again after: continues. GET .../drain follows it."""
+    who.require_admin("draining hosts")
+    return start_drain(cloud, name)
+
+
+@router.get("/v1/hosts/{name}/drain")
+def drain_progress(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """The running or last drain: state (running, done, failed, interrupted), moved, total, failed (instance and
+    reason), moves (instance, to, downtime_s, bytes), started_at, took_s."""
+    who.require_admin("showing drains")
+    return drain_state(cloud, name)
 
 
 @router.post("/v1/hosts/{name}/heartbeat")
