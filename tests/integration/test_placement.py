@@ -101,3 +101,26 @@ def test_a_tenant_sees_its_own_decision_and_no_one_elses(cloud: CloudCLI) -> Non
     assert "p-1" not in json.dumps(view) and "admin" not in json.dumps(view)
     assert view["hosts"][0]["weights"]["hosts"] == 0.0
     cloud.run("delete", "mine", "--wait", env=env)
+
+
+def test_a_group_spreads_over_real_hosts_and_zones_and_cordon_holds(cloud: CloudCLI) -> None:
+    """Last in the module: it adds a host (a namespace with its own agent) in another zone."""
+    cloud.run("host", "add", "h2", "--zone", "zone-b")
+    hosts = {h["name"]: h for h in cloud.json("host", "list")}
+    assert hosts["h2"]["state"] == "up" and isinstance(hosts["h2"]["pressure"], float)
+    for i in range(4):
+        cloud.run("launch", "busybox", f"g-{i}", "--memory", "32", "--group", "app/db")
+    placed = {name: cloud.wait_state(name, "running", timeout=60)["host"] for name in (f"g-{i}" for i in range(4))}
+    assert sorted(placed.values()) == ["h2", "h2", "local", "local"], placed
+    assert placed["g-0"] != placed["g-1"]  # the second avoids the first one's host
+    cloud.run("host", "cordon", "h2")
+    try:
+        cloud.run("launch", "busybox", "g-4", "--memory", "32", "--group", "app/db", "--wait")
+        assert cloud.json("show", "g-4")["host"] == "local"
+        rows = {h["host"]: h for h in cloud.json("instance", "why", "g-4")["hosts"]}
+        assert rows["h2"]["verdict"] == "rejected" and rows["h2"]["filter"]["name"] == "cordoned"
+        assert rows["local"]["verdict"] == "chosen"
+        assert all(cloud.json("show", f"g-{i}")["state"] == "running" for i in range(4))
+    finally:
+        cloud.run("host", "uncordon", "h2")
+    cloud.run("delete", *(f"g-{i}" for i in range(5)), "--wait")
