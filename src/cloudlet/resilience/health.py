@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from cloudlet.compute.instances import KIND
 from cloudlet.compute.resource import HealthCheck, HealthState, InstanceSpec, InstanceStatus
 from cloudlet.core.context import HostContext
-from cloudlet.core.reconcile import Result
+from cloudlet.core.reconcile import Result, Watches
 from cloudlet.core.records import Resource
 from cloudlet.network.netns import run_in_netns
 
@@ -179,23 +179,27 @@ class HealthReconciler:
     def __init__(self, ctx: HostContext, probe_fn: Probe | None = None, executor: Executor | None = None) -> None:
         self.ctx = ctx
         self.records = ctx.store
-        # fake compute drivers have no processes or namespaces to probe: nothing is checked there unless a probe
-        # is given (tests)
+        # fake compute drivers have no processes or namespaces to probe: nothing is checked (or written) there
+        # unless a probe is given (tests)
         self.probe = probe_fn or (probe if ctx.compute.capabilities.real_processes else None)
         self.pool = executor or ThreadPoolExecutor(WORKERS, thread_name_prefix="health")
         self._trackers: dict[str, _Tracker] = {}
         self._lock = threading.Lock()
-        self.watches = {KIND: self._mine}
+        self.watches: Watches = {KIND: self._mine}
         for res in self.records.list(KIND):
             for rid in self._mine(res):
                 ctx.manager.enqueue(HEALTH, rid)
 
     def _mine(self, res: Resource) -> list[str]:
+        if self.probe is None:
+            return []
         if res.host != self.ctx.host:
             return [res.id] if res.id in self._trackers else []
         return [res.id] if res.id in self._trackers or InstanceSpec.of(res).health or res.status.get("health") else []
 
     def reconcile(self, rid: str) -> Result:
+        if self.probe is None:
+            return Result()  # nothing to probe with: status.health is left to whoever writes it (simulations)
         res = self.records.get_by_id(rid)
         spec = InstanceSpec.of(res) if res is not None else None
         status = InstanceStatus.of(res) if res is not None else None
@@ -204,7 +208,7 @@ class HealthReconciler:
                 self._trackers.pop(rid, None)
             return Result()
         check = spec.health
-        if check is None or self.probe is None or res.phase != "running" or not status.pid or not status.ip:
+        if check is None or res.phase != "running" or not status.pid or not status.ip:
             with self._lock:
                 self._trackers.pop(rid, None)
             # no check: no health; not running: unknown until it runs again
