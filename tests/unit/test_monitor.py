@@ -45,9 +45,10 @@ class Cluster:
         self.fence = FakeFence()
         self.monitor.fence = self.fence
 
-    def beat(self, name: str) -> dict[str, Any]:
+    def beat(self, name: str, stopping: bool = False) -> dict[str, Any]:
+        incarnation = self.incarnations.setdefault(name, "1")
         beat = Heartbeat(
-            zone="zone-a", cpus=2, memory_mib=1024, version="t", incarnation=self.incarnations.setdefault(name, "1")
+            zone="zone-a", cpus=2, memory_mib=1024, version="t", incarnation=incarnation, stopping=stopping
         )
         reply = self.cloud.agent_api.heartbeat(Caller(SYSTEM_TENANT, HOST_ROLE, host=name), name, beat)
         self.replies[name] = reply
@@ -174,6 +175,17 @@ def test_a_silent_peer_holds_the_expiry_back(cluster: Cluster) -> None:
     assert cluster.phase("b") == "lease-expired" and cluster.phase("c") == "up"
 
 
+def test_a_host_shutting_down_is_down_and_never_fenced(cluster: Cluster) -> None:
+    cluster.join("a", "b")
+    cluster.alive.discard("b")
+    assert cluster.beat("b", stopping=True)["lease"] is None  # `cloudlet down`: its agent's last beat
+    cluster.run(30)
+    assert cluster.phase("b") == "down" and cluster.fence.fenced == [] and not cluster.may_start_elsewhere("b")
+    cluster.alive.add("b")  # `cloudlet up`
+    cluster.run(1)
+    assert cluster.phase("b") == "up" and "HostSuspect" not in cluster.reasons("b")
+
+
 def test_grace_after_a_restart_of_the_control_plane(cluster: Cluster) -> None:
     cluster.fence.refuse.add("b")
     cluster.join("a", "b", "c")
@@ -183,7 +195,8 @@ def test_grace_after_a_restart_of_the_control_plane(cluster: Cluster) -> None:
     cluster.start()
     cluster.fence.refuse.add("b")
     started = cluster.clock.now()
-    cluster.alive.add("a")  # a renews at once; b and c never come back
+    cluster.alive.add("a")  # a renews at once (silence counts from this first renewal); b and c never come back
+    cluster.beat("a")
     cluster.run(2.75)
     assert [cluster.phase(h) for h in "abc"] == ["up", "up", "up"]  # silence counts from the restart
     cluster.run(0.5)
@@ -286,3 +299,15 @@ def test_peers_are_asked_with_the_urls_the_reply_gave() -> None:
     agent.lease.renewed(0.0, {"lease": {"valid_for": 3, "peers": [{"host": "p", "url": "http://x/lease"}]}})
     assert agent.lease.peers == [Peer("p", "http://x/lease")]
     assert agent.lease.expires == 3.0  # the shorter of the reply's and its own T
+
+
+def test_a_restarted_control_plane_that_nobody_reaches_waits_a_lease_before_it_suspects(cluster: Cluster) -> None:
+    """No renewal after a restart: its API may not serve yet, or every agent is gone; after T it counts anyway."""
+    cluster.join("a", "b")
+    cluster.alive.clear()
+    cluster.clock.advance(60)
+    cluster.start()
+    cluster.run(9.75)
+    assert [cluster.phase(h) for h in "ab"] == ["up", "up"]
+    cluster.run(3)  # it looks again every SUSPECT_S meanwhile
+    assert [cluster.phase(h) for h in "ab"] == ["fenced", "fenced"]

@@ -89,6 +89,7 @@ class Agent:
         self.dns_port: int | None = None
         self.connected = False
         self._stop = threading.Event()
+        self._beat_lock = threading.Lock()
         for domain in DOMAINS:
             for make in domain.agent:
                 self.manager.register(make(self.ctx))
@@ -105,15 +106,18 @@ class Agent:
     def heartbeat(self) -> None:
         """One heartbeat: renews (or loses) the lease; raises Unreachable when the control plane does not answer."""
         cpus, memory = self.capacity
-        sent = self.ctx.clock.now()  # the lease runs from the send: the agent trusts only its own clock
-        try:
-            reply = self._beat(cpus, memory)
-        except CloudletError:
-            self.lease.unreachable()
-            raise
+        with self._beat_lock:
+            if self._stop.is_set():
+                return  # shutting down: the last beat said so
+            sent = self.ctx.clock.now()  # the lease runs from the send: the agent trusts only its own clock
+            try:
+                reply = self._beat(cpus, memory)
+            except CloudletError:
+                self.lease.unreachable()
+                raise
         self.lease.renewed(sent, reply)
 
-    def _beat(self, cpus: int, memory: int) -> dict[str, Any]:
+    def _beat(self, cpus: int, memory: int, stopping: bool = False) -> dict[str, Any]:
         return self.cp.heartbeat(
             self.host,
             {
@@ -128,6 +132,7 @@ class Agent:
                 "pressure": 0.0 if self.ctx.config.compute_driver == "fake" else cpu_pressure(),
                 "incarnation": self.lease.incarnation,
                 "replied": self.lease.cp_reachable,
+                "stopping": stopping,
             },
         )
 
@@ -280,6 +285,11 @@ class Agent:
         """`cloudlet down`: stop every instance (recording it, so the next start brings them back) and release
         host resources; with purge, remove every artefact of this cloud on this host."""
         self._stop.set()
+        with self._beat_lock:  # after any beat in flight: the host is down, not silent (nothing to fence)
+            try:
+                self._beat(*self.capacity, stopping=True)
+            except CloudletError as exc:
+                log.warning("could not tell the control plane that this host is going down (%s)", exc)
         self.manager.stop()  # nothing may restart what is being stopped
         compute = self.ctx.compute
         if purge:

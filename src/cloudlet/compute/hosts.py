@@ -32,6 +32,7 @@ __all__ = [
     "SUSPECT",
     "FENCED",
     "LEASE_EXPIRED",
+    "DOWN",
 ]
 
 import logging
@@ -70,6 +71,7 @@ STALE_AFTER = 5.0  # seconds without a heartbeat before a host shows as not read
 # a host's phases (resilience/monitor.py writes all but up): a heartbeat brings a fenced or lease-expired host
 # back up only from a new incarnation of its agent (a new process, or one that has self-fenced since)
 UP, SUSPECT, FENCED, LEASE_EXPIRED = "up", "suspect", "fenced", "lease-expired"
+DOWN = "down"  # its agent said it is shutting down (`cloudlet down`): silence is expected, nothing is fenced
 _host_locks: dict[str, threading.Lock] = {}
 _host_locks_guard = threading.Lock()
 
@@ -93,6 +95,7 @@ class Heartbeat(BaseModel):
     pressure: float = Field(0.0, ge=0, le=100, description="CPU PSI some avg10 (%), 0 if the host has none")
     incarnation: str = Field("", max_length=64, description="the agent's boot id (resilience/lease.py)")
     replied: bool = Field(True, description="whether the agent's previous heartbeat got its reply")
+    stopping: bool = Field(False, description="the agent's last beat before an orderly shutdown")
 
 
 class AgentOp(BaseModel):
@@ -210,6 +213,10 @@ def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat, now: flo
         old, was = HostStatus.of(res), res.phase
         if was in (FENCED, LEASE_EXPIRED) and beat.incarnation == (old.incarnation or ""):
             return {**host_view(res), "lease": None, "revoked": was}
+        if beat.stopping:  # the monitor leaves a host that is down alone; its next start beats it up again
+            status = old.model_copy(update={"phase_since": time.time()})
+            res = store.update_status(res.id, status=status.dump(), phase=DOWN)
+            return {**host_view(res), "lease": None, "revoked": DOWN}
         peers = [h for h in store.list(HOST_KIND, tenant=SYSTEM_TENANT) if h.name != name and not h.deleting]
         steady = was == UP and beat.replied and old.up_since is not None
         status = old.model_copy(

@@ -7,9 +7,10 @@ A host's phase, written here and by its heartbeats (compute/hosts.py):
      │                          └──T + margin since the last renewal, its peers all hold leases──▶ lease-expired
      └── heartbeat: from suspect any; from fenced or lease-expired only a new incarnation of the agent
 
-Silence is counted on the control plane's clock from the last renewal or from this monitor's own start,
-whichever is later: after a restart of cloudletd nothing is suspected before its agents had SUSPECT_S to
-heartbeat, and nothing is lease-expired before T + margin (an agent cut off meanwhile has self-fenced by then).
+Silence is counted on the control plane's clock from the last renewal or from this monitor's own start (the
+first renewal it saw: the API serves by then), whichever is later: after a restart of cloudletd nothing is
+suspected before its agents had SUSPECT_S to heartbeat, and nothing is lease-expired before T + margin (an agent
+cut off meanwhile has self-fenced by then).
 
 Lease-expired means the host's agent has stopped its HA instances by contract (resilience/lease.py): it does
 so when its lease ran out and no peer told it that the control plane was down for everybody. The monitor
@@ -75,17 +76,36 @@ class HostMonitor:
         self.config = cloud.config
         self.fence = fence or make_fence(cloud.config)
         self.started = self.clock.now()
+        self._origin: float | None = None
         self.watches = {HOST: lambda res: [res.id]}  # every heartbeat and phase change looks again
         self._fence_errors: dict[str, str] = {}  # host id -> the last fence error (told once per suspicion)
         self._unfenceable: set[str] = set()  # hosts the driver refused this suspicion (local, none)
         for res in self.store.list(HOST, tenant=SYSTEM_TENANT):
             cloud.manager.enqueue(MONITOR, res.id)  # a host that never beats again must be looked at too
 
+    def origin(self, now: float) -> float | None:
+        """Since when agents could reach this cloudletd: its first renewal after the monitor's start (its API
+        serves by then; starting the process took a while), or its start once lease_s passed without any."""
+        if self._origin is None:
+            renewals = [
+                r
+                for h in self.store.list(HOST, tenant=SYSTEM_TENANT)
+                if (r := HostStatus.of(h).renewed_at) is not None and self.started <= r <= now
+            ]
+            if renewals:
+                self._origin = min(renewals)
+            elif now - self.started >= self.config.lease_s:
+                self._origin = self.started
+        return self._origin
+
     def silence(self, res: Resource, now: float) -> float:
+        origin = self.origin(now)
+        if origin is None:
+            return 0.0  # nobody got through yet: this cloudletd may not be serving
         renewed = HostStatus.of(res).renewed_at
         if renewed is None or renewed > now:  # never renewed, or on another boot's clock
-            return now - self.started
-        return now - max(renewed, self.started)
+            return now - origin
+        return now - max(renewed, origin)
 
     def reconcile(self, rid: str) -> Result:
         res = self.store.get_by_id(rid)
