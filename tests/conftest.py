@@ -133,7 +133,11 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
         pytest.skip("needs root and runc")
     home = Path(tempfile.mkdtemp(prefix="cloudlet-test-"))
     cli = CloudCLI(home, extra_env)
-    cli.run("up")
+    try:
+        cli.run("up")
+    except AssertionError:
+        cli.run("down", "--purge", check=False)  # a half-made cloud (underlay, cloudletd) must not stay
+        raise
     cid = cli.cloud_id()
     ACTIVE.append(home)
     try:

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Query
 from cloudlet.api.deps import agent_caller, caller, get_cloud, page
 from cloudlet.api.routes.labels import label_selector
 from cloudlet.compute.hosts import (
+    FENCED,
     HOST_KIND,
+    LEASE_EXPIRED,
     AgentOps,
     Heartbeat,
     HostJoin,
@@ -28,7 +30,13 @@ KINDS = Query(..., max_length=200, pattern=r"^[A-Za-z,]+$", description="comma-s
 
 
 def host_names(cloud: Cloud) -> list[str]:
-    return [h.name for h in cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT)]
+    """The hosts whose agents a cloud-wide report asks: not one that never reported an agent (joining) or whose
+    processes are gone (fenced, lease expired); a silent one that is still up answers 503, naming it."""
+    return [
+        h.name
+        for h in cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT)
+        if h.status.get("endpoint") and h.phase not in (FENCED, LEASE_EXPIRED)
+    ]
 
 
 @router.get("/v1/hosts")
