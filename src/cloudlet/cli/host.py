@@ -61,10 +61,17 @@ def remove(
 
 
 @app.command()
-def partition(name: str, heal: Annotated[bool, typer.Option("--heal", help="reconnect it")] = False) -> None:
+def partition(
+    name: str,
+    heal: Annotated[bool, typer.Option("--heal", help="reconnect it")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
     """Cut an added host off the underlay (its peers and the control plane), or reconnect it."""
     daemons.partition_host(load_config(), name, not heal)
-    say(f"host {name} {'reconnected' if heal else 'partitioned'}")
+    if output == Format.table:
+        say(f"host {name} {'reconnected' if heal else 'partitioned'}")
+    else:
+        emit({"name": name, "partitioned": not heal}, output)
 
 
 @app.command()

@@ -98,7 +98,7 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
     for lname, layer in doc.layers.items():
         image = layer.image if isinstance(layer.image, str) else recipe_image(layer.image)
         command = ["sh", "-c", layer.command] if layer.command else None
-        # replicas change in place: the disks stay, shipping starts or stops (storage/replication.py)
+        # replicas and HA change in place: the disks stay, shipping starts or stops (storage/replication.py)
         replicas = {"replicas": layer.replicas, "replica_interval_s": layer.replica_interval_s}
         # a health check changes in place too (the agent starts again from unknown)
         health = {"health": layer.health.model_dump(mode="json") if layer.health else None}
@@ -126,7 +126,8 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
             if layer.user_data is not None:
                 fields["user_data"] = layer.user_data
             params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
-            instances.append(Desired("Instance", name, {**fields, **replicas, **health}, frozenset(fields), params))
+            in_place = {**replicas, **health, "ha": layer.ha}
+            instances.append(Desired("Instance", name, {**fields, **in_place}, frozenset(fields), params))
     for key, lb in doc.load_balancers.items():
         wanted: dict[str, Any] = {
             "port": lb.port,

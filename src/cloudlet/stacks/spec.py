@@ -141,6 +141,9 @@ class Layer(_Strict):
     )
     replica_interval_s: float = Field(5.0, ge=0.5, le=3600, description="seconds between replica updates")
     health: InstanceHealthCheck | None = Field(None, description="each instance's health check, as on launch")
+    ha: bool = Field(
+        True, strict=True, description="HA-managed instances: started on another host when theirs fails (false: not)"
+    )
 
 
 class LoadBalancerDef(_Strict):
