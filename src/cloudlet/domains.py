@@ -19,6 +19,7 @@ from cloudlet.lb.loadbalancers import LbPlacer, LoadBalancerReconciler
 from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
 from cloudlet.network.secgroups import SecurityGroupPlumber
+from cloudlet.resilience.drain import DrainResumer
 from cloudlet.resilience.health import HealthReconciler
 from cloudlet.resilience.monitor import HostMonitor
 from cloudlet.resilience.recovery import RecoveryController
@@ -66,7 +67,7 @@ DOMAINS = (
         agent=(LoadBalancerReconciler,),
         routers=("cloudlet.api.routes.lb",),
     ),
-    Domain("resilience", control_plane=(HostMonitor, RecoveryController), agent=(HealthReconciler,)),
+    Domain("resilience", control_plane=(HostMonitor, RecoveryController, DrainResumer), agent=(HealthReconciler,)),
     Domain(
         "system",
         control_plane=(lambda cloud: OwnerCollector(cloud.store),),

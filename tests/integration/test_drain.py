@@ -34,6 +34,11 @@ def two() -> Iterator[CloudCLI]:
         cli.run("host", "add", "h2", "--zone", "zone-b")
         cli.run("launch", "busybox", "counter", "--zone", "zone-b", "--memory", "32", "--command", WRITER)
         cli.wait_state("counter", "running", timeout=60)
+        # an EIP and a load balancer point at it: both must follow it (the record, by id and by name)
+        cli.run("secgroup", "rule", "add", "default", "tcp", "8080", "--cidr", "0.0.0.0/0")
+        cli.run("eip", "allocate", "e1")
+        cli.run("eip", "associate", "e1", "counter")
+        cli.run("lb", "create", "web", "--port", "8080", "--members", "counter", "--health-check", "tcp")
         yield cli
 
 
@@ -54,6 +59,25 @@ def _resolve(cli: CloudCLI, name: str) -> list[str]:
     port = int(json.loads((cli.home / "agents/local/endpoint.json").read_text())["dns_port"])
     reply = DNSRecord.parse(DNSRecord.question(name).send("127.0.0.1", port, timeout=2))
     return [str(r.rdata) for r in reply.rr]
+
+
+def _get(cli: CloudCLI, src: str, ip: str, path: str) -> str:
+    """An HTTP GET from inside instance src (busybox wget -T crashes: nc -w bounds it)."""
+    probe = f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} 8080"
+    return cli.run("exec", src, "--", "sh", "-c", probe, check=False).stdout
+
+
+def _from_outside(cli: CloudCLI, url: str) -> str:
+    out = f"cl-{cli.cloud_id()}-out"
+    argv = ["ip", "netns", "exec", out, "timeout", "3", "busybox", "wget", "-qO-", url]
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+def _until(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.2)
 
 
 def _events(cli: CloudCLI, name: str) -> list[dict[str, Any]]:
@@ -103,9 +127,13 @@ def test_drain_moves_the_instance_with_its_data_name_and_address(two: CloudCLI) 
     assert _resolve(two, "counter.default.zone-a.cloudlet") == [before["ip"]]
     # reachable at its address from an instance on the other host, over the network spanning both
     two.run("exec", "counter", "--", "httpd", "-p", "8080", "-h", "/")
-    probe = f"printf 'GET /marker HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {before['ip']} 8080"  # busybox wget -T crashes
-    got = two.run("exec", "holder", "--", "sh", "-c", probe, check=False)
-    assert "kept" in got.stdout, got
+    assert "kept" in _get(two, "holder", before["ip"], "/marker")
+    # its EIP (served by the hub of the host holding it: local has the outside) and its LB follow it
+    eip = two.json("eip", "show", "e1")
+    assert eip["private_ip"] == before["ip"], eip
+    _until(lambda: "kept" in _from_outside(two, f"http://{eip['address']}:8080/marker"))
+    lb = two.json("lb", "show", "web")
+    _until(lambda: "kept" in _get(two, "holder", lb["ip"], "/marker"))
     # and its old namespace on h2 is gone: nothing of it answers there
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"h-h2.i-{before['id']}" not in netns and f"-i-{before['id']}" in netns, netns
@@ -123,6 +151,34 @@ def test_drain_moves_the_instance_with_its_data_name_and_address(two: CloudCLI) 
     assert "Drained" in [e["reason"] for e in view["events"]], view["events"]
 
 
+def test_a_drain_cut_by_a_killed_cloudletd_is_finished_by_the_next_one(two: CloudCLI) -> None:
+    """kill -9 of cloudletd a moment into a drain: whatever step each move was at, the restarted cloudletd carries
+    the drain on (DrainResumer): every instance ends up running exactly once, none lost."""
+    two.run("host", "uncordon", "h2")
+    names = ["m1", "m2", "m3"]
+    for name in names:
+        two.run("launch", "busybox", name, "--zone", "zone-b", "--memory", "32", "--command", WRITER)
+    for name in names:
+        two.wait_state(name, "running", timeout=60)
+    ids = {n: two.json("show", n)["id"] for n in names}
+    two.run("host", "drain", "h2")
+    time.sleep(0.6)
+    two.kill9("cloudletd")
+    two.run("up")
+    deadline = time.monotonic() + 60
+    while (drain := two.json("host", "show", "h2")["drain"])["state"] == "running" or any(
+        two.json("show", n)["host"] != "local" for n in names
+    ):
+        assert time.monotonic() < deadline, drain
+        time.sleep(0.5)
+    for name in names:
+        view = two.wait_state(name, "running", timeout=30)
+        assert view["host"] == "local", view
+        assert _runc_ids(two, "local").get(f"cl-{ids[name]}") == "running"
+        assert f"cl-{ids[name]}" not in _runc_ids(two, "h2")
+        assert "stopped" not in [view["state"]] and "cloudlet.io/drain" not in view.get("labels", {}), view
+
+
 def test_draining_again_continues_then_the_host_is_empty_and_removable(two: CloudCLI) -> None:
     two.run("volume", "detach", "data")
     holder = two.json("show", "holder")
@@ -134,7 +190,7 @@ def test_draining_again_continues_then_the_host_is_empty_and_removable(two: Clou
     # h2 holds nothing: no container, no root disk, no shipped replicas
     assert not _runc_ids(two, "h2")
     pool = _pool(two, "h2")
-    for rid in (holder["id"], two.json("show", "counter")["id"]):
+    for rid in [i["id"] for i in two.json("list")]:
         assert not (pool / "disks" / rid).exists()
         assert not (pool / "replicas" / rid).exists() and not (_pool(two, "local") / "replicas" / rid).exists()
     two.run("host", "remove", "h2")

@@ -75,6 +75,11 @@ class HostClient:
         result: dict[str, Any] = self._call("POST", f"/replicas/{volume}/ship", timeout=300, json=body)
         return result
 
+    def promote_replica_over(self, volume: str, into: str) -> dict[str, Any]:
+        """promote_replica, replacing an `into` no record of this host owns (left by a move cut short)."""
+        result: dict[str, Any] = self._call("POST", f"/replicas/{volume}/promote-over", json={"into": into})
+        return result
+
 
 class ReplicaClient:
     """An agent shipping one pool volume's replicas to its replica host's agent, with the token the control plane

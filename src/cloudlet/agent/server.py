@@ -205,6 +205,17 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
         client = shippers.get(key) or shippers.setdefault(key, ReplicaClient(*key))
         return replication.ship_once(agent.ctx.pool, f"{area}/{sid}", client)
 
+    @app.post("/replicas/{area}/{sid}/promote-over", dependencies=[Depends(authorized)])
+    def replica_promote_over(body: PromoteBody, area: str = _area(), sid: str = _id()) -> dict[str, Any]:
+        """promote, replacing `into` left by a move that stopped half way (resilience/drain.py); refused while a
+        record placed on this host owns it."""
+        owner = agent.ctx.store.get_by_id(body.into.partition("/")[2])
+        if owner is not None and owner.host == agent.host:
+            raise Conflict(f"{body.into} belongs to {owner.kind.lower()} {owner.name}, which runs on this host")
+        if agent.ctx.pool.exists(body.into):
+            agent.ctx.pool.delete(body.into)
+        return replication.promote(agent.ctx.pool, f"{area}/{sid}", body.into)
+
     @app.post("/shutdown", dependencies=[Depends(authorized)])
     def shutdown(body: ShutdownBody) -> dict[str, Any]:
         agent.shutdown_host(body.purge)

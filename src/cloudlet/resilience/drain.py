@@ -23,7 +23,7 @@ the host is not looked at, an instance this drain had stopped (label `cloudlet.i
 
 from __future__ import annotations
 
-__all__ = ["Drains", "DRAINS", "PARALLEL", "DRAIN_LABEL", "start_drain", "drain_host", "move_instance"]
+__all__ = ["Drains", "DRAINS", "DrainResumer", "PARALLEL", "DRAIN_LABEL", "start_drain", "drain_host", "move_instance"]
 
 import logging
 import threading
@@ -37,6 +37,7 @@ from cloudlet.compute.placement import NoValidHost
 from cloudlet.compute.resource import INSTANCE, HostSpec, HostStatus, InstanceSpec, InstanceStatus
 from cloudlet.core.context import SYSTEM_TENANT, Cloud
 from cloudlet.core.errors import CloudletError, Conflict
+from cloudlet.core.reconcile import Result, Watches
 from cloudlet.core.records import Resource
 from cloudlet.lb.resource import LOADBALANCER
 from cloudlet.storage import replication
@@ -49,6 +50,7 @@ PARALLEL = 4  # moves at once: each holds a btrfs send and receive, and two core
 DRAIN_LABEL = "cloudlet.io/drain"  # on an instance this drain stopped: the host it is being moved off
 STOP_WAIT = 30.0  # the runtime gives an init 5 s after TERM before it kills it
 START_WAIT = 60.0
+RESUME_AFTER = 5.0  # seconds after cloudletd's start: its agents heartbeat (endpoints, keys) before ships are asked
 POLL = 0.05
 
 
@@ -158,13 +160,14 @@ def _token(cloud: Cloud, host: str, volume: str) -> tuple[str, str]:
     return st.endpoint, replication.replica_token(st.key, volume)
 
 
-def _drop(cloud: Cloud, host: str, volume: str) -> None:
-    """The shipped replicas on one side, once the disk is promoted (or the move given up)."""
-    try:
-        endpoint, token = _token(cloud, host, volume)
-        ReplicaClient(host, endpoint, token).drop(volume)
-    except CloudletError as exc:
-        log.warning("replicas of %s left on host %s: %s", volume, host, exc.message)
+def _drop(cloud: Cloud, hosts: tuple[str, ...], volume: str) -> None:
+    """The shipped replicas on each side, once the disk is promoted (or the move given up)."""
+    for host in hosts:
+        try:
+            endpoint, token = _token(cloud, host, volume)
+            ReplicaClient(host, endpoint, token).drop(volume)
+        except CloudletError as exc:
+            log.warning("replicas of %s left on host %s: %s", volume, host, exc.message)
 
 
 def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None:
@@ -215,18 +218,17 @@ def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None
         else:
             if ran:
                 shipped.append(src.ship_replica(volume, target, endpoint, token))  # the last delta
-                dst.promote_replica(volume, volume)
+                dst.promote_replica_over(volume, volume)
+                _drop(cloud, (target, drained), volume)  # before the record leaves: a resumed drain ships again
             res = _place(cloud, res, target, zone, was_running)
             placed = True
     except Exception as exc:
         if not placed:
+            if replica is None and ran:
+                _drop(cloud, (target, drained), volume)
             _restore(cloud, rid, was_running)
         message = exc.message if isinstance(exc, CloudletError) else f"{type(exc).__name__}: {exc}"
         raise Conflict(f"not moved, {'running on' if was_running else 'left on'} host {drained}: {message}") from exc
-    finally:
-        if replica is None and ran:
-            _drop(cloud, drained, volume)
-            _drop(cloud, target, volume)
     for s in shipped:
         kind = "last delta" if s.get("parent") else "full copy"
         store.add_event(res, "Shipped", f"{kind} of its root disk to host {target}: {s['bytes']} bytes in {s['ms']} ms")
@@ -252,7 +254,8 @@ def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None
         "to": target,
         "downtime_s": round(downtime, 3) if was_running else None,
         "took_s": round(took, 3),
-        "bytes": sum(int(s["bytes"]) for s in shipped),
+        "bytes": sum(int(s["bytes"]) for s in shipped),  # the full copy and the last delta
+        "delta_bytes": int(shipped[-1]["bytes"]) if len(shipped) > 1 else None,
         "ms": [s["ms"] for s in shipped],
     }
 
@@ -374,6 +377,26 @@ class Drains:
 
 
 DRAINS = Drains()  # one per process: a cloudletd serves one cloud
+
+
+class DrainResumer:
+    """cloudletd: a drain its predecessor left running (its Host's block says so) carries on at the start, once its
+    agents had time to heartbeat: an instance it had stopped is moved as it is, or started again where it was."""
+
+    kind = "DrainResume"  # a queue kind only, keyed by host name: there are no records of it
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.watches: Watches = {}
+        for host in cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT):
+            if (HostStatus.of(host).drain or {}).get("state") == "running":
+                cloud.manager.enqueue(self.kind, host.name, after=RESUME_AFTER)
+
+    def reconcile(self, host: str) -> Result:
+        if not DRAINS.running(host):
+            log.info("resuming the drain of host %s", host)
+            DRAINS.start(self.cloud, host)
+        return Result()
 
 
 def start_drain(cloud: Cloud, host: str) -> dict[str, Any]:
