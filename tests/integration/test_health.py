@@ -56,6 +56,18 @@ def _until(cloud: CloudCLI, name: str, state: str, timeout: float = BOUND) -> fl
     raise AssertionError(f"{name} never became {state}: {seen}")
 
 
+def _settled(cloud: CloudCLI, name: str, timeout: float = 60) -> dict[str, Any]:
+    """Waits until no recovery is under way for it and it is healthy; its view."""
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        view = cloud.json("show", name)
+        if "cloudlet.io/recovery" not in view["labels"] and (view["health"] or {}).get("state") == "healthy":
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"{name} did not settle healthy: {view}")
+
+
 def _events(cloud: CloudCLI, name: str, reason: str, after: float = 0.0) -> list[dict[str, Any]]:
     """The instance's events of that reason since `after` (wall clock; agents stamp their own), oldest first."""
     items = [e for e in cloud.json("events", name) if e["reason"] == reason and _time(e) > after]
@@ -81,6 +93,20 @@ def _event(cloud: CloudCLI, name: str, reason: str, after: float, timeout: float
 # The control plane's recovery (resilience/recovery.py) acts on an unhealthy instance (stops it, snapshots it,
 # boots it afresh, which starts its health from unknown): these tests read the transitions from the events the
 # agent records, not from a state that recovery moves on from.
+
+
+def test_a_bad_check_is_one_line_saying_what_to_fix(cloud: CloudCLI) -> None:
+    for args, says in (
+        (["--health", "tcp"], "Error: --health tcp: give tcp:PORT, http:PORT/PATH or process:NAME"),
+        (["--health", "tcp:80/x"], "Error: --health tcp:80/x: give tcp:PORT or http:PORT/PATH (PORT a number)"),
+        (["--health-fall", "2"], "Error: --health-interval, --health-fall and --health-rise need --health"),
+        (["--health", "tcp:80", "--health-fall", "50"], "health.fall: Input should be less than or equal to 20"),
+        (["--health", "http:99999/"], "health.port: Input should be less than or equal to 65535"),
+    ):
+        proc = cloud.run("launch", "busybox", "bad", *args, check=False)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert says in proc.stderr, proc.stderr
+    assert all(i["name"] != "bad" for i in cloud.json("list"))
 
 
 def test_tcp_and_http_and_process_checks_pass(checked: CloudCLI) -> None:
@@ -124,7 +150,7 @@ def test_killed_server_goes_unhealthy_then_healthy_again(checked: CloudCLI) -> N
     for name, unhealthy in (("hh", hh), ("hp", hp)):
         back = _event(checked, name, "Healthy", _time(unhealthy), timeout=40)
         assert "passed 2 times in a row (rise 2)" in back["message"]
-        _until(checked, name, "healthy", timeout=40)
+        _settled(checked, name)
 
 
 def test_restart_resets_to_unknown(checked: CloudCLI) -> None:
@@ -142,19 +168,21 @@ def _kill_in_tree(init: int, comm: str) -> int:
     todo, killed = [init], 0
     while todo:
         pid = todo.pop()
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() == comm:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                todo += [int(c) for c in f.read().split()]
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == comm:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
     return killed
 
 
 def test_checks_go_on_while_cloudletd_is_down(checked: CloudCLI) -> None:
-    _until(checked, "hh", "healthy")
-    init = checked.json("show", "hh")["pid"]
+    init = _settled(checked, "hh")["pid"]
     checked.kill9("cloudletd")
     try:
         killed = time.time()

@@ -130,6 +130,12 @@ checks.positive_data_acceptance.enabled = false
 include-name = "POST /v1/secgroups/{name}/rules"
 checks.positive_data_acceptance.enabled = false
 
+# A health check's timeout_s must be below its interval_s (resilience/health.py): the schema states the rules of
+# each check type, not that one.
+[[operations]]
+include-name = "POST /v1/instances"
+checks.positive_data_acceptance.enabled = false
+
 [[operations]]
 include-name = "POST /v1/stacks"
 checks.positive_data_acceptance.enabled = false

@@ -33,7 +33,38 @@ class HealthCheck(BaseModel):
     """What the agent probes from inside the instance (resilience/health.py): after `fall` failures in a row it is
     unhealthy, after `rise` successes healthy. Strict: a body or stack with a field of another type is refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the rules per type, stated in the schema too (timeout_s below interval_s is the one it cannot state)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["type", "port"],
+                    "properties": {
+                        "type": {"const": "tcp"},
+                        "port": {"type": "integer"},
+                        "process": {"type": "null"},
+                        "path": {"const": "/"},
+                        "expect_status": {"const": 200},
+                    },
+                },
+                {
+                    "required": ["type", "port"],
+                    "properties": {"type": {"const": "http"}, "port": {"type": "integer"}, "process": {"type": "null"}},
+                },
+                {
+                    "required": ["type", "process"],
+                    "properties": {
+                        "type": {"const": "process"},
+                        "process": {"type": "string"},
+                        "port": {"type": "null"},
+                        "path": {"const": "/"},
+                        "expect_status": {"const": 200},
+                    },
+                },
+            ]
+        },
+    )
     type: Literal["process", "tcp", "http"]
     port: Annotated[int, Field(ge=1, le=65535), JsonNumber] | None = Field(None, description="tcp and http: the port")
     path: str = Field("/", max_length=256, pattern=r"^/[!-~]*$", description="http: the path (printable ASCII)")
