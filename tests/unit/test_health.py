@@ -3,6 +3,9 @@ virtual clock with a scripted probe (what is written, when, and which events).""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from concurrent.futures import Executor, Future
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +19,7 @@ from cloudlet.compute.resource import INSTANCE, HealthCheck, HealthState, Instan
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.reconcile import Manager
 from cloudlet.core.records import Resource
-from cloudlet.resilience.health import HEALTH, REFRESH_S, HealthReconciler, step
+from cloudlet.resilience.health import HEALTH, REFRESH_S, HealthReconciler, probe, step
 from cloudlet.stacks.plan import desired, plan
 from cloudlet.stacks.spec import parse_stack
 
@@ -217,8 +220,33 @@ def test_stack_layer_health_reaches_instances_and_changes_in_place() -> None:
         Resource(kind=INSTANCE, tenant="t", name=d.name, spec={**d.fields, "image_id": "i", "network_id": "n"})
         for d in wanted
     ]
+    body = {**wanted[0].fields, "name": wanted[0].name}
+    assert InstanceCreate.model_validate(body).health == HealthCheck(type="http", port=80, path="/ok", fall=2)
     assert {a.op for a in plan(desired(doc), owned)} == {"unchanged"}
     changed = [a for a in plan(desired(parse_stack(STACK.replace("fall: 2", "fall: 5"))), owned) if a.kind == INSTANCE]
     assert {a.op for a in changed} == {"update"}
     with pytest.raises(Exception, match="needs a port"):
         parse_stack(STACK.replace("port: 80, ", ""))
+
+
+def test_process_probe_walks_the_real_tree() -> None:
+    """A real process tree (sh, its sleep child): found by comm below the init; a missing name or a gone init fail."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 5
+        while probe(HealthCheck(type="process", process="sleep"), proc.pid, "") is not None:
+            assert time.monotonic() < deadline, "sleep never showed up below sh"
+            time.sleep(0.01)
+        missing = probe(HealthCheck(type="process", process="nosuch"), proc.pid, "")
+        assert missing == "no process named nosuch runs in the instance"
+    finally:
+        proc.kill()
+        proc.wait()
+    gone = probe(HealthCheck(type="process", process="sleep"), proc.pid, "")
+    assert gone == f"the instance's init (pid {proc.pid}) is gone"
+
+
+def test_tcp_probe_refuses_the_agents_own_namespace() -> None:
+    """A pid in the agent's own netns (a reused pid) is never dialled from: the probe fails instead."""
+    error = probe(HealthCheck(type="tcp", port=9), os.getpid(), "127.0.0.1")
+    assert error is not None and "agent's own network namespace" in error
