@@ -269,3 +269,27 @@ def test_a_single_host_cloud_keeps_its_ha_instances_running_when_cut_off(tmp_pat
     cluster.run(60)
     assert cluster.running_on("local") == placed["local"][0] | placed["local"][1]
     assert cluster.phase("local") == "suspect" and not cluster.agents["local"].lease.fenced
+
+
+def test_a_host_isolated_while_cloudletd_was_down_has_self_fenced_before_the_restart_expires_it(
+    cluster: Cluster,
+) -> None:
+    placed = cluster.launch(1)
+    cluster.fence.refuse.add("h1")
+    cluster.cp_down = True
+    for host in cluster.agents:
+        cluster.cut(host)
+    cluster.isolated.add("h1")  # and h1 loses its peers too: nobody tells it that cloudletd is down for all
+    cluster.run(15)
+    assert cluster.agents["h1"].lease.fenced and not cluster.agents["h2"].lease.fenced
+    assert cluster.running_on("h1") == placed["h1"][1]  # its HA instance is down, the other serves on
+    cluster.sim.cloud.manager.reconcilers[MONITOR] = restarted = HostMonitor(cluster.sim.cloud, cluster.fence)
+    cluster.cp_down = False
+    for host in ("local", "h2"):
+        cluster.cut(host, False)
+    start = cluster.clock.now()
+    while cluster.phase("h1") != "lease-expired":
+        assert cluster.clock.now() - start < 30, cluster.phase("h1")
+        cluster.run(TICK)
+    assert cluster.clock.now() - (restarted.origin(cluster.clock.now()) or 0) >= 12.0  # T + margin from restart
+    assert cluster.exposed == [] and {cluster.phase(h) for h in ("local", "h2")} == {"up"}
