@@ -44,11 +44,13 @@ class FenceDriver(ABC):
         made sure."""
 
 
-def _inode(path: Path) -> int | None:
+def _inode(path: Path) -> tuple[int, int] | None:
+    """A namespace's identity: (device, inode) of its nsfs file (a stray file in /run/netns is on another device)."""
     try:
-        return os.stat(path).st_ino
+        st = os.stat(path)
     except OSError:
         return None
+    return st.st_dev, st.st_ino
 
 
 class NetnsFence(FenceDriver):
@@ -58,8 +60,8 @@ class NetnsFence(FenceDriver):
         self.cloud_id = cloud_id
         self.local_host = local_host
 
-    def namespaces(self, host: str) -> set[int]:
-        """The inodes of the host's namespaces (its machine, hub, instances, load balancers) that exist now."""
+    def namespaces(self, host: str) -> set[tuple[int, int]]:
+        """The identities of the host's namespaces (its machine, hub, instances, load balancers) that exist now."""
         base = f"cl-{self.cloud_id}-h-{host}"
         try:
             names = [n for n in os.listdir(NETNS_DIR) if n == base or n.startswith(base + ".")]
@@ -68,7 +70,7 @@ class NetnsFence(FenceDriver):
         return {ino for n in names if (ino := _inode(NETNS_DIR / n)) is not None}
 
     @staticmethod
-    def processes_in(inodes: set[int]) -> list[int]:
+    def processes_in(inodes: set[tuple[int, int]]) -> list[int]:
         own = os.getpid()
         found = []
         for entry in os.listdir("/proc"):
