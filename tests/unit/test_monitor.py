@@ -303,11 +303,24 @@ def test_peers_are_asked_with_the_urls_the_reply_gave() -> None:
 
 def test_a_restarted_control_plane_that_nobody_reaches_waits_a_lease_before_it_suspects(cluster: Cluster) -> None:
     """No renewal after a restart: its API may not serve yet, or every agent is gone; after T it counts anyway."""
-    cluster.join("a", "b")
+    cluster.join("solo")
     cluster.alive.clear()
     cluster.clock.advance(60)
     cluster.start()
     cluster.run(9.75)
-    assert [cluster.phase(h) for h in "ab"] == ["up", "up"]
+    assert cluster.phase("solo") == "up"
     cluster.run(3)  # it looks again every SUSPECT_S meanwhile
-    assert [cluster.phase(h) for h in "ab"] == ["fenced", "fenced"]
+    assert cluster.phase("solo") == "fenced"
+
+
+def test_every_host_silent_at_once_is_taken_as_the_control_planes_own_trouble(cluster: Cluster) -> None:
+    cluster.join("a", "b", "c")
+    cluster.run(5)
+    cluster.alive.clear()  # cloudletd stalled, or its own link cut: nobody's beat gets in
+    cluster.run(30)
+    assert [cluster.phase(h) for h in "abc"] == ["up", "up", "up"] and cluster.fence.fenced == []
+    cluster.alive.update("ac")  # through again: b alone stays silent; its silence counts from now, as after a restart
+    cluster.run(2.5)
+    assert cluster.phase("b") == "up"
+    cluster.run(1.5)
+    assert cluster.phase("b") == "fenced" and cluster.fence.fenced == ["b"]

@@ -17,7 +17,9 @@ so when its lease ran out and no peer told it that the control plane was down fo
 therefore expires a host only if it had peers to ask (a single-host cloud never self-fences) and each of them
 is fenced or has been up, renewing with every reply reaching it, long enough for the host's last checks to have
 heard so (PEER_WINDOW). A peer that is itself silent might have answered "the control plane is down here too",
-so it holds the expiry back: fencing (or that peer coming back) resolves it.
+so it holds the expiry back: fencing (or that peer coming back) resolves it. When every host of a cloud of
+several falls silent at once, the monitor suspects none: this control plane is more likely stalled or cut off than
+all of them gone (and there would be nowhere to recover to).
 
 `may_start_elsewhere` is what recovery asks before it starts a copy of anything the host ran.
 """
@@ -77,6 +79,7 @@ class HostMonitor:
         self.fence = fence or make_fence(cloud.config)
         self.started = self.clock.now()
         self._origin: float | None = None
+        self._all_quiet = False
         self.watches = {HOST: lambda res: [res.id]}  # every heartbeat and phase change looks again
         self._fence_errors: dict[str, str] = {}  # host id -> the last fence error (told once per suspicion)
         self._unfenceable: set[str] = set()  # hosts the driver refused this suspicion (local, none)
@@ -121,6 +124,8 @@ class HostMonitor:
             if res.phase == UP:
                 self._forget(rid)
             return Result(requeue_after=suspect_s - silent)
+        if self._all_silent(res, now):
+            return Result(requeue_after=PERIOD)
         if res.phase == UP:
             res = self._move(res, UP, SUSPECT, "HostSuspect", f"host {res.name} silent for {silent:.1f} s", "Warning")
             if res is None:
@@ -135,6 +140,26 @@ class HostMonitor:
             self._move(res, SUSPECT, LEASE_EXPIRED, "LeaseExpired", message, "Warning")
             return Result()
         return Result(requeue_after=PERIOD)
+
+    def _all_silent(self, res: Resource, now: float) -> bool:
+        """Every host silent at once: more likely this control plane stalled or is cut off than all of them gone
+        (and there would be nowhere to recover to): suspect nobody, and once beats get in again, count everybody's
+        silence afresh, as after a restart. A single host is suspected on its own."""
+        others = [
+            h
+            for h in self.store.list(HOST, tenant=SYSTEM_TENANT)
+            if h.id != res.id and not h.deleting and h.phase in (UP, SUSPECT)
+        ]
+        if others and all(self.silence(h, now) >= self.config.suspect_s for h in others):
+            if not self._all_quiet:
+                log.warning("no host heartbeats: suspecting none (is this control plane stalled or cut off?)")
+                self._all_quiet = True
+            return True
+        if self._all_quiet:
+            self._all_quiet = False
+            self._origin = now
+            return True
+        return False
 
     def _try_fence(self, res: Resource, silent: float) -> bool:
         if res.id in self._unfenceable:
