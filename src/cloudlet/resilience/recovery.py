@@ -45,6 +45,9 @@ FORENSIC_LABEL = "cloudlet.io/forensic-of"
 FENCE_WAIT = 15.0  # seconds a failing instance's host gets to report it stopped before recovery goes on regardless
 SNAPSHOT_WAIT = 15.0
 POLL = 0.2
+# an instance that fails again after every replacement (a check that can never pass) is left alone after
+# MAX_RECOVERIES in RECOVERY_WINDOW seconds: each would keep another forensic snapshot and rebuild it once more
+MAX_RECOVERIES, RECOVERY_WINDOW = 3, 600.0
 
 
 class ReplaceRequest(BaseModel):
@@ -122,6 +125,7 @@ class RecoveryController:
         self.cloud = cloud
         self.watches = {INSTANCE: self._of_instance, HOST: self._of_host}
         self._since: dict[str, float] = {}  # instance id -> when its current phase began (this process's clock)
+        self._history: dict[str, list[float]] = {}  # instance id -> when its automatic recoveries began
         for res in cloud.store.list(INSTANCE):
             if res.labels.get(PHASE_LABEL):
                 cloud.manager.enqueue(RECOVERY, res.id)  # carry on where the last cloudletd stopped
@@ -145,6 +149,18 @@ class RecoveryController:
             reason = self._trigger(res)
             if reason is None:
                 return Result()
+            now = self.cloud.clock.now()
+            recent = [t for t in self._history.get(rid, []) if now - t < RECOVERY_WINDOW]
+            if len(recent) >= MAX_RECOVERIES:
+                if len(recent) == MAX_RECOVERIES:
+                    message = (
+                        f"{reason}; not recovering again: {MAX_RECOVERIES} recoveries in {RECOVERY_WINDOW:g} s "
+                        "did not help (fix it, then 'cloudlet recover' or restart it)"
+                    )
+                    self.cloud.store.add_event(res, "RecoveryGivenUp", message, "Warning")
+                    self._history[rid] = [*recent, now]
+                return Result()
+            self._history[rid] = [*recent, now]
             res = request_recovery(self.cloud, res, reason)
             phase = res.labels.get(PHASE_LABEL)
         started = self._since.setdefault(rid, self.cloud.clock.now())
