@@ -33,7 +33,13 @@ def two() -> Iterator[CloudCLI]:
     with running_cloud() as cli:
         cli.run("host", "add", "h2", "--zone", "zone-b")
         cli.run("launch", "busybox", "counter", "--zone", "zone-b", "--memory", "32", "--command", WRITER)
+        # and one with a replica (on local, the other zone): the drain boots it from that, after a cycle past its stop
+        cli.run(
+            "launch", "busybox", "rep", "--zone", "zone-b", "--memory", "32", "--replicas", "1",
+            "--replica-interval", "1", "--command", WRITER,
+        )  # fmt: skip
         cli.wait_state("counter", "running", timeout=60)
+        cli.wait_state("rep", "running", timeout=60)
         # an EIP and a load balancer point at it: both must follow it (the record, by id and by name)
         cli.run("secgroup", "rule", "add", "default", "tcp", "8080", "--cidr", "0.0.0.0/0")
         cli.run("eip", "allocate", "e1")
@@ -73,10 +79,10 @@ def _from_outside(cli: CloudCLI, url: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True).stdout
 
 
-def _until(check: Any, timeout: float = 15.0) -> None:
+def _until(check: Any, why: Any, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "not in time"
+        assert time.monotonic() < deadline, why()
         time.sleep(0.2)
 
 
@@ -93,6 +99,11 @@ def test_drain_moves_the_instance_with_its_data_name_and_address(two: CloudCLI) 
     time.sleep(0.5)
     counted = int(two.run("exec", "counter", "--", "cat", "/counter").stdout)
     assert counted > 0
+    deadline = time.monotonic() + 30
+    while not (two.json("show", "rep")["replica"] or {}).get("seq"):
+        assert time.monotonic() < deadline, two.json("show", "rep")["replica"]
+        time.sleep(0.3)
+    rep_counted = int(two.run("exec", "rep", "--", "cat", "/counter").stdout)
     # a volume attached to an instance on h2: refused, and it runs on where it was
     two.run("launch", "busybox", "holder", "--zone", "zone-b", "--memory", "32", "--command", WRITER)
     two.wait_state("holder", "running", timeout=60)
@@ -131,12 +142,23 @@ def test_drain_moves_the_instance_with_its_data_name_and_address(two: CloudCLI) 
     # its EIP (served by the hub of the host holding it: local has the outside) and its LB follow it
     eip = two.json("eip", "show", "e1")
     assert eip["private_ip"] == before["ip"], eip
-    _until(lambda: "kept" in _from_outside(two, f"http://{eip['address']}:8080/marker"))
+    _until(
+        lambda: "kept" in _from_outside(two, f"http://{eip['address']}:8080/marker"),
+        lambda: two.json("eip", "show", "e1"),
+    )
     lb = two.json("lb", "show", "web")
-    _until(lambda: "kept" in _get(two, "holder", lb["ip"], "/marker"))
+    _until(lambda: "kept" in _get(two, "holder", lb["ip"], "/marker"), lambda: two.json("lb", "show", "web"), 30)
     # and its old namespace on h2 is gone: nothing of it answers there
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"h-h2.i-{before['id']}" not in netns and f"-i-{before['id']}" in netns, netns
+
+    # the replicated one came back on local from its replica, with what it wrote up to its stop
+    rep = two.wait_state("rep", "running", timeout=30)
+    assert rep["host"] == "local" and _runc_ids(two, "local").get(f"cl-{rep['id']}") == "running", rep
+    assert f"cl-{rep['id']}" not in _runc_ids(two, "h2")
+    assert int(two.run("exec", "rep", "--", "cat", "/counter").stdout) >= rep_counted
+    started = [e["message"] for e in _events(two, "rep") if e["reason"] == "DrainStarted"]
+    assert started and "its replica on host local" in started[0], started
 
     # the refused one runs on where it was, on h2 and only there
     holder = two.json("show", "holder")
@@ -146,7 +168,7 @@ def test_drain_moves_the_instance_with_its_data_name_and_address(two: CloudCLI) 
 
     view = two.json("host", "show", "h2")
     assert view["cordoned"] and view["drain"]["state"] == "failed", view["drain"]
-    assert (view["drain"]["moved"], view["drain"]["total"]) == (1, 2), view["drain"]
+    assert (view["drain"]["moved"], view["drain"]["total"]) == (2, 3), view["drain"]
     assert view["drain"]["failed"][0]["instance"] == "holder"
     assert "Drained" in [e["reason"] for e in view["events"]], view["events"]
 
@@ -190,9 +212,13 @@ def test_draining_again_continues_then_the_host_is_empty_and_removable(two: Clou
     # h2 holds nothing: no container, no root disk, no shipped replicas
     assert not _runc_ids(two, "h2")
     pool = _pool(two, "h2")
-    for rid in [i["id"] for i in two.json("list")]:
+    for inst in two.json("list"):
+        rid = inst["id"]
         assert not (pool / "disks" / rid).exists()
-        assert not (pool / "replicas" / rid).exists() and not (_pool(two, "local") / "replicas" / rid).exists()
+        # rep's replica went to h2 while h2 was uncordoned: the drain has its planner choose again (no host left)
+        assert not (pool / "replicas" / rid).exists(), inst["name"]
+        if inst["name"] != "rep":
+            assert not (_pool(two, "local") / "replicas" / rid).exists(), inst["name"]
     two.run("host", "remove", "h2")
     assert "h2" not in [h["name"] for h in two.json("host", "list")]
     assert two.json("show", "counter")["state"] == "running"

@@ -11,7 +11,9 @@ running. There is no CRIU on this machine kind (MACHINE-NOTES.md), so a move is 
    for a replication cycle taken after the stop and promotes it (`recover_from_replica`). Either way one write
    places the record on the target with its spec running again: the old host's agent lets go of its copy, the
    target's runtime boots the disk as it is. Only then does anything start on the target.
-3. Load balancers of the host go back to their placer (HAProxy holds no data; it is rebuilt elsewhere).
+3. Load balancers of the host go back to their placer (HAProxy holds no data; it is rebuilt elsewhere), and
+   replicas other hosts ship to it to their planner, which chooses another host (what it held of them is dropped
+   at the end).
 
 The record stays the same one, so its name, address, labels (LB membership), DNS names and EIP target (by id)
 follow it. A move that fails before the record is placed leaves the instance where it was, started again if it
@@ -42,7 +44,7 @@ from cloudlet.core.records import Resource
 from cloudlet.lb.resource import LOADBALANCER
 from cloudlet.storage import replication
 from cloudlet.storage.names import disk_of
-from cloudlet.storage.resource import ReplicaSpec, ReplicaStatus
+from cloudlet.storage.resource import REPLICA, ReplicaSpec, ReplicaStatus
 from cloudlet.storage.volumes import attached_to
 
 log = logging.getLogger("cloudlet.drain")
@@ -282,6 +284,30 @@ def _release_lbs(cloud: Cloud, host: str) -> list[str]:
     return moved
 
 
+def _retarget_replicas(cloud: Cloud, host: str) -> None:
+    """Replicas other hosts ship to host: their planner chooses again, and skips the cordoned host."""
+    for rep in cloud.store.list(REPLICA, tenant=SYSTEM_TENANT):
+        spec = ReplicaSpec.of(rep)
+        if rep.deleting or spec.target_host != host:
+            continue
+        spec.target_host = spec.target_zone = spec.endpoint = spec.token = None
+        spec.note = f"host {host} is being drained: choosing another replica host"
+        cloud.store.update_spec(rep.id, spec.dump())
+
+
+def _drop_held_replicas(cloud: Cloud, host: str) -> int:
+    """At the drain's end, what host holds of replicas shipped to it that now go elsewhere (or nowhere), including
+    those an earlier, cut drain retargeted: asked for every such volume (a volume it never held costs one call)."""
+    volumes = {
+        ReplicaSpec.of(rep).volume
+        for rep in cloud.store.list(REPLICA, tenant=SYSTEM_TENANT)
+        if ReplicaSpec.of(rep).target_host != host and rep.host != host
+    }
+    for volume in sorted(volumes):
+        _drop(cloud, (host,), volume)
+    return len(volumes)
+
+
 def drain_host(cloud: Cloud, host: str, parallel: int = PARALLEL) -> dict[str, Any]:
     """Cordons host and moves everything off it (see the module docstring); the progress block, as it ended."""
     t0 = time.time()
@@ -301,6 +327,7 @@ def drain_host(cloud: Cloud, host: str, parallel: int = PARALLEL) -> dict[str, A
     _write(cloud, host, block)
     cloud.store.add_event(res, "DrainStarted", f"moving {len(ids)} instances off host {host}, {parallel} at a time")
     lbs = _release_lbs(cloud, host)
+    _retarget_replicas(cloud, host)
 
     def one(rid: str) -> None:
         try:
@@ -322,6 +349,7 @@ def drain_host(cloud: Cloud, host: str, parallel: int = PARALLEL) -> dict[str, A
 
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix=f"drain-{host}") as pool:
         list(pool.map(one, ids))
+    _drop_held_replicas(cloud, host)
     left = [i.name for i in cloud.store.list(INSTANCE, host=host) if not i.deleting]
     block.update(state="failed" if block["failed"] or left else "done", took_s=round(time.time() - t0, 3))
     block["load_balancers"] = lbs
