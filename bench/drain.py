@@ -94,7 +94,7 @@ def main() -> None:
         for m in sorted(state.get("moves", []), key=lambda m: m["instance"]):
             ms = "+".join(f"{x:.0f}" for x in m["ms"]) or "-"
             print(
-                f"{m['instance']:<10} {m['to']:<6} {m['downtime_s']:>10.3f} {m['took_s']:>7.2f} {m['bytes']:>10} {ms:>14}"
+                f"{m['instance']:<10} {m['to']:<6} {m['downtime_s']:>10.3f} {m['took_s']:>7.2f} {m['bytes']:>10} {m.get('delta_bytes') or 0:>7} {ms:>14}"
             )
         for f in state.get("failed", []):
             print(f"{f['instance']:<10} FAILED {f['reason']}")

@@ -262,7 +262,8 @@ def host_view(res: Resource) -> dict[str, Any]:
         "incarnation": st.incarnation,
         "last_heartbeat": st.last_heartbeat,
         "heartbeat_age_s": round(age, 2) if st.last_heartbeat else None,
-        "drain": st.drain,
+        # the last drain's outcome; each move's numbers are in GET /v1/hosts/NAME/drain (resilience/drain.py)
+        "drain": {k: v for k, v in st.drain.items() if k != "moves"} if st.drain else None,
     }
 
 
