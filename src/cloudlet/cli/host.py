@@ -16,7 +16,7 @@ from cloudlet.cli.output import Format, OutputOpt, SelectorOpt, emit, say
 from cloudlet.core.config import load_config
 
 app = typer.Typer(help="Hosts: where instances run, each served by its own agent.", no_args_is_help=True)
-COLUMNS = ["name", "zone", "state", "cpus", "memory_mib", "version", "heartbeat_age_s", "endpoint"]
+COLUMNS = ["name", "zone", "state", "cordoned", "cpus", "memory_mib", "version", "heartbeat_age_s", "endpoint"]
 
 
 @app.command("list")
@@ -74,24 +74,24 @@ def partition(
         emit({"name": name, "partitioned": not heal}, output)
 
 
+def _cordon(name: str, action: str, output: Format) -> None:
+    view = connect().post(f"/v1/hosts/{name}/{action}")
+    if output == Format.table:
+        say(f"host {name} {action}ed")
+    else:
+        emit(view, output)
+
+
 @app.command()
 def cordon(name: str, output: OutputOpt = Format.table) -> None:
     """Place nothing new on the host; what runs there stays."""
-    view = connect().post(f"/v1/hosts/{name}/cordon")
-    if output == Format.table:
-        say(f"host {name} cordoned")
-    else:
-        emit(view, output)
+    _cordon(name, "cordon", output)
 
 
 @app.command()
 def uncordon(name: str, output: OutputOpt = Format.table) -> None:
     """Let placement use the host again."""
-    view = connect().post(f"/v1/hosts/{name}/uncordon")
-    if output == Format.table:
-        say(f"host {name} uncordoned")
-    else:
-        emit(view, output)
+    _cordon(name, "uncordon", output)
 
 
 @app.command()

@@ -79,22 +79,23 @@ def delete_host(
     return {"name": name, "released": [{"kind": r.kind, "name": r.name, "tenant": r.tenant} for r in released]}
 
 
+def _cordon(cloud: Cloud, who: Caller, name: str, on: bool) -> dict[str, Any]:
+    who.require_admin("cordoning hosts" if on else "uncordoning hosts")
+    res = set_cordoned(cloud.store, name, on)
+    cloud.placement.invalidate()
+    return host_view(res)
+
+
 @router.post("/v1/hosts/{name}/cordon")
 def cordon(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     """Places nothing new on the host; what runs there stays."""
-    who.require_admin("cordoning hosts")
-    res = set_cordoned(cloud.store, name, True)
-    cloud.placement.invalidate()
-    return host_view(res)
+    return _cordon(cloud, who, name, True)
 
 
 @router.post("/v1/hosts/{name}/uncordon")
 def uncordon(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     """Lets placement use the host again."""
-    who.require_admin("uncordoning hosts")
-    res = set_cordoned(cloud.store, name, False)
-    cloud.placement.invalidate()
-    return host_view(res)
+    return _cordon(cloud, who, name, False)
 
 
 @router.post("/v1/hosts/{name}/drain", status_code=202)
