@@ -231,8 +231,8 @@ def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None
             _restore(cloud, rid, was_running)
         message = exc.message if isinstance(exc, CloudletError) else f"{type(exc).__name__}: {exc}"
         raise Conflict(f"not moved, {'running on' if was_running else 'left on'} host {drained}: {message}") from exc
-    for s in shipped:
-        kind = "last delta" if s.get("parent") else "full copy"
+    for i, s in enumerate(shipped):
+        kind = ("full copy" if i == 0 else "last delta") + (" (incremental)" if i == 0 and s.get("parent") else "")
         store.add_event(res, "Shipped", f"{kind} of its root disk to host {target}: {s['bytes']} bytes in {s['ms']} ms")
     if was_running:
         res = _wait(
