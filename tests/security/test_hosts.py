@@ -117,6 +117,13 @@ def _neigh(inst: Inst, ip: str) -> str:
     return subprocess.run(["ip", "-n", inst.netns, "neigh", "show", ip], capture_output=True, text=True).stdout
 
 
+def _ping_until(inst: Inst, ip: str, timeout: float = 10) -> None:
+    """Until inst pings ip (a fresh instance's security group rules may still be loading)."""
+    deadline = time.monotonic() + timeout
+    while _ns(inst.netns, "ping", "-c", "1", "-W", "1", ip).returncode != 0:
+        assert time.monotonic() < deadline, f"{inst.name} never reached {ip}"
+
+
 def _tcp_many(world: World, src: Inst, targets: list[tuple[str, int, str]]) -> list[str]:
     """What each ip:port answered src's HTTP GET of path (from inside src, busybox nc, all at once); "" where
     nothing got through."""
@@ -327,7 +334,7 @@ def test_a_raw_instance_cannot_pose_as_the_gateway(world: World) -> None:
     gateway's address, a frame from the gateway's MAC): b-local's entry for the gateway stays the gateway's. The
     same raw socket with b-h2's own address does update b-local's entry for b-h2 (the frames get there)."""
     b_h2, b_local, gw = world["b-h2"], world["b-local"], world.gateways["bnet"]
-    assert _ns(b_local.netns, "ping", "-c", "1", "-W", "1", gw).returncode == 0
+    _ping_until(b_local, gw)
     real = _neigh(b_local, gw).split("lladdr")[1].split()[0]
     for op in (1, 2):
         _ns(b_h2.netns, "python3", "-c", ARP_SEND, b_h2.mac, gw, b_local.mac, b_local.ip, str(op))
@@ -336,7 +343,7 @@ def test_a_raw_instance_cannot_pose_as_the_gateway(world: World) -> None:
     time.sleep(0.3)
     now = _neigh(b_local, gw)
     assert real in now and b_h2.mac not in now, f"b-local's gateway entry became {now!r} (was {real})"
-    assert _ns(b_local.netns, "ping", "-c", "1", "-W", "1", gw).returncode == 0
+    _ping_until(b_local, gw)
     # control: a reply with b-h2's own address and MAC re-learns b-local's entry for b-h2 (fresh, REACHABLE/STALE)
     subprocess.run(["ip", "-n", b_local.netns, "neigh", "del", b_h2.ip, "dev", "eth0"], capture_output=True)
     _ns(b_h2.netns, "python3", "-c", ARP_SEND, b_h2.mac, b_h2.ip, b_local.mac, b_local.ip, "1")
@@ -446,7 +453,7 @@ def test_an_unprivileged_user_of_the_machine_cannot_inject_vxlan(world: World) -
     assert route.startswith("local "), route  # the cloud's own address: the datagram never leaves the machine
     b_local, gateway = world["b-local"], world.gateways["bnet"]
     vni = _vni(next(n for n in world.tenants[B].json("network", "list") if n["name"] == "bnet")["subnet"])
-    assert _ns(b_local.netns, "ping", "-c", "1", "-W", "1", gateway).returncode == 0
+    _ping_until(b_local, gateway)
     before = _neigh(b_local, gateway)
     script = "/tmp/cloudlet-test-vxlan-send.py"  # readable by nobody, unlike the test's home
     with open(script, "w") as f:
