@@ -180,7 +180,12 @@ def main() -> None:
                         and v.get("pid") != before.get("pid")
                         and answers(hub, v["ip"])
                     ),
+                    show=lambda: {k: inst(victim).get(k) for k in ("host", "state", "pid", "ip", "message")},
                 )
+                print(f"{fault}: detected {detected - t0:.2f} s, serving again {back - t0:.2f} s", flush=True)
+                events = api.get("/v1/events", params={"name": victim, "limit": 30}).json()["items"]
+                steps = [f"{e['reason']}@{e['time'] - t0:+.2f}" for e in events if e["time"] >= t0 - 1]
+                print("   " + " ".join(steps), flush=True)
                 time.sleep(max(0.0, t0 + WINDOW - time.time()))
                 window = [b for t, b in lines(web_log) if t0 <= t < t0 + WINDOW]
                 rows.append(

@@ -92,6 +92,19 @@ def vni_of(subnet: ipaddress.IPv4Network) -> int:
     return ((int(subnet.network_address) - TENANT_BASE) >> 3) + 1
 
 
+def _announce(address: str) -> None:
+    """A gratuitous ARP from eth0 (in the caller's netns): every bridge on the network, across hosts, learns where
+    the port is now. A restarted or moved instance keeps its MAC, and without this the bridges and VXLAN ports went
+    on sending its frames to the host it left until their entries aged out or a neighbour's ARP entry went stale
+    (~30 s of silence after a failover)."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind(("eth0", 0))
+        mac = s.getsockname()[4]
+        ip = socket.inet_aton(address)
+        arp = b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac + ip + b"\x00" * 6 + ip
+        s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+
+
 class LinuxNetworkDriver(NetworkDriver):
     def __init__(self, cloud_id: str, home: Path | None = None, host_ns: str | None = None) -> None:
         """host_ns: the namespace of an added host (network/underlay.py) whose agent this is; None for the machine's
@@ -298,6 +311,7 @@ class LinuxNetworkDriver(NetworkDriver):
                 self._nft(DENY_INGRESS, name)
             self._in(self.hub, hub_side)
             self._in(name, inside)
+            run_in_netns(name, lambda: _announce(port.address))
         return path
 
     def delete_port(self, instance_id: str) -> None:
