@@ -45,6 +45,7 @@ from tests.integration.test_secgroups import SERVE, ping_gets_in, udp_gets_in
 pytestmark = pytest.mark.root
 
 A, B = "acme", "bravo"
+SECRET = "DB_PASSWORD=s3cr3t-of-a-local"
 
 # A VXLAN datagram carrying a broadcast ARP request "who-has TPA tell SPA" from MAC 02:00:00:00:00:66; whoever it
 # lands on (the owner of TPA) records SPA in its neighbour table: that entry is the proof it got through.
@@ -159,8 +160,10 @@ def world() -> Iterator[World]:
         tenants[A].run("network", "create", "anet")
         tenants[B].run("network", "create", "bnet")
         tenants[B].run("network", "create", "bout", "--egress")
+        user_data = admin.home / "a-local.user-data"  # a secret only a-local (and its host) should ever hold
+        user_data.write_text(f"#!/bin/sh\n# {SECRET}\n")
         plan = [
-            (A, "a-local", "zone-a", "anet", ()),
+            (A, "a-local", "zone-a", "anet", ("--user-data", str(user_data))),
             (A, "a-h2", "zone-b", "anet", ()),
             (B, "b-local", "zone-a", "bnet", ()),
             (B, "b-h2", "zone-b", "bnet", ("--net-raw",)),
@@ -219,12 +222,14 @@ def test_instances_cannot_reach_the_underlay(world: World) -> None:
         near = {"b-local": "b-h2", "b-h2": "b-local", "a-h2": "a-local"}.get(src)
         if near:
             batch.append((world[near].ip, 8080, "/"))
-        answers = _tcp_many(world, world[src], batch)
-        got = answers[: len(targets)]
-        assert "HTTP/" in answers[len(targets)], (src, answers)
-        assert near is None or f"hi-{near}" in answers[-1], (src, answers)
-        for (ip, port, path), answer in zip(targets, got, strict=True):
-            assert "HTTP/" not in answer, f"{src} reached {ip}:{port}{path}: {answer[:200]}"
+        for _ in range(5):  # controls may miss an nc -w 1 on a busy machine; the attack must fail every round
+            answers = _tcp_many(world, world[src], batch)
+            for (ip, port, path), answer in zip(targets, answers, strict=False):
+                assert "HTTP/" not in answer, f"{src} reached {ip}:{port}{path}: {answer[:200]}"
+            if "HTTP/" in answers[len(targets)] and (near is None or f"hi-{near}" in answers[-1]):
+                break
+        else:
+            raise AssertionError(f"the controls never answered {src}: {answers[len(targets) :]}")
 
 
 def test_forged_vxlan_from_an_instance_lands_nowhere(world: World) -> None:
@@ -315,11 +320,11 @@ def test_dns_and_metadata_tell_nothing_of_another_tenant(world: World) -> None:
     # metadata: each instance gets its own document on its host; a forwarded-for header gets nothing
     for src in ("b-h2", "b-local", "a-h2"):
         inst = world[src]
-        ip, iid = _tcp_many(
-            world,
-            inst,
-            [("169.254.169.254", 80, f"/latest/meta-data/{what}") for what in ("local-ipv4", "instance-id")],
-        )
+        paths = [("169.254.169.254", 80, f"/latest/meta-data/{what}") for what in ("local-ipv4", "instance-id")]
+        for _ in range(10):  # a busy machine may let one nc -w 1 time out: its own document must come in the end
+            ip, iid = _tcp_many(world, inst, paths)
+            if "HTTP/" in ip and "HTTP/" in iid:
+                break
         assert ip.rstrip().endswith(inst.ip) and iid.rstrip().endswith(inst.id), (src, ip, iid)
     script = (
         "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\nX-Forwarded-For: "
@@ -380,6 +385,23 @@ def test_h2_agent_token_writes_only_h2s_records(world: World) -> None:
     events = world.tenants[A].run("events", "a-local").stdout
     assert "Pwned" not in events, events
     assert "ProbeFromH2" in world.tenants[B].run("events", "b-h2").stdout  # control: its own host's record
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: SHARED_KINDS hands every agent whole Instance records of every host, user-data included "
+    "(compute/hosts.py visible_to, core/watch.py); one host's compromise is every tenant's secrets",
+)
+def test_another_hosts_agent_gets_no_instance_secrets(world: World) -> None:
+    """h2's agent needs a-local's name, network, address and groups (DNS, security groups across hosts), not its
+    user-data; neither its token's view nor its disk cache may hold it."""
+    token = (world.admin.home / "hosts" / "h2.token").read_text().strip()
+    with httpx.Client(base_url=world.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as h2:
+        items = h2.get("/v1/agent/records", params={"kinds": "Instance"}).json()["items"]
+    a_local = next(i for i in items if i["id"] == world["a-local"].id)  # control: it does see the record
+    assert a_local["spec"]["network"], a_local
+    assert SECRET not in json.dumps(a_local), "h2's agent token reads a-local's user-data"
+    assert SECRET not in (world.admin.home / "agents" / "h2" / "cache.json").read_text(), "h2's cache holds it"
 
 
 def _call(token: str, world: World, method: str, path: str, body: Any = None) -> httpx.Response:
