@@ -53,8 +53,9 @@ while True:
         while chunk := s.recv(4096):
             data += chunk
         s.close()
-        head, _, rest = data.partition(b"\\r\\n\\r\\n")
-        body = rest.decode().strip() if head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200") else None
+        status = data.split(b"\\r\\n", 1)[0].split()
+        text = data.decode(errors="replace").strip().splitlines()
+        body = text[-1].strip() if len(status) > 1 and status[1] == b"200" and text else None
     except OSError:
         pass
     print(json.dumps([t, body]), flush=True)

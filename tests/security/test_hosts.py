@@ -387,11 +387,6 @@ def test_h2_agent_token_writes_only_h2s_records(world: World) -> None:
     assert "ProbeFromH2" in world.tenants[B].run("events", "b-h2").stdout  # control: its own host's record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: SHARED_KINDS hands every agent whole Instance records of every host, user-data included "
-    "(compute/hosts.py visible_to, core/watch.py); one host's compromise is every tenant's secrets",
-)
 def test_another_hosts_agent_gets_no_instance_secrets(world: World) -> None:
     """h2's agent needs a-local's name, network, address and groups (DNS, security groups across hosts), not its
     user-data; neither its token's view nor its disk cache may hold it."""
@@ -461,11 +456,6 @@ def test_host_routes_refuse_tenants_and_bad_bodies(world: World) -> None:
         assert words in r.json()["error"]["message"], f"{method} {path} {body!r}: {r.text}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the root namespace's VXLAN socket takes datagrams arriving on lo from any local user "
-    "(network/underlay.py _root_guard accepts iifname lo for the VXLAN port)",
-)
 def test_an_unprivileged_user_of_the_machine_cannot_inject_vxlan(world: World) -> None:
     """Before issue 10 only root could put a frame on a tenant network (its namespaces); now the root namespace
     holds a VXLAN socket for every network. uid nobody sends b-local an ARP request from the gateway's address:
@@ -496,11 +486,6 @@ def test_an_unprivileged_user_of_the_machine_cannot_inject_vxlan(world: World) -
     assert "02:00:00:00:00:66" not in after, f"uid nobody re-pointed b-local's gateway: {before!r} -> {after!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: POST /v1/hosts takes the machine's own host 'local' (the CLI refuses it) and revokes the "
-    "token its running agent holds (compute/hosts.py join_host)",
-)
 def test_the_api_refuses_to_rejoin_the_machines_own_host(world: World) -> None:
     """Last in the module: when the attack works, local's agent has lost the control plane for good."""
     admin = (world.admin.home / "admin.token").read_text().strip()

@@ -218,10 +218,10 @@ def remove_host(cfg: Config, name: str, force: bool) -> dict[str, Any]:
     """Removes the host from the control plane, then from this machine: its agent stops (with force, every process
     of its namespaces is killed) and its namespaces, pool and state go."""
     client = connect(cfg)
+    if force:  # first: nothing of it may run on once its instances are placed elsewhere (this refuses `local`)
+        NetnsFence(cfg.cloud_id(), cfg.host).fence(name)
     result: dict[str, Any] = client.delete(f"/v1/hosts/{name}?force={str(force).lower()}")
     zone = _zones(cfg).get(name, "")
-    if force:  # nothing of it may run on, whatever state its agent is in
-        NetnsFence(cfg.cloud_id(), cfg.host).fence(name)
     try:
         shutdown_agent(cfg, name, zone or "zone-a", purge=True)
     finally:

@@ -305,6 +305,18 @@ def apply_ops(store: Store, caller: Caller, ops: builtins.list[AgentOp], on_purg
     return last
 
 
+# what an agent never gets of another host's instance: it resolves, admits and balances to it, never boots it
+FOREIGN_SECRETS = ("user_data",)
+
+
+def _redacted(item: dict[str, Any], host: str) -> dict[str, Any]:
+    """A wire record as host's agent may see it: another host's instance without its boot-time secrets (a host
+    broken into must not give away every tenant's user-data)."""
+    if item["kind"] == INSTANCE and item.get("host") != host and any(k in item["spec"] for k in FOREIGN_SECRETS):
+        item["spec"] = {k: v for k, v in item["spec"].items() if k not in FOREIGN_SECRETS}
+    return item
+
+
 class AgentService:
     """The control plane's end of the agent protocol, shared by the HTTP routes and in-process agents."""
 
@@ -335,12 +347,16 @@ class AgentService:
         return caller.host
 
     def list(self, caller: Caller, kinds: builtins.list[str]) -> dict[str, Any]:
-        items, rev = self.watch.list(self._kinds(kinds), visible_to(self._host(caller)))
-        return {"items": items, "rev": rev}
+        host = self._host(caller)
+        items, rev = self.watch.list(self._kinds(kinds), visible_to(host))
+        return {"items": [_redacted(item, host) for item in items], "rev": rev}
 
     def wait(self, caller: Caller, rev: int, kinds: builtins.list[str], timeout: float) -> dict[str, Any]:
         host = self._host(caller)
         events, latest = self.watch.wait(rev, self._kinds(kinds), host, SHARED_KINDS, timeout, visible_to(host))
+        for event in events:
+            if event["object"] is not None:
+                event["object"] = _redacted(event["object"], host)
         return {"events": events, "rev": latest}
 
     def apply(self, caller: Caller, ops: AgentOps) -> dict[str, int]:

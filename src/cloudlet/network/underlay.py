@@ -101,8 +101,9 @@ class Underlay:
 
     # the wire
     def _root_guard(self) -> str:
-        """The root namespace's table: its underlay address and the cloud's VXLAN port answer only on the underlay
-        link (the weak host model would otherwise take them from the machine's uplink too)."""
+        """The root namespace's table: its underlay address answers only on the underlay link and loopback (the
+        weak host model would otherwise take it from the machine's uplink too), and the cloud's VXLAN port only takes
+        what comes from the underlay itself: a local user's datagram to it would land frames on tenant networks."""
         return f"""
 table inet cl_{self.cloud_id}_ul
 delete table inet cl_{self.cloud_id}_ul
@@ -110,7 +111,8 @@ table inet cl_{self.cloud_id}_ul {{
     chain input {{
         type filter hook input priority -10; policy accept;
         iifname != {{ "{self.root_link}", "lo" }} ip daddr {self.network} drop
-        iifname != {{ "{self.root_link}", "lo" }} udp dport {self.vxlan_port} drop
+        udp dport {self.vxlan_port} iifname != "{self.root_link}" drop
+        udp dport {self.vxlan_port} ip saddr != {self.network} drop
     }}
 }}
 """

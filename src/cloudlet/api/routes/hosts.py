@@ -21,6 +21,7 @@ from cloudlet.compute.hosts import (
     set_cordoned,
 )
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
+from cloudlet.core.errors import Conflict
 from cloudlet.core.labels import Selector
 from cloudlet.resilience.drain import drain_state, start_drain
 
@@ -63,6 +64,8 @@ def show_host(name: str, cloud: Cloud = Depends(get_cloud), who: Caller = Depend
 def add_host(body: HostJoin, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     """Registers a host (or a wiped one again) and issues its agent token, shown this once."""
     who.require_admin("adding hosts")
+    if body.name == cloud.config.host:  # a new token would cut the running agent of this machine's own host off
+        raise Conflict(f"host {body.name} is the control plane machine's own host; choose another name")
     res, token = join_host(cloud.store, body)
     cloud.placement.invalidate()
     return {**host_view(res), "token": token}

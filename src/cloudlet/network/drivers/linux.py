@@ -81,6 +81,11 @@ table bridge cl_vx {
         type filter hook forward priority 0; policy accept;
         oifname "vx*" arp daddr ip @gw_ips drop
         iifname "vx*" arp daddr ip @gw_ips drop
+        iifname "vx*" arp saddr ip @gw_ips drop
+    }
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname "vx*" arp saddr ip @gw_ips drop
     }
 }
 """
