@@ -394,8 +394,12 @@ class ImageReconciler(KindReconciler):
         self.records.update_status(res.id, phase="building", status=ImageStatus(message="debootstrap running").dump())
         self.records.add_event(res, "Building", f"debootstrap {spec.suite} with {spec.packages or 'minbase'}")
         try:
-            build = self.ctx.config.home / "build" / spec.digest
-            _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root, build))
+            # in this host's own directory: two hosts of one machine building the same digest must not share it
+            added = self.ctx.host != self.ctx.config.host
+            build = (
+                (self.ctx.config.agent_dir(self.ctx.host) if added else self.ctx.config.home) / "build" / spec.digest
+            )
+            _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root, build, machine_net=added))
         except DriverError as exc:
             self.records.update_status(
                 res.id,
@@ -408,13 +412,16 @@ class ImageReconciler(KindReconciler):
         return self._ready(res, volume)
 
 
-def _debootstrap(spec: ImageSpec, root: Path, build: Path) -> None:
+def _debootstrap(spec: ImageSpec, root: Path, build: Path, machine_net: bool = False) -> None:
     """debootstrap refuses a target mounted nodev, as the pool is (a tenant's device node must mean nothing on
-    the host): it builds in `build`, beside the pool, and the tree is copied in (once per image)."""
+    the host): it builds in `build`, beside the pool, and the tree is copied in (once per image). machine_net: the
+    agent of a host added on this machine lives in a namespace with no way out; the mirror is reached from the
+    machine's own network namespace, as a real host would reach it from its own."""
     shutil.rmtree(build, ignore_errors=True)  # what a crashed build left
     build.mkdir(parents=True)
     try:
-        cmd = ["debootstrap", "--variant=minbase"]
+        cmd = ["nsenter", "--net=/proc/1/ns/net"] if machine_net else []
+        cmd += ["debootstrap", "--variant=minbase"]
         if spec.packages:
             cmd.append("--include=" + ",".join(spec.packages))
         cmd += [str(spec.suite), str(build), str(spec.mirror)]
