@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import CloudCLI, running_cloud
-from tests.integration.test_secgroups import SERVE, fetch
+from tests.integration.test_secgroups import SERVE, fetch, fetch_from_netns
 
 pytestmark = pytest.mark.root
 
@@ -48,9 +49,17 @@ def test_added_host_runs_its_own_agent_in_its_namespace(hosts: CloudCLI) -> None
     assert (hosts.home / "agents/h2/pool.img").exists() or (hosts.home / "agents/h2/pool").is_dir()
 
 
+def _fetch_soon(cloud: CloudCLI, src: str, dst: str, port: int, timeout: float = 15) -> str | None:
+    """A member on another host is admitted once that host's agent has seen its address: moments after a start."""
+    deadline = time.monotonic() + timeout
+    while (got := fetch(cloud, src, dst, port)) is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return got
+
+
 def test_network_spans_hosts_and_same_group_members_reach_each_other(hosts: CloudCLI) -> None:
-    assert fetch(hosts, "a1", "b1", 8080) == "hi-b1"
-    assert fetch(hosts, "b1", "a1", 8080) == "hi-a1"
+    assert _fetch_soon(hosts, "a1", "b1", 8080) == "hi-b1"
+    assert _fetch_soon(hosts, "b1", "a1", 8080) == "hi-a1"
 
 
 def test_names_resolve_across_hosts(hosts: CloudCLI) -> None:
@@ -91,6 +100,22 @@ def test_bad_host_names_and_zones_are_refused(hosts: CloudCLI) -> None:
         assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_an_eip_answers_on_an_added_host_and_moves_across_hosts(hosts: CloudCLI) -> None:
+    """The outside namespace routes each EIP to the hub of the host holding it (h2 by its own link)."""
+    hosts.run("secgroup", "rule", "add", "default", "tcp", "80", "--cidr", "0.0.0.0/0")
+    eip = hosts.json("eip", "allocate", "e1")
+    address = eip.get("address") or eip.get("ip")
+    outside = f"cl-{hosts.cloud_id()}-out"
+    for holder in ("b1", "a1", "b1"):
+        hosts.run("eip", "associate", "e1", holder)
+        deadline = time.monotonic() + 15
+        while f"hi-{holder}" not in (got := fetch_from_netns(outside, address, 80)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"hi-{holder}" in got, f"EIP {address} held by {holder}: {got!r}"
+    hosts.run("eip", "release", "e1", "--force")
+    assert "hi-" not in fetch_from_netns(outside, address, 80)
+
+
 def test_down_and_up_bring_added_hosts_back(hosts: CloudCLI) -> None:
     hosts.run("down")
     cid = hosts.cloud_id()
@@ -99,4 +124,4 @@ def test_down_and_up_bring_added_hosts_back(hosts: CloudCLI) -> None:
     hosts.run("up")
     for name in ("a1", "b1", "x2"):
         hosts.wait_state(name, "running", timeout=60)
-    assert fetch(hosts, "a1", "b1", 8080) == "hi-b1"
+    assert _fetch_soon(hosts, "a1", "b1", 8080) == "hi-b1"

@@ -25,6 +25,8 @@ __all__ = [
     "pool_slice",
     "Outside",
     "render_public",
+    "OutsideLink",
+    "ADDED_LINKS",
 ]
 
 import ipaddress
@@ -45,6 +47,7 @@ POOL_FILE = "eip-pool"
 EIP_POOL_SIZE = 253  # a slice's .1 to .253 (.254 is its egress address)
 PUBLIC_MARK = 0xE1  # set by cloudlet_public on forwarded packets allowed out; the hub's forward chain accepts it
 HUB_LINK = "out0"  # the hub's end of its link to the outside
+ADDED_LINKS = 30  # added hosts with a link to the outside: 198.19.N.8/30 to .124/30 (the underlay starts at .128)
 INTERNET_ADDRESS = "198.19.255.254"  # the outside's own address on lo, with the whole range's prefix (no slice has it)
 # the outside forwards what the host starts towards the hub and replies, never a connection from the hub (an
 # instance) to the host: the host's address on its link is as far as a tenant's packet must not get
@@ -55,7 +58,7 @@ table inet cloudlet_outside {
     chain forward {
         type filter hook forward priority 0; policy drop;
         ct state established,related accept
-        iifname "host0" oifname "hub0" accept
+        iifname "host0" oifname != "host0" accept
     }
 }
 """
@@ -94,6 +97,12 @@ class Slice:
     def transit_links(self) -> tuple[tuple[str, str], ...]:
         """(network, the outside's device on it): host-outside, outside-hub."""
         return (f"198.19.{self.index}.0/30", "host0"), (f"198.19.{self.index}.4/30", "hub0")
+
+    def added_transit(self, slot: int) -> tuple[str, str]:
+        """(the outside's side, the hub's side) of added host `slot`'s link, a /30 of 198.19.N.8 to .127."""
+        if not 0 <= slot < ADDED_LINKS:
+            raise Conflict(f"only the first {ADDED_LINKS} added hosts of a cloud get a link to the outside")
+        return self._transit(9 + 4 * slot), self._transit(10 + 4 * slot)
 
     @property
     def egress_address(self) -> str:
@@ -269,10 +278,32 @@ class Outside:
         self.apply(self._plan)
 
     def apply(self, plan: PublicPlan) -> None:
-        """Replaces the hub's public table in one transaction."""
+        """Replaces the hub's public table in one transaction, then points the outside's routes of the EIPs held
+        here at this hub."""
         self._plan = plan
         with translate_errors("applying the public NAT table"):
             _run("ip", "netns", "exec", self.hub, "nft", "-f", "-", stdin=render_public(plan, self.slice))
+            self._route_eips(plan, self.slice.hub_address)
+
+    def _route_eips(self, plan: PublicPlan, via: str) -> None:
+        """The outside routes each EIP to the hub of the host holding it: a /32 per EIP held here (replace: the
+        newest holder wins, a dead host's route included), and those of this hub's routes no longer held go."""
+        if not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+            return
+        held = {public for public, _ in plan.eips}
+        out = subprocess.run(
+            ["ip", "-n", self.netns, "-j", "route", "show", "table", "local", "via", via],
+            capture_output=True,
+            text=True,
+        ).stdout
+        mine = {r["dst"] for r in json.loads(out or "[]") if "/" not in r.get("dst", "/")}
+        for public in sorted(held):
+            _run("ip", "-n", self.netns, "route", "replace", f"{public}/32", "via", via, "table", "local")
+        for public in sorted(mine - held):
+            subprocess.run(
+                ["ip", "-n", self.netns, "route", "del", f"{public}/32", "via", via, "table", "local"],
+                capture_output=True,
+            )
 
     def teardown(self) -> None:
         with translate_errors(f"removing the outside namespace {self.netns}"):
@@ -283,3 +314,56 @@ class Outside:
             if os.path.exists(os.path.join(NETNS_DIR, self.hub)):
                 subprocess.run(["ip", "-n", self.hub, "link", "del", HUB_LINK], capture_output=True)
             _guard_host(False)
+
+
+class OutsideLink(Outside):
+    """An added host's link to the cloud's outside namespace (which host `local`'s agent makes): `out0` in its hub,
+    `hk<slot>` in the outside, a /30 of its own, the public range routed out through it, and the EIPs it holds
+    routed in to it. Nothing here touches the root namespace."""
+
+    def __init__(self, cloud_id: str, hub: str, home: Path, slot: int) -> None:
+        super().__init__(cloud_id, hub, home)
+        self.slot = slot
+        self.link = f"hk{slot}"
+
+    def _complete(self) -> bool:
+        if not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+            return True  # no outside yet (local's agent makes it): nothing to join
+        probe = subprocess.run(["ip", "-n", self.hub, "link", "show", HUB_LINK], capture_output=True)
+        return probe.returncode == 0
+
+    def ensure(self, rebuild: bool = False) -> None:
+        if self._complete() and not rebuild:
+            return
+        if not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+            return
+        outside_side, hub_side = self.slice.added_transit(self.slot)
+        ns, hub = self.netns, self.hub
+        with translate_errors(f"joining {hub} to the outside namespace"):
+            subprocess.run(["ip", "-n", hub, "link", "del", HUB_LINK], capture_output=True)
+            subprocess.run(["ip", "-n", ns, "link", "del", self.link], capture_output=True)
+            _run("ip", "-n", hub, "link", "add", HUB_LINK, "type", "veth", "peer", "name", self.link, "netns", ns)
+            _run("ip", "-n", ns, "addr", "add", f"{outside_side}/30", "dev", self.link)
+            _run("ip", "-n", hub, "addr", "add", f"{hub_side}/30", "dev", HUB_LINK)
+            _run("ip", "-n", ns, "link", "set", self.link, "up")
+            _run("ip", "-n", hub, "link", "set", HUB_LINK, "up")
+            _run("ip", "netns", "exec", hub, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            net = ipaddress.IPv4Interface(f"{outside_side}/30").network
+            _run("ip", "-n", ns, "route", "replace", str(net), "dev", self.link, "table", "local")
+            _run("ip", "-n", hub, "route", "replace", str(PUBLIC_RANGE), "via", outside_side)
+        self.apply(self._plan)
+
+    def apply(self, plan: PublicPlan) -> None:
+        self._plan = plan
+        self.ensure()
+        if not self._complete() or not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+            return
+        with translate_errors("applying the public NAT table"):
+            _run("ip", "netns", "exec", self.hub, "nft", "-f", "-", stdin=render_public(plan, self.slice))
+            self._route_eips(plan, self.slice.added_transit(self.slot)[1])
+
+    def teardown(self) -> None:
+        with translate_errors(f"leaving the outside namespace {self.netns}"):
+            if os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+                self._route_eips(PublicPlan(), self.slice.added_transit(self.slot)[1])
+                subprocess.run(["ip", "-n", self.netns, "link", "del", self.link], capture_output=True)

@@ -35,7 +35,7 @@ from cloudlet.network.drivers.base import NetworkDriver, PortSpec, PublicPlan, s
 from cloudlet.network.hostguard import guard, unguard
 from cloudlet.network.netns import NETNS_DIR, run_in_netns
 from cloudlet.network.nft_secgroups import DENY_INGRESS
-from cloudlet.network.outside import HUB_LINK, PUBLIC_MARK, Outside
+from cloudlet.network.outside import ADDED_LINKS, HUB_LINK, PUBLIC_MARK, Outside, OutsideLink
 from cloudlet.network.underlay import Underlay
 
 T = TypeVar("T")
@@ -116,10 +116,17 @@ class LinuxNetworkDriver(NetworkDriver):
         own host, whose names carry only the cloud id."""
         self.cloud_id = cloud_id
         self.hub = f"{host_ns}.hub" if host_ns else f"cl-{cloud_id}-hub"
-        # the outside namespace needs the cloud's home (its public slice is kept there); added hosts have none yet
-        self.outside = Outside(cloud_id, self.hub, home) if home is not None and not host_ns else None
         self.port_prefix = f"{host_ns}.i-" if host_ns else f"cl-{cloud_id}-i-"
         self.underlay = Underlay(cloud_id, home) if home is not None else None
+        # the outside namespace needs the cloud's home (its public slice is kept there); host local's agent makes
+        # it, an added host joins it by a link of its own (the first ADDED_LINKS of them)
+        self.outside: Outside | None = None
+        if home is not None and not host_ns:
+            self.outside = Outside(cloud_id, self.hub, home)
+        elif home is not None and self.underlay is not None and host_ns:
+            slot = self.underlay.slot(host_ns.removeprefix(f"cl-{cloud_id}-h-"))
+            if slot is not None and slot < ADDED_LINKS:
+                self.outside = OutsideLink(cloud_id, self.hub, home, slot)
         self.underlay_link = "ul0" if host_ns else (self.underlay.root_link if self.underlay else "")
         self._lock = threading.Lock()
 
