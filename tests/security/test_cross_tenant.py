@@ -267,7 +267,7 @@ def world() -> Iterator[World]:
     with s3_server() as s3, running_cloud({"CLOUDLET_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}) as cli:
         info = cli.json("info")
         url = info["api"]
-        agent_url = f"http://127.0.0.1:{info['ports']['agent@local']}"
+        agent_url = cli.json("host", "show", "local")["endpoint"]  # on the underlay, where its peers reach it
         tokens = {}
         for tenant in (A, B):
             tokens[tenant] = cli.run("tenant", "create", tenant).stdout.strip().splitlines()[-1]
