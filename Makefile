@@ -1,4 +1,4 @@
-.PHONY: install demo lint test test-fast bench clean
+.PHONY: install demo lint test test-slow test-all bench clean
 
 install:
 	@bash scripts/install.sh
@@ -12,10 +12,13 @@ lint: install
 	.venv/bin/mypy src
 
 test: lint
-	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 tests
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" tests
 
-test-fast: install
-	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+test-slow: install
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -m slow tests
+
+test-all: lint
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 bench: install
 	.venv/bin/python bench/instance_create.py --runs 3
