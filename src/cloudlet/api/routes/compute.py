@@ -17,7 +17,7 @@ from cloudlet.compute import instances, placement
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import CloudletError, Forbidden
+from cloudlet.core.errors import CloudletError, Conflict, Forbidden
 from cloudlet.core.labels import Selector
 from cloudlet.network.metadata import documents, metadata_of
 from cloudlet.resilience import recovery
@@ -89,8 +89,10 @@ def replace(
     """Swap the instance's root disk for a clone of an instance snapshot and restart it, keeping its names,
     address, EIP and load balancer membership (upgrade by clone-and-swap)."""
     res = cloud.store.get(instances.KIND, who.tenant, name)
-    snapshot = cloud.store.get(SNAPSHOT, who.tenant, body.from_snapshot)
-    return instances.instance_view(recovery.replace_from_snapshot(cloud, res, snapshot))
+    found = cloud.store.list(SNAPSHOT, tenant=who.tenant, name=body.from_snapshot)
+    if not found:  # a 404 would say the instance is missing
+        raise Conflict(f"snapshot {body.from_snapshot} does not exist; take one with 'cloudlet snapshot create {name}'")
+    return instances.instance_view(recovery.replace_from_snapshot(cloud, res, found[0]))
 
 
 @router.post("/{name}/exec")
