@@ -51,14 +51,17 @@ def _last_log_line(log_file: Path) -> str:
     return line.split(": ", 1)[-1] + f" (log: {log_file})"
 
 
+def _in_netns(netns: str | None) -> list[str]:
+    """nsenter switches the network namespace only: the agent shares the machine's mounts, so its pool and the
+    namespaces it names in /run/netns are seen by everyone (`ip netns exec` would give it private ones)."""
+    return ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
+
+
 def _spawn(argv: list[str], log_file: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    # nsenter switches the network namespace only: the agent shares the machine's mounts, so its pool and the
-    # namespaces it names in /run/netns are seen by everyone (`ip netns exec` would give it private ones)
-    prefix = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
     with open(log_file, "ab") as log:
         return subprocess.Popen(
-            [*prefix, sys.executable, *argv],
+            [*_in_netns(netns), sys.executable, *argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -172,8 +175,7 @@ def shutdown_agent(cfg: Config, host: str, zone: str, purge: bool) -> None:
         netns = None  # its namespace is gone already: what is left is files and mounts
     api = str(cfg.endpoint().get("url") or "http://127.0.0.1:1")
     argv = _agent_argv(cfg, host, zone, api, None) + ["--shutdown"] + (["--purge"] if purge else [])
-    prefix = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
-    proc = subprocess.run([*prefix, sys.executable, *argv], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*_in_netns(netns), sys.executable, *argv], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise CloudletError(f"cleaning up host {host} failed: {proc.stderr.strip().splitlines()[-1:]}")
 

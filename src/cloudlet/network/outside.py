@@ -283,7 +283,12 @@ class Outside:
         self._plan = plan
         with translate_errors("applying the public NAT table"):
             _run("ip", "netns", "exec", self.hub, "nft", "-f", "-", stdin=render_public(plan, self.slice))
-            self._route_eips(plan, self.slice.hub_address)
+            self._route_eips(plan, self.hub_side)
+
+    @property
+    def hub_side(self) -> str:
+        """This hub's address on its link to the outside: where the outside routes the EIPs held here."""
+        return self.slice.hub_address
 
     def _route_eips(self, plan: PublicPlan, via: str) -> None:
         """The outside routes each EIP to the hub of the host holding it: a /32 per EIP held here (replace: the
@@ -353,17 +358,18 @@ class OutsideLink(Outside):
             _run("ip", "-n", hub, "route", "replace", str(PUBLIC_RANGE), "via", outside_side)
         self.apply(self._plan)
 
+    @property
+    def hub_side(self) -> str:
+        return self.slice.added_transit(self.slot)[1]
+
     def apply(self, plan: PublicPlan) -> None:
         self._plan = plan
         self.ensure()
-        if not self._complete() or not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
-            return
-        with translate_errors("applying the public NAT table"):
-            _run("ip", "netns", "exec", self.hub, "nft", "-f", "-", stdin=render_public(plan, self.slice))
-            self._route_eips(plan, self.slice.added_transit(self.slot)[1])
+        if self._complete() and os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+            super().apply(plan)
 
     def teardown(self) -> None:
         with translate_errors(f"leaving the outside namespace {self.netns}"):
             if os.path.exists(os.path.join(NETNS_DIR, self.netns)):
-                self._route_eips(PublicPlan(), self.slice.added_transit(self.slot)[1])
+                self._route_eips(PublicPlan(), self.hub_side)
                 subprocess.run(["ip", "-n", self.netns, "link", "del", self.link], capture_output=True)
