@@ -69,7 +69,8 @@ class Underlay:
         return 20000 + self.index  # per cloud: two clouds' VXLANs in the root namespace never share a socket
 
     # host slots, kept in a file beside the cloud's state
-    def _slots(self) -> dict[str, int]:
+    def hosts(self) -> dict[str, int]:
+        """Each host holding a slot on the underlay -> its slot."""
         try:
             data: dict[str, int] = json.loads((self.home / INDEX_FILE).read_text())
             return data
@@ -82,7 +83,7 @@ class Underlay:
         os.replace(tmp, self.home / INDEX_FILE)
 
     def slot(self, host: str, assign: bool = False) -> int | None:
-        slots = self._slots()
+        slots = self.hosts()
         if host not in slots and assign:
             free = sorted(set(range(MAX_HOSTS)) - set(slots.values()))
             if not free:
@@ -91,11 +92,8 @@ class Underlay:
             self._save(slots)
         return slots.get(host)
 
-    def hosts(self) -> dict[str, int]:
-        return self._slots()
-
     def release(self, host: str) -> None:
-        slots = self._slots()
+        slots = self.hosts()
         if slots.pop(host, None) is not None:
             self._save(slots)
 
@@ -207,7 +205,7 @@ table bridge {PARTITION_TABLE} {{
 
     def teardown(self, keep_slots: bool = False) -> None:
         with translate_errors(f"removing the underlay {self.netns}"):
-            for host in list(self._slots()):
+            for host in list(self.hosts()):
                 self.detach(host, keep_slot=keep_slots)
             if os.path.exists(f"/sys/class/net/{self.root_link}"):
                 _run("ip", "link", "del", self.root_link)
