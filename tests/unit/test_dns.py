@@ -14,7 +14,8 @@ from dnslib import DNSRecord
 
 from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.records import Resource
-from cloudlet.network.dns import EVERY_TENANT, FRESH, DNSService, Resolver, View, _Endpoint, _sockets
+from cloudlet.network.dns import EVERY_TENANT, DNSService, Resolver, View, _Endpoint, _sockets
+from cloudlet.network.instance_index import FRESH
 from cloudlet.network.resource import NETWORK
 
 # two tenants' networks whose gateways and instances sit on loopback addresses, so real sockets can play them

@@ -14,6 +14,7 @@ import pytest
 from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.records import Resource
 from cloudlet.network import metadata
+from cloudlet.network.instance_index import FRESH
 from cloudlet.network.metadata import (
     HEAD_MAX,
     IDLE_TIMEOUT,
@@ -138,7 +139,7 @@ def test_each_instance_sees_only_its_own(records: Records) -> None:
     assert get("127.0.1.1", "127.0.1.99").status == 404  # nobody's address
     assert get("127.0.1.1", "127.0.1.10", **{"x-forwarded-for": "127.0.1.10"}).status == 403
     records.records.append(_instance("acme", "a-2", NET_A, "127.0.1.11"))
-    time.sleep(metadata.FRESH)
+    time.sleep(FRESH)
     assert get("127.0.1.1", "127.0.1.11").body != A1.id  # a new instance is answered at once, as itself
 
 

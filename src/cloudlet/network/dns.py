@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
-from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.context import ADMIN_TENANT, Records
 from cloudlet.core.errors import translate_errors
+from cloudlet.core.records import Resource
+from cloudlet.network.instance_index import CachedIndex, addressed, gateways
 from cloudlet.network.netns import run_in_netns
-from cloudlet.network.resource import NETWORK, NetworkSpec
+from cloudlet.network.resource import NETWORK
 from cloudlet.stacks.resource import IN_SERVICE, LAYER_LABEL, LIFECYCLE_LABEL, STACK, STACK_LABEL, StackStatus
 
 __all__ = [
@@ -58,7 +60,6 @@ TCP_IDLE_TIMEOUT = 3.0  # seconds a TCP connection may take to deliver its next 
 TCP_MAX_CONNECTIONS = 32  # open TCP connections (and so threads) per listening address
 TCP_PER_SOURCE = 4  # of those, from one address; and one tenant holds at most half of them
 TCP_MAX_LIFETIME = 30.0  # seconds a TCP connection is kept however busy: a held slot is given back
-FRESH = 0.05  # an unknown source rebuilds an index older than this once, so a just-started instance is answered
 IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks it
 _PKTINFO = struct.Struct("i4s4s")  # struct in_pktinfo: ifindex, spec_dst (source of a reply), addr (destination)
 _UDP_MAX = 4096
@@ -92,52 +93,37 @@ class _Index:
     by_name: dict[str, list[Entry]] = field(default_factory=dict)
     by_ip: dict[str, Entry] = field(default_factory=dict)
     gateways: dict[str, str] = field(default_factory=dict)  # gateway address -> network id
-    built: float = float("-inf")
 
 
 class Resolver:
     def __init__(self, store: Records, max_age: float = 0.5) -> None:
         self.store = store
-        self.max_age = max_age
-        self._lock = threading.Lock()
-        self._idx = _Index()
+        self._index = CachedIndex(self._build, max_age)
 
-    def _index(self, max_age: float) -> _Index:
-        with self._lock:
-            if time.monotonic() - self._idx.built > max_age:
-                idx = _Index()
-                nets = {}
-                for net in self.store.list(NETWORK):
-                    nets[net.id] = net.name
-                    if not net.deleting:
-                        idx.gateways[NetworkSpec.of(net).gateway] = net.id
-                for inst in self.store.list(INSTANCE):
-                    ip = InstanceStatus.of(inst).ip
-                    net_id = InstanceSpec.of(inst).network_id
-                    if not ip or net_id not in nets or inst.deleting:
-                        continue
-                    entry = Entry(inst.tenant, net_id, dns_name(inst.name, nets[net_id], inst.zone or "zone-a"), ip)
-                    idx.by_name.setdefault(entry.fqdn, []).append(entry)
-                    idx.by_ip[ip] = entry
-                self._stack_names(idx, nets)
-                for entries in idx.by_name.values():
-                    entries.sort(key=lambda e: e.tenant != ADMIN_TENANT)
-                idx.built = time.monotonic()
-                self._idx = idx
-            return self._idx
+    def _build(self) -> _Index:
+        networks = self.store.list(NETWORK)
+        idx = _Index(gateways=gateways(networks))
+        nets = {net.id: net.name for net in networks}
+        placed = [(inst, ip, net_id) for inst, ip, net_id in addressed(self.store) if net_id in nets]
+        for inst, ip, net_id in placed:
+            entry = Entry(inst.tenant, net_id, dns_name(inst.name, nets[net_id], inst.zone or "zone-a"), ip)
+            idx.by_name.setdefault(entry.fqdn, []).append(entry)
+            idx.by_ip[ip] = entry
+        self._stack_names(idx, placed)
+        for entries in idx.by_name.values():
+            entries.sort(key=lambda e: e.tenant != ADMIN_TENANT)
+        return idx
 
-    def _stack_names(self, idx: _Index, nets: dict[str, str]) -> None:
-        """A stack's names for its instances (labelled by the stack, which names their aliases)."""
+    def _stack_names(self, idx: _Index, placed: list[tuple[Resource, str, str]]) -> None:
+        """A stack's names for its instances (labelled by the stack, which names their aliases), of the instances
+        placed: (instance, address, network id)."""
         aliases: dict[tuple[str, str], dict[str, str]] = {
             (s.tenant, s.name): StackStatus.of(s).aliases for s in self.store.list(STACK) if not s.deleting
         }
         by_id: dict[str, tuple[str, str]] = {}  # instance id -> (ip, network id)
         members: list[tuple[str, str, str, str, str, str, bool]] = []  # tenant, stack, layer, name, zone, id, healthy
-        for inst in self.store.list(INSTANCE):
-            ip, stack = InstanceStatus.of(inst).ip, inst.labels.get(STACK_LABEL)
-            net_id = InstanceSpec.of(inst).network_id
-            if not ip or inst.deleting or net_id not in nets:
-                continue
+        for inst, ip, net_id in placed:
+            stack = inst.labels.get(STACK_LABEL)
             by_id[inst.id] = (ip, net_id)
             if stack and (inst.tenant, stack) in aliases:
                 healthy = inst.labels.get(LIFECYCLE_LABEL) == IN_SERVICE and InstanceStatus.of(inst).state == "running"
@@ -157,17 +143,16 @@ class Resolver:
     def view_on(self, gateway: str, source: str) -> View | None:
         """The view of a query sent to `gateway` from `source`: its tenant's if `source` is an instance on the
         network of that gateway, else None (no answer)."""
-        for max_age in (self.max_age, FRESH):
-            idx = self._index(max_age)
-            net_id = idx.gateways.get(gateway)
+
+        def look(idx: _Index) -> View | None:
             entry = idx.by_ip.get(source)
-            if net_id is not None and entry is not None and entry.network_id == net_id:
-                return View(entry.tenant)
-        return None
+            return View(entry.tenant) if entry is not None and idx.gateways.get(gateway) == entry.network_id else None
+
+        return self._index.find(look)
 
     def lookup(self, qname: str, qtype: str, view: View) -> tuple[str, list[str]]:
         """Returns (rcode name, answers): answers are IPs for A and names for PTR."""
-        idx = self._index(self.max_age)
+        idx = self._index.get()
         name = qname.rstrip(".").lower()
         if name.endswith(".in-addr.arpa"):
             parts = name[: -len(".in-addr.arpa")].split(".")

@@ -56,14 +56,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudlet.compute.resource import INSTANCE, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.context import Records
 from cloudlet.core.errors import translate_errors
 from cloudlet.core.records import Resource
 from cloudlet.network.dns import dns_name
 from cloudlet.network.eips import public_ip
+from cloudlet.network.instance_index import CachedIndex, addressed, gateways
 from cloudlet.network.netns import run_in_netns
-from cloudlet.network.resource import NETWORK, NetworkSpec
+from cloudlet.network.resource import NETWORK
 from cloudlet.stacks.resource import STACK, StackSpec, StackStatus
 
 log = logging.getLogger("cloudlet.metadata")
@@ -77,7 +78,6 @@ IDLE_TIMEOUT = 3.0  # seconds a connection may take to deliver its next whole re
 MAX_LIFETIME = 30.0  # seconds a connection is kept however busy
 TOKEN_TTL_MAX = 21600  # seconds, as EC2
 DRAIN_MAX = 1 << 20  # bytes read and dropped after refusing a request, so the refusal is not lost to a reset
-FRESH = 0.05  # an unknown source rebuilds an index older than this once, so a just-started instance is answered
 DIGITS = re.compile(r"^[0-9]{1,12}$")
 VERSION = re.compile(r"^(latest|1\.0|\d{4}-\d{2}-\d{2})$")
 TAG_KEY = re.compile(r"^[A-Za-z0-9+=._:-]+$")  # what EC2 shows of tags in metadata: no '/', nothing empty
@@ -219,7 +219,6 @@ def answer(md: InstanceMetadata, path: str) -> Answer:
 class _Index:
     gateways: dict[str, str] = field(default_factory=dict)  # gateway address -> network id
     instances: dict[tuple[str, str], str] = field(default_factory=dict)  # (network id, address) -> instance id
-    built: float = float("-inf")
 
 
 class Directory:
@@ -227,33 +226,21 @@ class Directory:
 
     def __init__(self, records: Records, max_age: float = 0.5) -> None:
         self.records = records
-        self.max_age = max_age
-        self._lock = threading.Lock()
-        self._idx = _Index()
+        self._index = CachedIndex(self._build, max_age)
 
-    def _index(self, max_age: float) -> _Index:
-        with self._lock:
-            if time.monotonic() - self._idx.built > max_age:
-                idx = _Index()
-                for net in self.records.list(NETWORK):
-                    if not net.deleting:
-                        idx.gateways[NetworkSpec.of(net).gateway] = net.id
-                for inst in self.records.list(INSTANCE):
-                    ip = InstanceStatus.of(inst).ip
-                    if ip and not inst.deleting:
-                        idx.instances[(InstanceSpec.of(inst).network_id, ip)] = inst.id
-                idx.built = time.monotonic()
-                self._idx = idx
-            return self._idx
+    def _build(self) -> _Index:
+        return _Index(
+            gateways(self.records.list(NETWORK)),
+            {(net_id, ip): inst.id for inst, ip, net_id in addressed(self.records)},
+        )
 
     def instance_at(self, gateway: str, source: str) -> Resource | None:
-        for max_age in (self.max_age, FRESH):
-            idx = self._index(max_age)
+        def look(idx: _Index) -> Resource | None:
             rid = idx.instances.get((idx.gateways.get(gateway, ""), source))
             res = self.records.get_by_id(rid) if rid else None
-            if res is not None and not res.deleting and InstanceStatus.of(res).ip == source:
-                return res
-        return None
+            return res if res is not None and not res.deleting and InstanceStatus.of(res).ip == source else None
+
+        return self._index.find(look)
 
 
 class _TooLarge(Exception):
