@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -127,8 +127,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @contextmanager
-def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]:
-    """A real cloud in a fresh home; purged afterwards, and failing if anything of it is left."""
+def running_cloud(extra_env: dict[str, str] | None = None, hosts: Sequence[tuple[str, str]] = ()) -> Iterator[CloudCLI]:
+    """A real cloud in a fresh home, with hosts (name, zone) added after `local`; purged afterwards, and failing if
+    anything of it is left."""
     if not (IS_ROOT and HAVE_RUNC):
         pytest.skip("needs root and runc")
     home = Path(tempfile.mkdtemp(prefix="cloudlet-test-"))
@@ -141,6 +142,8 @@ def running_cloud(extra_env: dict[str, str] | None = None) -> Iterator[CloudCLI]
     cid = cli.cloud_id()
     ACTIVE.append(home)
     try:
+        for name, zone in hosts:
+            cli.run("host", "add", name, "--zone", zone)  # returns once the host is up, its agent beating
         yield cli
     finally:
         ACTIVE.remove(home)

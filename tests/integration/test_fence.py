@@ -4,33 +4,23 @@ lease, a single-host cloud's HA instance keeps running."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cloudlet.compute.resource import INSTANCE, InstanceSpec
 from cloudlet.core.errors import NotSupported
-from cloudlet.core.store import Store
 from cloudlet.resilience.fence import NetnsFence
 from tests.conftest import IS_ROOT, CloudCLI, running_cloud
+from tests.helpers import agent_sees_ha, alive, host_states, mark_ha, runc_running, wait_for
 
 pytestmark = pytest.mark.root
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not cond():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def _alive(proc: subprocess.Popen[bytes]) -> bool:
@@ -64,13 +54,13 @@ def test_netns_fence_kills_exactly_the_hosts_processes(namespaces: tuple[str, li
     forker = start(instance, "sh", "-c", "for i in 1 2 3 4 5; do sleep 300 & done; wait")
     outside = [start(other_host, "sleep", "300"), start(None, "sleep", "300")]
     try:
-        _wait(lambda: len(_children(forker.pid)) == 5, 10, "the shell's five children")
+        wait_for(lambda: len(_children(forker.pid)) == 5, 10, "the shell's five children")
         children = _children(forker.pid)
         result = NetnsFence(cid).fence("x")
         assert result.killed == 2 + 1 + 5 and result.took_s < 5
         for proc in [*inside, forker]:
             assert proc.wait(5) == -signal.SIGKILL
-        assert not [pid for pid in children if _running(pid)]
+        assert not [pid for pid in children if alive(pid)]
         assert all(_alive(p) for p in outside)  # another host's namespace and the root namespace: untouched
         assert NetnsFence(cid).fence("x").killed == 0  # nothing left: fencing again is a no-op
         assert NetnsFence(cid).fence("nothing-here").killed == 0
@@ -81,14 +71,6 @@ def test_netns_fence_kills_exactly_the_hosts_processes(namespaces: tuple[str, li
             if _alive(proc):
                 proc.kill()
                 proc.wait(5)
-
-
-def _running(pid: int) -> bool:
-    """Neither gone nor a zombie (killed children of a killed shell wait for init to reap them)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -109,35 +91,18 @@ def _children(pid: int) -> list[int]:
 def short() -> Iterator[CloudCLI]:
     with running_cloud({"CLOUDLET_LEASE_S": "3"}) as cli:
         cli.run("launch", "busybox", "guarded", "--wait", "--memory", "32")
-        store = Store(f"sqlite:///{cli.home / 'state.db'}")
-        try:
-            # HA-managed, as a stack marks its layers' instances (written beside cloudletd: its agent's watch
-            # sees it in the change log)
-            res = next(r for r in store.list(INSTANCE) if r.name == "guarded")
-            (cli.home / "guarded.id").write_text(res.id)
-            store.update_spec(res.id, InstanceSpec.of(res).model_copy(update={"ha": True}).dump())
-        finally:
-            store.close()
-        _wait(lambda: _agent_sees_ha(cli), 15, "the agent to see ha")
+        (cli.home / "guarded.id").write_text(mark_ha(cli, "guarded"))
+        wait_for(lambda: agent_sees_ha(cli, "local", "guarded"), 15, "the agent to see ha")
         yield cli
 
 
-def _agent_sees_ha(cli: CloudCLI) -> bool:
-    path = cli.home / "agents/local/cache.json"
-    cache = json.loads(path.read_text()) if path.exists() else {"items": []}  # saved within a second of a change
-    return any(i.get("name") == "guarded" and i.get("spec", {}).get("ha") for i in cache["items"])
-
-
 def _state(cli: CloudCLI) -> str:
-    hosts = cli.json("host", "list")
-    return str(next(h["state"] for h in hosts if h["name"] == "local"))
+    return host_states(cli)["local"]
 
 
 def _init_pid(cli: CloudCLI) -> int | None:
-    """What runc runs for the HA instance (asked of runc: cloudletd may be down)."""
-    iid = (cli.home / "guarded.id").read_text()
-    listing = json.loads(cli.runc("list", "--format", "json").stdout or "[]")
-    return next((c["pid"] for c in listing if c["id"] == f"cl-{iid}" and c["status"] == "running"), None)
+    """What runc runs for the HA instance (cloudletd may be down)."""
+    return runc_running(cli, "local").get(f"cl-{(cli.home / 'guarded.id').read_text()}")
 
 
 def test_a_stopped_agent_is_suspected_and_back_up_when_it_beats_again(short: CloudCLI) -> None:
@@ -146,13 +111,13 @@ def test_a_stopped_agent_is_suspected_and_back_up_when_it_beats_again(short: Clo
     agent = short.agent_pid()
     os.kill(agent, signal.SIGSTOP)
     try:
-        took = _wait(lambda: _state(short) == "suspect", 15, "host local to be suspected")
+        took = wait_for(lambda: _state(short) == "suspect", 15, "host local to be suspected")
         assert took < 8  # 3 s of silence, a heartbeat's second, the monitor's half second, and slack
         time.sleep(5)  # past its 3 s lease: still nothing else (local cannot be fenced and has no peers)
         assert _state(short) == "suspect"
     finally:
         os.kill(agent, signal.SIGCONT)
-    _wait(lambda: _state(short) == "up", 15, "host local to be up again")
+    wait_for(lambda: _state(short) == "up", 15, "host local to be up again")
     assert _init_pid(short) == pid  # the HA instance ran on throughout: a single host never self-fences
     reasons = Counter(e["reason"] for e in short.json("host", "show", "local")["events"])
     assert reasons["HostSuspect"] == 1 and reasons["HostRecovered"] == 1 and reasons["FenceFailed"] == 1
@@ -167,7 +132,7 @@ def test_cloudletd_down_past_the_lease_keeps_a_single_hosts_ha_instance_running(
     time.sleep(3 + 2 + 3)  # the lease, the margin, and then some
     assert _init_pid(short) == pid
     short.run("up")
-    _wait(lambda: _state(short) == "up", 15, "host local to be up")
+    wait_for(lambda: _state(short) == "up", 15, "host local to be up")
     time.sleep(4)  # the monitor's grace after its restart has passed: still nothing to do
     assert _state(short) == "up" and _init_pid(short) == pid
     after = Counter(e["reason"] for e in short.json("events", "--limit", "500"))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import CloudCLI, running_cloud
+from tests.helpers import host_home
 from tests.integration.test_secgroups import SERVE, fetch, fetch_from_netns
 
 pytestmark = pytest.mark.root
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[CloudCLI]:
-    with running_cloud() as cli:
-        cli.run("host", "add", "h2", "--zone", "zone-b")
+    with running_cloud(hosts=[("h2", "zone-b")]) as cli:
         cli.run("network", "create", "other", "--subnet", "10.240.200.0/24")
         for name, zone, net in (("a1", "zone-a", "default"), ("b1", "zone-b", "default"), ("x2", "zone-b", "other")):
             cli.run("launch", "busybox", name, "--zone", zone, "--network", net, "--memory", "32", "--command", SERVE)
@@ -46,7 +46,8 @@ def test_added_host_runs_its_own_agent_in_its_namespace(hosts: CloudCLI) -> None
     # its instance's network namespace is named after it, and its pool is its own
     b1 = hosts.json("show", "b1")
     assert os.path.exists(f"/run/netns/{netns}.i-{b1['id']}")
-    assert (hosts.home / "agents/h2/pool.img").exists() or (hosts.home / "agents/h2/pool").is_dir()
+    pool = host_home(hosts, "h2") / "pool"
+    assert pool.with_suffix(".img").exists() or pool.is_dir()
 
 
 def _fetch_soon(cloud: CloudCLI, src: str, dst: str, port: int, timeout: float = 15) -> str | None:

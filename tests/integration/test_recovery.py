@@ -6,21 +6,14 @@ after the host was suspected and fenced, and runs exactly once."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from cloudlet.resilience.fence import NetnsFence
-from tests.conftest import CloudCLI, running_cloud
+from tests.conftest import CloudCLI
 
 pytestmark = pytest.mark.root
 SERVE = "mkdir -p /w && echo hi > /w/index.html && exec httpd -f -p 8080 -h /w"
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[CloudCLI]:
-    with running_cloud() as cli:
-        yield cli
 
 
 def _read(cloud: CloudCLI, name: str, path: str) -> str:

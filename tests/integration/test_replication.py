@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +23,7 @@ from cloudlet.agent.client import HttpHosts
 from cloudlet.core.store import Store
 from cloudlet.storage import replication
 from tests.conftest import CloudCLI, running_cloud
+from tests.helpers import host_home
 
 pytestmark = pytest.mark.root
 
@@ -36,8 +36,7 @@ WRITER = (
 
 @pytest.fixture(scope="module")
 def two() -> Iterator[CloudCLI]:
-    with running_cloud() as cli:
-        cli.run("host", "add", "h2", "--zone", "zone-b")
+    with running_cloud(hosts=[("h2", "zone-b")]) as cli:
         cli.run(
             "launch", "busybox", "db", "--zone", "zone-a", "--memory", "32", "--replicas", "1",
             "--replica-interval", "1", "--command", WRITER,
@@ -57,12 +56,8 @@ def _replica(cli: CloudCLI, name: str, kind: str = "instance", newer_than: int =
         time.sleep(0.3)
 
 
-def _pool(cli: CloudCLI, host: str) -> Path:
-    return cli.home / "pool" if host == "local" else cli.home / "agents" / host / "pool"
-
-
 def _seqs(cli: CloudCLI, host: str, sid: str) -> list[int]:
-    where = _pool(cli, host) / "replicas" / sid
+    where = host_home(cli, host) / "pool" / "replicas" / sid
     return sorted(int(p.name) for p in where.iterdir() if p.name.isdigit()) if where.is_dir() else []
 
 
@@ -83,7 +78,7 @@ def test_instance_disk_is_shipped_to_the_other_zone(two: CloudCLI) -> None:
     assert not {"endpoint", "token"} & set(rep)
     seq = rep["seq"]
     # the replica is a whole root disk holding what the instance wrote (at most a few intervals behind)
-    got = _pool(two, "h2") / "replicas" / view["id"] / str(seq)
+    got = host_home(two, "h2") / "pool" / "replicas" / view["id"] / str(seq)
     assert (got / "bin" / "busybox").exists()
     now = int(two.run("exec", "db", "--", "cat", "/counter").stdout)
     shipped = int((got / "counter").read_text())
@@ -98,10 +93,10 @@ def test_instance_disk_is_shipped_to_the_other_zone(two: CloudCLI) -> None:
 def test_volume_is_replicated(two: CloudCLI) -> None:
     two.run("volume", "create", "data", "--size", "1", "--replicas", "1", "--replica-interval", "1")
     vol = two.json("volume", "show", "data")
-    (_pool(two, "local") / "volumes" / vol["id"] / "file").write_text("volume data")
+    (host_home(two, "local") / "pool" / "volumes" / vol["id"] / "file").write_text("volume data")
     deadline = time.monotonic() + 30
-    while not (_pool(two, "h2") / "replicas" / vol["id"]).is_dir() or not any(
-        (p / "file").exists() for p in (_pool(two, "h2") / "replicas" / vol["id"]).iterdir()
+    while not (host_home(two, "h2") / "pool" / "replicas" / vol["id"]).is_dir() or not any(
+        (p / "file").exists() for p in (host_home(two, "h2") / "pool" / "replicas" / vol["id"]).iterdir()
     ):
         assert time.monotonic() < deadline, two.json("volume", "show", "data")["replica"]
         time.sleep(0.3)
@@ -181,7 +176,7 @@ def test_the_newest_replica_promotes_to_a_bootable_disk(two: CloudCLI) -> None:
         resp = http.post(f"/replicas/disks/{db['id']}/promote", json={"into": into})
         assert resp.status_code == 200, resp.text
         assert resp.json()["seq"] in _seqs(two, "h2", db["id"])
-        disk = _pool(two, "h2") / into
+        disk = host_home(two, "h2") / "pool" / into
         (disk / "written-after-recovery").write_text("ok")  # writable, and a whole root file system
         assert (disk / "bin" / "busybox").exists() and int((disk / "counter").read_text()) > 0
         assert http.post(f"/replicas/disks/{db['id']}/promote", json={"into": into}).status_code == 409
@@ -192,7 +187,7 @@ def test_recovery_boots_the_instance_from_its_replica_on_the_replica_host(two: C
     db = two.json("show", "db")
     two.run("stop", "db", "--wait")
     stopped_at = time.time()
-    last = int((_pool(two, "local") / "disks" / db["id"] / "counter").read_text())
+    last = int((host_home(two, "local") / "pool" / "disks" / db["id"] / "counter").read_text())
     deadline = time.monotonic() + 30
     while (two.json("show", "db")["replica"]["taken_at"] or 0) < stopped_at:  # the last delta, after the stop
         assert time.monotonic() < deadline
@@ -217,7 +212,7 @@ def test_recovery_boots_the_instance_from_its_replica_on_the_replica_host(two: C
     while (rep := two.json("show", "db")["replica"]) is None or rep["target_host"] != "local":
         assert time.monotonic() < deadline, (rep or {}).get("message")
         time.sleep(0.5)
-    assert not (_pool(two, "local") / "disks" / db["id"]).exists()
+    assert not (host_home(two, "local") / "pool" / "disks" / db["id"]).exists()
 
 
 def test_deleting_the_source_removes_every_replica(two: CloudCLI) -> None:
@@ -227,7 +222,9 @@ def test_deleting_the_source_removes_every_replica(two: CloudCLI) -> None:
     two.run("volume", "delete", "data")
     deadline = time.monotonic() + 30
     while any(
-        (_pool(two, host) / "replicas" / rid).exists() for host in ("local", "h2") for rid in (db["id"], vol["id"])
+        (host_home(two, host) / "pool" / "replicas" / rid).exists()
+        for host in ("local", "h2")
+        for rid in (db["id"], vol["id"])
     ):
         assert time.monotonic() < deadline, "replicas left after their source was deleted"
         time.sleep(0.3)

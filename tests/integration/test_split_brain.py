@@ -11,78 +11,42 @@ the netns fence: partitioned, h2 is fenced within seconds, every process of its 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from cloudlet.compute.resource import INSTANCE, InstanceSpec
-from cloudlet.core.store import Store
 from cloudlet.resilience.fence import NetnsFence
 from tests.conftest import CloudCLI, running_cloud
+from tests.helpers import agent_sees_ha, alive, host_states, mark_ha, runc_running, wait_for
 
 pytestmark = pytest.mark.root
 LEASE_S = 4
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[CloudCLI]:
-    with running_cloud({"CLOUDLET_LEASE_S": str(LEASE_S), "CLOUDLET_FENCE": "none"}) as cli:
-        cli.run("host", "add", "h2", "--zone", "zone-b")
+    with running_cloud({"CLOUDLET_LEASE_S": str(LEASE_S), "CLOUDLET_FENCE": "none"}, hosts=[("h2", "zone-b")]) as cli:
         for name in ("ha1", "plain"):
             cli.run("launch", "busybox", name, "--zone", "zone-b", "--memory", "32")
         for name in ("ha1", "plain"):
             cli.wait_state(name, "running", timeout=60)
-        store = Store(f"sqlite:///{cli.home / 'state.db'}")
-        try:  # HA-managed, as a stack marks its layers' instances (its agent's watch reads the change log)
-            res = next(r for r in store.list(INSTANCE) if r.name == "ha1")
-            store.update_spec(res.id, InstanceSpec.of(res).model_copy(update={"ha": True}).dump())
-        finally:
-            store.close()
-        _wait(lambda: _h2_sees_ha(cli), 15, "h2's agent to see ha1 as HA-managed")
+        mark_ha(cli, "ha1")
+        wait_for(lambda: agent_sees_ha(cli, "h2", "ha1"), 15, "h2's agent to see ha1 as HA-managed")
         yield cli
 
 
-def _h2_sees_ha(cli: CloudCLI) -> bool:
-    path = cli.home / "agents/h2/cache.json"
-    cache = json.loads(path.read_text()) if path.exists() else {"items": []}
-    return any(i.get("name") == "ha1" and i.get("spec", {}).get("ha") for i in cache["items"])
-
-
 def _pids(cli: CloudCLI, host: str = "h2") -> dict[str, int]:
-    """Name -> init pid of what runc runs on host (asked of runc: cloudletd may be down or cut off)."""
-    root = str(cli.home / ("runc" if host == "local" else f"agents/{host}/runc"))
-    proc = subprocess.run(["runc", "--root", root, "list", "--format", "json"], capture_output=True, text=True)
+    """Name -> init pid of what runc runs on host (cloudletd may be down or cut off)."""
     names = json.loads((cli.home / "ids.json").read_text())
-    running = [c for c in json.loads(proc.stdout or "null") or [] if c["status"] == "running"]  # none: null
-    return {names[c["id"].removeprefix("cl-")]: c["pid"] for c in running if c["id"].removeprefix("cl-") in names}
+    running = runc_running(cli, host).items()
+    return {names[cid.removeprefix("cl-")]: pid for cid, pid in running if cid.removeprefix("cl-") in names}
 
 
 def _copies(cli: CloudCLI, name: str) -> int:
     """Running copies of name on either host: never more than one."""
     return sum(name in _pids(cli, host) for host in ("local", "h2"))
-
-
-def _running(pid: int) -> bool:
-    """Neither gone nor a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _states(cli: CloudCLI) -> dict[str, str]:
-    return {h["name"]: h["state"] for h in cli.json("host", "list")}
 
 
 def _events(cli: CloudCLI, host: str) -> Counter[str]:
@@ -103,9 +67,9 @@ def test_cloudletd_down_for_both_hosts_stops_nothing(pair: CloudCLI) -> None:
     log = (pair.home / "agents/h2/agent.log").read_text()
     assert "local cannot reach the control plane either: serving on" in log  # heard over the underlay
     pair.run("up")
-    _wait(lambda: _states(pair) == {"local": "up", "h2": "up"}, 20, "both hosts up")
+    wait_for(lambda: host_states(pair) == {"local": "up", "h2": "up"}, 20, "both hosts up")
     time.sleep(4)  # past the restarted monitor's grace
-    assert _states(pair) == {"local": "up", "h2": "up"} and _pids(pair) == before
+    assert host_states(pair) == {"local": "up", "h2": "up"} and _pids(pair) == before
     for host in ("local", "h2"):
         assert not {"HostSuspect", "HostFenced", "LeaseExpired"} & set(_events(pair, host)), host
 
@@ -125,7 +89,7 @@ def test_a_partitioned_host_stops_its_ha_instance_before_its_lease_expires_at_th
             pids = _pids(pair)
             if ha_gone is None and "ha1" not in pids:
                 ha_gone = time.monotonic() - start
-            state = _states(pair)["h2"]
+            state = host_states(pair)["h2"]
             seen.add(state)
             if state == "lease-expired":
                 expired = time.monotonic() - start
@@ -140,8 +104,8 @@ def test_a_partitioned_host_stops_its_ha_instance_before_its_lease_expires_at_th
             time.sleep(0.1)
     finally:
         pair.run("host", "partition", "h2", "--heal")
-    _wait(lambda: _states(pair)["h2"] == "up", 30, "h2 to rejoin")
-    _wait(lambda: _copies(pair, "ha1") == 1, 30, "ha1 to run (again on h2, or where recovery put it)")
+    wait_for(lambda: host_states(pair)["h2"] == "up", 30, "h2 to rejoin")
+    wait_for(lambda: _copies(pair, "ha1") == 1, 30, "ha1 to run (again on h2, or where recovery put it)")
     for _ in range(20):
         assert _copies(pair, "ha1") == 1 and _pids(pair)["plain"] == before["plain"]
         time.sleep(0.1)
@@ -153,16 +117,16 @@ def test_a_partitioned_host_stops_its_ha_instance_before_its_lease_expires_at_th
 def test_with_the_netns_fence_a_partitioned_host_is_fenced_in_seconds(pair: CloudCLI) -> None:
     pair.kill9("cloudletd")
     pair.run("up", env={"CLOUDLET_FENCE": "netns"})  # the default fence, for this last test
-    _wait(lambda: _states(pair) == {"local": "up", "h2": "up"}, 20, "both hosts up")
+    wait_for(lambda: host_states(pair) == {"local": "up", "h2": "up"}, 20, "both hosts up")
     fence = NetnsFence(pair.cloud_id())
     assert len(fence.processes_in(fence.namespaces("h2"))) >= 2  # its agent and an instance at least
     agent = pair.agent_pid("h2")
     start = time.monotonic()
     pair.run("host", "partition", "h2")
     try:
-        _wait(lambda: _states(pair)["h2"] == "fenced", 15, "h2 to be fenced")
+        wait_for(lambda: host_states(pair)["h2"] == "fenced", 15, "h2 to be fenced")
         took = time.monotonic() - start
-        assert fence.processes_in(fence.namespaces("h2")) == [] and not _running(agent)
+        assert fence.processes_in(fence.namespaces("h2")) == [] and not alive(agent)
         assert _pids(pair) == {}
         print(f"\nh2 partitioned: fenced after {took:.1f} s")
     finally:
@@ -170,5 +134,5 @@ def test_with_the_netns_fence_a_partitioned_host_is_fenced_in_seconds(pair: Clou
     fenced = [e for e in pair.json("host", "show", "h2")["events"] if e["reason"] == "HostFenced"]
     assert len(fenced) == 1 and "processes killed" in fenced[0]["message"]
     pair.run("up")  # starts h2's agent again: a new incarnation, so it may rejoin
-    _wait(lambda: _states(pair)["h2"] == "up", 30, "h2 to rejoin")
-    _wait(lambda: "plain" in _pids(pair) and _copies(pair, "ha1") == 1, 30, "h2's instances to run again")
+    wait_for(lambda: host_states(pair)["h2"] == "up", 30, "h2 to rejoin")
+    wait_for(lambda: "plain" in _pids(pair) and _copies(pair, "ha1") == 1, 30, "h2's instances to run again")

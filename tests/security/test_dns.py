@@ -16,10 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -28,6 +25,7 @@ from dnslib import DNSRecord
 from cloudlet.network.dns import TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_PER_SOURCE
 from cloudlet.network.netns import run_in_netns
 from tests.conftest import CloudCLI
+from tests.helpers import closed_by_server, extra_address
 
 pytestmark = pytest.mark.root
 
@@ -101,16 +99,6 @@ def _rdata(reply: DNSRecord | None) -> list[str]:
     return [str(rr.rdata) for rr in reply.rr]
 
 
-@contextmanager
-def _extra_address(netns: str, address: str) -> Iterator[None]:
-    """`address` also on eth0 of `netns` (root in an instance's namespace could do this, or forge it raw)."""
-    subprocess.run(["ip", "-n", netns, "addr", "add", f"{address}/32", "dev", "eth0"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["ip", "-n", netns, "addr", "del", f"{address}/32", "dev", "eth0"], check=False)
-
-
 def test_instance_sees_only_its_tenants_names(pair: Pair) -> None:
     a, b = pair.a, pair.b
     assert _rdata(_ask(b, b.name)) == [b.ip]  # B's own name resolves: the path works
@@ -127,7 +115,7 @@ def test_instance_sees_only_its_tenants_names(pair: Pair) -> None:
 
 def test_spoofed_source_of_another_tenants_instance_gets_no_answer(pair: Pair) -> None:
     a, b = pair.a, pair.b
-    with _extra_address(b.netns, a.ip), _udp(b.netns, a.ip) as forged:
+    with extra_address(b.netns, a.ip), _udp(b.netns, a.ip) as forged:
         port = forged.getsockname()[1]
         # where a reply to the forged source would be routed: A's instance
         with _udp(a.netns, a.ip, port) as victim:
@@ -143,7 +131,7 @@ def test_unknown_source_gets_no_answer(pair: Pair) -> None:
     b = pair.b
     stranger = str(ipaddress.ip_network(b.subnet).broadcast_address - 1)  # on B's network, no instance's
     assert stranger != b.ip
-    with _extra_address(b.netns, stranger):
+    with extra_address(b.netns, stranger):
         for name, qtype in ((pair.a.name, "A"), (b.name, "A"), (_reverse(b.ip), "PTR")):
             reply = _ask(b, name, qtype, source=stranger)
             assert reply is None, f"a query from {stranger} was answered: {reply}"
@@ -173,16 +161,6 @@ def _tcp_ask(conn: socket.socket, name: str) -> DNSRecord:
     return DNSRecord.parse(data[2:])
 
 
-def _closed_by_server(conn: socket.socket, within: float) -> bool:
-    conn.settimeout(within)
-    try:
-        return conn.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_tcp_connections_are_capped_and_idle_ones_closed(pair: Pair) -> None:
     """One instance holds its share of TCP slots (and tries for every slot there is): the rest are closed at
     once, UDP and the other tenant's TCP are served meanwhile, and the held ones are closed when idle."""
@@ -192,14 +170,14 @@ def test_tcp_connections_are_capped_and_idle_ones_closed(pair: Pair) -> None:
     opened = time.monotonic()
     try:
         for conn in extra:
-            assert _closed_by_server(conn, 1.0), "a connection beyond the cap was kept open"
+            assert closed_by_server(conn, 1.0), "a connection beyond the cap was kept open"
         started = time.monotonic()
         assert _rdata(_ask(b, b.name)) == [b.ip]  # UDP is served while the instance holds its TCP slots
         with _connect(a) as other:
             assert _rdata(_tcp_ask(other, a.name)) == [a.ip], "another tenant was starved of DNS over TCP"
         assert time.monotonic() - started < 2.0
         for conn in held:
-            assert _closed_by_server(conn, opened + TCP_IDLE_TIMEOUT + 2 - time.monotonic()), "an idle one stayed"
+            assert closed_by_server(conn, opened + TCP_IDLE_TIMEOUT + 2 - time.monotonic()), "an idle one stayed"
         started = time.monotonic()
         with _connect(b) as fresh:
             assert _rdata(_tcp_ask(fresh, b.name)) == [b.ip]

@@ -152,9 +152,8 @@ def _vni(subnet: str) -> int:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with running_cloud() as admin:
+    with running_cloud(hosts=[("h2", "zone-b")]) as admin:
         # everything below is the admin's doing; the tests act as tenant B, as h2's agent and as a machine user
-        admin.run("host", "add", "h2", "--zone", "zone-b")
         tokens = {t: admin.run("tenant", "create", t).stdout.strip().splitlines()[-1] for t in (A, B)}
         tenants = {t: CloudCLI(admin.home, {"CLOUDLET_TOKEN": tok}) for t, tok in tokens.items()}
         tenants[A].run("network", "create", "anet")

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import pytest
 from cloudlet.network.metadata import ADDRESS, HEAD_MAX, IDLE_TIMEOUT, PER_SOURCE, PORT
 from cloudlet.network.netns import run_in_netns
 from tests.conftest import CloudCLI
+from tests.helpers import closed_by_server, extra_address
 
 pytestmark = pytest.mark.root
 
@@ -109,15 +107,6 @@ def _everything(side: Side) -> str:
     return "\n".join(seen)
 
 
-@contextmanager
-def _extra_address(netns: str, address: str) -> Iterator[None]:
-    subprocess.run(["ip", "-n", netns, "addr", "add", f"{address}/32", "dev", "eth0"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["ip", "-n", netns, "addr", "del", f"{address}/32", "dev", "eth0"], check=False)
-
-
 def test_each_instance_reads_only_its_own(trio: Trio) -> None:
     a1_all = _everything(trio.a1)
     assert SECRET in a1_all and trio.a1.id in a1_all  # the positive control: a-1 sees its secret
@@ -131,7 +120,7 @@ def test_each_instance_reads_only_its_own(trio: Trio) -> None:
 def test_unknown_source_and_the_hub_get_nothing(trio: Trio) -> None:
     b = trio.b1
     stranger = str(ipaddress.ip_network(b.subnet).broadcast_address - 1)
-    with _extra_address(b.netns, stranger):
+    with extra_address(b.netns, stranger):
         try:  # the bridge's anti-spoofing (security groups) drops it; were it let through, the server refuses
             assert _get(b, "/latest/meta-data/instance-id", source=stranger) == (404, "no metadata for this address")
         except TimeoutError:
@@ -149,7 +138,7 @@ def test_unknown_source_and_the_hub_get_nothing(trio: Trio) -> None:
 
 def test_forged_source_never_gets_an_answer(trio: Trio) -> None:
     a, b = trio.a1, trio.b1
-    with _extra_address(b.netns, a.ip):
+    with extra_address(b.netns, a.ip):
         try:
             conn = _connect(b.netns, a.ip, timeout=2)
         except OSError:
@@ -176,28 +165,18 @@ def test_oversize_request_is_bounded(trio: Trio) -> None:
     assert _get(b, "/latest/meta-data/instance-id") == (200, b.id)
 
 
-def _closed_by_server(conn: socket.socket, within: float) -> bool:
-    conn.settimeout(within)
-    try:
-        return conn.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_connections_are_capped(trio: Trio) -> None:
     a, b = trio.a1, trio.b1
     held = [_connect(b.netns, b.ip) for _ in range(PER_SOURCE)]
     extra = [_connect(b.netns, b.ip) for _ in range(16)]
     try:
         for conn in extra:
-            assert _closed_by_server(conn, 1.0), "a connection beyond the cap was kept open"
+            assert closed_by_server(conn, 1.0), "a connection beyond the cap was kept open"
         started = time.monotonic()
         assert _get(a, "/latest/meta-data/instance-id") == (200, a.id)  # another instance is served meanwhile
         assert time.monotonic() - started < 2.0
         for conn in held:
-            assert _closed_by_server(conn, IDLE_TIMEOUT + 2), "a silent connection was kept past the idle timeout"
+            assert closed_by_server(conn, IDLE_TIMEOUT + 2), "a silent connection was kept past the idle timeout"
     finally:
         for conn in held + extra:
             conn.close()
