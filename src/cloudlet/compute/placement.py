@@ -1,7 +1,8 @@
 """Placement: filters, then weights, and a record of why.
 
 Filters run in order and the first that rejects a host names it: host-state (phase `up`, heartbeat fresh),
-cordoned, zone, memory, cpus, anti-affinity. Anti-affinity keeps the members of one group (a stack layer's
+volumes (attached volumes that hold data pin an instance to their host), cordoned, zone, memory, cpus,
+anti-affinity. Anti-affinity keeps the members of one group (a stack layer's
 `STACK/LAYER`, per tenant) apart: by default ("prefer") a host holding a live member is rejected only while another
 host that passed every other filter holds none; `hosts` rejects it always. Weights rank the hosts left: each is a
 named function times its multiplier, and the highest total wins (ties: the first name). Group members spread over
@@ -71,9 +72,11 @@ class Request:
     tenant: str | None = None
     group: str | None = None  # anti-affinity group, e.g. STACK/LAYER; members are this tenant's instances
     anti_affinity: AntiAffinity = "prefer"
+    pinned: str | None = None  # the host holding its attached volumes' data
+    pinned_why: str = ""
 
     def view(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "tenant" and v is not None}
+        return {k: v for k, v in self.__dict__.items() if k != "tenant" and v not in (None, "")}
 
 
 @dataclass
@@ -106,6 +109,10 @@ def host_state(h: Host, r: Request, v: View) -> str | None:
     if h.heartbeat_age is not None and h.heartbeat_age > STALE_AFTER:
         return f"no heartbeat for {h.heartbeat_age:.0f} s"
     return None
+
+
+def volumes(h: Host, r: Request, v: View) -> str | None:
+    return r.pinned_why if r.pinned and h.name != r.pinned else None
 
 
 def cordoned(h: Host, r: Request, v: View) -> str | None:
@@ -143,6 +150,7 @@ def anti_affinity(h: Host, r: Request, v: View) -> str | None:
 
 FILTERS: tuple[tuple[str, Filter], ...] = (
     ("host-state", host_state),
+    ("volumes", volumes),
     ("cordoned", cordoned),
     ("zone", zone),
     ("memory", memory),
@@ -312,9 +320,11 @@ class Placement:
         tenant: str | None = None,
         group: str | None = None,
         anti_affinity: AntiAffinity = "prefer",
+        pinned: tuple[str | None, str] = (None, ""),
     ) -> Decision:
-        """Chooses a host and counts the request on it; raises NoValidHost naming each host's filter."""
-        req = Request(memory_mib, cpus, zone, tenant, group if tenant else None, anti_affinity)
+        """Chooses a host and counts the request on it; raises NoValidHost naming each host's filter.
+        pinned: (host, why) when its volumes' data leaves it one host."""
+        req = Request(memory_mib, cpus, zone, tenant, group if tenant else None, anti_affinity, *pinned)
         with self._lock:
             self._refresh()
             d = decide(self._hosts, req, self._view(req))

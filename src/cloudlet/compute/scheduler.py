@@ -12,12 +12,13 @@ from cloudlet.compute.instances import KIND, set_state
 from cloudlet.compute.placement import NoValidHost
 from cloudlet.compute.resource import HOST, InstanceSpec, InstanceStatus
 from cloudlet.core.context import Cloud
-from cloudlet.core.errors import TerminalError
+from cloudlet.core.errors import Conflict, TerminalError
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import Resource
 from cloudlet.network import ipam
 from cloudlet.network.resource import NetworkSpec
-from cloudlet.storage.volumes import release_attachments
+from cloudlet.storage.resource import VolumeStatus
+from cloudlet.storage.volumes import attached_to, follow, pinned_host, release_attachments
 
 
 class SchedulerReconciler(KindReconciler):
@@ -71,7 +72,15 @@ class SchedulerReconciler(KindReconciler):
                 tenant=res.tenant,
                 group=spec.group,
                 anti_affinity=spec.anti_affinity,
+                pinned=pinned_host(self.cloud, res),
             )
+        except Conflict as exc:  # its volumes hold data on different hosts: no host can take it
+            if status.message != exc.message:
+                store.add_event(res, "NoValidHost", exc.message, "Warning")
+            set_state(store, res, "unschedulable", message=exc.message)
+            with self._lock:
+                self._waiting.add(res.id)
+            return Result(requeue_after=30.0)
         except NoValidHost as exc:
             if status.message != exc.message:
                 store.add_event(res, "NoValidHost", exc.message, "Warning")
@@ -80,6 +89,9 @@ class SchedulerReconciler(KindReconciler):
             with self._lock:
                 self._waiting.add(res.id)
             return Result(requeue_after=30.0)
+        for vol in attached_to(self.cloud, res):  # before the instance: its agent sees them when it sees it
+            if vol.host != d.host and not VolumeStatus.of(vol).bound:
+                follow(self.cloud, vol, str(d.host), d.zone)
         ip = store.allocate_ip(net.id, res.id, ipam.host_addresses(NetworkSpec.of(net).subnet))
         status = status.model_copy(update={"placement": d.record(), "state": "scheduled", "ip": ip})
         res = store.update_status(res.id, host=d.host, zone=d.zone, phase="scheduled", status=status.dump())

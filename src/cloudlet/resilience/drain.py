@@ -17,7 +17,8 @@ running. There is no CRIU on this machine kind (MACHINE-NOTES.md), so a move is 
 
 The record stays the same one, so its name, address, labels (LB membership), DNS names and EIP target (by id)
 follow it. A move that fails before the record is placed leaves the instance where it was, started again if it
-was running; an instance with volumes attached is not moved (named in `failed`). Progress is the Host's
+was running. Attached volumes that hold data move with it, shipped like its root disk (by replica only when each
+has one on the instance's replica host) and placed on the target just before it; empty ones are made again there. Progress is the Host's
 `status.drain` (state, moved, total, failed, started_at, took_s); each instance gets DrainStarted, Shipped
 (bytes, ms) and Moved (downtime) events, the Host DrainStarted and Drained. Draining again continues: what left
 the host is not looked at, an instance this drain had stopped (label `cloudlet.io/drain`) is moved as stopped.
@@ -43,9 +44,9 @@ from cloudlet.core.reconcile import Result, Watches
 from cloudlet.core.records import Resource
 from cloudlet.lb.resource import LOADBALANCER
 from cloudlet.storage import replication
-from cloudlet.storage.names import disk_of
-from cloudlet.storage.resource import REPLICA, ReplicaSpec, ReplicaStatus
-from cloudlet.storage.volumes import attached_to
+from cloudlet.storage.names import disk_of, volume_name
+from cloudlet.storage.resource import REPLICA, ReplicaSpec, ReplicaStatus, VolumeStatus
+from cloudlet.storage.volumes import attached_to, follow
 
 log = logging.getLogger("cloudlet.drain")
 PARALLEL = 4  # moves at once: each holds a btrfs send and receive, and two cores are shared by everything
@@ -92,8 +93,11 @@ def _choose(cloud: Cloud, res: Resource, drained: str) -> tuple[str, str]:
     raise Conflict(last.message if last is not None else f"placement chose host {drained} itself")
 
 
-def _replica_target(cloud: Cloud, res: Resource, drained: str) -> tuple[Resource, str] | None:
-    """The Replica record and the live, uncordoned host holding its newest copy, if res has one."""
+def _replica_target(
+    cloud: Cloud, res: Resource, drained: str, bound: list[Resource]
+) -> tuple[Resource, str, list[Resource]] | None:
+    """The Replica record of res, the live, uncordoned host holding its newest copy, and the Replicas a move
+    there waits for (its own and each bound volume's, which must be on that host too), if res has one."""
     rep = replication.replica_of(cloud.store, res.id)
     holder = ReplicaStatus.of(rep).host if rep is not None else None
     if rep is None or holder is None or holder == drained:
@@ -101,7 +105,13 @@ def _replica_target(cloud: Cloud, res: Resource, drained: str) -> tuple[Resource
     found = cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=holder)
     if not found or found[0].phase != "up" or HostSpec.of(found[0]).cordoned:
         return None
-    return rep, holder
+    reps = [rep]
+    for vol in bound:
+        vrep = replication.replica_of(cloud.store, vol.id)
+        if vrep is None or ReplicaStatus.of(vrep).host != holder:
+            return None  # a volume's data is not there: copy everything instead
+        reps.append(vrep)
+    return rep, holder, reps
 
 
 def _stop(cloud: Cloud, res: Resource, drained: str) -> tuple[Resource, float]:
@@ -162,14 +172,15 @@ def _token(cloud: Cloud, host: str, volume: str) -> tuple[str, str]:
     return st.endpoint, replication.replica_token(st.key, volume)
 
 
-def _drop(cloud: Cloud, hosts: tuple[str, ...], volume: str) -> None:
-    """The shipped replicas on each side, once the disk is promoted (or the move given up)."""
+def _drop(cloud: Cloud, hosts: tuple[str, ...], *volumes: str) -> None:
+    """The shipped replicas on each side, once the disks are promoted (or the move given up)."""
     for host in hosts:
-        try:
-            endpoint, token = _token(cloud, host, volume)
-            ReplicaClient(host, endpoint, token).drop(volume)
-        except CloudletError as exc:
-            log.warning("replicas of %s left on host %s: %s", volume, host, exc.message)
+        for volume in volumes:
+            try:
+                endpoint, token = _token(cloud, host, volume)
+                ReplicaClient(host, endpoint, token).drop(volume)
+            except CloudletError as exc:
+                log.warning("replicas of %s left on host %s: %s", volume, host, exc.message)
 
 
 def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None:
@@ -179,61 +190,61 @@ def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None
     res = store.get_by_id(rid)
     if res is None or res.deleting or res.host != drained:
         return None
-    volumes = [v.name for v in attached_to(cloud, res)]
-    if volumes:
-        raise Conflict(
-            f"volumes {', '.join(sorted(volumes))} are attached; a drain moves root disks only: detach them "
-            "(and attach them again after the move) or delete the instance"
-        )
     spec, began = InstanceSpec.of(res), time.time()
     # stopped by an earlier drain that did not finish: it was running then
     was_running = spec.state == "running" or res.labels.get(DRAIN_LABEL) == drained
-    replica = _replica_target(cloud, res, drained)
+    bound = [v for v in attached_to(cloud, res) if VolumeStatus.of(v).bound]
+    replica = _replica_target(cloud, res, drained, bound)
     target, zone = (replica[1], "") if replica else _choose(cloud, res, drained)
     zone = zone or store.get(HOST_KIND, SYSTEM_TENANT, target).zone or ""
     how = f"its replica on host {target}" if replica else f"a copy of its disk to host {target}"
     store.add_event(res, "DrainStarted", f"host {drained} is being drained: moving by {how}")
-    volume = disk_of(res.id)
-    ran = InstanceStatus.of(res).run_nonce is not None  # a disk exists once it started
+    # what is shipped: its root disk (once it started, it exists) and every volume with data, by pool name
+    disks = {disk_of(res.id): "its root disk"} if InstanceStatus.of(res).run_nonce is not None else {}
+    disks.update({volume_name(v.id): f"volume {v.name}" for v in bound})
     src, dst = cloud.hosts.agent(drained), cloud.hosts.agent(target)
-    shipped: list[dict[str, Any]] = []
+    shipped: list[tuple[str, str, dict[str, Any]]] = []  # (full copy|last delta, what, ship_once's answer)
     placed = False
     try:
-        if replica is None and ran:
-            endpoint, token = _token(cloud, target, volume)
-            shipped.append(src.ship_replica(volume, target, endpoint, token))  # the pre-copy, while it runs
+        if replica is None:
+            for name, what in disks.items():  # the pre-copy, while it runs
+                shipped.append(("full copy", what, src.ship_replica(name, target, *_token(cloud, target, name))))
         res, asked = _stop(cloud, res, drained)
         stopped_at = time.time()
         if replica is not None:
-            rep, _ = replica
-            interval = ReplicaSpec.of(rep).interval_s
-            _wait(
-                cloud,
-                rep.id,
-                lambda r: (ReplicaStatus.of(r).taken_at or 0.0) > stopped_at,
-                3 * interval + 30,
-                f"waiting for a replica taken after the stop on host {target}",
-            )
+            for rep in replica[2]:
+                _wait(
+                    cloud,
+                    rep.id,
+                    lambda r: (ReplicaStatus.of(r).taken_at or 0.0) > stopped_at,
+                    3 * ReplicaSpec.of(rep).interval_s + 30,
+                    f"waiting for a replica of {ReplicaSpec.of(rep).source_name} taken after the stop on {target}",
+                )
             res = replication.recover_from_replica(cloud, store.get_by_id(res.id) or res)
             placed = True
             res = _place(cloud, res, target, zone, was_running)
         else:
-            if ran:
-                shipped.append(src.ship_replica(volume, target, endpoint, token))  # the last delta
-                dst.promote_replica_over(volume, volume)
-                _drop(cloud, (target, drained), volume)  # before the record leaves: a resumed drain ships again
+            for name, what in disks.items():
+                shipped.append(("last delta", what, src.ship_replica(name, target, *_token(cloud, target, name))))
+                dst.promote_replica_over(name, name)
+            _drop(cloud, (target, drained), *disks)  # before the record leaves: a resumed drain ships again
+            for vol in attached_to(cloud, res):  # before the instance: its new host sees them when it sees it
+                if VolumeStatus.of(vol).bound:
+                    store.place(vol.id, target, zone)
+                else:
+                    follow(cloud, vol, target, zone)
             res = _place(cloud, res, target, zone, was_running)
             placed = True
     except Exception as exc:
         if not placed:
-            if replica is None and ran:
-                _drop(cloud, (target, drained), volume)
+            if replica is None:
+                _drop(cloud, (target, drained), *disks)
             _restore(cloud, rid, was_running)
         message = exc.message if isinstance(exc, CloudletError) else f"{type(exc).__name__}: {exc}"
         raise Conflict(f"not moved, {'running on' if was_running else 'left on'} host {drained}: {message}") from exc
-    for i, s in enumerate(shipped):
-        kind = ("full copy" if i == 0 else "last delta") + (" (incremental)" if i == 0 and s.get("parent") else "")
-        store.add_event(res, "Shipped", f"{kind} of its root disk to host {target}: {s['bytes']} bytes in {s['ms']} ms")
+    for kind, what, s in shipped:
+        kind += " (incremental)" if kind == "full copy" and s.get("parent") else ""
+        store.add_event(res, "Shipped", f"{kind} of {what} to host {target}: {s['bytes']} bytes in {s['ms']} ms")
     if was_running:
         res = _wait(
             cloud,
@@ -250,15 +261,16 @@ def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None
         f"moved from host {drained} to host {target} in {took:.2f} s; "
         + (f"down for {downtime:.2f} s" if was_running else "it stays stopped"),
     )
+    deltas = [int(s["bytes"]) for kind, _, s in shipped if kind == "last delta"]
     return {
         "instance": res.name,
         "tenant": res.tenant,
         "to": target,
         "downtime_s": round(downtime, 3) if was_running else None,
         "took_s": round(took, 3),
-        "bytes": sum(int(s["bytes"]) for s in shipped),  # the full copy and the last delta
-        "delta_bytes": int(shipped[-1]["bytes"]) if len(shipped) > 1 else None,
-        "ms": [s["ms"] for s in shipped],
+        "bytes": sum(int(s["bytes"]) for _, _, s in shipped),  # the full copies and the last deltas
+        "delta_bytes": sum(deltas) if deltas else None,
+        "ms": [s["ms"] for _, _, s in shipped],
     }
 
 

@@ -64,11 +64,14 @@ def _host_gone(cloud: Cloud, res: Resource) -> bool:
     return res.host is not None and may_start_elsewhere(cloud.store, res.host, cloud.clock.now())
 
 
-def _set_phase(cloud: Cloud, res: Resource, phase: str | None) -> Resource:
+def _labels(res: Resource, phase: str | None = None) -> dict[str, str]:
+    """res's labels with the recovery phase set to phase (None: no recovery under way)."""
     labels = {k: v for k, v in res.labels.items() if k != PHASE_LABEL}
-    if phase is not None:
-        labels[PHASE_LABEL] = phase
-    return cloud.store.set_labels(res.id, labels)
+    return {**labels, PHASE_LABEL: phase} if phase is not None else labels
+
+
+def _set_phase(cloud: Cloud, res: Resource, phase: str | None) -> Resource:
+    return cloud.store.set_labels(res.id, _labels(res, phase))
 
 
 def request_recovery(cloud: Cloud, res: Resource, reason: str) -> Resource:
@@ -84,7 +87,7 @@ def request_recovery(cloud: Cloud, res: Resource, reason: str) -> Resource:
         return _set_phase(cloud, res, "replacing")
     spec = InstanceSpec.of(res)
     spec.state = "stopped"  # the fence: its agent stops it and reports
-    res = cloud.store.update_spec(res.id, spec.dump(), labels={**res.labels, PHASE_LABEL: "fencing"})
+    res = cloud.store.update_spec(res.id, spec.dump(), labels=_labels(res, "fencing"))
     cloud.manager.enqueue(RECOVERY, res.id)
     return res
 
@@ -109,8 +112,7 @@ def _rebuild(cloud: Cloud, res: Resource, snapshot_id: str | None, message: str)
     spec.disk_epoch += 1
     spec.run_nonce += 1
     spec.state = "running"
-    labels = {k: v for k, v in res.labels.items() if k != PHASE_LABEL}
-    res = cloud.store.update_spec(res.id, spec.dump(), labels=labels)
+    res = cloud.store.update_spec(res.id, spec.dump(), labels=_labels(res))
     cloud.store.add_event(res, "Replaced", message)
     return res
 
@@ -259,8 +261,7 @@ class RecoveryController:
         spec = InstanceSpec.of(res)
         spec.state, spec.from_snapshot_id = "running", None
         spec.run_nonce += 1
-        labels = {k: v for k, v in res.labels.items() if k != PHASE_LABEL}
-        res = store.update_spec(res.id, spec.dump(), labels=labels)
+        res = store.update_spec(res.id, spec.dump(), labels=_labels(res))
         status = InstanceStatus.of(res).model_copy(
             update={"state": "pending", "pid": None, "run_nonce": None, "started_at": None, "placement": None}
         )

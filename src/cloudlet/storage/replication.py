@@ -57,7 +57,8 @@ from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Resource
 from cloudlet.storage.names import disk_of, volume_name
 from cloudlet.storage.pools.base import StoragePool
-from cloudlet.storage.resource import REPLICA, VOLUME, ReplicaSpec, ReplicaStatus, VolumeSpec
+from cloudlet.storage.resource import REPLICA, VOLUME, ReplicaSpec, ReplicaStatus, VolumeSpec, VolumeStatus
+from cloudlet.storage.volumes import attached_to, follow
 
 log = logging.getLogger("cloudlet.replication")
 KEEP = 2  # replicas kept on each side: the newest is the parent of the next send, the one before is a spare
@@ -205,19 +206,47 @@ def recover_from_replica(cloud: Cloud, res: Resource) -> Resource:
         raise Conflict(f"{res.kind.lower()} {res.name} has no replica yet")
     if res.kind != INSTANCE:
         raise BadRequest("only an instance is recovered from its replica; a volume's replica is promoted by hand")
-    spec = ReplicaSpec.of(rep)
-    got = cloud.hosts.agent(st.host).promote_replica(spec.volume, disk_of(res.id))
+    holder, store = st.host, cloud.store
+    volumes = _volume_replicas(cloud, res, holder)  # all of them checked before anything is promoted
+    agent = cloud.hosts.agent(holder)
+    got = agent.promote_replica(ReplicaSpec.of(rep).volume, disk_of(res.id))
+    zone = store.get(HOST_KIND, SYSTEM_TENANT, holder).zone
+    ages = [f"root disk from replica {got['seq']}, taken {time.time() - (st.taken_at or 0.0):.1f} s ago"]
+    for vol, vrep in volumes:  # placed before the instance: its new host's runtime sees them when it sees it
+        if vrep is None:
+            follow(cloud, vol, holder, zone)
+            continue
+        vgot = agent.promote_replica(ReplicaSpec.of(vrep).volume, volume_name(vol.id))
+        store.place(vol.id, holder, zone)
+        taken = ReplicaStatus.of(vrep).taken_at or 0.0
+        ages.append(f"volume {vol.name} from replica {vgot['seq']}, taken {time.time() - taken:.1f} s ago")
     status = InstanceStatus.of(res).model_copy(
         update={"state": "scheduled", "pid": None, "started_at": None, "message": "", "retry_at": None}
     )
-    zone = cloud.store.get(HOST_KIND, SYSTEM_TENANT, st.host).zone
     # place: the old host hears that the record left it, and its agent lets go of the old disk
-    moved = cloud.store.place(res.id, st.host, zone, phase="scheduled", status=status.dump())
-    age = time.time() - (st.taken_at or 0.0)
-    cloud.store.add_event(
-        moved, "RecoveredFromReplica", f"booting on host {st.host} from replica {got['seq']}, taken {age:.1f} s ago"
-    )
+    moved = store.place(res.id, holder, zone, phase="scheduled", status=status.dump())
+    store.add_event(moved, "RecoveredFromReplica", f"booting on host {holder}: " + "; ".join(ages))
     return moved
+
+
+def _volume_replicas(cloud: Cloud, res: Resource, holder: str) -> list[tuple[Resource, Resource | None]]:
+    """Each volume attached to res with its replica on holder (None: it holds no data yet, and follows empty);
+    refused when a volume with data has no replica there: the instance would boot without it."""
+    out: list[tuple[Resource, Resource | None]] = []
+    for vol in attached_to(cloud, res):
+        if not VolumeStatus.of(vol).bound:
+            out.append((vol, None))
+            continue
+        vrep = replica_of(cloud.store, vol.id)
+        vst = ReplicaStatus.of(vrep) if vrep is not None else None
+        if vrep is None or vst is None or vst.host != holder or vst.seq is None:
+            where = f"on host {vst.host}" if vst is not None and vst.host else "anywhere"
+            raise Conflict(
+                f"volume {vol.name} of instance {res.name} has no replica on host {holder} (its replica is {where}); "
+                "give the volume replicas: 1 with its instance's, or recover on its host once that is back"
+            )
+        out.append((vol, vrep))
+    return out
 
 
 def _wanted(src: Resource) -> tuple[int, float, str]:
@@ -294,11 +323,27 @@ class ReplicaPlanner:
             self.store.update_spec(current.id, spec.dump())
         return Result(requeue_after=10.0)  # a replica host that died is replaced at the next look
 
+    def _lead(self, src: Resource) -> tuple[str | None, bool]:
+        """A volume attached to a replicated instance ships where the instance's root disk does, so a recovery
+        finds both on one host: (that host, False), or (None, True) while the instance has none yet."""
+        attachment = VolumeSpec.of(src).attachment if src.kind == VOLUME else None
+        inst = self.store.get_by_id(attachment.instance_id) if attachment and attachment.instance_id else None
+        if inst is None or inst.host != src.host or not InstanceSpec.of(inst).replicas:
+            return None, False
+        rep = replica_of(self.store, inst.id)
+        target = ReplicaSpec.of(rep).target_host if rep is not None else None
+        return target, target is None
+
     def _plan(self, src: Resource, current: Resource | None, interval: float, volume: str) -> ReplicaSpec:
         hosts = {h.name: h for h in self.store.list(HOST_KIND, tenant=SYSTEM_TENANT)}
         old = ReplicaSpec.of(current) if current is not None else None
         target = hosts.get(old.target_host) if old is not None and old.target_host else None
-        if target is None or target.name == src.host or target.phase not in LIVE_PHASES:
+        lead, waiting = self._lead(src)
+        if lead is not None and lead in hosts and lead != src.host and hosts[lead].phase in LIVE_PHASES:
+            target = hosts[lead]
+        elif waiting:
+            target = None
+        elif target is None or target.name == src.host or target.phase not in LIVE_PHASES:
             load: dict[str, int] = {}
             for rep in self.store.list(REPLICA, tenant=SYSTEM_TENANT):
                 name = ReplicaSpec.of(rep).target_host
@@ -316,7 +361,9 @@ class ReplicaPlanner:
         if target is None:
             self._targets[src.id] = (None, None, None)
             spec.note = (
-                f"no other live host can hold a replica of {src.kind.lower()} {src.name}: "
+                "waiting for its instance's replica host (a volume's replica goes where its instance's does)"
+                if waiting
+                else f"no other live host can hold a replica of {src.kind.lower()} {src.name}: "
                 "add one in another zone (cloudlet host add NAME --zone ZONE)"
             )
             return spec

@@ -71,6 +71,9 @@ class VolumeSpec(Spec):
 
 class VolumeStatus(Status):
     attached: Attachment | None = None
+    # it holds data on its host (it was attached, or made from a snapshot or a backup): only a drain or a
+    # recovery moves it, with that data; an unbound volume follows the first instance it is attached to
+    bound: bool = False
     path: str | None = None
     message: str = ""
     conditions: list[dict[str, Any]] = Field(default_factory=list)

@@ -30,6 +30,8 @@ __all__ = [
     "detach_volume",
     "attached_to",
     "release_attachments",
+    "follow",
+    "pinned_host",
 ]
 
 import time
@@ -180,6 +182,7 @@ def clone_volume(
         f"volume {name} cloned from snapshot {snapshot}",
         labels or {},
         storage_quota(caller.tenant, volumes=1, gib=size),
+        on=snap,  # a clone shares the snapshot's extents: it is made in the pool that holds them
     )
 
 
@@ -200,6 +203,13 @@ def attach_volume(cloud: Cloud, caller: Caller, name: str, req: AttachRequest) -
         theirs = VolumeSpec.of(other).attachment
         if other.id != vol.id and theirs is not None and theirs.path == req.path:
             raise Conflict(f"instance {inst.name} already has volume {other.name} at {req.path}")
+    if inst.host is not None and vol.host != inst.host:
+        if VolumeStatus.of(vol).bound:
+            raise Conflict(
+                f"volume {name} holds data on host {vol.host} and instance {inst.name} runs on host {inst.host}; "
+                f"attach it to an instance on {vol.host} (a drain or a recovery moves a volume with its instance)"
+            )
+        vol = follow(cloud, vol, inst.host, inst.zone)
     spec.attachment = Attachment(instance_id=inst.id, instance=inst.name, path=req.path)
     vol = cloud.store.update_spec(vol.id, spec.dump())
     cloud.store.add_event(vol, "AttachRequested", f"attach to {inst.name} at {req.path}")
@@ -251,12 +261,39 @@ def volumes_of_snapshot(
                 tenant=caller.tenant,
                 name=name,
                 finalizers=[FINALIZER],
-                zone=cloud.config.zone,
-                host=cloud.config.host,
+                zone=snapshot.zone or cloud.config.zone,
+                host=snapshot.host or cloud.config.host,
                 spec=spec.dump(),
             )
         )
     return out
+
+
+def follow(cloud: Cloud, vol: Resource, host: str, zone: str | None) -> Resource:
+    """Moves an unbound volume (no data yet) to its instance's host: made again there, empty; its old host's
+    agent lets go of the empty one."""
+    status = VolumeStatus.of(vol).model_copy(update={"attached": None, "path": None, "message": ""})
+    vol = cloud.store.place(vol.id, host, zone, phase="pending", status=status.dump())
+    cloud.store.add_event(vol, "Moved", f"made on host {host}, where its instance is")
+    return vol
+
+
+def pinned_host(cloud: Cloud, instance: Resource) -> tuple[str | None, str]:
+    """(host, why) an instance must run on because its attached volumes hold data there; (None, "") when none
+    does. Raises when they are on different hosts: no host can run it."""
+    bound = [v for v in attached_to(cloud, instance) if VolumeStatus.of(v).bound]
+    hosts = sorted({str(v.host) for v in bound})
+    if len(hosts) > 1:
+        where = ", ".join(f"{v.name} on {v.host}" for v in sorted(bound, key=lambda v: v.name))
+        raise Conflict(
+            f"the volumes of instance {instance.name} hold data on different hosts ({where}): "
+            "detach those of all hosts but one"
+        )
+    if not hosts:
+        return None, ""
+    names = ", ".join(sorted(v.name for v in bound))
+    verb = "volumes {} hold" if len(bound) > 1 else "volume {} holds"
+    return hosts[0], f"{verb.format(names)} its data on host {hosts[0]}"
 
 
 def release_attachments(cloud: Cloud, instance: Resource) -> None:
@@ -314,18 +351,22 @@ def dependents(cloud: Cloud, res: Resource) -> list[Resource]:
     return [d for d in out if not d.deleting]
 
 
-def delete_resource(cloud: Cloud, res: Resource, cascade: bool) -> list[Resource]:
-    """Marks res for deletion unless something depends on it; with cascade, its dependents first."""
+def delete_resource(cloud: Cloud, res: Resource, cascade: bool, _seen: set[str] | None = None) -> list[Resource]:
+    """Marks res for deletion unless something depends on it; with cascade, its dependents first. The graph has
+    cycles (an instance replaced from its own snapshot depends on it): each record is visited once."""
     attachment = VolumeSpec.of(res).attachment if res.kind == VOLUME else None
     if attachment:  # never cascaded: that would delete the instance using it
         raise Conflict(f"volume {res.name} is attached to instance {attachment.instance}; detach it first")
-    deps = dependents(cloud, res)
+    seen = _seen if _seen is not None else set()
+    seen.add(res.id)
+    deps = [d for d in dependents(cloud, res) if d.id not in seen]
     if deps and not cascade:
         names = ", ".join(f"{d.kind.lower()} {d.name}" for d in deps)
         raise Conflict(f"{res.kind.lower()} {res.name} is still used by {names}; delete those first or use --cascade")
     deleted: list[Resource] = []
     for dep in deps:
-        deleted += delete_resource(cloud, dep, cascade)
+        if dep.id not in seen:  # an earlier dependent's cascade may have reached it
+            deleted += delete_resource(cloud, dep, cascade, seen)
     if not res.deleting:
         res = cloud.store.mark_deleted(res.id)
         cloud.store.add_event(res, "Deleting", f"{res.kind.lower()} {res.name} marked for deletion")
@@ -350,6 +391,8 @@ def volume_view(res: Resource) -> dict[str, Any]:
         attached_to=spec.attachment.instance if spec.attachment else None,
         path=spec.attachment.path if spec.attachment else None,
         attached=st.attached is not None,
+        host=res.host,  # where its data is
+        bound=st.bound,
         message=st.message,
     )
 
@@ -468,7 +511,13 @@ class VolumeReconciler(_PoolReconciler):
             pool.create_volume(volume_name(res.id))
         if pool.capabilities.quotas:
             pool.set_limit(volume_name(res.id), spec.size_gib * GIB)
-        return {"path": str(pool.path(volume_name(res.id)))}
+        made_from = spec.restore_from or spec.source_part or spec.source_snapshot_id
+        return {"path": str(pool.path(volume_name(res.id))), "bound": bool(made_from)}
+
+    def forget(self, rid: str) -> None:
+        """Its record left this host: purged while this agent was not looking, or moved to another host (with
+        its data, which is there now, or empty): what is left of it here goes."""
+        self.cloud.pool.delete(volume_name(rid))
 
     def converge_ready(self, res: Resource) -> Result:
         """Live attach/detach: status.attached follows spec.attachment."""
@@ -494,6 +543,7 @@ class VolumeReconciler(_PoolReconciler):
             raise
         status.message = ""
         status.attached = want
+        status.bound = status.bound or want is not None  # from now on its instance may write to it
         self.cloud.store.update_status(res.id, status=status.dump(), observed_generation=res.generation)
         return Result()
 
