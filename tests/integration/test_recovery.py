@@ -92,10 +92,31 @@ def test_bad_replace_and_recover_requests_are_clear(cloud: CloudCLI) -> None:
 def test_ha_instance_of_a_killed_host_comes_back_elsewhere_once(cloud: CloudCLI) -> None:
     cloud.run("host", "add", "h2", "--zone", "zone-b")
     cloud.run("host", "cordon", "local")  # so it lands on h2, but may come back on local (no zone pinned)
-    cloud.run("launch", "busybox", "db", "--ha", "--memory", "32", "--command", SERVE)
+    fast = ("--replicas", "1", "--replica-interval", "1")
+    cloud.run("launch", "busybox", "db", "--ha", "--memory", "32", *fast, "--command", SERVE)
     before = cloud.wait_state("db", "running", timeout=60)
     cloud.run("host", "uncordon", "local")
     assert before["host"] == "h2"
+    # a volume made on local follows db to h2 on attach; its replica goes where db's root disk's does (local)
+    cloud.run("volume", "create", "dbdata", "--size", "1", *fast)
+    cloud.run("volume", "attach", "dbdata", "db", "--path", "/data")
+    assert cloud.json("volume", "show", "dbdata")["host"] == "h2"
+    cloud.run("exec", "db", "--", "sh", "-c", "echo kept > /data/marker && sync")
+    written = time.time()
+
+    def shipped_after_write(view: dict[str, object]) -> bool:
+        rep = view.get("replica")
+        return isinstance(rep, dict) and rep.get("host") == "local" and (rep.get("taken_at") or 0) > written
+
+    deadline = time.monotonic() + 60
+    while not (
+        shipped_after_write(cloud.json("show", "db")) and shipped_after_write(cloud.json("volume", "show", "dbdata"))
+    ):
+        assert time.monotonic() < deadline, (
+            cloud.json("show", "db")["replica"],
+            cloud.json("volume", "show", "dbdata"),
+        )
+        time.sleep(0.3)
     killed_at = time.monotonic()
     result = NetnsFence(cloud.cloud_id()).fence("h2")  # the host dies: its agent and every instance process
     assert result.killed >= 2
@@ -103,10 +124,14 @@ def test_ha_instance_of_a_killed_host_comes_back_elsewhere_once(cloud: CloudCLI)
     took = time.monotonic() - killed_at
     print(f"host killed -> HA instance running on {after['host']}: {took:.1f} s")
     assert after["host"] == "local" and after["ip"] == before["ip"]
+    # from the replicas: its volume came along with what was written on it, and the record is on local too
+    assert cloud.run("exec", "db", "--", "cat", "/data/marker").stdout.strip() == "kept"
+    vol = cloud.json("volume", "show", "dbdata")
+    assert (vol["host"], vol["attached_to"]) == ("local", "db"), vol
     hosts = {h["name"]: h["state"] for h in cloud.json("host", "list")}
     assert hosts["h2"] == "fenced", hosts
     seen = _events(cloud, "db")
-    assert "RecoveryStarted" in seen and "Recovered" in seen, seen
+    assert "RecoveryStarted" in seen and "RecoveredFromReplica" in seen and "Recovered" in seen, seen
     # exactly one copy: local's runc runs it, h2's runc state has no running container
     assert "running" in cloud.runc("state", f"cl-{before['id']}").stdout
     h2 = cloud.run("host", "remove", "h2", "--force", check=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlet.cli.client import Client, call, connect
-from cloudlet.core.config import Config
+from cloudlet.core.config import MACHINE_NETNS_FD, Config
 from cloudlet.core.errors import CloudletError
 from cloudlet.network.underlay import Underlay, host_netns
 from cloudlet.resilience.fence import NetnsFence
@@ -58,15 +58,26 @@ def _in_netns(netns: str | None) -> list[str]:
 
 
 def _spawn(argv: list[str], log_file: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
+    """A daemon; one started inside netns (an added host's agent) keeps a handle on this machine's own network
+    namespace (MACHINE_NETNS_FD): it builds images from the machine's mirror, as a real host would from its own.
+    /proc/1/ns/net is not readable on every machine; what this process holds is."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        return subprocess.Popen(
-            [*_in_netns(netns), sys.executable, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    machine = os.open("/proc/self/ns/net", os.O_RDONLY) if netns else None
+    env = {**os.environ, MACHINE_NETNS_FD: str(machine)} if machine is not None else None
+    try:
+        with open(log_file, "ab") as log:
+            return subprocess.Popen(
+                [*_in_netns(netns), sys.executable, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                pass_fds=(machine,) if machine is not None else (),
+            )
+    finally:
+        if machine is not None:
+            os.close(machine)
 
 
 def _wait_until(proc: subprocess.Popen[bytes], what: str, log_file: Path, ready: Callable[[], bool]) -> None:

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, ImageSpec, ImageStatus, InstanceSpec
 from cloudlet.core import quota
+from cloudlet.core.config import MACHINE_NETNS_FD
 from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import (
     Conflict,
@@ -417,15 +418,21 @@ def _debootstrap(spec: ImageSpec, root: Path, build: Path, machine_net: bool = F
     the host): it builds in `build`, beside the pool, and the tree is copied in (once per image). machine_net: the
     agent of a host added on this machine lives in a namespace with no way out; the mirror is reached from the
     machine's own network namespace, as a real host would reach it from its own."""
+    fds: tuple[int, ...] = ()
+    cmd: list[str] = []
+    if machine_net:
+        fd = os.environ.get(MACHINE_NETNS_FD, "")
+        if not fd.isdigit():
+            raise DriverError(f"this agent has no handle on the machine's network ({MACHINE_NETNS_FD}): restart it")
+        fds, cmd = (int(fd),), ["nsenter", f"--net=/proc/self/fd/{fd}"]
     shutil.rmtree(build, ignore_errors=True)  # what a crashed build left
     build.mkdir(parents=True)
     try:
-        cmd = ["nsenter", "--net=/proc/1/ns/net"] if machine_net else []
         cmd += ["debootstrap", "--variant=minbase"]
         if spec.packages:
             cmd.append("--include=" + ",".join(spec.packages))
         cmd += [str(spec.suite), str(build), str(spec.mirror)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, pass_fds=fds)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise DriverError("debootstrap failed: " + " | ".join(tail))

@@ -8,9 +8,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "load_config", "MACHINE_NETNS_FD"]
 
 TENANT_SPACE = "10.240.0.0/12"
+# the environment variable naming the fd an added host's agent holds on the machine's own network namespace
+MACHINE_NETNS_FD = "CLOUDLET_MACHINE_NETNS_FD"
 
 
 def _default_home() -> Path:
