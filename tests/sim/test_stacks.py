@@ -121,7 +121,7 @@ def test_dns_answers_the_stack_names(sim: SimCloud) -> None:
     assert Resolver(sim.cloud.store).lookup("web-2.shop.cloudlet", "A", mine) == ("NOERROR", [ips["web-1"]])
     # a member out of service leaves the layer's name
     web2 = sim.cloud.store.get(INSTANCE, "admin", "web-2")
-    sim.cloud.store.set_labels(web2.id, {**web2.labels, LIFECYCLE_LABEL: "deploying"})
+    sim.cloud.store.edit_labels(web2.id, {LIFECYCLE_LABEL: "deploying"})
     assert Resolver(sim.cloud.store).lookup("web.shop.cloudlet", "A", mine) == ("NOERROR", [ips["web-1"]])
 
 

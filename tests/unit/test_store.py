@@ -36,6 +36,19 @@ def test_spec_bumps_generation_status_does_not(store: Store) -> None:
     assert store.update_spec(r.id, {"a": 3}).status == {"x": 1}  # spec writes never clobber status
 
 
+def test_label_changes_apply_to_the_labels_as_they_are_now(store: Store) -> None:
+    """Two writers holding the same old copy (a recovery's phase, a stack's lifecycle): each changes its own key,
+    and neither puts back what the other removed (a stack once put a finished recovery's phase back, and the
+    recovery ran again, rebuilding from the image what it had just booted from the replica)."""
+    r = store.create(_res("lab"))
+    r = store.edit_labels(r.id, {"phase": "replacing", "keep": "1"})
+    stale = r
+    store.edit_labels(r.id, {"phase": None})
+    store.update_spec(stale.id, {"a": 2}, labels={"lifecycle": "setup"})
+    got = store.place(stale.id, "h1", labels={"moved": "yes"})
+    assert got.labels == {"keep": "1", "lifecycle": "setup", "moved": "yes"}, got.labels
+
+
 def test_finalizer_gates_purge(store: Store) -> None:
     r = _res("ev")
     r.finalizers = [FINALIZER]

@@ -10,7 +10,7 @@ import builtins
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from cloudlet.core.errors import Conflict, NotFound
 from cloudlet.core.records import FINALIZER, Event, Resource
 from cloudlet.core.tables import changes, events, ip_allocations, resources, tokens
 
-__all__ = ["Store", "Guard"]
+__all__ = ["Store", "Guard", "LabelChanges"]
 
 _COLUMNS = [f.name for f in dataclasses.fields(Resource)]
 _SELECT = sa.select(*[resources.c[c] for c in _COLUMNS])  # in dataclass order, so rows map positionally
@@ -37,6 +37,9 @@ def _row_to_resource(row: Any) -> Resource:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+LabelChanges = Mapping[str, str | None]  # label key -> its new value; None removes it
 
 
 class Store:
@@ -163,27 +166,27 @@ class Store:
                 out[host] = (n + 1, total + int(spec.get(json_key, 0)))
         return out
 
-    def update_spec(self, rid: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> Resource:
+    def update_spec(self, rid: str, spec: dict[str, Any], labels: LabelChanges | None = None) -> Resource:
         values: dict[str, Any] = {"spec": spec, "generation": resources.c.generation + 1, "updated_at": time.time()}
-        if labels is not None:
-            values["labels"] = labels
-        return self._update(rid, values)
+        return self._update(rid, values, labels=labels)
 
     def update_status(self, rid: str, *, writer: str | None = None, **values: Any) -> Resource:
         """`writer`: the host whose agent reports this status; its own watch need not hear it back."""
         values["updated_at"] = time.time()
         return self._update(rid, values, notify=False, writer=writer)
 
-    def set_labels(self, rid: str, labels: dict[str, str]) -> Resource:
+    def edit_labels(self, rid: str, changes: LabelChanges) -> Resource:
         """Labels are metadata: changing them moves no generation, but watchers and selectors see it."""
-        return self._update(rid, {"labels": labels, "updated_at": time.time()})
+        return self._update(rid, {"updated_at": time.time()}, labels=changes)
 
-    def place(self, rid: str, host: str | None, zone: str | None = None, **values: Any) -> Resource:
+    def place(
+        self, rid: str, host: str | None, zone: str | None = None, labels: LabelChanges | None = None, **values: Any
+    ) -> Resource:
         """Moves a record to host (None: back to the scheduler). The old host's watch hears it too (as a delete:
         the record left its view), so its agent lets go of what it ran."""
         old = self.get_by_id(rid)
         values.update(host=host, updated_at=time.time(), **({"zone": zone} if zone else {}))
-        res = self._update(rid, values)
+        res = self._update(rid, values, labels=labels)
         if old is not None and old.host not in (None, host):
             with self.engine.begin() as conn:
                 rev = self._changed(conn, rid, res.kind, old.host)
@@ -228,12 +231,27 @@ class Store:
             self._purge(rid)
         return len(left)
 
-    def _update(self, rid: str, values: dict[str, Any], notify: bool = True, writer: str | None = None) -> Resource:
+    def _update(
+        self,
+        rid: str,
+        values: dict[str, Any],
+        notify: bool = True,
+        writer: str | None = None,
+        labels: LabelChanges | None = None,
+    ) -> Resource:
+        """labels: keys to set (None: to remove), applied to the labels as they are inside this transaction, after
+        the first write holds the row: writers of different keys (a stack's lifecycle, a recovery's phase, a
+        drain's mark) never put back what another took away."""
         with self.engine.begin() as conn:
             result = conn.execute(resources.update().where(resources.c.id == rid).values(**values))
             if result.rowcount == 0:
                 raise NotFound(f"resource {rid} not found")
             row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
+            if labels:
+                merged = {**_row_to_resource(row).labels, **labels}
+                now = {k: v for k, v in merged.items() if v is not None}
+                conn.execute(resources.update().where(resources.c.id == rid).values(labels=now))
+                row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
             res = _row_to_resource(row)
             rev = self._changed(conn, rid, res.kind, res.host, writer)
         self._notify(res, rev, spec_side=notify)

@@ -121,7 +121,7 @@ def _stop(cloud: Cloud, res: Resource, drained: str) -> tuple[Resource, float]:
     spec = InstanceSpec.of(res)
     if spec.state == "running" or res.labels.get(DRAIN_LABEL) != drained:
         spec.state = "stopped"
-        res = cloud.store.update_spec(res.id, spec.dump(), labels={**res.labels, DRAIN_LABEL: drained})
+        res = cloud.store.update_spec(res.id, spec.dump(), labels={DRAIN_LABEL: drained})
     gen = res.generation
     res = _wait(
         cloud,
@@ -140,8 +140,7 @@ def _restore(cloud: Cloud, rid: str, was_running: bool) -> None:
         return
     spec = InstanceSpec.of(res)
     spec.state = "running" if was_running else spec.state
-    labels = {k: v for k, v in res.labels.items() if k != DRAIN_LABEL}
-    cloud.store.update_spec(res.id, spec.dump(), labels=labels)
+    cloud.store.update_spec(res.id, spec.dump(), labels={DRAIN_LABEL: None})
 
 
 def _place(cloud: Cloud, res: Resource, host: str, zone: str, was_running: bool) -> Resource:
@@ -151,16 +150,15 @@ def _place(cloud: Cloud, res: Resource, host: str, zone: str, was_running: bool)
     status = InstanceStatus.of(res).model_copy(
         update={"state": "scheduled", "pid": None, "started_at": None, "message": "", "retry_at": None}
     )
-    labels = {k: v for k, v in res.labels.items() if k != DRAIN_LABEL}
     return cloud.store.place(
         res.id,
         host,
         zone,
+        labels={DRAIN_LABEL: None},
         phase="scheduled",
         status=status.dump(),
         spec=spec.dump(),
         generation=res.generation + 1,
-        labels=labels,
     )
 
 

@@ -64,14 +64,13 @@ def _host_gone(cloud: Cloud, res: Resource) -> bool:
     return res.host is not None and may_start_elsewhere(cloud.store, res.host, cloud.clock.now())
 
 
-def _labels(res: Resource, phase: str | None = None) -> dict[str, str]:
-    """res's labels with the recovery phase set to phase (None: no recovery under way)."""
-    labels = {k: v for k, v in res.labels.items() if k != PHASE_LABEL}
-    return {**labels, PHASE_LABEL: phase} if phase is not None else labels
+def _phase(phase: str | None = None) -> dict[str, str | None]:
+    """The label change that sets the recovery phase (None: no recovery under way)."""
+    return {PHASE_LABEL: phase}
 
 
 def _set_phase(cloud: Cloud, res: Resource, phase: str | None) -> Resource:
-    return cloud.store.set_labels(res.id, _labels(res, phase))
+    return cloud.store.edit_labels(res.id, _phase(phase))
 
 
 def request_recovery(cloud: Cloud, res: Resource, reason: str) -> Resource:
@@ -87,7 +86,7 @@ def request_recovery(cloud: Cloud, res: Resource, reason: str) -> Resource:
         return _set_phase(cloud, res, "replacing")
     spec = InstanceSpec.of(res)
     spec.state = "stopped"  # the fence: its agent stops it and reports
-    res = cloud.store.update_spec(res.id, spec.dump(), labels=_labels(res, "fencing"))
+    res = cloud.store.update_spec(res.id, spec.dump(), labels=_phase("fencing"))
     cloud.manager.enqueue(RECOVERY, res.id)
     return res
 
@@ -112,7 +111,7 @@ def _rebuild(cloud: Cloud, res: Resource, snapshot_id: str | None, message: str)
     spec.disk_epoch += 1
     spec.run_nonce += 1
     spec.state = "running"
-    res = cloud.store.update_spec(res.id, spec.dump(), labels=_labels(res))
+    res = cloud.store.update_spec(res.id, spec.dump(), labels=_phase())
     cloud.store.add_event(res, "Replaced", message)
     return res
 
@@ -261,7 +260,7 @@ class RecoveryController:
         spec = InstanceSpec.of(res)
         spec.state, spec.from_snapshot_id = "running", None
         spec.run_nonce += 1
-        res = store.update_spec(res.id, spec.dump(), labels=_labels(res))
+        res = store.update_spec(res.id, spec.dump(), labels=_phase())
         status = InstanceStatus.of(res).model_copy(
             update={"state": "pending", "pid": None, "run_nonce": None, "started_at": None, "placement": None}
         )

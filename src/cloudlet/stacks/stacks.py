@@ -415,7 +415,7 @@ def rolling_deploy(
         group = targets[start : start + batch]
         for inst in group:
             _drain(cloud, stack, layer, inst.name, True)
-            cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "deploying"})
+            cloud.store.edit_labels(inst.id, {LIFECYCLE_LABEL: "deploying"})
         for inst in group:
             _wait_drained(cloud, stack, layer, inst.name)
         env = {i.name: hooks.hook_env(name, layer, i.name, "deploy", status.membership) for i in group}
@@ -428,7 +428,7 @@ def rolling_deploy(
         for inst in group:
             if any(r.instance == inst.name for r in failed):
                 continue  # stays out of its LB: serving the old code half-deployed would be worse
-            cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: IN_SERVICE})
+            cloud.store.edit_labels(inst.id, {LIFECYCLE_LABEL: IN_SERVICE})
             _drain(cloud, stack, layer, inst.name, False)
             deadline = time.monotonic() + wait
             while not _healthy_in_lbs(cloud, stack, layer, inst.name):
@@ -718,7 +718,7 @@ class StackReconciler(KindReconciler):
             return True
         if member.state == IN_SERVICE:
             member.state = "leaving"
-            self.cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: "leaving"})
+            self.cloud.store.edit_labels(inst.id, {LIFECYCLE_LABEL: "leaving"})
             _drain(self.cloud, res, layer, inst.name, True)
         script = doc.layers[layer].hooks.shutdown if layer in doc.layers else None
         env = hooks.hook_env(res.name, layer, inst.name, "shutdown", status.membership)
@@ -810,7 +810,7 @@ class StackReconciler(KindReconciler):
             member = status.members[name]
             label = member.state if member.state != "booting" else "setup"
             if inst.labels.get(LIFECYCLE_LABEL) != label and inst.labels.get(LIFECYCLE_LABEL) != "deploying":
-                cloud.store.set_labels(inst.id, {**inst.labels, LIFECYCLE_LABEL: label})
+                cloud.store.edit_labels(inst.id, {LIFECYCLE_LABEL: label})
                 # out of its LBs whenever it leaves service (down: after a restart it runs setup again first)
                 _drain(cloud, res, member.layer, name, member.state != IN_SERVICE)
         status.membership = _membership(doc, status)

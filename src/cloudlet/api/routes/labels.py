@@ -57,5 +57,8 @@ def edit(
         res = cloud.store.get(info.name, None, name)
         if res.tenant not in (PUBLIC_TENANT, SYSTEM_TENANT) and res.tenant != who.tenant:
             raise NotFound(f"{info.name} {name!r} not found")
-    res = cloud.store.set_labels(res.id, edit_labels(res.labels, body.set, body.remove))
+    wanted = edit_labels(res.labels, body.set, body.remove)  # checked against the labels it has (limits, keys)
+    changes: dict[str, str | None] = {key: None for key in body.remove}
+    changes.update({k: v for k, v in wanted.items() if k in body.set})
+    res = cloud.store.edit_labels(res.id, changes)
     return {"kind": res.kind, "name": res.name, "labels": res.labels}
