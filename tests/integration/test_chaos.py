@@ -1,0 +1,290 @@
+"""Chaos experiments against a real cloud (busybox instances): `cloudlet chaos run` passing (exit 0), deviating
+(exit 1), aborted by a safeguard (rollbacks ran), --dry (nothing touched); the real `chaostoolkit` CLI calling
+cloudlet.chaos.actions.kill_instance; and each fault's kernel object seen from outside cloudlet (the frozen
+cgroup, the CPU quota, the nft table and tbf qdisc in the instance's namespace), then gone after its undo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, CloudCLI
+
+pytestmark = pytest.mark.root
+
+CHAOS = ROOT / ".venv" / "bin" / "chaos"
+SERVE = "mkdir -p /w && echo ok > /w/index.html && httpd -p 8080 -h /w; exec sleep 1000000"
+WEB = {"kind": "instance", "labels": {"role": "web"}, "state": "running", "pick": "COUNT(1)"}
+
+
+def _action(func: str, **arguments: Any) -> dict[str, Any]:
+    return {"type": "python", "module": "cloudlet.chaos.actions", "func": func, "arguments": arguments}
+
+
+def _probe(func: str, **arguments: Any) -> dict[str, Any]:
+    return {"type": "python", "module": "cloudlet.chaos.probes", "func": func, "arguments": arguments}
+
+
+def _running(name: str) -> dict[str, Any]:
+    return {
+        "type": "probe",
+        "name": f"{name}-running",
+        "provider": _probe("instance_state", name=name),
+        "tolerance": "running",
+    }
+
+
+@pytest.fixture(scope="module")
+def web(cloud: CloudCLI) -> CloudCLI:
+    for name, restart in (("web-1", "always"), ("web-2", "always"), ("solo", "never")):
+        cloud.run(
+            "launch",
+            "busybox",
+            name,
+            "--command",
+            SERVE,
+            "--memory",
+            "32",
+            "--restart",
+            restart,
+            "--label",
+            "role=web" if name.startswith("web") else "role=solo",
+        )
+    for name in ("web-1", "web-2", "solo"):
+        cloud.wait_state(name, "running")
+    return cloud
+
+
+@pytest.fixture
+def env(web: CloudCLI, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudCLI]:
+    """The actions and probes, called in this process, find the test's cloud as the CLI does."""
+    monkeypatch.setenv("CLOUDLET_HOME", str(web.home))
+    yield web
+
+
+def _run(cloud: CloudCLI, tmp: Path, doc: dict[str, Any], *args: str) -> tuple[int, dict[str, Any], str]:
+    exp, journal = tmp / "exp.json", tmp / "journal.json"
+    exp.write_text(json.dumps(doc))
+    proc = cloud.run("chaos", "run", str(exp), "--journal", str(journal), *args, check=False, timeout=120)
+    assert journal.exists(), proc.stderr
+    return proc.returncode, json.loads(journal.read_text()), proc.stdout + proc.stderr
+
+
+def _quota(cloud: CloudCLI, name: str) -> int:
+    iid = cloud.json("show", name)["id"]
+    return int(Path(f"/sys/fs/cgroup/cpu/cloudlet-{cloud.cloud_id()}/{iid}/cpu.cfs_quota_us").read_text())
+
+
+def test_passing_experiment_throttles_and_restores(web: CloudCLI, tmp_path: Path) -> None:
+    doc = {
+        "title": "a throttled web server keeps serving",
+        "steady-state-hypothesis": {
+            "title": "both web servers run",
+            "probes": [
+                {
+                    "type": "probe",
+                    "name": "web-count",
+                    "provider": _probe("running_count", selector={**WEB, "pick": "ALL"}),
+                    "tolerance": 2,
+                }
+            ],
+        },
+        "method": [
+            {"type": "action", "name": "throttle", "provider": _action("throttle_cpu", selector=WEB, percent=20)},
+            {
+                "type": "probe",
+                "name": "quota",
+                "provider": {
+                    "type": "process",
+                    "path": "sh",
+                    "arguments": ["-c", f"cat /sys/fs/cgroup/cpu/cloudlet-{web.cloud_id()}/*/cpu.cfs_quota_us"],
+                },
+            },
+        ],
+        "rollbacks": [{"type": "action", "name": "restore", "provider": _action("restore_cpu", selector=WEB)}],
+    }
+    rc, j, out = _run(web, tmp_path, doc, "--seed", "7")
+    assert rc == 0, out
+    assert (j["status"], j["deviated"]) == ("completed", False)
+    assert j["steady_states"]["before"]["steady_state_met"] and j["steady_states"]["after"]["steady_state_met"]
+    (target,) = [names for key, names in j["cloudlet"]["targets"].items() if "COUNT(1)" in key]
+    assert len(target) == 1 and target[0] in ("web-1", "web-2") and j["cloudlet"]["seed"] == 7
+    assert "20000" in j["run"][1]["output"]["stdout"].split()  # the quota really was 20% of a core
+    assert [r["status"] for r in j["rollbacks"]] == ["succeeded"]
+    assert _quota(web, target[0]) == 100000  # and is back to the spec's one CPU
+    # the same seed picks the same target
+    assert _run(web, tmp_path, doc, "--seed", "7")[1]["cloudlet"]["targets"] == j["cloudlet"]["targets"]
+
+
+def test_deviating_experiment_exits_1_and_rolls_back(web: CloudCLI, tmp_path: Path) -> None:
+    pid = web.json("show", "solo")["pid"]
+    doc = {
+        "title": "a killed server with restart never stays down",
+        "steady-state-hypothesis": {"title": "solo runs", "probes": [_running("solo")]},
+        "method": [
+            {
+                "type": "action",
+                "name": "kill",
+                "provider": _action("kill_instance", name="solo"),
+                "pauses": {"after": 1},
+            }
+        ],
+        "rollbacks": [{"type": "action", "name": "start", "provider": _action("start_instance", name="solo")}],
+    }
+    rc, j, out = _run(web, tmp_path, doc)
+    assert rc == 1, out
+    assert (j["status"], j["deviated"]) == ("completed", True)
+    assert f"pid {pid}" in j["run"][0]["output"][0]["detail"]
+    assert j["steady_states"]["after"]["probes"][0]["output"] != "running"
+    assert j["rollbacks"][0]["output"] == [{"instance": "solo", "state": "running"}]
+    assert web.json("show", "solo")["pid"] != pid
+    assert any(e["reason"] == "ChaosFault" for e in web.json("events", "solo"))
+
+
+def test_safeguard_aborts_within_a_period_then_rolls_back(web: CloudCLI, tmp_path: Path) -> None:
+    doc = {
+        "title": "stop as soon as solo is down",
+        "controls": [
+            {
+                "name": "safeguard",
+                "provider": {
+                    "type": "python",
+                    "module": "chaosaddons.controls.safeguards",
+                    "arguments": {"probes": [{**_running("solo"), "name": "solo-up", "frequency": 0.5}]},
+                },
+            }
+        ],
+        "method": [
+            {"type": "action", "name": "kill", "provider": _action("kill_instance", name="solo")},
+            {"type": "action", "name": "long", "provider": {"type": "process", "path": "sleep", "arguments": ["60"]}},
+        ],
+        "rollbacks": [{"type": "action", "name": "start", "provider": _action("start_instance", name="solo")}],
+    }
+    t0 = time.monotonic()
+    rc, j, out = _run(web, tmp_path, doc)
+    took = time.monotonic() - t0
+    assert rc == 1, out
+    assert j["status"] == "aborted" and j["cloudlet"]["aborted_by"] == "solo-up"
+    assert took < 20, f"the safeguard took {took:.1f} s to stop a 60 s method"
+    assert [r["activity"]["name"] for r in j["run"]] == ["kill", "long"] and j["run"][1]["status"] == "failed"
+    assert any(not r["tolerance_met"] for r in j["steady_states"]["during"])
+    assert j["rollbacks"][0]["status"] == "succeeded"
+    assert web.json("show", "solo")["state"] == "running"
+
+
+def test_dry_run_touches_nothing(web: CloudCLI, tmp_path: Path) -> None:
+    before = {n: web.json("show", n)["pid"] for n in ("web-1", "web-2")}
+    doc = {
+        "title": "dry",
+        "steady-state-hypothesis": {"title": "web-1 runs", "probes": [_running("web-1")]},
+        "method": [
+            {"type": "action", "name": "kill", "provider": _action("kill_instance", selector={**WEB, "pick": "ALL"})}
+        ],
+    }
+    rc, j, out = _run(web, tmp_path, doc, "--dry")
+    assert rc == 0, out
+    assert j["cloudlet"]["dry"] and j["run"][0]["output"] is None and j["run"][0]["status"] == "succeeded"
+    assert sorted(next(iter(j["cloudlet"]["targets"].values()))) == ["web-1", "web-2"]
+    time.sleep(0.5)
+    assert {n: web.json("show", n)["pid"] for n in ("web-1", "web-2")} == before
+
+
+def test_bad_file_exits_2_naming_the_key(web: CloudCLI, tmp_path: Path) -> None:
+    doc = {"title": "bad", "method": [{"type": "action", "name": "x", "provider": {"type": "python", "func": "f"}}]}
+    exp = tmp_path / "bad.json"
+    exp.write_text(json.dumps(doc))
+    proc = web.run("chaos", "run", str(exp), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"Error: {exp}: method[0].provider.module: missing; add it"]
+
+
+def test_chaostoolkit_cli_kills_an_instance(web: CloudCLI, tmp_path: Path) -> None:
+    if not CHAOS.exists():
+        pytest.skip("chaostoolkit is not installed in .venv (make install)")
+    pid = web.json("show", "web-1")["pid"]
+    doc = {
+        "title": "kill web-1 through chaostoolkit",
+        "description": "cloudlet's actions from the chaostoolkit CLI",
+        "steady-state-hypothesis": {"title": "web-2 runs", "probes": [_running("web-2")]},
+        "method": [{"type": "action", "name": "kill-web-1", "provider": _action("kill_instance", name="web-1")}],
+    }
+    exp, journal = tmp_path / "ctk.json", tmp_path / "ctk-journal.json"
+    exp.write_text(json.dumps(doc))
+    proc = subprocess.run(
+        [
+            str(CHAOS),
+            "--no-version-check",
+            "--no-log-file",
+            "--settings",
+            str(tmp_path / "settings.yaml"),
+            "run",
+            "--journal-path",
+            str(journal),
+            str(exp),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**web.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    j = json.loads(journal.read_text())
+    assert (j["status"], j["deviated"]) == ("completed", False)
+    (run,) = j["run"]
+    assert run["status"] == "succeeded" and f"SIGKILL to init (pid {pid})" in run["output"][0]["detail"]
+    view = web.wait_state("web-1", "running")  # its restart policy brings it back, as a new process
+    assert view["pid"] != pid
+
+
+def _in_netns(pid: int, *argv: str) -> str:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", *argv], capture_output=True, text=True).stdout
+
+
+def test_faults_are_real_and_undone(env: CloudCLI) -> None:
+    from cloudlet.chaos import actions
+    from cloudlet.core.errors import NotSupported
+
+    view = env.json("show", "web-2")
+    pid, iid = view["pid"], view["id"]
+    freezer = Path(f"/sys/fs/cgroup/freezer/cloudlet-{env.cloud_id()}/{iid}/freezer.state")
+    actions.pause_instance(name="web-2")
+    assert freezer.read_text().strip() == "FROZEN"
+    actions.resume_instance(name="web-2")
+    assert freezer.read_text().strip() == "THAWED"
+
+    actions.drop_packets(name="web-2", percent=50)
+    assert "numgen random mod 100 < 50" in _in_netns(pid, "nft", "list", "table", "inet", "cl_chaos")
+    actions.partition_instance(name="web-2")
+    table = _in_netns(pid, "nft", "list", "table", "inet", "cl_chaos")
+    assert "numgen" not in table and "drop" in table
+    actions.heal_instance(name="web-2")
+    assert "cl_chaos" not in _in_netns(pid, "nft", "list", "tables")
+
+    actions.limit_bandwidth(name="web-2", rate_kbit=800)
+    assert "tbf" in _in_netns(pid, "tc", "qdisc", "show", "dev", "eth0")
+    with pytest.raises(NotSupported, match="sch_netem.*throttle_cpu"):
+        actions.add_latency(name="web-2", delay_ms=50)
+    actions.unshape_instance(name="web-2")
+    assert "tbf" not in _in_netns(pid, "tc", "qdisc", "show", "dev", "eth0")
+    assert env.json("show", "web-2")["pid"] == pid  # none of it restarted the instance
+
+
+def test_operator_actions_need_root_and_admin(env: CloudCLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudlet.chaos import actions
+    from cloudlet.core.errors import Forbidden, NotSupported
+
+    with pytest.raises(NotSupported, match="root namespace"):
+        actions.kill_host("local")
+    token = env.run("tenant", "create", "chaos-t").stdout.strip().splitlines()[-1]
+    monkeypatch.setenv("CLOUDLET_TOKEN", token)
+    with pytest.raises(Forbidden, match="admin token"):
+        actions.kill_control_plane()
+    assert Path(f"/proc/{env.daemon_pid()}").exists()
