@@ -240,8 +240,7 @@ def test_chaostoolkit_cli_kills_an_instance(web: CloudCLI, tmp_path: Path) -> No
     assert (j["status"], j["deviated"]) == ("completed", False)
     (run,) = j["run"]
     assert run["status"] == "succeeded" and f"SIGKILL to init (pid {pid})" in run["output"][0]["detail"]
-    view = web.wait_state("web-1", "running")  # its restart policy brings it back, as a new process
-    assert view["pid"] != pid
+    _restarted(web, "web-1", pid)  # its restart policy brings it back
 
 
 def _in_netns(pid: int, *argv: str) -> str:
@@ -288,3 +287,90 @@ def test_operator_actions_need_root_and_admin(env: CloudCLI, monkeypatch: pytest
     with pytest.raises(Forbidden, match="admin token"):
         actions.kill_control_plane()
     assert Path(f"/proc/{env.daemon_pid()}").exists()
+
+
+def test_fill_volume_writes_from_inside_and_cleans_up(env: CloudCLI) -> None:
+    from cloudlet.chaos import actions
+
+    env.run("volume", "create", "chaos-vol", "--size", "1")
+    env.run("volume", "attach", "chaos-vol", "web-1", "--path", "/data")
+    deadline = time.monotonic() + 30
+    while not env.json("volume", "show", "chaos-vol")["attached"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done = actions.fill_volume("chaos-vol", percent=2, max_mib=8)
+    assert (done["instance"], done["written_mib"]) == ("web-1", 8)  # 2% of 1 GiB is 21 MiB: bounded by max_mib
+    listing = env.run("exec", "web-1", "--", "sh", "-c", "du -m /data/.cloudlet-chaos-fill-*").stdout
+    assert listing.split()[0] == "8", listing
+    actions.clean_volume("chaos-vol")
+    assert env.run("exec", "web-1", "--", "sh", "-c", "ls -A /data").stdout.strip() == ""
+    env.run("volume", "detach", "chaos-vol")
+    env.run("volume", "delete", "chaos-vol")
+
+
+def _restarted(cloud: CloudCLI, name: str, old_pid: int) -> None:
+    """Running again as a new process (the record may still show the old one for a moment after a kill)."""
+    deadline = time.monotonic() + 30
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        view = cloud.json("show", name)
+        if view["state"] == "running" and view["pid"] not in (None, old_pid):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} did not run again as a new process: {view}")
+
+
+STACK = """\
+name: cw
+layers:
+  app:
+    count: 2
+    memory: 32
+    cpus: 0.2
+    command: {app}
+load_balancers:
+  front: {{layer: app, port: 80, health_check: "http:/health"}}
+eips:
+  public: {{load_balancer: front}}
+"""
+
+
+def test_the_example_experiment_holds_on_a_load_balanced_stack(env: CloudCLI, tmp_path: Path) -> None:
+    """examples/chaos/shop-kill-web.json, pointed at a busybox stack of the same shape (2 app instances behind an
+    LB holding an EIP): one web instance killed under load, the LB keeps answering 200."""
+    from cloudlet.chaos import probes
+    from tests.integration.test_lb import APP
+
+    (tmp_path / "cw.yaml").write_text(STACK.format(app=json.dumps(APP)))
+    env.run("stack", "apply", str(tmp_path / "cw.yaml"), "--wait", timeout=180)
+    eip = env.json("eip", "show", "cw-public")["address"]
+    deadline = time.monotonic() + 60
+    while probes.lb_up_count("cw-front") < 2 or probes.http_status(eip, path="/health")["status"] != 200:
+        assert time.monotonic() < deadline, (probes.lb_member_states("cw-front"), probes.http_status(eip))
+        time.sleep(0.3)
+    pids = {n: env.json("show", n)["pid"] for n in ("app-1", "app-2")}
+    args = ["--var", f"eip={eip}", "--var", "stack=cw", "--var", "layer=app", "--var", "lb=cw-front"]
+    args += ["--var", "load_seconds=8"]
+    exp = ROOT / "examples" / "chaos" / "shop-kill-web.json"
+    journal = tmp_path / "journal.json"
+    proc = env.run("chaos", "run", str(exp), "--journal", str(journal), "--seed", "3", *args, check=False, timeout=120)
+    j = json.loads(journal.read_text())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (j["status"], j["deviated"]) == ("completed", False)
+    (killed,) = [names[0] for key, names in j["cloudlet"]["targets"].items() if "COUNT(1)" in key]
+    assert killed in pids
+    load = next(r for r in j["run"] if r["activity"]["name"] == "load")["output"]
+    print(f"example experiment: killed {killed}; load {load}")
+    assert load["requests"] > 20 and load["error_rate"] <= 0.05, load
+    assert all(r["tolerance_met"] for r in j["steady_states"]["during"])
+    _restarted(env, killed, pids[killed])
+    # the monkey on the same stack: app-1 opted out, so a round kills app-2, as an event on it
+    env.run("label", "instance", "app-1", "cloudlet.io/chaos=off")
+    for name in ("app-1", "app-2"):
+        env.wait_state(name, "running")
+    pids = {n: env.json("show", n)["pid"] for n in ("app-1", "app-2")}
+    out = env.run("chaos", "monkey", "cw", "--interval", "1", "--rounds", "1", "--seed", "1").stdout
+    assert "cw/app: killed app-2: SIGKILL to init" in out, out
+    _restarted(env, "app-2", pids["app-2"])
+    assert env.json("show", "app-1")["pid"] == pids["app-1"]
+    assert any(e["reason"] == "ChaosFault" for e in env.json("events", "app-2"))
+    env.run("stack", "delete", "cw", "--wait", timeout=180)

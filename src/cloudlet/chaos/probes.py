@@ -6,6 +6,7 @@
 | instance_state(name) | "running", "stopped", ... | "running" |
 | running_count(name or selector) | instances running among the targets | [2, 3] |
 | http_status(address, port, path) | {status, body, error, ms}: a GET sent from the project's outside namespace | 200 |
+| http_load(address, seconds, port, path) | {requests, ok, errors, error_rate, p50_ms, max_ms}: GETs one after another | (a background load) |
 | lb_member_states(lb) | {member: HAProxy's state} | {type: jsonpath, path: ...} |
 | lb_up_count(lb) | members HAProxy reports up | [1, 10] |
 | stack_healthy_count(stack, layer?) | instances of the stack (layer) running and healthy (or running, unchecked) | [2, 2] |
@@ -21,6 +22,7 @@ __all__ = [
     "instance_state",
     "running_count",
     "http_status",
+    "http_load",
     "lb_member_states",
     "lb_up_count",
     "stack_healthy_count",
@@ -67,14 +69,48 @@ def _get(address: str, port: int, path: str, timeout: float) -> dict[str, Any]:
     }
 
 
+def _outside(path: str) -> str:
+    """The cloud's outside namespace, where its public addresses are; checks the path that goes on the wire."""
+    if not path.startswith("/") or any(c in path for c in "\r\n "):
+        raise ValueError(f"path {path!r} must start with / and hold no spaces or line breaks")
+    return f"cl-{connect().get('/v1/info')['cloud_id']}-out"
+
+
 def http_status(address: str, port: int = 80, path: str = "/", timeout: float = 2.0) -> dict[str, Any]:
     """One HTTP/1.0 GET of http://ADDRESS:PORT/PATH from the cloud's outside namespace."""
     from cloudlet.network.netns import run_in_netns
 
-    if not path.startswith("/") or any(c in path for c in "\r\n "):
-        raise ValueError(f"http_status: path {path!r} must start with / and hold no spaces or line breaks")
-    netns = f"cl-{connect().get('/v1/info')['cloud_id']}-out"
-    return run_in_netns(netns, lambda: _get(address, int(port), path, float(timeout)))
+    return run_in_netns(_outside(path), lambda: _get(address, int(port), path, float(timeout)))
+
+
+def http_load(
+    address: str, seconds: float = 10.0, port: int = 80, path: str = "/", timeout: float = 2.0
+) -> dict[str, Any]:
+    """GETs sent one after another for `seconds` from the outside namespace (the load an experiment runs under,
+    as a background activity); a reply other than 2xx or 3xx, or none, is an error."""
+    from cloudlet.network.netns import run_in_netns
+
+    netns = _outside(path)
+    if not 0 < seconds <= 3600:
+        raise ValueError("http_load: seconds in (0, 3600]")
+
+    def load() -> list[dict[str, Any]]:
+        replies, until = [], time.monotonic() + seconds
+        while time.monotonic() < until:
+            replies.append(_get(address, int(port), path, float(timeout)))
+        return replies
+
+    replies = run_in_netns(netns, load)
+    ok = [r for r in replies if r["status"] is not None and 200 <= r["status"] < 400]
+    ms = sorted(r["ms"] for r in replies)
+    return {
+        "requests": len(replies),
+        "ok": len(ok),
+        "errors": len(replies) - len(ok),
+        "error_rate": round((len(replies) - len(ok)) / max(1, len(replies)), 4),
+        "p50_ms": ms[len(ms) // 2] if ms else None,
+        "max_ms": ms[-1] if ms else None,
+    }
 
 
 def lb_member_states(lb: str) -> dict[str, str]:

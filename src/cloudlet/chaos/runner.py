@@ -120,8 +120,9 @@ class _Run:
         if self.opts.dry:
             run["tolerance_met"] = True
         else:
+            tolerance = self.variables.substitute(act.tolerance)
             run["tolerance_met"] = run["status"] == "succeeded" and within_tolerance(
-                act.tolerance, run["output"], self._call_probe
+                tolerance, run["output"], self._call_probe
             )
         out = run["output"]
         shown = out.get("status") if isinstance(out, dict) and "status" in out else out
@@ -240,6 +241,10 @@ class _Run:
     def run(self) -> dict[str, Any]:
         j = self.journal
         t0 = time.monotonic()
+        self.say(
+            f"[bold]{self.exp.title}[/bold]"
+            + (" [yellow](dry run: nothing is touched)[/yellow]" if self.opts.dry else "")
+        )
         seed = self.opts.seed if self.opts.seed is not None else random.SystemRandom().randrange(1 << 31)
         self.resolve_targets(seed)
         j["cloudlet"].update(

@@ -110,6 +110,6 @@ def parse_vars(pairs: list[str]) -> dict[str, Any]:
 
 
 def resolve(configuration: dict[str, Any], secrets: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> Variables:
-    config = {k: _value(f"configuration.{k}", v) for k, v in configuration.items()}
+    config = {k: _value(f"configuration.{k}", v) for k, v in configuration.items() if k not in overrides}
     scoped = {s: {k: _value(f"secrets.{s}.{k}", v) for k, v in kv.items()} for s, kv in secrets.items()}
     return Variables({**config, **overrides}, scoped)

@@ -52,7 +52,6 @@ def run(
         opts = RunOptions(
             dry=dry, rollback_strategy=rollback_strategy.value, variables=parse_vars(var or []), seed=seed
         )
-        out.print(f"[bold]{exp.title}[/bold]" + (" [yellow](dry run: nothing is touched)[/yellow]" if dry else ""))
         result = run_experiment(exp, raw, opts, out.print)
     except BadExperiment as exc:
         sys.stderr.write(f"Error: {exc.message}\n")
@@ -82,3 +81,41 @@ def _summary(j: dict[str, Any], path: Path) -> None:
         f"{len(runs)} method activities ({failed} failed), {len(rollbacks)} rollbacks; "
         f"seed {j['cloudlet']['seed']}; journal {path}"
     )
+
+
+@app.command()
+def monkey(
+    stack: Annotated[str, typer.Argument(help="the stack whose instances it kills")],
+    interval: Annotated[float, typer.Option("--interval", help="seconds between rounds", min=1)] = 300.0,
+    window: Annotated[str | None, typer.Option("--window", help="HH:MM-HH:MM (local time) it may kill in")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="stop after this many rounds (0: run until Ctrl-C)")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of the choices")] = None,
+    dry: Annotated[bool, typer.Option("--dry", help="say what it would kill; kill nothing")] = False,
+) -> None:
+    """Kill one random instance per layer every interval: never the last healthy member, never one labelled
+    cloudlet.io/chaos=off; each kill is a ChaosFault event on the instance."""
+    import random
+    import time
+    from datetime import datetime
+
+    from cloudlet.chaos.monkey import Window, monkey_round
+    from cloudlet.cli.client import connect
+
+    allowed = Window.parse(window) if window else None
+    client, rng, out = connect(), random.Random(seed), console()
+    client.get(f"/v1/stacks/{stack}")  # a stack that is not there is an error at once, not at the first round
+    done = 0
+
+    def say(line: str) -> None:
+        out.print(f"{datetime.now():%H:%M:%S} {line}")
+
+    while True:
+        now = datetime.now()
+        if allowed is None or allowed.contains(now.time()):
+            monkey_round(client, stack, rng, dry, say)
+        else:
+            say(f"outside the window {window}: nothing killed")
+        done += 1
+        if rounds and done >= rounds:
+            return
+        time.sleep(interval)
