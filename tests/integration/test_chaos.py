@@ -247,6 +247,14 @@ def _in_netns(pid: int, *argv: str) -> str:
     return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", *argv], capture_output=True, text=True).stdout
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, its parent not having reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_faults_are_real_and_undone(env: CloudCLI) -> None:
     from cloudlet.chaos import actions
     from cloudlet.core.errors import NotSupported
@@ -274,6 +282,15 @@ def test_faults_are_real_and_undone(env: CloudCLI) -> None:
     actions.unshape_instance(name="web-2")
     assert "tbf" not in _in_netns(pid, "tc", "qdisc", "show", "dev", "eth0")
     assert env.json("show", "web-2")["pid"] == pid  # none of it restarted the instance
+    # faults left in place go with the instance: a frozen, throttled, partitioned one still stops, entirely
+    actions.throttle_cpu(name="web-2", percent=5)
+    actions.partition_instance(name="web-2")
+    actions.pause_instance(name="web-2")
+    env.run("stop", "web-2", "--wait", timeout=60)
+    assert _gone(pid), Path(f"/proc/{pid}/status").read_text()
+    assert env.runc("list").stdout.count("cl-" + iid) == 0
+    env.run("start", "web-2", "--wait")
+    assert _quota(env, "web-2") == 100000 and freezer.read_text().strip() == "THAWED"
 
 
 def test_operator_actions_need_root_and_admin(env: CloudCLI, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -374,3 +391,36 @@ def test_the_example_experiment_holds_on_a_load_balanced_stack(env: CloudCLI, tm
     assert env.json("show", "app-1")["pid"] == pids["app-1"]
     assert any(e["reason"] == "ChaosFault" for e in env.json("events", "app-2"))
     env.run("stack", "delete", "cw", "--wait", timeout=180)
+
+
+def _until(what: str, check: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.2)
+
+
+def test_operator_faults_on_a_host_and_the_control_plane(env: CloudCLI) -> None:
+    from cloudlet.chaos import actions
+    from cloudlet.network.underlay import Underlay
+
+    env.run("host", "add", "h2", "--zone", "zone-b")
+    agent = env.agent_pid("h2")
+    assert actions.kill_host("h2")["killed"] >= 1 and _gone(agent)
+    actions.start_host("h2")
+    assert env.agent_pid("h2") != agent and not _gone(env.agent_pid("h2"))
+    _until("h2 up again", lambda: env.json("host", "show", "h2")["state"] == "up")
+
+    underlay = ["ip", "netns", "exec", Underlay(env.cloud_id(), env.home).netns, "nft", "list", "ruleset"]
+    actions.partition_host("h2")
+    assert "drop" in subprocess.run(underlay, capture_output=True, text=True).stdout
+    actions.heal_host("h2")
+    assert "drop" not in subprocess.run(underlay, capture_output=True, text=True).stdout
+
+    daemon, web1 = env.daemon_pid(), env.json("show", "web-1")["pid"]
+    assert actions.kill_control_plane()["killed"] == daemon and _gone(daemon)
+    assert "unreachable" in env.run("show", "web-1", check=False).stderr
+    assert not _gone(web1)  # instances run on without the control plane
+    actions.start_control_plane()
+    assert env.json("show", "web-1")["pid"] == web1
+    env.run("host", "remove", "h2", "--force")

@@ -61,6 +61,8 @@ __all__ = [
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -247,13 +249,22 @@ def kill_host(host: str) -> dict[str, Any]:
     return {"host": host, "killed": result.killed, "took_s": round(result.took_s, 3)}
 
 
+def _up() -> None:
+    """`cloudlet up` in a process of its own: it starts whatever of this cloud's daemons is down, and exits, so
+    they are not children of the experiment's process (which would leave them unreaped once they stop)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloudlet.cli.main", "up"], capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0:
+        raise CloudletError(f"cloudlet up failed: {proc.stderr.strip()}")
+
+
 def start_host(host: str) -> dict[str, Any]:
-    """Starts the host's agent again (it adopts or restarts its instances), unless it runs."""
+    """Starts the host's agent again (it adopts or restarts its instances), through `cloudlet up`."""
     cfg = operator(f"start_host {host}")
     if daemons.alive(cfg.agent_dir(host) / "agent.pid") is None:
-        zone = (cfg.agent_dir(host) / "zone").read_text().strip() if host != cfg.host else cfg.zone
-        daemons.start_agent(cfg, host, zone)
-    return {"host": host, "started": True}
+        _up()
+    return {"host": host, "running": daemons.alive(cfg.agent_dir(host) / "agent.pid")}
 
 
 def partition_host(host: str) -> dict[str, Any]:
@@ -289,8 +300,9 @@ def _dead(pid: int) -> bool:
 
 
 def start_control_plane() -> dict[str, Any]:
-    """Starts cloudletd again unless it runs (the API is down, so only root on the machine is asked for)."""
+    """Starts cloudletd again through `cloudlet up`, unless it runs (the API is down, so only root on the machine
+    is asked for)."""
     cfg = operator("start_control_plane", ask_api=False)
     if daemons.alive(cfg.pid_file) is None:
-        daemons.start_control_plane(cfg)
+        _up()
     return {"running": daemons.alive(cfg.pid_file)}

@@ -104,6 +104,13 @@ class Activity(_Strict):
     frequency: float | None = Field(None, gt=0, le=3600)  # safeguard probes only: seconds between two runs
     controls: list[dict[str, Any]] = Field(default_factory=list)
 
+    @field_validator("controls")
+    @classmethod
+    def _no_controls(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if value:
+            raise ValueError("controls on an activity are not run by cloudlet: remove them, or run with chaostoolkit")
+        return value
+
     @field_validator("tolerance")
     @classmethod
     def _tolerance(cls, value: Any) -> Any:

@@ -46,7 +46,8 @@ def _http(p: HttpProvider, v: Variables) -> dict[str, Any]:
     body = v.substitute(p.arguments)
     timeout = httpx.Timeout(p.timeout[1], connect=p.timeout[0]) if isinstance(p.timeout, tuple) else p.timeout
     kwargs: dict[str, Any] = {"json": body} if isinstance(body, dict | list) else {"content": body}
-    with httpx.Client(timeout=timeout, verify=p.verify_tls) as client:
+    # trust_env off: a proxy from the environment would carry the request somewhere the experiment does not say
+    with httpx.Client(timeout=timeout, verify=p.verify_tls, trust_env=False) as client:
         reply = client.request(p.method, v.substitute(p.url), headers=v.substitute(p.headers), **kwargs)
     try:
         parsed: Any = reply.json() if "json" in reply.headers.get("content-type", "") else reply.text

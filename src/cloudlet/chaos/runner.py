@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from rich.markup import escape
+
 from cloudlet.chaos.experiment import Activity, Experiment, PythonProvider
 from cloudlet.chaos.journal import activity_run, new_journal
 from cloudlet.chaos.providers import Aborted, run_provider
@@ -73,7 +75,7 @@ class _Run:
 
                         self.opts.client = connect()
                     self.targets[sel.key()] = resolve(sel, self.opts.client, rng)
-                    self.say(f"targets of {act.name}: {', '.join(self.targets[sel.key()])}")
+                    self.say(escape(f"targets of {act.name}: {', '.join(self.targets[sel.key()])}"))
 
     def _bound(self, act: Activity) -> Activity:
         """The activity with its selector replaced by the names resolved at the start."""
@@ -89,7 +91,7 @@ class _Run:
         if seconds > 0 and not self.opts.dry:
             (cancel or threading.Event()).wait(seconds)
 
-    def execute(self, act: Activity, section: str, cancel: threading.Event | None = None) -> dict[str, Any]:
+    def execute(self, act: Activity, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Runs it (in this thread; `cancel` cuts pauses and processes) and returns its journal entry."""
         self._wait(act.pauses.before, cancel)
         start, t0 = datetime.now(UTC).isoformat(), time.monotonic()
@@ -112,11 +114,12 @@ class _Run:
         ok = run["status"] == "succeeded" and run.get("tolerance_met", True)
         mark = "[green]ok[/green]" if ok else "[red]FAILED[/red]"
         why = f": {run['exception'][-1].strip()}" if run.get("exception") else ""
-        self.say(f"  {section:<10} {act.type:<6} {act.name} … {mark} ({run['duration']:.2f} s){extra}{why}")
+        name, tail = escape(act.name), escape(extra + why)  # names and outputs are not rich markup
+        self.say(f"  {section:<10} {act.type:<6} {name} … {mark} ({run['duration']:.2f} s){tail}")
 
     def probe(self, act: Activity, section: str, cancel: threading.Event | None = None) -> dict[str, Any]:
         """A probe with a tolerance: its entry carries tolerance_met."""
-        run = self.execute(act, section, cancel)
+        run = self.execute(act, cancel)
         if self.opts.dry:
             run["tolerance_met"] = True
         else:
@@ -140,7 +143,7 @@ class _Run:
         hypo = self.exp.steady_state_hypothesis
         if hypo is None or not hypo.probes:
             return None
-        self.say(f"[bold]steady state {section}[/bold]: {hypo.title}")
+        self.say(f"[bold]steady state {section}[/bold]: {escape(hypo.title)}")
         state: dict[str, Any] = {"steady_state_met": True, "probes": []}
         for act in hypo.probes:
             run = self.probe(act, section)
@@ -160,7 +163,7 @@ class _Run:
             box: dict[str, Any] = {}
 
             def one(act: Activity = act, box: dict[str, Any] = box) -> None:
-                run = self.execute(act, "method", self.abort)
+                run = self.execute(act, self.abort)
                 with lock:
                     if not box.get("abandoned"):
                         box["run"] = run
@@ -203,7 +206,7 @@ class _Run:
             return
         self.say("[bold]rollbacks[/bold]")
         for act in self.exp.rollbacks:
-            run = self.execute(act, "rollback")
+            run = self.execute(act)
             self.journal["rollbacks"].append(run)
             self._show("rollback", act, run)
 
@@ -229,7 +232,7 @@ class _Run:
         if not run["tolerance_met"] and not self.abort.is_set():
             self.abort_reason = f"safeguard {act.name} out of tolerance"
             self.journal["cloudlet"]["aborted_by"] = act.name
-            self.say(f"[red bold]aborting: {self.abort_reason}[/red bold]")
+            self.say(f"[red bold]aborting: {escape(self.abort_reason)}[/red bold]")
             self.abort.set()
 
     def _guard_loop(self, act: Activity, stop: threading.Event) -> None:
@@ -242,14 +245,14 @@ class _Run:
         j = self.journal
         t0 = time.monotonic()
         self.say(
-            f"[bold]{self.exp.title}[/bold]"
+            f"[bold]{escape(self.exp.title)}[/bold]"
             + (" [yellow](dry run: nothing is touched)[/yellow]" if self.opts.dry else "")
         )
         seed = self.opts.seed if self.opts.seed is not None else random.SystemRandom().randrange(1 << 31)
         self.resolve_targets(seed)
         j["cloudlet"].update(
             seed=seed,
-            targets={k: v for k, v in self.targets.items()},
+            targets=dict(self.targets),
             dry=self.opts.dry,
             rollback_strategy=self.opts.rollback_strategy,
         )
