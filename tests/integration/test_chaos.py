@@ -354,7 +354,7 @@ eips:
 def test_the_example_experiment_holds_on_a_load_balanced_stack(env: CloudCLI, tmp_path: Path) -> None:
     """examples/chaos/shop-kill-web.json, pointed at a busybox stack of the same shape (2 app instances behind an
     LB holding an EIP): one web instance killed under load, the LB keeps answering 200."""
-    from cloudlet.chaos import probes
+    from cloudlet.chaos import actions, probes
     from tests.integration.test_lb import APP
 
     (tmp_path / "cw.yaml").write_text(STACK.format(app=json.dumps(APP)))
@@ -380,6 +380,14 @@ def test_the_example_experiment_holds_on_a_load_balanced_stack(env: CloudCLI, tm
     assert load["requests"] > 20 and load["error_rate"] <= 0.05, load
     assert all(r["tolerance_met"] for r in j["steady_states"]["during"])
     _restarted(env, killed, pids[killed])
+    # the LB member actions and the stack probe
+    assert probes.stack_healthy_count("cw", "app") == 2
+    actions.stop_lb_member("cw-front", "app-1")
+    _until("app-1 drained", lambda: probes.lb_member_states("cw-front").get("app-1") in ("drain", "maint"))
+    bodies = [probes.http_status(eip, path="/cgi-bin/app")["body"] for _ in range(6)]
+    assert all("app-2" in b and "app-1" not in b for b in bodies), bodies
+    actions.start_lb_member("cw-front", "app-1")
+    _until("app-1 back", lambda: probes.lb_member_states("cw-front").get("app-1") == "up")
     # the monkey on the same stack: app-1 opted out, so a round kills app-2, as an event on it
     env.run("label", "instance", "app-1", "cloudlet.io/chaos=off")
     for name in ("app-1", "app-2"):
@@ -416,6 +424,11 @@ def test_operator_faults_on_a_host_and_the_control_plane(env: CloudCLI) -> None:
     assert "drop" in subprocess.run(underlay, capture_output=True, text=True).stdout
     actions.heal_host("h2")
     assert "drop" not in subprocess.run(underlay, capture_output=True, text=True).stdout
+    own = ["ip", "netns", "exec", f"cl-{env.cloud_id()}-h-h2", "nft", "list", "tables"]
+    actions.drop_host_packets("h2", percent=50)
+    assert "cl_chaos" in subprocess.run(own, capture_output=True, text=True).stdout
+    actions.heal_host("h2")
+    assert "cl_chaos" not in subprocess.run(own, capture_output=True, text=True).stdout
 
     daemon, web1 = env.daemon_pid(), env.json("show", "web-1")["pid"]
     assert actions.kill_control_plane()["killed"] == daemon and _gone(daemon)

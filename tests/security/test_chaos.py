@@ -82,6 +82,7 @@ def test_another_tenant_cannot_aim_chaos_at_my_instance(
     # the operator's faults: refused to a tenant before anything is done
     for call in (
         lambda: actions.kill_host("local"),
+        lambda: actions.drop_host_packets("local"),
         lambda: actions.partition_host("local"),
         lambda: actions.heal_host("local"),
         lambda: actions.start_host("local"),

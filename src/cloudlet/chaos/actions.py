@@ -27,7 +27,7 @@ Who may do what:
 | fill_volume (`percent` of the volume, at most `max_mib` written) | clean_volume |
 | stop_lb_member | start_lb_member |
 | kill_host (SIGKILL of everything in its namespaces) | start_host |
-| partition_host (underlay drop) | heal_host |
+| partition_host (underlay drop) / drop_host_packets (`percent`, nftables in the host's namespace) | heal_host |
 | kill_control_plane (SIGKILL of cloudletd) | start_control_plane |
 """
 
@@ -52,6 +52,7 @@ __all__ = [
     "start_lb_member",
     "kill_host",
     "start_host",
+    "drop_host_packets",
     "partition_host",
     "heal_host",
     "kill_control_plane",
@@ -67,15 +68,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloudlet.chaos import faults
 from cloudlet.chaos.selectors import Selector, resolve
 from cloudlet.cli import daemons
 from cloudlet.cli.client import Client, connect
 from cloudlet.core.config import Config, load_config
-from cloudlet.core.errors import CloudletError, Conflict, Forbidden, NotFound
+from cloudlet.core.errors import CloudletError, Conflict, Forbidden, NotFound, NotSupported
+from cloudlet.network.underlay import host_netns
 from cloudlet.resilience.fence import NetnsFence
 
 Names = str | list[str] | None
 FILL = ".cloudlet-chaos-fill"  # the files fill_volume writes, and clean_volume removes
+SETTLED = ("fenced", "lease-expired", "down")  # host phases the monitor has finished with (resilience/monitor.py)
 
 
 def targets(client: Client, name: Names, selector: dict[str, Any] | None) -> list[str]:
@@ -259,12 +263,38 @@ def _up() -> None:
         raise CloudletError(f"cloudlet up failed: {proc.stderr.strip()}")
 
 
-def start_host(host: str) -> dict[str, Any]:
-    """Starts the host's agent again (it adopts or restarts its instances), through `cloudlet up`."""
+def start_host(host: str, settle_s: float = 30.0) -> dict[str, Any]:
+    """Starts the host's agent again (it adopts or restarts its instances), through `cloudlet up`, once the control
+    plane has taken the host for gone (fenced, lease-expired or down; at most `settle_s`): its fence, decided on
+    the silence, would otherwise kill the new agent too, as it would a real host rebooting into it."""
     cfg = operator(f"start_host {host}")
     if daemons.alive(cfg.agent_dir(host) / "agent.pid") is None:
+        client, deadline = connect(cfg), time.monotonic() + settle_s
+        while client.get(f"/v1/hosts/{host}")["state"] not in SETTLED and time.monotonic() < deadline:
+            time.sleep(0.2)
         _up()
     return {"host": host, "running": daemons.alive(cfg.agent_dir(host) / "agent.pid")}
+
+
+def _host_netns(cfg: Config, host: str) -> str:
+    if host == cfg.host:
+        raise NotSupported(
+            f"host {host} is this machine's root namespace: a packet fault there hits the machine itself"
+        )
+    path = Path("/run/netns") / host_netns(cfg.cloud_id(), host)
+    if not path.exists():
+        raise NotFound(f"host {host} has no namespace on this machine (see 'cloudlet host list')")
+    return str(path)
+
+
+def drop_host_packets(host: str, percent: float = 30.0) -> dict[str, Any]:
+    """Drops `percent` of the packets of the host's own namespace, in and out (its agent's heartbeats and watch,
+    its VXLAN tunnels): a flaky host link. Added hosts only; heal_host undoes it."""
+    if not 0 < percent <= 100:
+        raise CloudletError("drop_host_packets: percent in (0, 100]")
+    cfg = operator(f"drop_host_packets {host}")
+    faults.nft_load(_host_netns(cfg, host), faults.nft_ruleset(percent), f"host {host}'s namespace")
+    return {"host": host, "dropping_percent": percent}
 
 
 def partition_host(host: str) -> dict[str, Any]:
@@ -274,8 +304,12 @@ def partition_host(host: str) -> dict[str, Any]:
 
 
 def heal_host(host: str) -> dict[str, Any]:
-    daemons.partition_host(operator(f"heal_host {host}"), host, False)
-    return {"host": host, "partitioned": False}
+    """Undoes partition_host and drop_host_packets."""
+    cfg = operator(f"heal_host {host}")
+    daemons.partition_host(cfg, host, False)
+    if host != cfg.host:
+        faults.nft_load(_host_netns(cfg, host), faults.NFT_REMOVE, f"host {host}'s namespace")
+    return {"host": host, "partitioned": False, "dropping_percent": 0}
 
 
 def kill_control_plane() -> dict[str, Any]:

@@ -19,7 +19,7 @@ of the instance, a stop or `cloudlet down` leaves nothing behind; the cgroup one
 
 from __future__ import annotations
 
-__all__ = ["FAULTS", "FaultRequest", "inject", "inject_fault"]
+__all__ = ["FAULTS", "TABLE", "NFT_REMOVE", "FaultRequest", "nft_ruleset", "nft_load", "inject", "inject_fault"]
 
 import os
 import signal
@@ -56,6 +56,7 @@ Fault = Literal[
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
 TABLE = "cl_chaos"
+NFT_REMOVE = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"  # removes the table, there or not
 NO_NETEM = (
     "this kernel has no sch_netem (tc: 'Specified qdisc kind is unknown'), so latency cannot be added here; "
     "make the server slow instead with throttle_cpu (cgroup CPU quota) or pause_instance (cgroup freezer)"
@@ -111,14 +112,15 @@ def _cpu_quota(ctx: HostContext, iid: str, quota_us: int) -> dict[str, Any]:
     return {"fault": "cpu-quota", "detail": f"cpu.cfs_quota_us {max(quota_us, 1000)} of {CPU_PERIOD_US}"}
 
 
-def _ruleset(req: FaultRequest) -> str:
-    verdict = "drop" if req.fault == "partition" else f"numgen random mod 100 < {round(req.need('percent'))} drop"
+def nft_ruleset(percent: float | None) -> str:
+    """The table dropping `percent` of the packets in and out of a namespace (None: all), loopback spared; an empty
+    declaration first makes the delete safe when the table is not there, so it is one atomic replace."""
+    verdict = "drop" if percent is None else f"numgen random mod 100 < {round(percent)} drop"
     chains = "".join(
         f'  chain {hook} {{ type filter hook {hook} priority -5; policy accept; {lo} "lo" accept; {verdict}; }}\n'
         for hook, lo in (("input", "iifname"), ("output", "oifname"))
     )
-    # the empty declaration first makes the delete safe when the table is not there: one atomic replace
-    return f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{chains}}}\n"
+    return f"{NFT_REMOVE}table inet {TABLE} {{\n{chains}}}\n"
 
 
 def _network(pid: int, req: FaultRequest) -> dict[str, Any]:
@@ -130,10 +132,10 @@ def _network(pid: int, req: FaultRequest) -> dict[str, Any]:
         raise Conflict(f"the instance's init (pid {pid}) is gone") from exc
     enter = ["nsenter", f"--net={ns}", "--"]
     if req.fault in ("drop", "partition"):
-        _run([*enter, "nft", "-f", "-"], _ruleset(req))
+        nft_load(ns, nft_ruleset(None if req.fault == "partition" else req.need("percent")), "the instance's netns")
         return {"fault": req.fault, "detail": f"nft table inet {TABLE} in the instance's netns drops {_share(req)}"}
     if req.fault == "heal":
-        _run([*enter, "nft", "-f", "-"], f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+        nft_load(ns, NFT_REMOVE, "the instance's netns")
         return {"fault": "heal", "detail": f"nft table inet {TABLE} removed"}
     if req.fault == "unshape":
         proc = subprocess.run([*enter, "tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True, text=True)
@@ -159,10 +161,12 @@ def _share(req: FaultRequest) -> str:
     return "every packet but loopback's" if req.fault == "partition" else f"{req.percent:g}% of packets"
 
 
-def _run(argv: list[str], stdin: str) -> None:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+def nft_load(netns: str, text: str, where: str) -> None:
+    """`nft -f -` inside the network namespace whose nsfs file is `netns`, nothing else of the caller's changed."""
+    argv = ["nsenter", f"--net={netns}", "--", "nft", "-f", "-"]
+    proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
-        raise DriverError(f"{argv[3]} in the instance's namespace: {proc.stderr.strip()}")
+        raise DriverError(f"nft in {where}: {proc.stderr.strip()}")
 
 
 def inject_fault(cloud: Cloud, caller: Caller, name: str, req: FaultRequest) -> dict[str, Any]:
