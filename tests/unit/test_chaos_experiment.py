@@ -96,3 +96,25 @@ def test_configuration_env_secrets_and_vars(monkeypatch: pytest.MonkeyPatch) -> 
         v.check([{"x": "${ghost}"}], "method")
     with pytest.raises(Exception, match="CHAOS_NOPE is not set"):
         resolve({"x": {"type": "env", "key": "CHAOS_NOPE"}}, {}, {})
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "chaos").glob("*.json"))
+CHAOS = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "chaos"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_load_here_and_validate_in_chaostoolkit(path: Path, tmp_path: Path) -> None:
+    """The same file is valid for both: chaostoolkit also imports each python provider's module and checks the
+    function and its arguments against cloudlet.chaos.actions and probes."""
+    import subprocess
+
+    load(path)
+    if not CHAOS.exists():
+        pytest.skip("chaostoolkit is not installed in .venv (make install; tests/integration/test_chaos.py does)")
+    argv = [str(CHAOS), "--no-version-check", "--no-log-file", "--settings", str(tmp_path / "s.yaml"), "validate"]
+    proc = subprocess.run(
+        [*argv, str(path)], capture_output=True, text=True, timeout=60, env={"SHOP_EIP": "198.18.0.1"}
+    )
+    assert proc.returncode == 0 and "experiment syntax and semantic look valid" in proc.stdout + proc.stderr, (
+        proc.stdout + proc.stderr
+    )
