@@ -78,7 +78,7 @@ def _summary(j: dict[str, Any], path: Path) -> None:
     console().print(
         f"[{colour} bold]{j['status']}[/{colour} bold]{' [red bold]deviated[/red bold]' if j['deviated'] else ''} "
         f"in {j['duration']:.1f} s: steady state before {held(before)}, after {held(after)}; "
-        f"{len(runs)} method activities ({failed} failed), {len(rollbacks)} rollbacks; "
+        f"method: {len(runs)} run, {failed} failed; rollbacks: {len(rollbacks)} run; "
         f"seed {j['cloudlet']['seed']}; journal {path}"
     )
 
