@@ -45,6 +45,10 @@ def explode() -> None:
     raise RuntimeError("it blew up")
 
 
+def ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
 def hit(name: list[str]) -> list[str]:
     STATE["targets"].append(name)
     return name
@@ -183,3 +187,12 @@ def test_substitution_reaches_the_providers() -> None:
     )
     _run(doc, variables={"who": "web-9"})
     assert STATE["targets"] == ["web-9"]
+
+
+def test_ctrl_c_is_an_interrupted_run_and_the_strategy_decides_the_rollbacks() -> None:
+    doc = _doc([BREAK])
+    doc["steady-state-hypothesis"]["probes"][0]["provider"] = _py("ctrl_c")
+    j = _run(doc)
+    assert (j["status"], verdict(j), j["run"], STATE["calls"]) == ("interrupted", 1, [], [])
+    assert _run(doc, rollback_strategy="always")["rollbacks"][0]["status"] == "succeeded"
+    assert STATE["calls"] == ["fix"]

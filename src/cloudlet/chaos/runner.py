@@ -7,7 +7,8 @@ rollbacks as the strategy says: `default` unless the run `failed` or was `interr
 `deviated` only then. A safeguard out of tolerance sets the abort: the method stops at once (a pause or a process
 is cut; a python function cannot be, and is left to finish in its thread), the hypothesis is not checked again,
 the status is `aborted` and the rollbacks run. An activity that raises is `failed` in the journal and the method
-goes on, as in chaostoolkit. `--dry` runs no provider: every activity is journaled as succeeded with no output, and
+goes on, as in chaostoolkit. Ctrl-C makes the run `interrupted` (the default strategy then plays no rollback;
+`always` does) and the journal is still written. `--dry` runs no provider: every activity is journaled as succeeded with no output, and
 no tolerance is checked.
 
 `verdict()` is the exit code: 0 when the run completed and the steady state held before and after, 1 otherwise.
@@ -241,6 +242,24 @@ class _Run:
             self._guard(act)
             stop.wait(act.frequency)
 
+    def phases(self) -> None:
+        """Hypothesis, method, hypothesis again: the status each way out of them leaves."""
+        j = self.journal
+        before = None if self.abort.is_set() else self.hypothesis("before")
+        j["steady_states"]["before"] = before
+        if before is not None and not before["steady_state_met"]:
+            j["status"] = "failed"
+            return
+        if not self.abort.is_set():
+            self.method()
+        if self.abort.is_set():
+            j["status"] = "aborted"
+            return
+        after = self.hypothesis("after")
+        j["steady_states"]["after"] = after
+        j["deviated"] = after is not None and not after["steady_state_met"]
+        j["status"] = "completed"
+
     def run(self) -> dict[str, Any]:
         j = self.journal
         t0 = time.monotonic()
@@ -257,23 +276,19 @@ class _Run:
             rollback_strategy=self.opts.rollback_strategy,
         )
         stop = threading.Event()
-        guards = self.safeguards(stop)
-        before = None if self.abort.is_set() else self.hypothesis("before")
-        j["steady_states"]["before"] = before
-        if before is not None and not before["steady_state_met"]:
-            j["status"] = "failed"
-        elif not self.abort.is_set():
-            self.method()
-        stop.set()
-        for t in guards:
-            t.join()
-        if self.abort.is_set():
-            j["status"] = "aborted"
-        elif j["status"] is None:
-            after = self.hypothesis("after")
-            j["steady_states"]["after"] = after
-            j["deviated"] = after is not None and not after["steady_state_met"]
-            j["status"] = "completed"
+        guards: list[threading.Thread] = []
+        try:
+            guards = self.safeguards(stop)
+            self.phases()
+        except KeyboardInterrupt:  # Ctrl-C: the journal says so, and the strategy decides the rollbacks
+            self.abort_reason = "interrupted"
+            self.abort.set()
+            j["status"] = "interrupted"
+            self.say("[red bold]interrupted[/red bold]")
+        finally:
+            stop.set()
+            for t in guards:
+                t.join()
         self.rollbacks()
         j["end"] = datetime.now(UTC).isoformat()
         j["duration"] = round(time.monotonic() - t0, 6)
