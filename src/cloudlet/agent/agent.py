@@ -24,6 +24,7 @@ from typing import Any
 from cloudlet import __version__, repair
 from cloudlet.agent.cache import RecordCache
 from cloudlet.agent.transport import ControlPlane
+from cloudlet.chaos import faults
 from cloudlet.compute import images
 from cloudlet.compute.drivers.base import ComputeDriver
 from cloudlet.compute.hosts import AGENT_KINDS
@@ -35,6 +36,7 @@ from cloudlet.core.config import Config
 from cloudlet.core.context import HostContext
 from cloudlet.core.errors import CloudletError, NotFound
 from cloudlet.core.reconcile import Manager
+from cloudlet.core.records import Resource
 from cloudlet.domains import DOMAINS
 from cloudlet.lb.loadbalancers import stop_all as stop_load_balancers
 from cloudlet.network.drivers.base import NetworkDriver
@@ -244,11 +246,14 @@ class Agent:
                 pass  # the watch loop reports the outage
 
     # what the control plane asks of this host
-    def _instance(self, iid: str) -> str:
+    def _record(self, iid: str) -> Resource:
         res = self.cache.get_by_id(iid)
         if res is None or res.host != self.host:
             raise NotFound(f"instance {iid} is not on host {self.host}")
-        return iid
+        return res
+
+    def _instance(self, iid: str) -> str:
+        return self._record(iid).id
 
     def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, Any]:
         result = self.ctx.compute.exec_instance(self._instance(iid), argv, timeout, self.ctx.config.exec_output_bytes)
@@ -259,6 +264,9 @@ class Agent:
 
     def stats(self, iid: str) -> dict[str, Any]:
         return self.ctx.compute.stats(self._instance(iid))
+
+    def chaos_instance(self, iid: str, fault: dict[str, Any]) -> dict[str, Any]:
+        return faults.inject(self.ctx, self._record(iid), faults.FaultRequest.model_validate(fault))
 
     def volume_usage(self, vid: str) -> dict[str, int]:
         res = self.cache.get_by_id(vid)

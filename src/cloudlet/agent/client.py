@@ -42,6 +42,10 @@ class HostClient:
         result: dict[str, Any] = self._call("GET", f"/instances/{iid}/stats", timeout=5)
         return result
 
+    def chaos_instance(self, iid: str, fault: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/instances/{iid}/chaos", json=fault)
+        return result
+
     def volume_usage(self, vid: str) -> dict[str, int]:
         result: dict[str, int] = self._call("GET", f"/volumes/{vid}/usage")
         return result

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudlet.agent.agent import Agent
 from cloudlet.agent.client import ReplicaClient
+from cloudlet.chaos.faults import FaultRequest
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.core.errors import CloudletError, Conflict, Unauthorized
 from cloudlet.storage import replication
@@ -100,6 +101,10 @@ def create_agent_app(agent: Agent, uploads: Path, on_shutdown: Callable[[], None
     @app.get("/instances/{iid}/stats", dependencies=[Depends(authorized)])
     def stats(iid: str = _id()) -> dict[str, Any]:
         return agent.stats(iid)
+
+    @app.post("/instances/{iid}/chaos", dependencies=[Depends(authorized)])
+    def chaos(body: FaultRequest, iid: str = _id()) -> dict[str, Any]:
+        return agent.chaos_instance(iid, body.model_dump(exclude_none=True))
 
     @app.get("/volumes/{vid}/usage", dependencies=[Depends(authorized)])
     def volume_usage(vid: str = _id()) -> dict[str, int]:

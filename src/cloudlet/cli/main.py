@@ -14,6 +14,7 @@ import typer
 
 from cloudlet.cli import (
     backup,
+    chaos,
     eip,
     host,
     image,
@@ -60,6 +61,7 @@ app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(storage.app, name="storage")
 app.add_typer(backup.app, name="backup")
 app.add_typer(host.app, name="host")
+app.add_typer(chaos.app, name="chaos")
 instance.register(app)
 label.register(app)
 

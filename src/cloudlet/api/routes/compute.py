@@ -13,6 +13,8 @@ from cloudlet.api.deps import NamePath, caller, get_cloud
 from cloudlet.api.limits import ExecSlots
 from cloudlet.api.listcache import RenderCache
 from cloudlet.api.routes.labels import label_selector
+from cloudlet.chaos import faults
+from cloudlet.chaos.faults import FaultRequest
 from cloudlet.compute import instances, placement
 from cloudlet.compute.drivers.base import CONSOLE_PAGE
 from cloudlet.compute.resource import InstanceStatus
@@ -113,6 +115,17 @@ async def exec_in(
         run = partial(instances.exec_in, cloud, who, name, body)
         result: dict[str, Any] = await anyio.to_thread.run_sync(run, limiter=slots.threads)
     return result
+
+
+@router.post("/{name}/chaos")
+def chaos(
+    name: NamePath, body: FaultRequest, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Injects a fault into your own running instance, or undoes one (`cloudlet chaos`, cloudlet.chaos.actions):
+    kill (SIGKILL of its init), pause/resume (cgroup freezer), throttle/unthrottle (CPU quota), drop (a share of
+    packets) / partition / heal (nftables in its netns), bandwidth (tbf) / latency (netem, where the kernel has it) /
+    unshape. Each is a Warning event on the instance."""
+    return faults.inject_fault(cloud, who, name, body)
 
 
 @router.get("/{name}/console")
