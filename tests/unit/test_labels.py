@@ -108,9 +108,10 @@ def test_owned_records_go_with_their_owner_deepest_first(api: Api) -> None:
     grandchild = store.create(Resource(kind="BackupTarget", tenant="admin", name="grandchild", spec={}, owner=child.id))
     store.mark_deleted(owner.id)
 
-    def collected() -> bool:  # the collector works in the background, grandchild first
+    def collected() -> bool:  # the collector works in the background, grandchild first; its event comes last
         left = store.get_by_id(child.id)
-        return store.get_by_id(grandchild.id) is None and (left is None or left.deleting)
+        marked = store.get_by_id(grandchild.id) is None and (left is None or left.deleting)
+        return marked and "Collected" in [e.reason for e in store.list_events("admin", "child")]
 
     deadline = time.monotonic() + 5
     while not collected() and time.monotonic() < deadline:
