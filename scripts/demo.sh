@@ -100,6 +100,11 @@ echo
 step "cloudlet up: the control plane comes back, the agent resyncs"
 $C up
 $C list
+step "chaos: kill a web instance under load (examples/chaos/shop-kill-web.json, the Chaos Toolkit format)"
+# the steady state (the LB answers 200, both web instances run) is checked before and after; a safeguard probes
+# the LB every second during the kill; exit 1 (the demo stops) if the shop did not hold
+$C chaos run examples/chaos/shop-kill-web.json --var eip="$eip" --journal "$home/chaos-journal.json"
+echo "(journal, Chaos Toolkit format: $home/chaos-journal.json)"
 step "recent events"
 $C events --limit 6
 cat <<TXT
