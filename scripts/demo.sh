@@ -104,7 +104,13 @@ step "chaos: kill a web instance under load (examples/chaos/shop-kill-web.json, 
 # the steady state (the LB answers 200, both web instances run) is checked before and after; a safeguard probes
 # the LB every second during the kill; exit 1 (the demo stops) if the shop did not hold
 $C chaos run examples/chaos/shop-kill-web.json --var eip="$eip" --journal "$home/chaos-journal.json"
-echo "(journal, Chaos Toolkit format: $home/chaos-journal.json)"
+$PY - "$home/chaos-journal.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+load = next((r["output"] for r in j["run"] if r["activity"]["name"] == "load"), None) or {}
+print(f"journal ({sys.argv[1]}, Chaos Toolkit format): status {j['status']}, deviated {j['deviated']}; under load "
+      f"{load.get('requests')} requests, {load.get('errors')} failed, p50 {load.get('p50_ms')} ms, max {load.get('max_ms')} ms")
+PY
 step "recent events"
 $C events --limit 6
 cat <<TXT
