@@ -8,18 +8,16 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from cloudlet.resilience.simulation import SimParams, command, run
 from cloudlet.resilience.simulation.runner import run_many
 
 SEEDS = int(os.environ.get("CLOUDLET_SIM_SEEDS", "1000"))
-SMALL = SimParams(hosts=4, instances=12)
+SMALL = SimParams(hosts=3, instances=9)
 
 
 def test_a_thousand_seeds_hold_every_invariant() -> None:
     started = time.perf_counter()
-    failed = [r.text() for r in run_many(SMALL, range(SEEDS)) if not r.ok]
+    failed = [r.text() for r in run_many(SMALL, range(SEEDS), jobs=2) if not r.ok]
     took = time.perf_counter() - started
     assert failed == [], "\n\n".join(failed[:3])
     print(f"{SEEDS} seeds in {took:.1f} s ({SEEDS / took:.1f} seeds/s)")
@@ -39,9 +37,9 @@ def test_a_seed_of_a_shared_world_replays_alone_and_in_another_process() -> None
     assert outs[0].stdout == outs[1].stdout and outs[0].returncode == (0 if alone.ok else 1)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_broken_invariant_is_caught_with_the_command_that_reproduces_it(seed: int) -> None:
+def test_a_broken_invariant_is_caught_with_the_command_that_reproduces_it() -> None:
     """The checker can fail: a 'fault' that starts a running instance on a second host (as a broken fence would)."""
+    seed = 1
     p = SimParams(seed=seed, hosts=4, instances=12, faults=["duplicate"])
     report = run(p)
     assert not report.ok and report.violation is not None

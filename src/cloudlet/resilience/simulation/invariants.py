@@ -7,7 +7,8 @@
 - every stack is back at its desired count (each layer's instances running) within `bound` seconds of the
   last fault's end;
 - RPO within policy: a replica promoted by a recovery was taken at most its interval + `RPO_MARGIN` before its
-  source's host failed (in time the system ran: a clock jump is a stall, during which nothing was written).
+  source's host failed (in time the system ran: a clock jump is a stall, during which nothing was written),
+  unless the replica host itself was down meanwhile (a second failure: no policy promises that).
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ def stack_shortfalls(world: World) -> list[Violation]:
 def _rpo(world: World) -> list[Violation]:
     out, failed_at = [], world.failed_at
     for p in world.hosts.promotions:
-        if p.source not in failed_at:
-            continue
-        failed = failed_at[p.source]
+        failed = failed_at.get(p.source)
+        if failed is None or world.was_down(p.host, p.taken_at, failed):
+            continue  # its replica host failed too (the newest replica could not land): two failures, no policy
         # written meanwhile: the time between, less the clock's leaps (nothing ran during those)
         lost = failed - p.taken_at - sum(size for at, size in world.jumps if p.taken_at <= at < failed)
         if lost > p.interval + RPO_MARGIN:

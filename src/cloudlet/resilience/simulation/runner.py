@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,12 +27,12 @@ from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.errors import CloudletError
 from cloudlet.resilience.simulation import faults
-from cloudlet.resilience.simulation.determinism import deterministic
+from cloudlet.resilience.simulation.determinism import Deterministic
 from cloudlet.resilience.simulation.invariants import Violation, check, stack_shortfalls
 from cloudlet.resilience.simulation.world import TENANTS, World
 
 WARMUP = 10
-WINDOW = 15  # steps within which the faults start (with --steps: the first half of those after WARMUP)
+WINDOW = 8  # steps within which the faults start, plus one per 20 hosts (--steps: the first half after WARMUP)
 BOUND = 40  # steps (virtual seconds) after the last fault's end within which every stack is at its count again
 
 
@@ -101,28 +101,36 @@ def run(p: SimParams, home: Path | None = None) -> SimReport:
         with tempfile.TemporaryDirectory(prefix="cloudlet-sim-") as tmp:
             return run(p, Path(tmp))
     clock = VirtualClock(100.0)
-    with _quiet(), deterministic(clock, p.world_seed if p.world_seed is not None else p.seed):
+    with _quiet(), Deterministic(clock, p.world_seed if p.world_seed is not None else p.seed):
         return _break(p, _build(p, home, clock))
 
 
-def run_many(base: SimParams, seeds: Iterable[int]) -> Iterator[SimReport]:
+def run_many(base: SimParams, seeds: Iterable[int], jobs: int = 1) -> Iterator[SimReport]:
     """One world (base's size, built from `world_seed`, 0 if unset) for many fault schedules: it is built and
-    warmed up once, and each seed runs in a forked copy of this process with a copy of its database, so a seed
-    costs only its faults. Each report equals `run` of its own parameters (`reproduce` says them)."""
+    warmed up once, and each seed runs in a forked copy of this process with a copy of its database, `jobs` at a
+    time, so a seed costs only its faults. Each report equals `run` of its own parameters (`reproduce` says them);
+    they come in the order of `seeds`."""
     world_seed = base.world_seed or 0
     with tempfile.TemporaryDirectory(prefix="cloudlet-sim-") as tmp:
         home = Path(tmp)
         clock = VirtualClock(100.0)
-        with _quiet(), deterministic(clock, world_seed):
+        same = Deterministic(clock, world_seed)  # entered for each stretch: between reports the caller's clocks
+        with _quiet(), same:
             world = _build(base.model_copy(update={"world_seed": world_seed}), home, clock)
             db = Path(world.cloud.store.engine.url.database or "")
             with world.cloud.store.engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the file alone holds every write
-            for seed in seeds:
-                yield _forked(world, db, base.model_copy(update={"seed": seed, "world_seed": world_seed}))
+        running: deque[tuple[SimParams, int, int]] = deque()  # (params, pid, the pipe's read end)
+        for seed in [*seeds, None]:
+            if seed is not None:
+                p = base.model_copy(update={"seed": seed, "world_seed": world_seed})
+                with _quiet(), same:
+                    running.append((p, *_fork(world, db, p)))
+            while running and (seed is None or len(running) >= jobs):
+                yield _report(*running.popleft())
 
 
-def _forked(world: World, db: Path, p: SimParams) -> SimReport:
+def _fork(world: World, db: Path, p: SimParams) -> tuple[int, int]:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its own database, its faults, its report down the pipe
@@ -140,6 +148,10 @@ def _forked(world: World, db: Path, p: SimParams) -> SimReport:
         finally:
             os._exit(code)
     os.close(write)
+    return pid, read
+
+
+def _report(p: SimParams, pid: int, read: int) -> SimReport:
     with os.fdopen(read) as got:
         text = got.read()
     _, status = os.waitpid(pid, 0)
@@ -163,7 +175,7 @@ def _break(p: SimParams, world: World) -> SimReport:
     rng = random.Random(p.seed)
     world.reseed(p.seed)
     begin = world.steps
-    window = max(1, (p.steps - WARMUP) // 2) if p.steps else WINDOW
+    window = max(1, (p.steps - WARMUP) // 2) if p.steps else WINDOW + p.hosts // 20
     plan = faults.schedule(rng, p.faults, world.names, begin, begin + window)
     last = max((f.end for f in plan), default=begin)
     total = p.steps or last + BOUND + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = ["World", "STEP"]
 
 import ipaddress
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +81,8 @@ class World:
         # when each host last stopped serving (powered off, cut off from everybody, self-fenced): the RPO check
         # measures the data a recovery lost from then
         self.failed_at: dict[str, float] = {}
-        self._failing: set[str] = set()
+        self.outages: dict[str, list[list[float]]] = {}  # host -> [[from, until]] (until: inf while it lasts)
+        self.self_fenced: set[str] = set()
         self.jumps: list[tuple[float, float]] = []  # (when, seconds) the clock leapt: nothing ran, nothing was written
         self.hosts = SimHosts(self._answers)
         self.pools: dict[str, SimPool] = {}
@@ -207,8 +209,9 @@ class World:
                 pass  # the lease notes it: the watchdog acts when it runs out
         for agent in self.live():
             agent.lease.check()
-            if agent.lease.fenced:
-                self.failed(agent.host)
+            if agent.lease.fenced != (agent.host in self.self_fenced):  # its HA instances stopped, or may start
+                self.self_fenced ^= {agent.host}
+                (self.failed if agent.lease.fenced else self.serving)(agent.host)
         self.settle(self.clock.now() + STEP)
         self.steps += 1
 
@@ -222,9 +225,18 @@ class World:
             driver.stop_instance(iid)
 
     def failed(self, host: str) -> None:
-        if host not in self._failing:
-            self._failing.add(host)
+        spans = self.outages.setdefault(host, [])
+        if not spans or spans[-1][1] != math.inf:
+            spans.append([self.clock.now(), math.inf])
             self.failed_at[host] = self.clock.now()
+
+    def serving(self, host: str) -> None:
+        for span in self.outages.get(host, [])[-1:]:
+            span[1] = min(span[1], self.clock.now())
+
+    def was_down(self, host: str, start: float, end: float) -> bool:
+        """Whether host failed at some time between start and end."""
+        return any(a <= end and b >= start for a, b in self.outages.get(host, []))
 
     def restart_agent(self, host: str, boot: bool = False) -> None:
         """A new agent process for host, from the cache the old one kept on disk (`boot`: after a power-off, its
@@ -239,7 +251,7 @@ class World:
         )
         if boot:
             self.dead.discard(host)
-            self._failing.discard(host)
+            self.serving(host)
         self._wire(agent)
         agent.manager.enqueue_all()  # as its start does
         if boot:
@@ -258,7 +270,7 @@ class World:
 
     def heal(self, host: str) -> None:
         if host not in self.dead:
-            self._failing.discard(host)
+            self.serving(host)
         self.cut_cp.discard(host)
         self.cut_peers.discard(host)
         self.agents[host].cp.cut = self.cp_down  # type: ignore[attr-defined]
