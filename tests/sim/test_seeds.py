@@ -8,19 +8,23 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cloudlet.resilience.simulation import SimParams, command, run
 from cloudlet.resilience.simulation.runner import run_many
 
-SEEDS = int(os.environ.get("CLOUDLET_SIM_SEEDS", "1000"))
 SMALL = SimParams(hosts=3, instances=9)
 
 
-def test_a_thousand_seeds_hold_every_invariant() -> None:
-    started = time.perf_counter()
-    failed = [r.text() for r in run_many(SMALL, range(SEEDS), jobs=2) if not r.ok]
-    took = time.perf_counter() - started
+# 1,000 seeds take about 4-5 minutes on this machine's 2 shared cores (about 0.27 s a seed, two at a time), over
+# the suite's budget: the suite runs 200 of them, the slow tier (make test-slow) the 1,000
+@pytest.mark.parametrize("count", [200, pytest.param(1000, marks=pytest.mark.slow)])
+def test_seeded_fault_schedules_hold_every_invariant(count: int) -> None:
+    started = time.monotonic()
+    failed = [r.text() for r in run_many(SMALL, range(count), jobs=2) if not r.ok]
+    took = time.monotonic() - started
     assert failed == [], "\n\n".join(failed[:3])
-    print(f"{SEEDS} seeds in {took:.1f} s ({SEEDS / took:.1f} seeds/s)")
+    print(f"{count} seeds in {took:.1f} s ({count / took:.1f} seeds/s)")
 
 
 def test_a_seed_of_a_shared_world_replays_alone_and_in_another_process() -> None:

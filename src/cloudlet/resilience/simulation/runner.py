@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import tempfile
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -107,8 +108,8 @@ def run(p: SimParams, home: Path | None = None) -> SimReport:
 
 def run_many(base: SimParams, seeds: Iterable[int], jobs: int = 1) -> Iterator[SimReport]:
     """One world (base's size, built from `world_seed`, 0 if unset) for many fault schedules: it is built and
-    warmed up once, and each seed runs in a forked copy of this process with a copy of its database, `jobs` at a
-    time, so a seed costs only its faults. Each report equals `run` of its own parameters (`reproduce` says them);
+    warmed up once, and each seed runs in a forked copy of this process with a copy of its home (database, agents'
+    cache files), `jobs` at a time, so a seed costs only its faults. Each report equals `run` of its own parameters (`reproduce` says them);
     they come in the order of `seeds`."""
     world_seed = base.world_seed or 0
     with tempfile.TemporaryDirectory(prefix="cloudlet-sim-") as tmp:
@@ -116,34 +117,41 @@ def run_many(base: SimParams, seeds: Iterable[int], jobs: int = 1) -> Iterator[S
         clock = VirtualClock(100.0)
         same = Deterministic(clock, world_seed)  # entered for each stretch: between reports the caller's clocks
         with _quiet(), same:
-            world = _build(base.model_copy(update={"world_seed": world_seed}), home, clock)
-            db = Path(world.cloud.store.engine.url.database or "")
+            world = _build(base.model_copy(update={"world_seed": world_seed}), home / "world", clock)
             with world.cloud.store.engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the file alone holds every write
         running: deque[tuple[SimParams, int, int]] = deque()  # (params, pid, the pipe's read end)
-        for seed in [*seeds, None]:
-            if seed is not None:
-                p = base.model_copy(update={"seed": seed, "world_seed": world_seed})
-                with _quiet(), same:
-                    running.append((p, *_fork(world, db, p)))
-            while running and (seed is None or len(running) >= jobs):
-                yield _report(*running.popleft())
+        try:
+            for seed in [*seeds, None]:
+                if seed is not None:
+                    p = base.model_copy(update={"seed": seed, "world_seed": world_seed})
+                    with _quiet(), same:
+                        running.append((p, *_fork(world, p)))
+                while running and (seed is None or len(running) >= jobs):
+                    yield _report(*running.popleft())
+        finally:
+            for _, pid, read in running:  # a failure or a caller that stopped early: no child left behind
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(read)
 
 
-def _fork(world: World, db: Path, p: SimParams) -> tuple[int, int]:
+def _fork(world: World, p: SimParams) -> tuple[int, int]:
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its own database, its faults, its report down the pipe
+    if pid == 0:  # the child: a home of its own (database, cache files), its faults, its report down the pipe
         code = 1
         try:
             os.close(read)
-            copy = db.with_name(f"seed-{p.seed}.db")
-            shutil.copyfile(db, copy)
-            world.cloud.store.reopen(f"sqlite:///{copy}")
-            world.sim.config = dataclasses.replace(world.sim.config, db_url=f"sqlite:///{copy}")
+            home = world.sim.config.home
+            mine = home.with_name(f"{home.name}-seed-{p.seed}")
+            shutil.copytree(home, mine, ignore=shutil.ignore_patterns("*-wal", "*-shm"))  # checkpointed: empty
+            url = f"sqlite:///{mine / Path(world.cloud.store.engine.url.database or '').name}"
+            world.cloud.store.reopen(url)
+            world.sim.config = dataclasses.replace(world.sim.config, home=mine, db_url=url)
             with os.fdopen(write, "w") as out:
                 out.write(_break(p, world).model_dump_json())
-            copy.unlink()
+            shutil.rmtree(mine)
             code = 0
         finally:
             os._exit(code)
