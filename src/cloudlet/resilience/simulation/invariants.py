@@ -7,7 +7,8 @@
 - every stack is back at its desired count (each layer's instances running) within `bound` seconds of the
   last fault's end;
 - RPO within policy: a replica promoted by a recovery was taken at most its interval + `RPO_MARGIN` before its
-  source's host failed (in time the system ran: a clock jump is a stall, during which nothing was written),
+  source's host failed, counted in time its instances ran (a clock jump is a stall; an earlier outage of the
+  source's host wrote nothing either),
   unless the replica host itself was down meanwhile (a second failure: no policy promises that).
 """
 
@@ -100,8 +101,10 @@ def _rpo(world: World) -> list[Violation]:
         failed = failed_at.get(p.source)
         if failed is None or world.was_down(p.host, p.taken_at, failed):
             continue  # its replica host failed too (the newest replica could not land): two failures, no policy
-        # written meanwhile: the time between, less the clock's leaps (nothing ran during those)
-        lost = failed - p.taken_at - sum(size for at, size in world.jumps if p.taken_at <= at < failed)
+        # written meanwhile: the time between, less the clock's leaps and the source's earlier outages (nothing
+        # ran then: an outage that ended just before this failure left the newest replica where it was)
+        stalled = sum(size for at, size in world.jumps if p.taken_at <= at < failed)
+        lost = failed - p.taken_at - stalled - world.down_for(p.source, p.taken_at, failed)
         if lost > p.interval + RPO_MARGIN:
             out.append(
                 Violation(

@@ -238,6 +238,10 @@ class World:
         """Whether host failed at some time between start and end."""
         return any(a <= end and b >= start for a, b in self.outages.get(host, []))
 
+    def down_for(self, host: str, start: float, end: float) -> float:
+        """Seconds host was down (its instances wrote nothing) between start and end."""
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.outages.get(host, []))
+
     def restart_agent(self, host: str, boot: bool = False) -> None:
         """A new agent process for host, from the cache the old one kept on disk (`boot`: after a power-off, its
         instances are down; else they ran on without their agent)."""
