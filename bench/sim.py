@@ -86,9 +86,9 @@ def big_run(hosts: int, instances: int, limit: int) -> None:
         pstats.Stats(profile, stream=text).sort_stats(order).print_stats(where, 12)
         print(f"  where it went ({title} time, top 12):")
         for line in text.getvalue().splitlines():
-            parts = line.split()
-            if parts and parts[0].replace("/", "").isdigit():
-                print(f"    {parts[column]:>8} s  {parts[-1].split('site-packages/')[-1].split('src/')[-1]}")
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[0].replace("/", "").isdigit() and parts[1].replace(".", "").isdigit():
+                print(f"    {parts[column]:>8} s  {parts[5].split('site-packages/')[-1].split('src/')[-1]}")
     print(f"  peak memory {peak_mib()} MiB", flush=True)
 
 
@@ -101,7 +101,7 @@ def peak_mib() -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=1000)
-    ap.add_argument("--small", default="4x12", help="HOSTSxINSTANCES of the seeds' cloud (default 4x12)")
+    ap.add_argument("--small", default="3x9", help="HOSTSxINSTANCES of the seeds' cloud (default 3x9)")
     ap.add_argument("--jobs", default="1,2", help="forked seeds at a time, one row each (default 1,2)")
     ap.add_argument("--big", default="100x2000,1000x20000", help="HOSTSxINSTANCES of the single runs")
     ap.add_argument("--limit", type=int, default=600, help="seconds a single run may take (default 600)")
