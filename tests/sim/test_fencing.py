@@ -8,15 +8,12 @@ may start elsewhere what a host ran (`may_start_elsewhere`), none of that host's
 
 from __future__ import annotations
 
-import builtins
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloudlet.agent.agent import Agent
-from cloudlet.agent.cache import Change
-from cloudlet.agent.transport import ControlPlane
 from cloudlet.compute import instances
 from cloudlet.compute.drivers.base import InstanceState
 from cloudlet.compute.drivers.fake import FakeDriver
@@ -29,38 +26,11 @@ from cloudlet.resilience.fence import FakeFence
 from cloudlet.resilience.lease import Peer, PeerAnswer
 from cloudlet.resilience.monitor import MONITOR, HostMonitor, may_start_elsewhere
 from cloudlet.resilience.sim import SimCloud
+from cloudlet.resilience.simulation.standins import CutTransport
 from tests.helpers import fake_cloud
 
 TICK = 0.25
 ADMIN = Caller("admin", "admin")
-
-
-class Cuttable(ControlPlane):
-    """An agent's transport that a partition (or cloudletd being down) makes unreachable."""
-
-    def __init__(self, inner: ControlPlane) -> None:
-        self.inner = inner
-        self.cut = False
-
-    def _check(self) -> None:
-        if self.cut:
-            raise Unreachable("control plane unreachable (partitioned)")
-
-    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
-        self._check()
-        return self.inner.list(kinds)
-
-    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
-        self._check()
-        return self.inner.watch(rev, kinds, timeout)
-
-    def push(self, ops: builtins.list[dict[str, Any]]) -> int:
-        self._check()
-        return self.inner.push(ops)
-
-    def heartbeat(self, host: str, beat: dict[str, Any]) -> dict[str, Any]:
-        self._check()
-        return self.inner.heartbeat(host, beat)
 
 
 class Cluster:
@@ -76,7 +46,7 @@ class Cluster:
         self.dead: set[str] = set()
         self.exposed: list[str] = []  # invariant breaches: an HA instance running where a copy may start
         for name, agent in self.agents.items():
-            agent.cp = Cuttable(agent.cp)
+            agent.cp = CutTransport(agent.cp)
             agent.lease.ask = self._asker(name)
         self.run(3)
 

@@ -39,6 +39,9 @@ class RecordCache:
         self.rev = 0
         self.listed = False
         self._items: dict[str, Resource] = {}
+        # the same records by kind: every agent holds every instance of the cloud (SHARED_KINDS), and a listing of
+        # one kind must not walk them all
+        self._kinds: dict[str, dict[str, Resource]] = {}
         self._pending: dict[str, tuple[dict[str, Any], int]] = {}  # id -> (local status values, op seq)
         self._finalized: set[str] = set()  # cleaned up here; the control plane has not purged them yet
         self._outbox: builtins.list[dict[str, Any]] = []
@@ -59,17 +62,24 @@ class RecordCache:
 
     def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> builtins.list[Resource]:
         with self._lock:
-            items = list(self._items.values())
+            items = list((self._items if kind is None else self._kinds.get(kind, {})).values())
         return sorted(
             (
                 r
                 for r in items
-                if (kind is None or r.kind == kind)
-                and (tenant is None or r.tenant == tenant)
-                and all(getattr(r, k) == v for k, v in filters.items())
+                if (tenant is None or r.tenant == tenant) and all(getattr(r, k) == v for k, v in filters.items())
             ),
             key=lambda r: r.id,
         )
+
+    def _put(self, res: Resource) -> None:
+        self._items[res.id] = res
+        self._kinds.setdefault(res.kind, {})[res.id] = res
+
+    def _drop(self, rid: str) -> None:
+        res = self._items.pop(rid, None)
+        if res is not None:
+            self._kinds[res.kind].pop(rid, None)
 
     def update_status(self, rid: str, **values: Any) -> Resource:
         unknown = set(values) - set(STATUS_FIELDS)
@@ -81,7 +91,7 @@ class RecordCache:
                 raise NotFound(f"resource {rid} not found")
             old = res
             res = dataclasses.replace(res, **values, updated_at=time.time())
-            self._items[rid] = res
+            self._put(res)
             seq = self._queue({"op": "status", "id": rid, "values": values})
             merged = {**self._pending.get(rid, ({}, 0))[0], **values}
             self._pending[rid] = (merged, seq)
@@ -105,7 +115,7 @@ class RecordCache:
 
     def finalize(self, rid: str) -> bool:
         with self._lock:
-            self._items.pop(rid, None)
+            self._drop(rid)
             self._pending.pop(rid, None)
             self._finalized.add(rid)
             self._queue({"op": "finalize", "id": rid})
@@ -157,7 +167,7 @@ class RecordCache:
             for kind, rid, res in changes:
                 old = self._items.get(rid)
                 if kind == "delete" or res is None:
-                    self._items.pop(rid, None)
+                    self._drop(rid)
                     self._pending.pop(rid, None)
                     self._finalized.discard(rid)
                     if old is not None:
@@ -167,7 +177,7 @@ class RecordCache:
                     continue  # our cleanup is done; the control plane will purge it
                 if rid in self._pending:
                     res = dataclasses.replace(res, **self._pending[rid][0])
-                self._items[rid] = res
+                self._put(res)
                 if old is None or any(getattr(old, f) != getattr(res, f) for f in _NEWS):
                     news.append((res, True))
             self.rev = max(self.rev, rev)
@@ -211,7 +221,9 @@ class RecordCache:
         except (OSError, ValueError):
             return False
         with self._lock:
-            self._items = {d["id"]: from_wire(d) for d in data["items"]}
+            self._items, self._kinds = {}, {}
+            for d in data["items"]:
+                self._put(from_wire(d))
             self.rev, self.listed, self._seq = int(data["rev"]), bool(data["listed"]), int(data["seq"])
             self._outbox = list(data["outbox"])
             self._finalized = set(data["finalized"])

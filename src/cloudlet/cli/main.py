@@ -23,6 +23,7 @@ from cloudlet.cli import (
     lb,
     network,
     secgroup,
+    sim,
     snapshot,
     stack,
     storage,
@@ -62,6 +63,7 @@ app.add_typer(storage.app, name="storage")
 app.add_typer(backup.app, name="backup")
 app.add_typer(host.app, name="host")
 app.add_typer(chaos.app, name="chaos")
+app.add_typer(sim.app, name="sim")
 instance.register(app)
 label.register(app)
 

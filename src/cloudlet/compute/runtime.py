@@ -53,6 +53,7 @@ class _Plan:
 QUICK_EXIT = 10.0  # an init that exits sooner than this after its start is crash-looping
 MAX_BACKOFF = 30.0
 CONSOLE_QUOTA = 128 << 20  # per tenant, for the console logs of all its instances on a host
+ALIVE = (InstanceState.RUNNING, InstanceState.STARTING, InstanceState.PAUSED)  # what a fence or self-fence stops
 
 
 class InstanceReconciler(KindReconciler):
@@ -105,6 +106,11 @@ class InstanceReconciler(KindReconciler):
             return self._converge_stopped(res, info.state)
         if spec.ha and not lease.ha_allowed(self.ctx.host):
             return self._fenced(res, info.state)
+        if spec.ha and info.state not in ALIVE and not lease.ha_may_start(self.ctx.host):
+            # a new agent (after a power-off a copy may run elsewhere): the lease's first catch-up wakes it
+            if status.message != lease.HELD_MESSAGE:
+                set_state(records, res, "stopped", pid=None, message=lease.HELD_MESSAGE)
+            return Result()
         if not status.ip:
             raise TerminalError(f"instance {res.name} was placed without an address")
         try:
@@ -291,7 +297,7 @@ class InstanceReconciler(KindReconciler):
 
     def _fenced(self, res: Resource, state: InstanceState) -> Result:
         """This host lost its lease (resilience/lease.py): an HA instance stays down until it is renewed."""
-        if state in (InstanceState.RUNNING, InstanceState.STARTING, InstanceState.PAUSED):
+        if state in ALIVE:
             self.ctx.compute.stop_instance(res.id, timeout=0)
             self.records.add_event(res, "SelfFenced", "stopped: this host holds no lease", "Warning")
         set_state(self.records, res, "stopped", pid=None, message=lease.FENCED_MESSAGE)

@@ -44,6 +44,12 @@ LabelChanges = Mapping[str, str | None]  # label key -> its new value; None remo
 
 class Store:
     def __init__(self, url: str) -> None:
+        self._connect(url)
+        # every write: (record, whether spec, deletion or placement changed) - reconcilers and their watches
+        self.listeners: list[Callable[[Resource, bool], None]] = []
+        self.watchers: list[Callable[[int], None]] = []  # every write, with its revision: the watch API
+
+    def _connect(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite"):
             self.engine: Engine = sa.create_engine(
@@ -52,9 +58,12 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
-        # every write: (record, whether spec, deletion or placement changed) - reconcilers and their watches
-        self.listeners: list[Callable[[Resource, bool], None]] = []
-        self.watchers: list[Callable[[int], None]] = []  # every write, with its revision: the watch API
+
+    def reopen(self, url: str) -> None:
+        """The same store over another database, a copy of this one's: a forked simulation's own (its
+        connections are the parent process's, left open for it)."""
+        self.engine.dispose(close=False)
+        self._connect(url)
 
     def migrate(self) -> None:
         cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))

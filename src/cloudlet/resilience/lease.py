@@ -31,7 +31,9 @@ __all__ = [
     "self_fence",
     "install",
     "ha_allowed",
+    "ha_may_start",
     "FENCED_MESSAGE",
+    "HELD_MESSAGE",
 ]
 
 import logging
@@ -56,6 +58,7 @@ PEER_TIMEOUT = 0.5  # for one peer's answer
 REPLY_FRESH = 2.5  # heartbeats go every second: no reply for this long and the control plane is not reached
 PEER_STABLE = 2.0  # a peer back in touch with the control plane for less than this may be just ahead of us
 FENCED_MESSAGE = "self-fenced: this host holds no lease; it starts again once the lease is renewed"
+HELD_MESSAGE = "waiting for this host's agent to renew its lease and catch up before it starts HA instances"
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class Lease:
         self._reachable_since: float | None = None  # the first reply after the control plane was last lost
         self.fenced = False
         self._resync_after: float | None = None  # HA starts wait for a catch-up begun after this renewal
+        # a new agent (the host may have been powered off, and its HA instances started elsewhere meanwhile)
+        # starts none that is down before its first renewal and a catch-up begun after it; those running go on
+        self._first_renewal: float | None = None
+        self._started_once = False
         self._serving_alone = False  # logged once per outage
         self._lock = threading.Lock()
 
@@ -141,6 +148,10 @@ class Lease:
     def holds(self) -> bool:
         """Whether HA instances may run here."""
         return not self.fenced and self._resync_after is None
+
+    def may_start(self) -> bool:
+        """Whether an HA instance that is down may be started here."""
+        return self.holds() and self._started_once
 
     def answer(self) -> dict[str, Any]:
         """What `GET /lease` tells a peer."""
@@ -166,6 +177,8 @@ class Lease:
             self.expires = sent_at + min(self.lease_s, float(lease.get("valid_for") or self.lease_s))
             self.peers = [Peer(str(p["host"]), str(p.get("url") or "")) for p in lease.get("peers") or []]
             self._serving_alone = False
+            if self._first_renewal is None:
+                self._first_renewal = self.clock.now()
             if self.fenced:
                 self.fenced = False
                 self._resync_after = self.clock.now()
@@ -188,7 +201,16 @@ class Lease:
             ready = self._resync_after is not None and started >= self._resync_after and not self.fenced
             if ready:
                 self._resync_after = None
-        if ready:
+            first = (
+                not self._started_once
+                and self._resync_after is None
+                and not self.fenced
+                and self._first_renewal is not None
+                and started >= self._first_renewal
+            )
+            if first:
+                self._started_once = True
+        if ready or first:
             self.on_held()
 
     # the watchdog
@@ -261,6 +283,12 @@ def install(lease: Lease) -> None:
 
 
 def ha_allowed(host: str) -> bool:
-    """Whether the runtime may start an HA-managed instance on host (no lease installed: nothing forbids it)."""
+    """Whether an HA-managed instance may run on host (no lease installed: nothing forbids it)."""
     lease = _LEASES.get(host)
     return lease is None or lease.holds()
+
+
+def ha_may_start(host: str) -> bool:
+    """Whether the runtime may start an HA-managed instance that is down on host."""
+    lease = _LEASES.get(host)
+    return lease is None or lease.may_start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 __all__ = ["SimCloud"]
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from cloudlet.core.config import load_config
 from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller
 from cloudlet.daemon import bootstrap, build_control_plane
 from cloudlet.network.drivers.fake import FakeNetworkDriver
+from cloudlet.storage.pools.base import StoragePool
 from cloudlet.storage.pools.memory import MemoryPool
 
 
@@ -30,6 +32,8 @@ class SimCloud:
         clock: Clock | None = None,
         db_url: str | None = None,
         failure_detection: bool = False,
+        hosts: LocalHosts | None = None,
+        pool: Callable[[], StoragePool] = MemoryPool,
         **driver_args: Any,
     ) -> None:
         self.config = dataclasses.replace(
@@ -37,7 +41,8 @@ class SimCloud:
         )
         if not failure_detection:  # its hosts heartbeat only when added: the host monitor must not suspect them
             self.config = dataclasses.replace(self.config, suspect_s=float("inf"))
-        self.hosts = LocalHosts()
+        self.hosts = hosts or LocalHosts()
+        self.pool = pool
         self.cloud = build_control_plane(self.config, clock, self.hosts)
         self.clock = self.cloud.clock
         self.token = bootstrap(self.cloud)
@@ -46,7 +51,17 @@ class SimCloud:
         cpus, memory = host_capacity()
         self.add_host(self.config.host, self.config.zone, cpus, memory)
 
-    def add_host(self, name: str, zone: str, cpus: int = 32, memory_mib: int = 64 * 1024) -> Agent:
+    def add_host(
+        self,
+        name: str,
+        zone: str,
+        cpus: int = 32,
+        memory_mib: int = 64 * 1024,
+        compute: FakeDriver | None = None,
+        pool: StoragePool | None = None,
+        cache: Path | None = None,
+    ) -> Agent:
+        """A host's agent; given the drivers and the cache file of one that ran before, its restart."""
         cp = LocalControlPlane(self.cloud.agent_api, Caller(SYSTEM_TENANT, HOST_ROLE, host=name))
         agent = Agent(
             self.config,
@@ -54,12 +69,16 @@ class SimCloud:
             name,
             zone,
             self.clock,
-            FakeDriver(clock=self.clock, **self.driver_args),
+            compute or FakeDriver(clock=self.clock, **self.driver_args),
             FakeNetworkDriver(),
-            MemoryPool(),
+            pool or self.pool(),
             capacity=(cpus, memory_mib),
         )
-        agent.heartbeat()
+        if cache is not None:
+            agent.cache.path = cache
+            agent.cache.load()
+        else:
+            agent.heartbeat()
         self.hosts.agents[name] = agent
         self.agents[name] = agent
         self.cloud.placement.invalidate()
