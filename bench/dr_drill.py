@@ -36,6 +36,13 @@ def longest_outage(samples: list[tuple[float, str | None]], t0: float, t1: float
     return max(worst, t1 - down) if down is not None else worst
 
 
+def apply(env: dict[str, str], path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "cloudlet.cli.main", "stack", "apply", str(path), "--wait", "--timeout", "1500"],
+        env=env, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def main() -> None:
     with real_cloud_env() as (api, env):
         home = Path(env["CLOUDLET_HOME"])
@@ -43,14 +50,16 @@ def main() -> None:
         for name, zone in (("h2", "zone-a"), ("h3", "zone-b")):
             cli(env, "host", "add", name, "--zone", zone)
         shop_stack(home / "shop.yaml", 2, 1)
+        doc = (home / "shop.yaml").read_text()
         t = time.time()
-        cli(env, "host", "cordon", "h3")  # the shop placed in zone-a; h3 still builds its copy of the images
-        subprocess.run(
-            [sys.executable, "-m", "cloudlet.cli.main", "stack", "apply", str(home / "shop.yaml"), "--wait",
-             "--timeout", "1500"],
-            env=env, check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        # the shop placed in zone-a (h3 still builds its copy of the images), without replicas: a replica host
+        # chosen now would be h2 and kept; once h3 takes work, replicas: 1 ships them there (another zone first)
+        cli(env, "host", "cordon", "h3")
+        (home / "shop.yaml").write_text(doc.replace("replicas: 1", "replicas: 0"))
+        apply(env, home / "shop.yaml")
         cli(env, "host", "uncordon", "h3")
+        (home / "shop.yaml").write_text(doc)
+        apply(env, home / "shop.yaml")
         print(f"shop stack applied in {time.time() - t:.1f} s (Debian images built by debootstrap on every host)")
         wait(
             "the db's replica on h3",

@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from tests.conftest import CloudCLI, running_cloud
 from tests.integration.test_lb import APP
+from tests.s3 import s3_server
 
 pytestmark = pytest.mark.root
 
@@ -168,3 +170,42 @@ def test_drill_to_zone_b_and_back(two: CloudCLI, tmp_path: Path) -> None:
     assert "ok" in _outside(two, f"http://{eip}/health")
     status = {d["stack"]: d for d in two.json("dr", "status")}
     assert status["dr"]["name"] == both["name"] and status["dr"]["rto"].endswith("s"), status
+
+
+def test_drill_from_offsite_backups(two: CloudCLI, tmp_path: Path) -> None:
+    """To the other zone from the newest backup of the db's volume in a real S3 server (moto), the root disk from
+    its image. The server listens on the underlay's address of this machine: h2's agent (in its namespace) backs
+    up to it, local's restores from it."""
+    other = "zone-a" if _zones(two)["db-1"] == "zone-b" else "zone-b"
+    underlay = urlparse(json.loads((two.home / "endpoint.json").read_text())["underlay_url"]).hostname
+    with s3_server(str(underlay)) as url:
+        add = [
+            "backup",
+            "target",
+            "add",
+            "offsite",
+            "--endpoint",
+            url,
+            "--bucket",
+            "dr-offsite",
+            "--access-key",
+            "test",
+        ]
+        two.run(*add, "--secret-key", "test")
+        refused = two.run("dr", "drill", "dr", "--to-zone", other, "--from-backups", check=False)
+        assert refused.returncode == 1, refused.stdout
+        assert "volume db-1-data of instance db-1 has no finished offsite backup" in refused.stderr, refused.stderr
+        counted = int(two.run("exec", "db-1", "--", "cat", "/data/counter").stdout)
+        two.run("backup", "create", "db-1-data", "--name", "db-offsite-1", timeout=120)
+        report = tmp_path / "backups.json"
+        args = ["dr", "drill", "dr", "--to-zone", other, "--from-backups", "--report", str(report)]
+        out = two.run(*args, timeout=240)
+        assert "from backups: db-1" in out.stdout and "verdict: passed" in out.stdout, out.stdout
+        print(out.stdout)
+    view = json.loads(report.read_text())
+    (leg,) = view["legs"]
+    assert [d["disk"] for d in leg["disks"]] == ["volume db-1-data"] and leg["rpo_s"] >= 0, leg["disks"]
+    assert 0 < view["rto_s"] < 120, view
+    assert set(_zones(two).values()) == {other}, _zones(two)
+    # the count the backup holds, counted on from there
+    assert int(two.run("exec", "db-1", "--", "cat", "/data/counter").stdout) >= counted

@@ -44,9 +44,10 @@ import httpx
 from dnslib import DNSRecord
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudlet.compute.placement import NoValidHost
 from cloudlet.compute.resource import HOST, INSTANCE, HostSpec, HostStatus, InstanceSpec, InstanceStatus
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud
-from cloudlet.core.errors import CloudletError, Conflict, InvalidSpec, NotSupported, TooManyRequests
+from cloudlet.core.errors import CloudletError, Conflict, InvalidSpec, TooManyRequests
 from cloudlet.core.reconcile import Result, Watches
 from cloudlet.core.records import NameRef, Resource
 from cloudlet.lb.resource import LOADBALANCER, LoadBalancerSpec, LoadBalancerStatus
@@ -56,7 +57,8 @@ from cloudlet.network.underlay import host_netns
 from cloudlet.resilience.drill_resource import DRILL, FAILED, RUNNING, SUCCEEDED, DrillSpec, DrillStatus
 from cloudlet.stacks.resource import DR_ZONE_LABEL, LAYER_LABEL, STACK, StackStatus
 from cloudlet.storage import replication
-from cloudlet.storage.resource import ReplicaStatus, VolumeStatus
+from cloudlet.storage.backups import BackupCreate, create_backup
+from cloudlet.storage.resource import BACKUP, VOLUME, BackupSpec, BackupStatus, ReplicaStatus, VolumeSpec, VolumeStatus
 from cloudlet.storage.volumes import attached_to
 
 log = logging.getLogger("cloudlet.drills")
@@ -95,8 +97,31 @@ def _bound(cloud: Cloud, inst: Resource) -> list[Resource]:
     return [v for v in attached_to(cloud, inst) if VolumeStatus.of(v).bound]
 
 
-def _data_bearing(cloud: Cloud, inst: Resource) -> bool:
-    return InstanceSpec.of(inst).replicas > 0 or bool(_bound(cloud, inst))
+def _data_bearing(cloud: Cloud, inst: Resource, from_backups: bool) -> bool:
+    """From replicas: it has one, or a volume holding data; from backups only its volumes are restored (the root
+    disk comes from its image)."""
+    return bool(_bound(cloud, inst)) or (not from_backups and InstanceSpec.of(inst).replicas > 0)
+
+
+def newest_backup(cloud: Cloud, vol: Resource) -> Resource | None:
+    """The newest finished backup of volume vol."""
+    found = [
+        b
+        for b in cloud.store.list(BACKUP, tenant=vol.tenant)
+        if b.phase == "ready"
+        and not b.deleting
+        and BackupSpec.of(b).source_kind == VOLUME
+        and BackupSpec.of(b).source == vol.name
+    ]
+    return max(found, key=lambda b: b.created_at, default=None)
+
+
+def _backup_in(cloud: Cloud, inst: Resource, zone: str) -> str | None:
+    """Why a volume of instance inst has no backup to restore from (None: each has one)."""
+    for vol in _bound(cloud, inst):
+        if newest_backup(cloud, vol) is None:
+            return f"volume {vol.name} of instance {inst.name} has no finished offsite backup"
+    return None
 
 
 def _copy_in(cloud: Cloud, inst: Resource, zone: str) -> str | None:
@@ -115,12 +140,16 @@ def _copy_in(cloud: Cloud, inst: Resource, zone: str) -> str | None:
     return None
 
 
-def _check_copies(cloud: Cloud, stack: Resource, zone: str) -> None:
-    """Refuses (409, naming each) when a data-bearing instance of stack has no copy of its data in zone."""
+def _check_copies(cloud: Cloud, stack: Resource, zone: str, from_backups: bool) -> None:
+    """Refuses (409, naming each) when a data-bearing instance of stack has no copy of its data in zone (from
+    backups: no backup, which any zone can restore)."""
+    copy = _backup_in if from_backups else _copy_in
     missing = [
         why
         for inst in _instances(cloud, stack)
-        if _data_bearing(cloud, inst) and (inst.zone != zone) and (why := _copy_in(cloud, inst, zone)) is not None
+        if _data_bearing(cloud, inst, from_backups)
+        and (inst.zone != zone)
+        and (why := copy(cloud, inst, zone)) is not None
     ]
     if missing:
         raise Conflict(f"stack {stack.name} has data with no copy in zone {zone}: " + "; ".join(missing))
@@ -131,8 +160,6 @@ def start_drill(cloud: Cloud, caller: Caller, name: str, req: DrillRequest) -> d
     stack = cloud.store.get(STACK, caller.tenant, name)
     if stack.deleting:
         raise Conflict(f"stack {name} is being deleted")
-    if req.from_backups:
-        raise NotSupported("--from-backups is not supported yet: drill from replicas (layers with replicas: 1)")
     if not _live_hosts(cloud, req.to_zone):
         zones = sorted({h.zone or cloud.config.zone for h in _live_hosts_any(cloud)})
         raise InvalidSpec(f"zone {req.to_zone} has no live host; zones with one: {', '.join(zones) or 'none'}")
@@ -146,7 +173,7 @@ def start_drill(cloud: Cloud, caller: Caller, name: str, req: DrillRequest) -> d
         raise Conflict(f"stack {name} has no instances to drill")
     if all(i.zone == req.to_zone for i in insts):
         raise Conflict(f"stack {name} runs in zone {req.to_zone} already; drill to another zone")
-    _check_copies(cloud, stack, req.to_zone)
+    _check_copies(cloud, stack, req.to_zone, req.from_backups)
     from_zone = Counter(i.zone or cloud.config.zone for i in insts).most_common(1)[0][0]
     now = time.time()
     status = DrillStatus(from_zone=from_zone, started_at=now)
@@ -284,12 +311,16 @@ class _Run:
         leg.update(rpo_s=None, disks=[], probes=[])
         self.status.legs.append(leg)
         stack = store.get_by_id(self.stack.id) or self.stack
-        data = [i for i in _instances(cloud, stack) if _data_bearing(cloud, i) and i.zone != zone]
-        if name == "failback" and data:
+        backups = self.spec.from_backups
+        data = [i for i in _instances(cloud, stack) if _data_bearing(cloud, i, backups) and i.zone != zone]
+        if name == "failback" and data and backups:
+            with self._step(leg, "backups", in_rto=False) as step:
+                step["detail"] = self._fresh_backups(data, step)
+        elif name == "failback" and data:
             with self._step(leg, "replicas", in_rto=False) as step:
                 _wait(f"for replicas in zone {zone}", lambda: self._no_copies(zone), REPLICA_WAIT, self._noting(step))
                 step["detail"] = f"replicas of {len(data)} instances are in zone {zone}"
-        _check_copies(cloud, stack, zone)
+        _check_copies(cloud, stack, zone, backups)
         t0 = leg["started_at"] = time.time()
         with self._step(leg, "pin") as step:
             store.edit_labels(stack.id, {DR_ZONE_LABEL: zone})
@@ -304,10 +335,11 @@ class _Run:
             stopped_at = self._fence(data)
             step["detail"] = f"stopped {', '.join(i.name for i in data) or 'nothing (no data-bearing instance)'}"
         with self._step(leg, "restore") as step:
-            leg["disks"] = self._restore(data, t0, stopped_at)
+            leg["disks"] = (self._from_backups if backups else self._restore)(data, zone, t0, stopped_at)
             moved = self._replace_stateless(stack, zone)
             step["detail"] = (
-                f"from replicas: {', '.join(i.name for i in data) or 'none'}; from images: {', '.join(moved) or 'none'}"
+                f"from {'backups' if backups else 'replicas'}: {', '.join(i.name for i in data) or 'none'}; "
+                f"from images: {', '.join(moved) or 'none'}"
             )
         with self._step(leg, "load-balancers") as step:
             lbs = self._move_lbs(stack, zone)
@@ -335,11 +367,18 @@ class _Run:
         self._save()
 
     def _no_copies(self, zone: str) -> str | None:
+        """What is not yet in zone for a failback from replicas: a copy of each data-bearing instance's data, each
+        replica current (a cycle within its interval: the first after the drill is a full copy)."""
         stack = self.cloud.store.get_by_id(self.stack.id) or self.stack
         try:
-            _check_copies(self.cloud, stack, zone)
+            _check_copies(self.cloud, stack, zone, False)
         except Conflict as exc:
             return exc.message
+        for inst in _instances(self.cloud, stack):
+            for src in (inst, *_bound(self.cloud, inst)):
+                rep = replication.replica_of(self.cloud.store, src.id)
+                if rep is not None and rep.phase != "current":
+                    return f"the replica of {src.kind.lower()} {src.name} is {rep.phase}"
         return None
 
     def _fence(self, data: list[Resource]) -> float:
@@ -360,7 +399,7 @@ class _Run:
         _wait("for the data-bearing instances to stop", left, STOP_WAIT)
         return time.time()
 
-    def _restore(self, data: list[Resource], t0: float, stopped_at: float) -> list[dict[str, Any]]:
+    def _restore(self, data: list[Resource], zone: str, t0: float, stopped_at: float) -> list[dict[str, Any]]:
         """Each data-bearing instance booted from its replica; the disks recovered, with their RPO."""
         store, disks = self.cloud.store, []
         for inst in data:
@@ -371,26 +410,68 @@ class _Run:
                 taken = ReplicaStatus.of(rep).taken_at if rep is not None else None
                 if taken is None:
                     continue
-                disks.append(
-                    {
-                        "instance": inst.name,
-                        "disk": what,
-                        "taken_at": taken,
-                        "age_at_t0_s": round(t0 - taken, 3),
-                        "rpo_s": round(max(0.0, stopped_at - taken), 3),
-                    }
-                )
+                disks.append(_disk(inst, what, taken, t0, stopped_at))
             moved = replication.recover_from_replica(self.cloud, inst)
             spec = InstanceSpec.of(moved)
             spec.state = "running"
             store.update_spec(moved.id, spec.dump())
         return disks
 
+    def _from_backups(self, data: list[Resource], zone: str, t0: float, stopped_at: float) -> list[dict[str, Any]]:
+        """Each data-bearing instance on a host placement chooses in zone, its volumes made again there from their
+        newest backups (the same records: the agent there restores a pending volume whose spec says restore_from),
+        its root disk from its image; the disks recovered, with their RPO."""
+        store, disks = self.cloud.store, []
+        for inst in data:
+            inst = store.get_by_id(inst.id) or inst
+            spec = InstanceSpec.of(inst)
+            host, _ = _choose(self.cloud, inst, zone)
+            for vol in _bound(self.cloud, inst):
+                backup = newest_backup(self.cloud, vol)
+                if backup is None:
+                    raise Conflict(f"volume {vol.name} has no finished backup any more")
+                vspec = VolumeSpec.of(vol)
+                vspec.restore_from = backup.id
+                store.update_spec(vol.id, vspec.dump())
+                store.place(vol.id, host, zone, phase="pending")
+                store.add_event(vol, "DrillRestoring", f"restoring backup {backup.name} on host {host} (DR drill)")
+                disks.append(_disk(inst, f"volume {vol.name}", backup.created_at, t0, stopped_at))
+            spec.state, spec.from_snapshot_id = "running", None
+            spec.run_nonce += 1
+            store.update_spec(inst.id, spec.dump())
+            status = InstanceStatus.of(inst).model_copy(
+                update={"state": "scheduled", "pid": None, "started_at": None, "message": "", "retry_at": None}
+            )
+            moved = store.place(inst.id, host, zone, phase="scheduled", status=status.dump())
+            store.add_event(moved, "DrillRestored", f"booting on host {host} from its image, volumes from backups")
+        return disks
+
+    def _fresh_backups(self, data: list[Resource], step: dict[str, Any]) -> str:
+        """Before a failback from backups: a backup of each volume now (the newest before held the other zone's
+        data as it was before the drill); waits until each is offsite."""
+        caller, made = Caller(self.res.tenant, "member"), []
+        for inst in data:
+            for vol in _bound(self.cloud, inst):
+                name = f"{vol.name[:40]}-dr-{time.strftime('%H%M%S')}"
+                made.append(create_backup(self.cloud, caller, BackupCreate(source=vol.name, name=name)).id)
+
+        def pending() -> str | None:
+            for bid in made:
+                b = self.cloud.store.get_by_id(bid)
+                if b is None or b.phase == "failed":
+                    raise Conflict(f"backup {bid} failed: {BackupStatus.of(b).message if b else 'gone'}")
+                if b.phase != "ready":
+                    return f"backup {b.name} is {b.phase}"
+            return None
+
+        _wait("for fresh backups", pending, STEADY_WAIT, self._noting(step))
+        return f"{len(made)} volumes backed up offsite"
+
     def _replace_stateless(self, stack: Resource, zone: str) -> list[str]:
         """Instances without data that are not in zone: placed again (in zone, by their spec) from their image."""
         store, moved = self.cloud.store, []
         for inst in _instances(self.cloud, stack):
-            if inst.zone == zone or _data_bearing(self.cloud, inst):
+            if inst.zone == zone or _data_bearing(self.cloud, inst, self.spec.from_backups):
                 continue
             spec = InstanceSpec.of(inst)
             spec.state, spec.from_snapshot_id = "running", None
@@ -423,9 +504,11 @@ class _Run:
         # before the drill's: a zone lost so is set again
         self._move_lbs(stack, zone)
         for r in [*_instances(self.cloud, stack), *_owned(self.cloud, stack, LOADBALANCER)]:
-            state = InstanceStatus.of(r).state if r.kind == INSTANCE else LoadBalancerStatus.of(r).state
-            if r.host not in hosts or state != "running":
-                return f"{r.kind.lower()} {r.name} is {state} on host {r.host}"
+            st = InstanceStatus.of(r) if r.kind == INSTANCE else LoadBalancerStatus.of(r)
+            if r.host not in hosts or st.state != "running":
+                return f"{r.kind.lower()} {r.name} is {st.state} on host {r.host}" + (
+                    f": {st.message}" if st.message else ""
+                )
         return None
 
     def _dns_wrong(self, stack: Resource, zone: str) -> str | None:
@@ -478,6 +561,34 @@ class _Run:
                 return f"{url} from the outside answered {status}"
         leg["probes"] = probes
         return None
+
+
+def _disk(inst: Resource, what: str, taken: float, t0: float, stopped_at: float) -> dict[str, Any]:
+    """A recovered disk: its copy's time, its age at t0, and the writes it lacks (to the stop)."""
+    return {
+        "instance": inst.name,
+        "disk": what,
+        "taken_at": taken,
+        "age_at_t0_s": round(t0 - taken, 3),
+        "rpo_s": round(max(0.0, stopped_at - taken), 3),
+    }
+
+
+def _choose(cloud: Cloud, inst: Resource, zone: str) -> tuple[str, str]:
+    """(host, zone) for inst in zone, by placement."""
+    spec = InstanceSpec.of(inst)
+    try:
+        d = cloud.placement.place(
+            spec.memory_mib,
+            zone,
+            cpus=spec.cpus,
+            tenant=inst.tenant,
+            group=spec.group,
+            anti_affinity=spec.anti_affinity,
+        )
+    except NoValidHost as exc:
+        raise Conflict(f"no host in zone {zone} can take instance {inst.name}: {exc.message}") from exc
+    return str(d.host), str(d.zone)
 
 
 def _resolve(netns: str | None, port: int, name: str) -> list[str]:
