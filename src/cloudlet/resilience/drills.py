@@ -430,12 +430,22 @@ class _Run:
                 backup = newest_backup(self.cloud, vol)
                 if backup is None:
                     raise Conflict(f"volume {vol.name} has no finished backup any more")
+                # an agent sees the backups placed on its host only; the data is offsite, so a ready backup's record
+                # (nothing of it on its old host) goes where it is restored
+                if backup.host != host:
+                    store.place(backup.id, host, zone)
                 vspec = VolumeSpec.of(vol)
                 vspec.restore_from = backup.id
                 store.update_spec(vol.id, vspec.dump())
                 store.place(vol.id, host, zone, phase="pending")
                 store.add_event(vol, "DrillRestoring", f"restoring backup {backup.name} on host {host} (DR drill)")
                 disks.append(_disk(inst, f"volume {vol.name}", backup.created_at, t0, stopped_at))
+            # the runtime waits for volumes only before a first boot: the instance goes there once they are restored
+            _wait(
+                f"for the volumes of {inst.name} to be restored",
+                functools.partial(self._restoring, inst, host),
+                STEADY_WAIT,
+            )
             spec.state, spec.from_snapshot_id = "running", None
             spec.run_nonce += 1
             store.update_spec(inst.id, spec.dump())
@@ -445,6 +455,13 @@ class _Run:
             moved = store.place(inst.id, host, zone, phase="scheduled", status=status.dump())
             store.add_event(moved, "DrillRestored", f"booting on host {host} from its image, volumes from backups")
         return disks
+
+    def _restoring(self, inst: Resource, host: str) -> str | None:
+        for vol in attached_to(self.cloud, inst):
+            if vol.host != host or vol.phase != "ready":
+                message = VolumeStatus.of(vol).message
+                return f"volume {vol.name} is {vol.phase} on host {vol.host}" + (f": {message}" if message else "")
+        return None
 
     def _fresh_backups(self, data: list[Resource], step: dict[str, Any]) -> str:
         """Before a failback from backups: a backup of each volume now (the newest before held the other zone's
