@@ -103,6 +103,11 @@ def test_refusals(two: CloudCLI, tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     unknown = two.run("dr", "drill", "nope", "--to-zone", "zone-b", check=False)
     assert unknown.returncode == 1 and "nope" in unknown.stderr, unknown.stderr
+    # another tenant's stack is not there for a tenant, and its drills are not listed
+    token = two.run("tenant", "create", "other").stdout.strip().splitlines()[-1]
+    theirs = two.run("dr", "drill", "dr", "--to-zone", "zone-b", check=False, env={"CLOUDLET_TOKEN": token})
+    assert theirs.returncode == 1 and "not found" in theirs.stderr, theirs.stderr
+    assert two.json("dr", "status", env={"CLOUDLET_TOKEN": token}) == []
     # a stack whose db volume holds data but has no replica: nothing of it is in zone-b
     _apply(two, tmp_path / "bare.yaml", BARE)
     _until(

@@ -246,6 +246,9 @@ class _Run:
 
         def note(missing: str) -> None:
             step["detail"] = f"waiting: {missing}"
+            waits = step.setdefault("waits", [])  # what it waited for, each change of it, for the report
+            if not waits or waits[-1]["for"] != missing:
+                waits.append({"for": missing, "at_s": round(time.time() - step["started_at"], 2)})
             self._save()
 
         return note
