@@ -214,3 +214,18 @@ def test_drill_from_offsite_backups(two: CloudCLI, tmp_path: Path) -> None:
     assert set(_zones(two).values()) == {other}, _zones(two)
     # the count the backup holds, counted on from there
     assert int(two.run("exec", "db-1", "--", "cat", "/data/counter").stdout) >= counted
+
+
+def test_a_drill_cut_by_a_cloudletd_restart_is_failed_saying_so(two: CloudCLI) -> None:
+    other = "zone-a" if _zones(two)["db-1"] == "zone-b" else "zone-b"
+    _until("a replica in the other zone", lambda: two.run("dr", "drill", "dr", "--to-zone", other, check=False))
+    drills = {d["stack"]: d for d in two.json("dr", "status")}
+    name = drills["dr"]["name"]
+    two.kill9("cloudletd")
+    two.run("up")
+    view = two.json("dr", "show", name)
+    if view["state"] == "succeeded":
+        pytest.skip("the drill finished before cloudletd was killed")
+    assert view["state"] == "failed" and "cloudletd restarted during the drill" in view["message"], view
+    assert view["verdict"] == "failed" and view["finished_at"], view
+    assert {d["stack"]: d for d in two.json("dr", "status")}["dr"]["state"] == "failed"
