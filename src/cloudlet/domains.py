@@ -20,7 +20,7 @@ from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
 from cloudlet.network.secgroups import SecurityGroupPlumber
 from cloudlet.resilience.drain import DrainResumer
-from cloudlet.resilience.drills import DrillReaper
+from cloudlet.resilience.drills import DrillReaper, DrillScheduler
 from cloudlet.resilience.health import HealthReconciler
 from cloudlet.resilience.monitor import HostMonitor
 from cloudlet.resilience.recovery import RecoveryController
@@ -70,7 +70,7 @@ DOMAINS = (
     ),
     Domain(
         "resilience",
-        control_plane=(HostMonitor, RecoveryController, DrainResumer, DrillReaper),
+        control_plane=(HostMonitor, RecoveryController, DrainResumer, DrillReaper, DrillScheduler),
         agent=(HealthReconciler,),
         routers=("cloudlet.api.routes.dr",),
     ),

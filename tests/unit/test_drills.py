@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from cloudlet.resilience.drills import summary
+from cloudlet.resilience.drills import next_drill, summary
 from cloudlet.stacks.plan import desired, plan
 from cloudlet.stacks.spec import parse_stack
 
@@ -54,3 +54,9 @@ def test_the_summary_shows_each_step_rto_rpo_and_verdict() -> None:
     assert "db-1 root disk: RPO 0.8 s (copy 1.5 s old at t0)" in text and text.endswith(
         "verdict: passed, RTO goal met (<= 60 s)\n"
     )
+
+
+def test_a_scheduled_drill_is_due_a_period_after_the_last_one_or_the_schedule() -> None:
+    assert next_drill(60.0, since=1000.0, last_started=None) == 1060.0
+    assert next_drill(60.0, since=1000.0, last_started=1500.0) == 1560.0
+    assert next_drill(60.0, since=2000.0, last_started=1500.0) == 2060.0  # a schedule set after the last drill

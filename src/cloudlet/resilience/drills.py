@@ -27,7 +27,20 @@ the Drill record. A cloudletd that stops mid-drill leaves its record saying runn
 
 from __future__ import annotations
 
-__all__ = ["DrillRequest", "DRILLS", "DrillReaper", "start_drill", "drill_view", "list_drills", "summary"]
+__all__ = [
+    "DrillRequest",
+    "DRILLS",
+    "DrillReaper",
+    "DrillScheduler",
+    "start_drill",
+    "drill_view",
+    "list_drills",
+    "summary",
+    "next_drill",
+    "EVERY_LABEL",
+    "TO_ZONE_LABEL",
+    "SINCE_LABEL",
+]
 
 import functools
 import json
@@ -42,7 +55,7 @@ from typing import Any
 
 import httpx
 from dnslib import DNSRecord
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloudlet.compute.placement import NoValidHost
 from cloudlet.compute.resource import HOST, INSTANCE, HostSpec, HostStatus, InstanceSpec, InstanceStatus
@@ -711,3 +724,52 @@ class DrillReaper:
 
     def reconcile(self, key: str) -> Result:
         return Result()
+
+
+EVERY_LABEL = "cloudlet.io/dr-every"  # on a stack: seconds between scheduled drills (`cloudlet dr schedule`)
+TO_ZONE_LABEL = "cloudlet.io/dr-to-zone"  # ... the zone they go to (and fail back from)
+SINCE_LABEL = "cloudlet.io/dr-since"  # ... when the schedule was set (epoch seconds): the first is due a period later
+
+
+def next_drill(every: float, since: float, last_started: float | None) -> float:
+    """When a scheduled drill is due: a period after the last drill of the stack, or after the schedule was set."""
+    return max(since, last_started or 0.0) + every
+
+
+class DrillScheduler:
+    """cloudletd: starts a stack's scheduled drill (to its labelled zone, with --failback, so it comes back) when
+    it is due; one key per stack. A drill that cannot start is a Warning event on the stack, tried a period later."""
+
+    kind = "DrillSchedule"  # a queue kind only, keyed by stack id
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.watches: Watches = {STACK: lambda r: [r.id] if EVERY_LABEL in r.labels else []}
+        for stack in cloud.store.list(STACK):
+            if EVERY_LABEL in stack.labels:
+                cloud.manager.enqueue(self.kind, stack.id)
+
+    def reconcile(self, sid: str) -> Result:
+        stack = self.cloud.store.get_by_id(sid)
+        if stack is None or stack.deleting or EVERY_LABEL not in stack.labels:
+            return Result()
+        try:
+            every, since = float(stack.labels[EVERY_LABEL]), float(stack.labels.get(SINCE_LABEL) or 0)
+        except ValueError:
+            return Result()  # a label edited by hand into something else: no schedule
+        mine = [d for d in self.cloud.store.list(DRILL, tenant=stack.tenant) if d.spec.get("stack") == stack.name]
+        due = next_drill(every, since, max((d.created_at for d in mine), default=None))
+        now = time.time()
+        if now < due:
+            return Result(requeue_after=min(due - now, 3600.0))
+        try:
+            req = DrillRequest(to_zone=stack.labels.get(TO_ZONE_LABEL, ""), from_backups=False, failback=True)
+            start_drill(self.cloud, Caller(stack.tenant, "member"), stack.name, req)
+        except ValidationError:
+            self.cloud.store.add_event(stack, "DrillSkipped", f"label {TO_ZONE_LABEL} names no zone", "Warning")
+            return Result()
+        except CloudletError as exc:
+            message = f"scheduled drill to zone {req.to_zone} not started: {exc.message}; next in {every:g} s"
+            self.cloud.store.add_event(stack, "DrillSkipped", message, "Warning")
+            self.cloud.store.edit_labels(stack.id, {SINCE_LABEL: str(int(now))})  # counts a period from now
+        return Result(requeue_after=min(every, 3600.0))
