@@ -1,4 +1,5 @@
-"""A throw-away S3-compatible server (moto_server) as its own process on 127.0.0.1."""
+"""A throw-away S3-compatible server (moto_server) as its own process on 127.0.0.1 (or another of this machine's
+addresses: the underlay's, which added hosts' agents reach)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ import httpx
 
 
 @contextmanager
-def s3_server() -> Iterator[str]:
+def s3_server(host: str = "127.0.0.1") -> Iterator[str]:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(exe), "-H", host, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:

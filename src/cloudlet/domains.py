@@ -20,6 +20,7 @@ from cloudlet.network.eips import EipReconciler, PublicReconciler
 from cloudlet.network.networks import BridgeReconciler, NetworkReconciler
 from cloudlet.network.secgroups import SecurityGroupPlumber
 from cloudlet.resilience.drain import DrainResumer
+from cloudlet.resilience.drills import DrillReaper, DrillScheduler
 from cloudlet.resilience.health import HealthReconciler
 from cloudlet.resilience.monitor import HostMonitor
 from cloudlet.resilience.recovery import RecoveryController
@@ -67,7 +68,12 @@ DOMAINS = (
         agent=(LoadBalancerReconciler,),
         routers=("cloudlet.api.routes.lb",),
     ),
-    Domain("resilience", control_plane=(HostMonitor, RecoveryController, DrainResumer), agent=(HealthReconciler,)),
+    Domain(
+        "resilience",
+        control_plane=(HostMonitor, RecoveryController, DrainResumer, DrillReaper, DrillScheduler),
+        agent=(HealthReconciler,),
+        routers=("cloudlet.api.routes.dr",),
+    ),
     Domain(
         "system",
         control_plane=(lambda cloud: OwnerCollector(cloud.store),),

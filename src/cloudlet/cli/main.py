@@ -15,6 +15,7 @@ import typer
 from cloudlet.cli import (
     backup,
     chaos,
+    dr,
     eip,
     host,
     image,
@@ -64,6 +65,7 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(host.app, name="host")
 app.add_typer(chaos.app, name="chaos")
 app.add_typer(sim.app, name="sim")
+app.add_typer(dr.app, name="dr")
 instance.register(app)
 label.register(app)
 

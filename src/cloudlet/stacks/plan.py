@@ -67,15 +67,18 @@ def network_name(doc: StackDoc, key: str | None) -> str:
     return net.name or f"{doc.name}-{key}"
 
 
-def _zone_of(doc: StackDoc, layer: Layer, index: int, zones: list[str]) -> str | None:
+def _zone_of(doc: StackDoc, layer: Layer, index: int, zones: list[str], pin: str | None) -> str | None:
+    if pin:
+        return pin
     spread = (layer.placement or doc.placement).spread
     if spread == "zones" and zones:
         return zones[(index - 1) % len(zones)]
     return doc.zone
 
 
-def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
-    """Every resource the document asks for, in the order they are made."""
+def desired(doc: StackDoc, zones: list[str] | None = None, pin: str | None = None) -> list[Desired]:
+    """Every resource the document asks for, in the order they are made. `pin`: the zone a DR drill put the stack
+    in (its label cloudlet.io/dr-zone), every instance's, changed in place: the drill moves them itself."""
     out: list[Desired] = []
     for key, net in doc.networks.items():
         subnet = {"subnet": net.subnet} if net.subnet else {}
@@ -121,13 +124,14 @@ def desired(doc: StackDoc, zones: list[str] | None = None) -> list[Desired]:
                 "memory_mib": layer.memory,
                 "disk_gib": layer.disk_gib,
                 "command": command,
-                "zone": _zone_of(doc, layer, n, zones or []),
+                "zone": _zone_of(doc, layer, n, zones or [], pin),
             }
             if layer.user_data is not None:
                 fields["user_data"] = layer.user_data
             params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
             in_place = {**replicas, **health, "ha": layer.ha}
-            instances.append(Desired("Instance", name, {**fields, **in_place}, frozenset(fields), params))
+            replace_on = frozenset(fields) - ({"zone"} if pin else set())
+            instances.append(Desired("Instance", name, {**fields, **in_place}, replace_on, params))
     for key, lb in doc.load_balancers.items():
         wanted: dict[str, Any] = {
             "port": lb.port,

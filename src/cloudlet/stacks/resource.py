@@ -11,6 +11,7 @@ __all__ = [
     "LAYER_LABEL",
     "LIFECYCLE_LABEL",
     "IN_SERVICE",
+    "DR_ZONE_LABEL",
 ]
 
 from typing import Any
@@ -27,6 +28,8 @@ LAYER_LABEL = "cloudlet.io/layer"  # ... and its layer's
 # answers only with in-service members
 LIFECYCLE_LABEL = "cloudlet.io/lifecycle"
 IN_SERVICE = "in-service"
+# on a stack a DR drill moved: the zone its instances are pinned to (stacks/plan.py `desired`, resilience/drills.py)
+DR_ZONE_LABEL = "cloudlet.io/dr-zone"
 
 
 class StackSpec(Spec):

@@ -54,6 +54,7 @@ from cloudlet.stacks.deploys import DEPLOYS
 from cloudlet.stacks.hookpool import POOL
 from cloudlet.stacks.plan import KIND_ORDER, Action, desired, plan, recipe_image
 from cloudlet.stacks.resource import (
+    DR_ZONE_LABEL,
     IN_SERVICE,
     LAYER_LABEL,
     LIFECYCLE_LABEL,
@@ -165,7 +166,8 @@ def _plan_of(cloud: Cloud, tenant: str, doc: StackDoc) -> tuple[Resource | None,
     stack = _find(cloud, tenant, doc.name)
     if stack is not None and (stack.deleting or StackSpec.of(stack).delete):
         raise Conflict(f"stack {doc.name} is being deleted; apply again once it is gone")
-    return stack, plan(desired(doc, _zones(cloud)), _owned(cloud, stack))
+    pin = stack.labels.get(DR_ZONE_LABEL) if stack is not None else None
+    return stack, plan(desired(doc, _zones(cloud), pin), _owned(cloud, stack))
 
 
 def _plan_view(doc: StackDoc, stack: Resource | None, actions: list[Action]) -> dict[str, Any]:
@@ -499,7 +501,7 @@ class StackReconciler(KindReconciler):
         caller = _caller_of(res.tenant)
         status = StackStatus.of(res)
         owned = _owned(cloud, res)
-        actions = plan(desired(doc, _zones(cloud)), owned)
+        actions = plan(desired(doc, _zones(cloud), res.labels.get(DR_ZONE_LABEL)), owned)
         problems: list[str] = []
         for layer in doc.layers.values():
             if isinstance(layer.image, ImageRecipe):
