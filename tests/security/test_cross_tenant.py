@@ -37,8 +37,10 @@ import pytest
 
 import cloudlet.domains  # noqa: F401  registers every kind
 from cloudlet.core.kinds import kinds
-from cloudlet.core.records import new_id
+from cloudlet.core.records import Resource, new_id
+from cloudlet.core.store import Store
 from cloudlet.network.secgroups import rule_id
+from cloudlet.resilience.drill_resource import DRILL, DrillSpec
 from tests.conftest import CloudCLI, running_cloud
 from tests.s3 import s3_server
 
@@ -205,6 +207,15 @@ def _make_victims(world: World, s3: str) -> None:
     _wait(a, "/v1/instances/acme-web", ("running",))
     if "/v1/stacks" in world.schema["paths"]:
         _wait(a, "/v1/stacks/acme-stack", ("ready",))
+    if "/v1/drills/{name}" in world.schema["paths"]:
+        # a real drill needs live hosts in a second zone (tests/integration/test_dr.py runs them); what B must not
+        # reach is A's record of one: written as a finished drill, which cloudletd leaves as it is
+        spec = DrillSpec(stack="acme-stack", to_zone="zone-b").dump()
+        store = Store(f"sqlite:///{world.cli.home / 'state.db'}")
+        try:
+            store.create(Resource(kind=DRILL, tenant=A, name="acme-drill", spec=spec, phase="failed", labels=lab))
+        finally:
+            store.close()
     _wait(b, "/v1/instances/bravo-web", ("running",))
     if "/v1/loadbalancers" in world.schema["paths"]:
         lb = {"name": "acme-lb", "network": "acme-net", "members": ["acme-web"], "labels": lab}
