@@ -178,6 +178,7 @@ def test_drill_to_zone_b_and_back(two: CloudCLI, tmp_path: Path) -> None:
     assert status["dr"]["name"] == both["name"] and status["dr"]["rto"].endswith("s"), status
 
 
+@pytest.mark.slow  # ~40 s (an S3 server, backups, restores): make test keeps the drill from replicas and back
 def test_drill_from_offsite_backups(two: CloudCLI, tmp_path: Path) -> None:
     """To the other zone from the newest backup of the db's volume in a real S3 server (moto), the root disk from
     its image. The server listens on the underlay's address of this machine: h2's agent (in its namespace) backs
