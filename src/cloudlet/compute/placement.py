@@ -335,6 +335,19 @@ class Placement:
                 self._groups.setdefault((req.tenant, req.group), Counter())[d.host] += 1
             return d
 
+    def place_instance(self, res: Resource, zone: str | None, pinned: tuple[str | None, str] = (None, "")) -> Decision:
+        """place() with what an instance record asks for (its memory, CPUs, tenant and group), in zone."""
+        spec = InstanceSpec.of(res)
+        return self.place(
+            spec.memory_mib,
+            zone,
+            cpus=spec.cpus,
+            tenant=res.tenant,
+            group=spec.group,
+            anti_affinity=spec.anti_affinity,
+            pinned=pinned,
+        )
+
     def _view(self, req: Request) -> View:
         members: Counter[str] = Counter()
         if req.group and req.tenant:

@@ -65,15 +65,7 @@ class SchedulerReconciler(KindReconciler):
             set_state(store, res, "failed", message=f"network {spec.network} no longer exists")
             raise TerminalError(f"network of instance {res.name} is gone")
         try:
-            d = self.cloud.placement.place(
-                spec.memory_mib,
-                spec.zone,
-                cpus=spec.cpus,
-                tenant=res.tenant,
-                group=spec.group,
-                anti_affinity=spec.anti_affinity,
-                pinned=pinned_host(self.cloud, res),
-            )
+            d = self.cloud.placement.place_instance(res, spec.zone, pinned=pinned_host(self.cloud, res))
         except Conflict as exc:  # its volumes hold data on different hosts: no host can take it
             if status.message != exc.message:
                 store.add_event(res, "NoValidHost", exc.message, "Warning")

@@ -77,14 +77,7 @@ def _choose(cloud: Cloud, res: Resource, drained: str) -> tuple[str, str]:
     last: NoValidHost | None = None
     for zone in zones:
         try:
-            d = cloud.placement.place(
-                spec.memory_mib,
-                zone,
-                cpus=spec.cpus,
-                tenant=res.tenant,
-                group=spec.group,
-                anti_affinity=spec.anti_affinity,
-            )
+            d = cloud.placement.place_instance(res, zone)
         except NoValidHost as exc:
             last = exc
             continue

@@ -609,16 +609,8 @@ def _disk(inst: Resource, what: str, taken: float, t0: float, stopped_at: float)
 
 def _choose(cloud: Cloud, inst: Resource, zone: str) -> tuple[str, str]:
     """(host, zone) for inst in zone, by placement."""
-    spec = InstanceSpec.of(inst)
     try:
-        d = cloud.placement.place(
-            spec.memory_mib,
-            zone,
-            cpus=spec.cpus,
-            tenant=inst.tenant,
-            group=spec.group,
-            anti_affinity=spec.anti_affinity,
-        )
+        d = cloud.placement.place_instance(inst, zone)
     except NoValidHost as exc:
         raise Conflict(f"no host in zone {zone} can take instance {inst.name}: {exc.message}") from exc
     return str(d.host), str(d.zone)
