@@ -66,18 +66,12 @@ class SchedulerReconciler(KindReconciler):
             raise TerminalError(f"network of instance {res.name} is gone")
         try:
             d = self.cloud.placement.place_instance(res, spec.zone, pinned=pinned_host(self.cloud, res))
-        except Conflict as exc:  # its volumes hold data on different hosts: no host can take it
+        except (Conflict, NoValidHost) as exc:  # Conflict: its volumes hold data on different hosts
             if status.message != exc.message:
                 store.add_event(res, "NoValidHost", exc.message, "Warning")
-            set_state(store, res, "unschedulable", message=exc.message)
-            with self._lock:
-                self._waiting.add(res.id)
-            return Result(requeue_after=30.0)
-        except NoValidHost as exc:
-            if status.message != exc.message:
-                store.add_event(res, "NoValidHost", exc.message, "Warning")
-            # the decision too, so `instance why` shows each host's filter
-            set_state(store, res, "unschedulable", message=exc.message, placement=exc.decision.record())
+            # a placement's decision too, so `instance why` shows each host's filter
+            decision = {"placement": exc.decision.record()} if isinstance(exc, NoValidHost) else {}
+            set_state(store, res, "unschedulable", message=exc.message, **decision)
             with self._lock:
                 self._waiting.add(res.id)
             return Result(requeue_after=30.0)
