@@ -86,9 +86,7 @@ def _choose(cloud: Cloud, res: Resource, drained: str) -> tuple[str, str]:
     raise Conflict(last.message if last is not None else f"placement chose host {drained} itself")
 
 
-def _replica_target(
-    cloud: Cloud, res: Resource, drained: str, bound: list[Resource]
-) -> tuple[Resource, str, list[Resource]] | None:
+def _replica_target(cloud: Cloud, res: Resource, drained: str) -> tuple[Resource, str, list[Resource]] | None:
     """The Replica record of res, the live, uncordoned host holding its newest copy, and the Replicas a move
     there waits for (its own and each bound volume's, which must be on that host too), if res has one."""
     rep = replication.replica_of(cloud.store, res.id)
@@ -98,13 +96,11 @@ def _replica_target(
     found = cloud.store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=holder)
     if not found or found[0].phase != "up" or HostSpec.of(found[0]).cordoned:
         return None
-    reps = [rep]
-    for vol in bound:
-        vrep = replication.replica_of(cloud.store, vol.id)
-        if vrep is None or ReplicaStatus.of(vrep).host != holder:
-            return None  # a volume's data is not there: copy everything instead
-        reps.append(vrep)
-    return rep, holder, reps
+    try:
+        volumes = replication.volume_replicas(cloud, res, holder)
+    except Conflict:
+        return None  # a volume's data is not there: copy everything instead
+    return rep, holder, [rep, *(vrep for _, vrep in volumes if vrep is not None)]
 
 
 def _stop(cloud: Cloud, res: Resource, drained: str) -> tuple[Resource, float]:
@@ -185,7 +181,7 @@ def move_instance(cloud: Cloud, rid: str, drained: str) -> dict[str, Any] | None
     # stopped by an earlier drain that did not finish: it was running then
     was_running = spec.state == "running" or res.labels.get(DRAIN_LABEL) == drained
     bound = [v for v in attached_to(cloud, res) if VolumeStatus.of(v).bound]
-    replica = _replica_target(cloud, res, drained, bound)
+    replica = _replica_target(cloud, res, drained)
     target, zone = (replica[1], "") if replica else _choose(cloud, res, drained)
     zone = zone or store.get(HOST_KIND, SYSTEM_TENANT, target).zone or ""
     how = f"its replica on host {target}" if replica else f"a copy of its disk to host {target}"

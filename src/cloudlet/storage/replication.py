@@ -34,6 +34,7 @@ __all__ = [
     "replica_of",
     "replica_view",
     "recover_from_replica",
+    "volume_replicas",
     "ship_once",
     "ReplicaPlanner",
     "ReplicationReconciler",
@@ -207,7 +208,7 @@ def recover_from_replica(cloud: Cloud, res: Resource) -> Resource:
     if res.kind != INSTANCE:
         raise BadRequest("only an instance is recovered from its replica; a volume's replica is promoted by hand")
     holder, store = st.host, cloud.store
-    volumes = _volume_replicas(cloud, res, holder)  # all of them checked before anything is promoted
+    volumes = volume_replicas(cloud, res, holder)  # all of them checked before anything is promoted
     agent = cloud.hosts.agent(holder)
     got = agent.promote_replica(ReplicaSpec.of(rep).volume, disk_of(res.id))
     zone = store.get(HOST_KIND, SYSTEM_TENANT, holder).zone
@@ -229,7 +230,7 @@ def recover_from_replica(cloud: Cloud, res: Resource) -> Resource:
     return moved
 
 
-def _volume_replicas(cloud: Cloud, res: Resource, holder: str) -> list[tuple[Resource, Resource | None]]:
+def volume_replicas(cloud: Cloud, res: Resource, holder: str) -> list[tuple[Resource, Resource | None]]:
     """Each volume attached to res with its replica on holder (None: it holds no data yet, and follows empty);
     refused when a volume with data has no replica there: the instance would boot without it."""
     out: list[tuple[Resource, Resource | None]] = []
