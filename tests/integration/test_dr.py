@@ -108,7 +108,7 @@ def test_refusals(two: CloudCLI, tmp_path: Path) -> None:
     token = two.run("tenant", "create", "other").stdout.strip().splitlines()[-1]
     theirs = two.run("dr", "drill", "dr", "--to-zone", "zone-b", check=False, env={"CLOUDLET_TOKEN": token})
     assert theirs.returncode == 1 and "not found" in theirs.stderr, theirs.stderr
-    assert two.json("dr", "status", env={"CLOUDLET_TOKEN": token}) == []
+    assert two.json("dr", "status", env={"CLOUDLET_TOKEN": token}) == {"stacks": [], "backup_policies": []}
     # a stack whose db volume holds data but has no replica: nothing of it is in zone-b
     _apply(two, tmp_path / "bare.yaml", BARE)
     _until(
@@ -174,7 +174,7 @@ def test_drill_to_zone_b_and_back(two: CloudCLI, tmp_path: Path) -> None:
     assert set(_zones(two).values()) == {"zone-b"}, _zones(two)
     assert int(two.run("exec", "db-1", "--", "cat", "/data/counter").stdout) >= recovered
     assert "ok" in _outside(two, f"http://{eip}/health")
-    status = {d["stack"]: d for d in two.json("dr", "status")}
+    status = {d["stack"]: d for d in two.json("dr", "status")["stacks"]}
     assert status["dr"]["name"] == both["name"] and status["dr"]["rto"].endswith("s"), status
 
 
@@ -223,10 +223,10 @@ def test_a_scheduled_drill_starts_when_due_and_a_cloudletd_restart_fails_it(two:
     bad = two.run("dr", "schedule", "dr", "--every", "30s", "--to-zone", other, check=False)
     assert bad.returncode == 1 and "at least 1m" in bad.stderr, bad.stderr
     two.run("dr", "schedule", "dr", "--every", "14d", "--to-zone", other)
-    assert {d["stack"]: d for d in two.json("dr", "status")}["dr"]["schedule"] == f"every 14d to {other}"
+    assert {d["stack"]: d for d in two.json("dr", "status")["stacks"]}["dr"]["schedule"] == f"every 14d to {other}"
 
     def drills() -> set[str]:
-        return {d["name"] for d in two.json("dr", "status") if d.get("name")}
+        return {d["name"] for d in two.json("dr", "status")["stacks"] if d.get("name")}
 
     before = drills()
     # a period of a second (below what the CLI takes), so that one is due at once: the label set through the API
@@ -237,7 +237,7 @@ def test_a_scheduled_drill_starts_when_due_and_a_cloudletd_restart_fails_it(two:
     httpx.patch(f"{url}/v1/stacks/dr/labels", json=body, headers=headers, trust_env=False).raise_for_status()
     (name,) = _until("a scheduled drill", lambda: drills() - before, 60)
     two.run("dr", "schedule", "dr", "--off")
-    assert {d["stack"]: d for d in two.json("dr", "status")}["dr"]["schedule"] == "-"
+    assert {d["stack"]: d for d in two.json("dr", "status")["stacks"]}["dr"]["schedule"] == "-"
     view = two.json("dr", "show", name)
     assert view["failback"] and view["to_zone"] == other, view["summary"]
     # cut by a kill -9 of cloudletd: the next one marks it failed, saying why
@@ -248,4 +248,4 @@ def test_a_scheduled_drill_starts_when_due_and_a_cloudletd_restart_fails_it(two:
         pytest.skip("the drill finished before cloudletd was killed")
     assert view["state"] == "failed" and "cloudletd restarted during the drill" in view["message"], view
     assert view["verdict"] == "failed" and view["finished_at"], view
-    assert {d["stack"]: d for d in two.json("dr", "status")}["dr"]["state"] == "failed"
+    assert {d["stack"]: d for d in two.json("dr", "status")["stacks"]}["dr"]["state"] == "failed"

@@ -1,5 +1,5 @@
 """cloudlet backup create|list|show|restore|delete, backup target add|list, backup endpoint allow|list|remove
-(admin) and backup policy create|list|delete."""
+(admin) and backup policy create|list|verify|delete."""
 
 from __future__ import annotations
 
@@ -204,10 +204,13 @@ def policy_create(
     keep_daily: Annotated[int, typer.Option(help="and the newest of each of D days")] = 0,
     keep_weekly: Annotated[int, typer.Option(help="and the newest of each of W weeks")] = 0,
     target: Annotated[str | None, typer.Option(help="backup target")] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="after each run, restore the backups into scratch instances and check them")
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     """Back up volumes and instances on an interval or a cron schedule; older backups beyond the retention are
-    deleted."""
+    deleted. With --verify each run's backups are restored, booted and checked, then the scratch copies deleted."""
     body = {
         "name": name,
         "interval_seconds": parse_duration(every) if every else None,
@@ -219,6 +222,7 @@ def policy_create(
         "instances": instance or [],
         "selector": selector,
         "target": target,
+        "verify": verify,
         "labels": labels_of(label),
     }
     view = connect().post("/v1/backup-policies", body)
@@ -242,8 +246,36 @@ def policy_list(selector: SelectorOpt = None, output: OutputOpt = Format.table) 
             "instances",
             "selector",
             "last_run",
+            "verify",
+            "last_verified_at",
         ],
     )
+
+
+@policy_app.command("verify")
+def policy_verify(
+    name: str,
+    wait: Annotated[bool, typer.Option("--wait", help="until it finished; exit 1 if it failed")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Restore the newest backup of each of the policy's sources into a scratch instance now, check it, delete it."""
+    client = connect()
+    view = client.post(f"/v1/backup-policies/{name}/verify", {})
+    deadline = time.monotonic() + 3600
+    while wait and view["verifying"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        view = client.get(f"/v1/backup-policies/{name}")
+    result = view["last_verify"] or {}
+    if not wait:
+        say(f"Verifying backup policy {name}") if output == Format.table else emit(view, output)
+    elif view["verifying"]:
+        raise CloudletError(f"backup policy {name} is still verifying")
+    elif output != Format.table:
+        emit(view, output)
+    elif result.get("ok"):
+        say(f"Backup policy {name}: {result['backups']} backups {result['message']} in {result['seconds']} s")
+    if wait and not result.get("ok"):
+        raise CloudletError(f"verifying backup policy {name} failed: {result.get('message')}")
 
 
 @policy_app.command("delete")

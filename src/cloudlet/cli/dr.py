@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 COLUMNS = ["stack", "name", "state", "to_zone", "rto", "rpo", "failback_rto", "verdict", "finished", "schedule"]
+POLICY_COLUMNS = ["policy", "verify", "last_verified", "result"]
 # the stack labels a schedule is kept in (resilience/drills.py DrillScheduler reads them); spelt here because the
 # CLI imports no server code
 EVERY, TO_ZONE, SINCE = "cloudlet.io/dr-every", "cloudlet.io/dr-to-zone", "cloudlet.io/dr-since"
@@ -98,9 +99,33 @@ def show(name: str, output: OutputOpt = Format.table) -> None:
         emit(view, output)
 
 
+def _age(at: float | None, now: float) -> str:
+    if at is None:
+        return "never"
+    seconds = max(0, int(now - at))
+    unit = next((u for u in ("d", "h", "m") if seconds >= UNITS[u]), "s")
+    return f"{seconds // UNITS[unit]}{unit} ago"
+
+
+def _policy_rows(policies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each backup policy's last verified restore (storage/verify.py) and how its last verification went."""
+    now, rows = time.time(), []
+    for p in policies:
+        last = p["last_verify"]
+        result = "verifying" if p["verifying"] else "-" if last is None else "ok" if last["ok"] else "failed"
+        if last is not None and not last["ok"] and not p["verifying"]:
+            result += f": {last['message']}"
+        verify = "on" if p["verify"] else "off"
+        rows.append(
+            {"policy": p["name"], "verify": verify, "last_verified": _age(p["last_verified_at"], now), "result": result}
+        )
+    return rows
+
+
 @app.command()
 def status(output: OutputOpt = Format.table) -> None:
-    """Each stack's last drill with its RTO and RPO, and its drill schedule."""
+    """Each stack's last drill with its RTO and RPO, and its drill schedule; each backup policy's last verified
+    restore. JSON and YAML: {"stacks": [...], "backup_policies": [...]}."""
     client = connect()
     last: dict[str, dict[str, Any]] = {}
     for d in client.get("/v1/drills")["items"]:  # newest first
@@ -122,7 +147,14 @@ def status(output: OutputOpt = Format.table) -> None:
         for stack, d in last.items()
     ]
     rows += [{"stack": stack, "schedule": text} for stack, text in schedules.items() if stack not in last]
+    policies = _policy_rows(client.get("/v1/backup-policies")["items"])
+    if output != Format.table:
+        emit({"stacks": rows, "backup_policies": policies}, output)
+        return
     emit(rows, output, COLUMNS)
+    if policies:
+        say("")
+        emit(policies, output, POLICY_COLUMNS)
 
 
 def _every(seconds: str) -> str:

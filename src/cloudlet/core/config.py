@@ -52,6 +52,8 @@ class Config:
     suspect_s: float = 3.0
     lease_margin_s: float = 2.0
     fence: str = ""
+    # backup policies with verify: a Warning when the last verified restore is older than this (storage/verify.py)
+    verify_overdue_s: float = 7 * 86400.0
 
     @property
     def pid_file(self) -> Path:
@@ -137,4 +139,5 @@ def load_config() -> Config:
         suspect_s=float(os.environ.get("CLOUDLET_SUSPECT_S") or 3),
         lease_margin_s=float(os.environ.get("CLOUDLET_LEASE_MARGIN_S") or 2),
         fence=os.environ.get("CLOUDLET_FENCE", ""),
+        verify_overdue_s=float(os.environ.get("CLOUDLET_VERIFY_OVERDUE_S") or 7 * 86400),
     )

@@ -202,8 +202,11 @@ def delete_backup(cloud: Cloud, caller: Caller, name: str) -> Resource:
     return res
 
 
-def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest) -> Resource:
-    """Creates a volume (or a bootable snapshot, for instance backups) whose reconciler fills it from the backup."""
+def restore_backup(
+    cloud: Cloud, caller: Caller, name: str, req: RestoreRequest, owner: str | None = None, labels: Labels | None = None
+) -> Resource:
+    """Creates a volume (or a bootable snapshot, for instance backups) whose reconciler fills it from the backup.
+    owner, labels: a policy's verification restores into scratch records it owns (storage/verify.py)."""
     backup = cloud.store.get(BACKUP, caller.tenant, name)
     if backup.phase != "ready":
         raise Conflict(f"backup {name} is {backup.phase}; only a finished backup can be restored")
@@ -241,6 +244,8 @@ def restore_backup(cloud: Cloud, caller: Caller, name: str, req: RestoreRequest)
         finalizers=[FINALIZER],
         zone=backup.zone,
         host=backup.host,
+        owner=owner,
+        labels=labels or {},
     )
     return cloud.store.create(res, created=f"{kind.lower()} {req.name} restored from backup {name}", guard=guard)
 

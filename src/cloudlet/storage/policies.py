@@ -4,7 +4,15 @@ from the target too. Snapshots the policy takes for its backups are dropped once
 
 from __future__ import annotations
 
-__all__ = ["POLICY", "PolicyCreate", "create_policy", "policy_view", "retained", "BackupPolicyReconciler"]
+__all__ = [
+    "POLICY",
+    "PolicyCreate",
+    "create_policy",
+    "policy_view",
+    "retained",
+    "verify_now",
+    "BackupPolicyReconciler",
+]
 
 import time
 from datetime import UTC, datetime
@@ -15,12 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.resource import INSTANCE
 from cloudlet.core.context import Caller, Cloud
-from cloudlet.core.errors import CloudletError, InvalidSpec
+from cloudlet.core.errors import CloudletError, Conflict, InvalidSpec
 from cloudlet.core.labels import SELECTOR_PATTERN, Labels, parse_selector
 from cloudlet.core.reconcile import KindReconciler, Result
 from cloudlet.core.records import FINALIZER, Int, JsonNumber, Name, NameRef, Resource, check_name, derived_name
 from cloudlet.storage.backups import BACKUP, BackupCreate, create_backup, delete_backup
-from cloudlet.storage.resource import BACKUP_POLICY, VOLUME, BackupSpec, PolicySpec, PolicyStatus
+from cloudlet.storage.resource import BACKUP_POLICY, SNAPSHOT, VOLUME, BackupSpec, PolicySpec, PolicyStatus
+from cloudlet.storage.verify import Verifier, is_scratch, verification_of
 from cloudlet.storage.volumes import delete_resource, dependents
 
 POLICY = BACKUP_POLICY
@@ -97,6 +106,11 @@ class PolicyCreate(BaseModel):
         None, max_length=1024, pattern=SELECTOR_PATTERN, description="also every volume and instance whose labels match"
     )
     target: NameRef | None = None
+    verify: bool = Field(
+        False,
+        strict=True,
+        description="after each run, restore its backups into scratch instances, boot and check them, delete them",
+    )
 
 
 def create_policy(cloud: Cloud, caller: Caller, req: PolicyCreate) -> Resource:
@@ -131,6 +145,9 @@ def policy_view(res: Resource) -> dict[str, Any]:
         "state": "deleting" if res.deleting else res.phase,
         "last_run": st.last_run,
         "message": st.message,
+        "verifying": st.verifying is not None,
+        "last_verified_at": st.last_verified_at,
+        "last_verify": st.last_verify.model_dump() if st.last_verify else None,
         "labels": res.labels,
     }
 
@@ -153,7 +170,7 @@ def sources(cloud: Cloud, res: Resource) -> list[str]:
             names += [
                 r.name
                 for r in cloud.store.list(kind, tenant=res.tenant)
-                if not r.deleting and selector.matches(r.labels) and r.name not in names
+                if not r.deleting and not is_scratch(r) and selector.matches(r.labels) and r.name not in names
             ]
     return names
 
@@ -172,30 +189,76 @@ def retained(backups: list[Resource], keep_last: int, keep_daily: int, keep_week
     return keep
 
 
+def _newest(backups: list[Resource]) -> list[Resource]:
+    """The newest finished backup of each source."""
+    newest: dict[str, Resource] = {}
+    for b in sorted(backups, key=lambda b: b.created_at):
+        if b.phase == "ready" and not b.deleting:
+            newest[BackupSpec.of(b).source] = b
+    return list(newest.values())
+
+
+def verify_now(cloud: Cloud, caller: Caller, name: str) -> Resource:
+    """Verifies the newest finished backup of each source of the policy now (its reconciler does it)."""
+    res = cloud.store.get(POLICY, caller.tenant, name)
+    if res.deleting:
+        raise Conflict(f"backup policy {name} is being deleted")
+    st = PolicyStatus.of(res)
+    if st.verifying is not None:
+        raise Conflict(f"backup policy {name} is verifying already; see it with 'cloudlet backup policy list'")
+    mine = [b for b in cloud.store.list(BACKUP, tenant=res.tenant) if BackupSpec.of(b).policy_id == res.id]
+    verification = verification_of(_newest(mine), time.time())
+    if verification is None:
+        raise Conflict(f"backup policy {name} has no finished backup to verify yet")
+    res = cloud.store.update_status(res.id, status=st.model_copy(update={"verifying": verification}).dump())
+    cloud.store.add_event(res, "VerifyRequested", f"verifying {verification.total} backups of {name}")
+    return res
+
+
+def _scratch_owner(res: Resource) -> list[str]:
+    return [res.owner] if res.owner and is_scratch(res) else []
+
+
 class BackupPolicyReconciler(KindReconciler):
-    """Control plane. Deleting a policy keeps the backups it made: they are the point of having had one."""
+    """Control plane. Deleting a policy keeps the backups it made: they are the point of having had one.
+    With verify, each run's backups are restored, booted and checked (storage/verify.py)."""
 
     kind = POLICY
 
     def __init__(self, cloud: Cloud) -> None:
         super().__init__(cloud.store)
         self.cloud = cloud
-        self.watches = {BACKUP: lambda b: [p] if (p := BackupSpec.of(b).policy_id) else []}
+        self.verifier = Verifier(cloud)
+        self.watches = {
+            BACKUP: lambda b: [p] if (p := BackupSpec.of(b).policy_id) else [],
+            **{kind: _scratch_owner for kind in (INSTANCE, VOLUME, SNAPSHOT)},
+        }
 
     def converge(self, res: Resource) -> Result:
         store, rid = self.cloud.store, res.id
         mine = [b for b in store.list(BACKUP, tenant=res.tenant) if BackupSpec.of(b).policy_id == rid]
         self._drop_shipped_snapshots(mine)
-        spec, now = PolicySpec.of(res), time.time()
-        due_in = next_run(spec, PolicyStatus.of(res).last_run or 0, res.created_at) - now
-        if due_in > 0:
-            return Result(requeue_after=due_in)
-        caller, errors = Caller(res.tenant), []
+        spec, now, old = PolicySpec.of(res), time.time(), PolicyStatus.of(res)
+        st, verify_in = self.verifier.step(res, old, now)
+        st, overdue_in = self.verifier.warn_overdue(res, st, now)
+        if next_run(spec, st.last_run or 0, res.created_at) <= now:
+            st = self._run(res, spec, mine, st, now)
+        if st != old:
+            store.update_status(rid, status=st.dump())
+        waits = [max(1.0, next_run(spec, st.last_run or 0, res.created_at) - now), verify_in, overdue_in]
+        return Result(requeue_after=min(w for w in waits if w is not None))
+
+    def _run(self, res: Resource, spec: PolicySpec, mine: list[Resource], st: PolicyStatus, now: float) -> PolicyStatus:
+        """Backs up every source, expires what the retention rules no longer keep; with verify, the new backups
+        are verified next (unless a verification is still going on)."""
+        caller, errors, made = Caller(res.tenant), [], []
         for source in sources(self.cloud, res):
             name = derived_name(f"{res.name}-{source}", time.strftime("%Y%m%d%H%M%S"))
             try:
-                create_backup(
-                    self.cloud, caller, BackupCreate(source=source, target=spec.target, name=name), policy_id=rid
+                made.append(
+                    create_backup(
+                        self.cloud, caller, BackupCreate(source=source, target=spec.target, name=name), policy_id=res.id
+                    )
                 )
             except CloudletError as exc:
                 errors.append(f"{source}: {exc.message}")
@@ -208,10 +271,10 @@ class BackupPolicyReconciler(KindReconciler):
                     delete_backup(self.cloud, caller, b.name)
                     expired += 1
         message = "; ".join(errors)
-        store.update_status(rid, status=PolicyStatus(last_run=now, message=message, expired=expired).dump())
         if errors:
-            store.add_event(res, "BackupFailed", message, "Warning")
-        return Result(requeue_after=max(1.0, next_run(spec, now, res.created_at) - now))
+            self.cloud.store.add_event(res, "BackupFailed", message, "Warning")
+        verifying = st.verifying or (verification_of(made, now) if spec.verify else None)
+        return st.model_copy(update={"last_run": now, "message": message, "expired": expired, "verifying": verifying})
 
     def _drop_shipped_snapshots(self, backups: list[Resource]) -> None:
         """The snapshots the policy took are not needed once their data is offsite."""

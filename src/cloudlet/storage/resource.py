@@ -23,6 +23,8 @@ __all__ = [
     "BackupStatus",
     "PolicySpec",
     "PolicyStatus",
+    "Verification",
+    "VerifyResult",
     "ReplicaSpec",
     "ReplicaStatus",
     "TenantSpec",
@@ -155,12 +157,35 @@ class PolicySpec(Spec):
     instances: list[str] = Field(default_factory=list)
     selector: str | None = None
     target: str | None = None
+    verify: bool = False  # restore each run's backups into scratch instances and check them (storage/verify.py)
+
+
+class Verification(BaseModel):
+    """A policy's verification in progress: the backups of one run, restored and booted one at a time."""
+
+    queue: list[str]  # ids of the backups still to verify; the first is the one under trial
+    trial: str | None = None  # names and labels the scratch records of the backup under trial
+    started_at: float
+    total: int
+    failures: list[str] = Field(default_factory=list)
+
+
+class VerifyResult(BaseModel):
+    ok: bool
+    message: str
+    seconds: float
+    at: float
+    backups: int
 
 
 class PolicyStatus(Status):
     last_run: float | None = None
     message: str = ""
     expired: int = 0
+    verifying: Verification | None = None
+    last_verified_at: float | None = None  # the last verification that passed
+    last_verify: VerifyResult | None = None  # the last one that finished, passed or not
+    overdue_warned: float | None = None  # the last verified time (or creation) a VerifyOverdue event was sent for
 
 
 class ReplicaSpec(Spec):

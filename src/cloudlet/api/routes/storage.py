@@ -233,6 +233,18 @@ def create_policy(
     return policies.policy_view(policies.create_policy(cloud, who, body))
 
 
+@router.get("/backup-policies/{name}")
+def show_policy(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    return policies.policy_view(cloud.store.get(policies.POLICY, who.tenant, name))
+
+
+@router.post("/backup-policies/{name}/verify", status_code=202)
+def verify_policy(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Restores, boots and checks the newest finished backup of each of the policy's sources now, in the
+    background; the policy's `last_verify` says how it went. 409 while one is going on, or with no backup yet."""
+    return policies.policy_view(policies.verify_now(cloud, who, name))
+
+
 @router.delete("/backup-policies/{name}", status_code=202)
 def delete_policy(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     res = cloud.store.get(policies.POLICY, who.tenant, name)
