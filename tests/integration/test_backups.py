@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
 
 from tests.conftest import CloudCLI
+from tests.helpers import wait_for
 from tests.s3 import s3_server
 
 pytestmark = pytest.mark.root
@@ -193,3 +196,94 @@ def test_a_tenant_backs_up_to_an_endpoint_the_admin_allowed(bcloud: CloudCLI, s3
     assert bcloud.json("backup", "create", "tv", "--name", "tv-1", env=env)["state"] == "ready"
     bcloud.run("backup", "restore", "tv-1", "tv-back", env=env)
     assert bcloud.json("volume", "show", "tv-back", env=env)["state"] == "ready"
+
+
+def _verified(cli: CloudCLI, policy: str, timeout: float = 90) -> dict[str, Any]:
+    """The policy once a verification finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = next(p for p in cli.json("backup", "policy", "list") if p["name"] == policy)
+        if view["last_verify"] is not None and not view["verifying"]:
+            return view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.3)
+
+
+def _scratch_left(cli: CloudCLI) -> list[str]:
+    """Records a verification made that are still there."""
+    return [
+        f"{kind} {r['name']}"
+        for kind in ("volume", "snapshot")
+        for r in cli.json(kind, "list")
+        if "cloudlet.io/verify-of" in (r.get("labels") or {})
+    ] + [f"instance {r['name']}" for r in cli.json("list") if "cloudlet.io/verify-of" in (r.get("labels") or {})]
+
+
+def _events(cli: CloudCLI, name: str) -> list[tuple[str, str, str]]:
+    return [(e["type"], e["reason"], e["message"]) for e in cli.json("events", name, "--limit", "200")]
+
+
+def test_a_verifying_policy_restores_boots_and_checks_each_backup(bcloud: CloudCLI) -> None:
+    bcloud.run("launch", "busybox", "vfy-web", "--health", "http:80/", "--health-interval", "0.5", "--wait")
+    bcloud.run("volume", "create", "vfy-v", "--size", "1")
+    bcloud.run("volume", "attach", "vfy-v", "vfy-web", "--path", "/data")
+    bcloud.run("exec", "vfy-web", "--", "sh", "-c", "head -c 1000000 /dev/urandom > /data/blob && echo x > /data/y")
+    create = ["backup", "policy", "create", "vfy", "--every", "1h", "--volume", "vfy-v", "--instance", "vfy-web"]
+    bcloud.run(*create, "--target", "offsite", "--keep-last", "3", "--verify")
+    t = time.monotonic()
+    view = _verified(bcloud, "vfy")
+    took = time.monotonic() - t
+    assert view["verify"] and view["last_verify"]["ok"], view
+    assert view["last_verify"]["backups"] == 2 and view["last_verified_at"] == view["last_verify"]["at"]
+    events = _events(bcloud, "vfy")
+    assert any(e[:2] == ("Normal", "Verified") for e in events), events
+    # each trial really booted a scratch instance (the instance backup's with its source's health check)
+    events = bcloud.json("events", "--limit", "500")
+    booted = {e["name"] for e in events if e["reason"] == "Scheduled" and e["name"].startswith("verify-")}
+    healthy = {e["name"] for e in events if e["reason"] == "Healthy" and e["name"].startswith("verify-")}
+    assert len(booted) == 2 and len(healthy) == 1 and healthy < booted, (booted, healthy)
+    wait_for(lambda: not _scratch_left(bcloud), 30, "the scratch records to go")
+    table = bcloud.run("dr", "status").stdout.splitlines()
+    assert any(line.split()[:2] == ["vfy", "on"] and line.split()[-1] == "ok" for line in table), table
+    assert bcloud.json("dr", "status")["backup_policies"][0]["result"] == "ok"
+    print(f"verification of 2 backups: {took:.1f} s")
+
+
+def test_a_verification_cut_short_by_a_crash_is_finished_after_restart(bcloud: CloudCLI) -> None:
+    before = next(p for p in bcloud.json("backup", "policy", "list") if p["name"] == "vfy")["last_verify"]
+    bcloud.run("backup", "policy", "verify", "vfy")
+    wait_for(lambda: any(s.startswith("instance ") for s in _scratch_left(bcloud)), 60, "a scratch instance")
+    bcloud.kill9("cloudletd")
+    bcloud.run("up")
+    view = _verified(bcloud, "vfy")
+    assert view["last_verify"]["ok"] and view["last_verify"]["at"] > before["at"], view
+    wait_for(lambda: not _scratch_left(bcloud), 30, "the scratch records to go")
+
+
+def test_a_corrupt_backup_fails_verification_with_a_warning(bcloud: CloudCLI, s3: str) -> None:
+    before = next(p for p in bcloud.json("backup", "policy", "list") if p["name"] == "vfy")
+    newest = max(
+        (b for b in bcloud.json("backup", "list") if b["source"] == "vfy-v" and b["name"].startswith("vfy-")),
+        key=lambda b: b["created_at"],
+    )
+    client = _s3(s3)
+    key = f"cloudlet/admin/{newest['id']}/data.tar.zst"
+    data = client.get_object(Bucket="cl-backups", Key=key)["Body"].read()  # type: ignore[attr-defined]
+    client.put_object(Bucket="cl-backups", Key=key, Body=data[:-10] + b"0123456789")  # type: ignore[attr-defined]
+    proc = bcloud.run("backup", "policy", "verify", "vfy", "--wait", check=False)
+    assert proc.returncode == 1 and "corrupt" in proc.stderr and newest["name"] in proc.stderr, proc.stderr
+    view = next(p for p in bcloud.json("backup", "policy", "list") if p["name"] == "vfy")
+    assert not view["last_verify"]["ok"] and view["last_verified_at"] == before["last_verified_at"]
+    assert any(e[:2] == ("Warning", "VerifyFailed") and "corrupt" in e[2] for e in _events(bcloud, "vfy"))
+    wait_for(lambda: not _scratch_left(bcloud), 30, "the scratch records to go")
+    status = bcloud.json("dr", "status")["backup_policies"]
+    assert status[0]["result"].startswith("failed: ") and "corrupt" in status[0]["result"], status
+    bcloud.run("backup", "policy", "create", "vfy-none", "--every", "1h", "--volume", "ghost-vol", "--verify")
+    for args, needle in (
+        (["backup", "policy", "verify", "ghost"], "not found"),
+        (["backup", "policy", "verify", "vfy-none"], "no finished backup to verify"),
+    ):
+        proc = bcloud.run(*args, check=False)
+        assert proc.returncode == 1 and needle in proc.stderr, (args, proc.stderr)
+    bcloud.run("backup", "policy", "delete", "vfy")
+    bcloud.run("backup", "policy", "delete", "vfy-none")

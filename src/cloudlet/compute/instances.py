@@ -43,7 +43,18 @@ from cloudlet.core.conditions import set_condition
 from cloudlet.core.context import SYSTEM_TENANT, Caller, Cloud, Records
 from cloudlet.core.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge
 from cloudlet.core.labels import Labels
-from cloudlet.core.records import FINALIZER, Int, Name, NameRef, Number, Resource, Text, check_name, record_view
+from cloudlet.core.records import (
+    FINALIZER,
+    Int,
+    Name,
+    NameRef,
+    Number,
+    Resource,
+    Text,
+    check_name,
+    new_id,
+    record_view,
+)
 from cloudlet.network import networks, secgroups
 from cloudlet.storage.resource import SNAPSHOT, SnapshotSpec, VolumeSpec
 from cloudlet.storage.volumes import delete_resource, volumes_of_snapshot
@@ -136,8 +147,11 @@ def _check_user_data(text: str) -> None:
         )
 
 
-def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, owner: str | None = None) -> Resource:
-    """`owner`: the record it belongs to (a stack's instances go with their stack)."""
+def launch(
+    cloud: Cloud, caller: Caller, req: InstanceCreate, owner: str | None = None, rid: str | None = None
+) -> Resource:
+    """`owner`: the record it belongs to (a stack's instances go with their stack). `rid`: its id, chosen before
+    (a volume attached to it before it exists is there when it is placed: storage/verify.py)."""
     check_name("instance", req.name)
     if req.user_data is not None:
         _check_user_data(req.user_data)
@@ -192,6 +206,7 @@ def launch(cloud: Cloud, caller: Caller, req: InstanceCreate, owner: str | None 
         health=req.health,
     )
     res = Resource(
+        id=rid or new_id(),
         kind=KIND,
         tenant=caller.tenant,
         name=req.name,

@@ -39,6 +39,7 @@ from cloudlet.storage.backups import RestoreRequest, restore_backup
 from cloudlet.storage.resource import (
     SNAPSHOT,
     VOLUME,
+    Attachment,
     BackupSpec,
     BackupStatus,
     PolicySpec,
@@ -46,9 +47,10 @@ from cloudlet.storage.resource import (
     SnapshotStatus,
     Verification,
     VerifyResult,
+    VolumeSpec,
     VolumeStatus,
 )
-from cloudlet.storage.volumes import AttachRequest, attach_volume, delete_resource
+from cloudlet.storage.volumes import delete_resource
 
 VERIFY_LABEL = "cloudlet.io/verify-of"  # on scratch records: the policy's name
 TRIAL_LABEL = "cloudlet.io/verify-trial"  # ... and the trial's id
@@ -161,13 +163,19 @@ class Verifier:
     def _sweep(self, policy: Resource, keep: str | None) -> bool:
         """Deletes the scratch records of every trial but keep; whether any are still there."""
         left = [r for r in self._scratch(policy) if r.labels.get(TRIAL_LABEL) != keep]
-        for res in left:
-            if not res.deleting:
-                try:
-                    delete_resource(self.cloud, res, cascade=False)
-                except Conflict:
-                    pass  # a volume still attached, a snapshot still booted from: they go once their instance has
+        for res in [r for r in left if not r.deleting]:
+            try:
+                delete_resource(self.cloud, self._let_go(res) if res.kind == VOLUME else res, cascade=False)
+            except Conflict:
+                pass  # a volume still attached, a snapshot still booted from: they go once their instance has
         return bool(left)
+
+    def _let_go(self, vol: Resource) -> Resource:
+        """A scratch volume attached to an instance never made (a crash came between) is detached."""
+        spec = VolumeSpec.of(vol)
+        if spec.attachment is None or self.cloud.store.get_by_id(str(spec.attachment.instance_id)) is not None:
+            return vol
+        return self.cloud.store.update_spec(vol.id, spec.model_copy(update={"attachment": None}).dump())
 
     def _trial(self, policy: Resource, backup_id: str, trial: str, now: float) -> str | None:
         """One step of the trial of a backup: None while it goes on, "" once it passed, else why it failed."""
@@ -218,9 +226,11 @@ class Verifier:
                 self.cloud, caller, InstanceCreate.model_validate({**body, "from_snapshot": restored.name}), policy.id
             )
             return
-        launch(self.cloud, caller, InstanceCreate.model_validate({**body, "image": BUILT_IN}), policy.id)
-        # at once, before the scheduler places it: the volume's data is on its host, so it is placed there
-        attach_volume(self.cloud, caller, restored.name, AttachRequest(instance=restored.name, path=MOUNT))
+        # attached before the instance exists, so the scheduler places it where the volume's data is
+        iid, vspec = new_id(), VolumeSpec.of(restored)
+        vspec.attachment = Attachment(instance_id=iid, instance=restored.name, path=MOUNT)
+        self.cloud.store.update_spec(restored.id, vspec.dump())
+        launch(self.cloud, caller, InstanceCreate.model_validate({**body, "image": BUILT_IN}), policy.id, iid)
 
     def _check(self, inst: Resource, restored: Resource) -> str | None:
         """The scratch instance's check: its health check healthy, or every restored file read back."""
