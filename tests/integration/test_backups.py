@@ -9,6 +9,10 @@ from typing import Any
 import boto3
 import pytest
 
+from cloudlet.core.store import Store
+from cloudlet.storage.policies import POLICY
+from cloudlet.storage.resource import PolicyStatus
+from cloudlet.storage.verify import VERIFY_LABEL
 from tests.conftest import CloudCLI
 from tests.helpers import wait_for
 from tests.s3 import s3_server
@@ -251,9 +255,14 @@ def test_a_verifying_policy_restores_boots_and_checks_each_backup(bcloud: CloudC
 
 def test_a_verification_cut_short_by_a_crash_is_finished_after_restart(bcloud: CloudCLI) -> None:
     before = next(p for p in bcloud.json("backup", "policy", "list") if p["name"] == "vfy")["last_verify"]
-    bcloud.run("backup", "policy", "verify", "vfy")
-    wait_for(lambda: any(s.startswith("instance ") for s in _scratch_left(bcloud)), 60, "a scratch instance")
-    bcloud.kill9("cloudletd")
+    store = Store(f"sqlite:///{bcloud.home / 'state.db'}")  # read directly: the kill must come mid-trial
+    try:
+        bcloud.run("backup", "policy", "verify", "vfy")
+        wait_for(lambda: any(VERIFY_LABEL in r.labels for r in store.list(tenant="admin")), 30, "a scratch record")
+        bcloud.kill9("cloudletd")
+        assert PolicyStatus.of(store.get(POLICY, "admin", "vfy")).verifying is not None
+    finally:
+        store.close()
     bcloud.run("up")
     view = _verified(bcloud, "vfy")
     assert view["last_verify"]["ok"] and view["last_verify"]["at"] > before["at"], view

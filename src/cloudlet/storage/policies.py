@@ -145,7 +145,7 @@ def policy_view(res: Resource) -> dict[str, Any]:
         "state": "deleting" if res.deleting else res.phase,
         "last_run": st.last_run,
         "message": st.message,
-        "verifying": st.verifying is not None,
+        "verifying": _verifying(res),
         "last_verified_at": st.last_verified_at,
         "last_verify": st.last_verify.model_dump() if st.last_verify else None,
         "labels": res.labels,
@@ -199,20 +199,28 @@ def _newest(backups: list[Resource]) -> list[Resource]:
 
 
 def verify_now(cloud: Cloud, caller: Caller, name: str) -> Resource:
-    """Verifies the newest finished backup of each source of the policy now (its reconciler does it)."""
+    """Asks the policy's reconciler to verify the newest finished backup of each of its sources now."""
     res = cloud.store.get(POLICY, caller.tenant, name)
     if res.deleting:
         raise Conflict(f"backup policy {name} is being deleted")
-    st = PolicyStatus.of(res)
-    if st.verifying is not None:
+    if _verifying(res):
         raise Conflict(f"backup policy {name} is verifying already; see it with 'cloudlet backup policy list'")
-    mine = [b for b in cloud.store.list(BACKUP, tenant=res.tenant) if BackupSpec.of(b).policy_id == res.id]
-    verification = verification_of(_newest(mine), time.time())
-    if verification is None:
+    if not _newest(_made_by(cloud, res)):
         raise Conflict(f"backup policy {name} has no finished backup to verify yet")
-    res = cloud.store.update_status(res.id, status=st.model_copy(update={"verifying": verification}).dump())
-    cloud.store.add_event(res, "VerifyRequested", f"verifying {verification.total} backups of {name}")
+    spec = PolicySpec.of(res)
+    res = cloud.store.update_spec(res.id, spec.model_copy(update={"verify_nonce": spec.verify_nonce + 1}).dump())
+    cloud.store.add_event(res, "VerifyRequested", f"verify the newest backups of {name} now")
     return res
+
+
+def _verifying(res: Resource) -> bool:
+    """A verification is going on, or was asked for."""
+    st = PolicyStatus.of(res)
+    return st.verifying is not None or st.verify_nonce != PolicySpec.of(res).verify_nonce
+
+
+def _made_by(cloud: Cloud, res: Resource) -> list[Resource]:
+    return [b for b in cloud.store.list(BACKUP, tenant=res.tenant) if BackupSpec.of(b).policy_id == res.id]
 
 
 def _scratch_owner(res: Resource) -> list[str]:
@@ -236,10 +244,15 @@ class BackupPolicyReconciler(KindReconciler):
 
     def converge(self, res: Resource) -> Result:
         store, rid = self.cloud.store, res.id
-        mine = [b for b in store.list(BACKUP, tenant=res.tenant) if BackupSpec.of(b).policy_id == rid]
+        mine = _made_by(self.cloud, res)
         self._drop_shipped_snapshots(mine)
         spec, now, old = PolicySpec.of(res), time.time(), PolicyStatus.of(res)
-        st, verify_in = self.verifier.step(res, old, now)
+        st = old
+        if spec.verify_nonce != st.verify_nonce and st.verifying is None:  # asked for: `backup policy verify`
+            st = st.model_copy(
+                update={"verify_nonce": spec.verify_nonce, "verifying": verification_of(_newest(mine), now)}
+            )
+        st, verify_in = self.verifier.step(res, st, now)
         st, overdue_in = self.verifier.warn_overdue(res, st, now)
         if next_run(spec, st.last_run or 0, res.created_at) <= now:
             st = self._run(res, spec, mine, st, now)

@@ -158,6 +158,7 @@ class PolicySpec(Spec):
     selector: str | None = None
     target: str | None = None
     verify: bool = False  # restore each run's backups into scratch instances and check them (storage/verify.py)
+    verify_nonce: int = 0  # `backup policy verify` bumps it: verify the newest backups now
 
 
 class Verification(BaseModel):
@@ -186,6 +187,7 @@ class PolicyStatus(Status):
     last_verified_at: float | None = None  # the last verification that passed
     last_verify: VerifyResult | None = None  # the last one that finished, passed or not
     overdue_warned: float | None = None  # the last verified time (or creation) a VerifyOverdue event was sent for
+    verify_nonce: int = 0  # the spec's verify_nonce whose verification was started
 
 
 class ReplicaSpec(Spec):
