@@ -261,21 +261,24 @@ def policy_verify(
     """Restore the newest backup of each of the policy's sources into a scratch instance now, check it, delete it."""
     client = connect()
     view = client.post(f"/v1/backup-policies/{name}/verify", {})
-    deadline = time.monotonic() + 3600
-    while wait and view["verifying"] and time.monotonic() < deadline:
-        time.sleep(0.5)
-        view = client.get(f"/v1/backup-policies/{name}")
-    result = view["last_verify"] or {}
     if not wait:
         say(f"Verifying backup policy {name}") if output == Format.table else emit(view, output)
-    elif view["verifying"]:
-        raise CloudletError(f"backup policy {name} is still verifying")
-    elif output != Format.table:
+        return
+    deadline = time.monotonic() + 3600
+    while view["verifying"]:
+        if time.monotonic() > deadline:
+            raise CloudletError(f"backup policy {name} is still verifying; see it with 'cloudlet dr status'")
+        time.sleep(0.5)
+        view = client.get(f"/v1/backup-policies/{name}")
+    result = view["last_verify"]
+    if output != Format.table:
         emit(view, output)
-    elif result.get("ok"):
-        say(f"Backup policy {name}: {result['backups']} backups {result['message']} in {result['seconds']} s")
-    if wait and not result.get("ok"):
-        raise CloudletError(f"verifying backup policy {name} failed: {result.get('message')}")
+    if not result["ok"]:
+        raise CloudletError(f"verifying backup policy {name} failed: {result['message']}")
+    say(
+        f"Backup policy {name}: {result['backups']} backups {result['message']} in {result['seconds']} s",
+        output != Format.table,
+    )
 
 
 @policy_app.command("delete")
