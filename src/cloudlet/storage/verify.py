@@ -4,9 +4,9 @@ shipped offsite comes back. For each backup the run made, once it is offsite (re
 1. restore it into a scratch record through the ordinary restore path (backups.restore_backup): the agent
    streams the object back from the target and refuses it unless every byte hashes to the sha256 that the
    manifest and the backup's record hold, so a corrupted, truncated or missing object fails here;
-2. boot a scratch instance: an instance backup boots from the restored disk (with its source's command, size
-   and health check while the source exists); a volume backup is attached at /verify to a small instance of
-   the built-in image;
+2. boot a scratch instance: an instance backup boots from the restored disk (with its source's command,
+   user data, size and health check while the source exists); a volume backup is attached at /verify to a
+   small instance of the built-in image;
 3. check it: the source's health check passes (probed by its agent, resilience/health.py); without one, every
    restored file is read back inside the instance, which fails on a tree that does not read;
 4. delete the scratch records.
@@ -88,6 +88,10 @@ def _read_back(path: str) -> list[str]:
     return ["sh", "-c", f"find {path} -xdev -type f -exec cat {{}} + > /dev/null"]
 
 
+def _ago(seconds: float) -> str:
+    return f"{seconds / 86400:.1f} days ago" if seconds >= 86400 else f"{seconds / 3600:.1f} hours ago"
+
+
 def _late(waited: float, limit: float, what: str, inst: Resource | None = None) -> str | None:
     """None while waited is within limit, else why the trial failed (with the scratch instance's last word)."""
     if waited <= limit:
@@ -129,9 +133,8 @@ class Verifier:
             return st, (base + limit - now + 1.0) if verify else None
         if st.overdue_warned != since:
             what = "no verified restore since" if st.last_verified_at else "never verified since its creation"
-            days = (now - since) / 86400
             self.cloud.store.add_event(
-                policy, "VerifyOverdue", f"backup policy {policy.name}: {what} {days:.1f} days ago", "Warning"
+                policy, "VerifyOverdue", f"backup policy {policy.name}: {what} {_ago(now - since)}", "Warning"
             )
             st = st.model_copy(update={"overdue_warned": since})
         return st, None
@@ -212,8 +215,9 @@ class Verifier:
     def _boot(
         self, caller: Caller, policy: Resource, backup: Resource, restored: Resource, labels: dict[str, str]
     ) -> None:
-        """The scratch instance: an instance backup's restored disk with its source's command, size and health
-        check (while the source exists); a small instance of the built-in image with a restored volume."""
+        """The scratch instance: an instance backup's restored disk with its source's command, user data, size
+        and health check (while the source exists); a small instance of the built-in image with a restored
+        volume."""
         body: dict[str, Any] = {"name": restored.name, "labels": labels, "cpus": 0.25, "memory_mib": 64}
         if restored.kind == SNAPSHOT:
             named = BackupSpec.of(backup).source
@@ -221,6 +225,7 @@ class Verifier:
             if sources:
                 spec = InstanceSpec.of(sources[0])
                 body |= {"cpus": spec.cpus, "memory_mib": spec.memory_mib, "command": spec.command}
+                body |= {"user_data": spec.user_data}
                 body |= {"health": spec.health.model_dump() if spec.health else None}
             launch(
                 self.cloud, caller, InstanceCreate.model_validate({**body, "from_snapshot": restored.name}), policy.id
