@@ -275,10 +275,10 @@ class BackupPolicyReconciler(KindReconciler):
                 )
             except CloudletError as exc:
                 errors.append(f"{source}: {exc.message}")
-        expired = 0
+        expired, under_trial = 0, set(st.verifying.queue if st.verifying else [])  # kept until verified
         for source in {BackupSpec.of(b).source for b in mine}:
             done = [b for b in mine if BackupSpec.of(b).source == source and b.phase == "ready" and not b.deleting]
-            keep = retained(done, spec.keep_last, spec.keep_daily, spec.keep_weekly)
+            keep = retained(done, spec.keep_last, spec.keep_daily, spec.keep_weekly) | under_trial
             for b in done:
                 if b.id not in keep:
                     delete_backup(self.cloud, caller, b.name)
