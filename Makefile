@@ -28,6 +28,7 @@ bench: install
 	.venv/bin/python bench/snapshot_api.py --runs 20
 	.venv/bin/python bench/debian_density.py
 	.venv/bin/python bench/backup_throughput.py
+	.venv/bin/python bench/backup_verify.py
 	.venv/bin/python bench/cli_latency.py --runs 3
 	.venv/bin/python bench/eip_move.py --moves 20
 
