@@ -185,7 +185,7 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * UNITS[m.group(2)]
 
 
-policy_app = typer.Typer(help="Scheduled backups with retention.", no_args_is_help=True)
+policy_app = typer.Typer(help="Scheduled backups with retention, and verified restores.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
 
