@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: the shop stack (examples/shop.yaml) behind an HAProxy load balancer holding an elastic IP, with a
-# Debian web tier over PostgreSQL; then the data plane serving on with the control plane killed.
+# Debian web tier over PostgreSQL; the data plane serving on with the control plane killed; a chaos experiment;
+# a DR drill that rebuilds the shop on a second host in zone-b from its replicas and fails back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=".venv/bin/cloudlet"
@@ -12,6 +13,12 @@ field() { $PY -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1
 
 step "cloudlet up"
 $C up
+if ! $C host show h2 >/dev/null 2>&1; then
+  step "cloudlet host add h2 --zone zone-b   (a second host in its own namespace, in a second zone, for the DR drill)"
+  $C host add h2 --zone zone-b
+fi
+# the shop starts in zone-a (host local); meanwhile h2 builds its own copies of the images
+$C host cordon h2
 
 recipes_cached=yes
 for packages in postgresql python3,python3-psycopg2; do
@@ -111,6 +118,59 @@ load = next((r["output"] for r in j["run"] if r["activity"]["name"] == "load"), 
 print(f"journal ({sys.argv[1]}, Chaos Toolkit format): status {j['status']}, deviated {j['deviated']}; under load "
       f"{load.get('requests')} requests, {load.get('errors')} failed, p50 {load.get('p50_ms')} ms, max {load.get('max_ms')} ms")
 PY
+step "DR drill: the shop rebuilt in zone-b from its replicas, then back to zone-a"
+$C host uncordon h2
+echo "(the database's root disk and volume ship to h2 every 5 s; h2 needs the Debian images: the first time, it"
+echo " builds them with debootstrap, a few minutes)"
+$PY - "$C" <<'PY'
+import json, subprocess, sys, time
+def get(*args):
+    return json.loads(subprocess.run([sys.argv[1], *args, "-o", "json"], capture_output=True, text=True, check=True).stdout)
+def lacking():
+    images = [i["name"] for i in get("image", "list") if "h2" not in (i.get("hosts") or [])]
+    volumes = [get("volume", "show", v["name"]) for v in get("volume", "list") if v.get("attached_to") == "db-1"]
+    disks = [d for d in [get("show", "db-1"), *volumes] if (d.get("replica") or {}).get("host") != "h2"]
+    return images, [d["name"] for d in disks]
+t0, said = time.time(), None
+while any(lacking()):
+    images, copies = lacking()
+    line = f"waiting for h2: images {', '.join(images) or 'all there'}; replicas of {', '.join(copies) or 'all there'}"
+    if line != said:
+        print(f"  {time.time() - t0:6.1f} s  {line}", flush=True)
+        said = line
+    if time.time() - t0 > 1200:
+        sys.exit("h2 did not get the images and replicas in 20 minutes: cloudlet image list; cloudlet show db-1")
+    time.sleep(2)
+print(f"  h2 holds the images and the database's replicas ({time.time() - t0:.1f} s)")
+PY
+# a GET every 0.1 s through the EIP during the drill: what a user of the shop saw
+log="$home/drill-gets.log"
+: >"$log"
+( while :; do printf '%s %s\n' "$(now)" "$(get -o /dev/null -w '%{http_code}' "$url")" >>"$log"; sleep 0.1; done ) &
+probe=$!
+echo "\$ cloudlet dr drill shop --to-zone zone-b --failback --report $home/drill.json"
+drilled=0
+$C dr drill shop --to-zone zone-b --failback --report "$home/drill.json" || drilled=$?
+kill "$probe" 2>/dev/null || true
+wait "$probe" 2>/dev/null || true
+$PY - "$home/drill.json" "$log" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+samples = [(float(t), code) for t, code in (line.split() for line in open(sys.argv[2]) if len(line.split()) == 2)]
+ok = sum(code.startswith("2") for _, code in samples)
+worst, down = 0.0, None
+for t, code in samples:
+    if not code.startswith("2"):
+        down = t if down is None else down
+    elif down is not None:
+        worst, down = max(worst, t - down), None
+for leg in report["legs"]:
+    print(f"{leg['leg']} to {leg['to_zone']}: RTO {leg['rto_s']} s, RPO {leg['rpo_s']} s")
+print(f"GET / through the EIP every 0.1 s during the drill: {ok} of {len(samples)} answered, longest outage {worst:.1f} s")
+print(f"verdict: {report['verdict']} (report: {sys.argv[1]} and .txt beside it)")
+PY
+[ "$drilled" = 0 ] || exit "$drilled"
+
 step "recent events"
 $C events --limit 6
 cat <<TXT
@@ -122,6 +182,7 @@ The shop answers at $url (first answer $first s after stack apply). Things to tr
   $C metadata web-1 meta-data/              # what web-1 sees at http://169.254.169.254/latest/
   $C secgroup list ; $C eip list ; $C lb list
   $C stack deploy shop --layer web --batch 1 # rolling deploy: out of the LB, deploy hook, back in
+  $C dr status                               # each stack's last drill, RTO and RPO
   $C stack flag shop beta=on                 # /latest/meta-data/flags/beta in every instance at once
   $C stack delete shop --wait                # removes every resource the stack made
   $C down                                    # stop everything, keep state;  $C down --purge  removes it all

@@ -33,6 +33,8 @@ def render(password: str) -> str:
 # volume. Rendered by examples/shop/render_stack.py from app.py and db-init.sh: edit those, then render again.
 # The committed examples/shop.yaml (make demo) has the password {DEMO_PASSWORD!r}, which PostgreSQL accepts only from
 # the shop's own subnet; render your own (a random one by default) for anything that matters.
+# The database's root disk and volume are replicated to a host in another zone (none yet: they wait for one), so
+# `cloudlet dr drill shop --to-zone zone-b` can rebuild the shop there.
 name: shop
 networks:
   net: {{}}
@@ -40,6 +42,7 @@ layers:
   db:
     image: {{packages: [postgresql]}}
     memory: 512
+    replicas: 1
     volumes: [{{name: data, size_gib: 1, path: /var/lib/postgresql/data}}]
     command: {block(db_command, 6)}
   web:

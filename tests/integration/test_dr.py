@@ -172,6 +172,13 @@ def test_drill_to_zone_b_and_back(two: CloudCLI, tmp_path: Path) -> None:
     assert both["state"] == "succeeded" and [leg["leg"] for leg in both["legs"]] == ["drill", "failback"]
     assert both["rto_s"] > 0 and both["failback_rto_s"] > 0 and both["failback_rpo_s"] is not None, both
     assert set(_zones(two).values()) == {"zone-b"}, _zones(two)
+    # back where it ran, the stack follows its document (no zone) again: unpinned, and nothing moves for it
+    assert both["legs"][1]["steps"][-1]["step"] == "unpin", both["legs"][1]["steps"]
+    assert "cloudlet.io/dr-zone" not in two.json("stack", "show", "dr")["labels"]
+    ids = {i["name"]: i["id"] for i in two.json("list")}
+    _until("the stack's pass after the unpin", lambda: two.json("stack", "show", "dr")["state"] == "ready")
+    time.sleep(2)
+    assert {i["name"]: i["id"] for i in two.json("list")} == ids and set(_zones(two).values()) == {"zone-b"}
     assert int(two.run("exec", "db-1", "--", "cat", "/data/counter").stdout) >= recovered
     assert "ok" in _outside(two, f"http://{eip}/health")
     status = {d["stack"]: d for d in two.json("dr", "status")["stacks"]}

@@ -48,6 +48,9 @@ def test_added_host_runs_its_own_agent_in_its_namespace(hosts: CloudCLI) -> None
     assert os.path.exists(f"/run/netns/{netns}.i-{b1['id']}")
     pool = host_home(hosts, "h2") / "pool"
     assert pool.with_suffix(".img").exists() or pool.is_dir()
+    # each agent says which images its pool holds: both hosts booted busybox
+    busybox = next(i for i in hosts.json("image", "list") if i["name"] == "busybox")
+    assert busybox["hosts"] == ["h2", "local"], busybox
 
 
 def _fetch_soon(cloud: CloudCLI, src: str, dst: str, port: int, timeout: float = 15) -> str | None:

@@ -23,15 +23,18 @@ def _owned(zone: str | None) -> list[SimpleNamespace]:
     return [SimpleNamespace(kind="Instance", name=inst.name, id="i1", spec=spec, deleted_at=None, created_at=0.0)]
 
 
-def test_a_pinned_zone_changes_in_place_and_an_unpinned_change_replaces() -> None:
+def test_a_pinned_or_unasked_zone_changes_in_place_and_an_asked_one_replaces() -> None:
     doc = parse_stack(DOC)
     (pinned,) = plan(desired(doc, ["zone-a", "zone-b"], "zone-b"), _owned(None))
     assert (pinned.op, pinned.changes) == ("update", {"zone": (None, "zone-b")})
     (same,) = plan(desired(doc, ["zone-a", "zone-b"], "zone-b"), _owned("zone-b"))
     assert same.op == "unchanged"
-    # without the pin a zone differing from the document's is a replace (the instance made again there)
+    # unpinned (after a failback), a document that leaves the zone to placement takes the instance where it is
     (unpinned,) = plan(desired(doc, ["zone-a", "zone-b"]), _owned("zone-b"))
-    assert (unpinned.op, unpinned.forced_by) == ("replace", ("zone",))
+    assert (unpinned.op, unpinned.changes) == ("update", {"zone": ("zone-b", None)})
+    # but a zone the document asks for, differing, is a replace (the instance made again there)
+    (asked,) = plan(desired(parse_stack(DOC + "zone: zone-a\n"), ["zone-a", "zone-b"]), _owned("zone-b"))
+    assert (asked.op, asked.forced_by) == ("replace", ("zone",))
 
 
 def test_the_summary_shows_each_step_rto_rpo_and_verdict() -> None:

@@ -135,6 +135,7 @@ class Agent:
                 "incarnation": self.lease.incarnation,
                 "replied": self.lease.cp_reachable,
                 "stopping": stopping,
+                "images": images.held_digests(self.ctx, self.cache.list(images.KIND)),
             },
         )
 

@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Images instances boot from: busybox (built in), Debian (debootstrap), imported tarballs.",
     no_args_is_help=True,
 )
-COLUMNS = ["name", "tenant", "source", "state", "packages", "size_mib", "digest"]
+COLUMNS = ["name", "tenant", "source", "state", "packages", "size_mib", "hosts", "digest"]
 
 
 @app.command("list")

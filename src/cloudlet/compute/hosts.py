@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,6 +96,9 @@ class Heartbeat(BaseModel):
     incarnation: str = Field("", max_length=64, description="the agent's boot id (resilience/lease.py)")
     replied: bool = Field(True, description="whether the agent's previous heartbeat got its reply")
     stopping: bool = Field(False, description="the agent's last beat before an orderly shutdown")
+    images: list[Annotated[str, Field(max_length=96, pattern=r"^[a-z0-9][a-z0-9.-]*$")]] = Field(
+        default_factory=list, max_length=4096, description="digests of the images the host's pool holds"
+    )
 
 
 class AgentOp(BaseModel):
@@ -227,6 +230,7 @@ def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat, now: flo
                 "dns_port": beat.dns_port,
                 "last_heartbeat": time.time(),
                 "pressure": beat.pressure,
+                "images": beat.images,
                 "incarnation": beat.incarnation,
                 "renewed_at": now,
                 "lease_until": now + lease_s,

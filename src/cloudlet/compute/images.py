@@ -20,6 +20,8 @@ __all__ = [
     "request_build",
     "import_image",
     "image_view",
+    "holders",
+    "held_digests",
     "ImageReconciler",
     "volume_of",
     "get_image",
@@ -40,14 +42,14 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, ImageSpec, ImageStatus, InstanceSpec
+from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, HostStatus, ImageSpec, ImageStatus, InstanceSpec
 from cloudlet.core import quota
 from cloudlet.core.config import MACHINE_NETNS_FD
 from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
@@ -337,7 +339,22 @@ def delete_image(cloud: Cloud, caller: Caller, name: str) -> Resource:
     return res
 
 
-def image_view(res: Resource) -> dict[str, object]:
+def holders(cloud: Cloud) -> dict[str, list[str]]:
+    """Image digest -> the hosts whose pool holds it, as their agents last said: where an instance boots from it
+    at once (elsewhere it waits for that host's build)."""
+    out: dict[str, list[str]] = {}
+    for host in cloud.store.list(HOST):
+        for digest in HostStatus.of(host).images:
+            out.setdefault(digest, []).append(host.name)
+    return out
+
+
+def held_digests(ctx: HostContext, records: Iterable[Resource]) -> list[str]:
+    """What an agent tells in its heartbeat: the digests of these images its pool holds."""
+    return sorted({ImageSpec.of(r).digest for r in records if ctx.pool.exists(volume_of(r))})
+
+
+def image_view(res: Resource, held: dict[str, list[str]]) -> dict[str, object]:
     spec, st = ImageSpec.of(res), ImageStatus.of(res)
     return record_view(
         res,
@@ -347,6 +364,7 @@ def image_view(res: Resource) -> dict[str, object]:
         state=res.phase,
         message=st.message,
         size_mib=st.size_mib,
+        hosts=sorted(held.get(spec.digest, [])),
     )
 
 
@@ -392,8 +410,16 @@ class ImageReconciler(KindReconciler):
             return Result()  # an import is unpacked when it is made; nothing to rebuild it from
         if res.phase == "failed" and res.observed_generation == res.generation:
             return Result()
-        self.records.update_status(res.id, phase="building", status=ImageStatus(message="debootstrap running").dump())
-        self.records.add_event(res, "Building", f"debootstrap {spec.suite} with {spec.packages or 'minbase'}")
+        # the phase is the image's, not this host's: a host that joins later builds its copy without taking
+        # "ready" away from the hosts that have one (which would then set it back, and again)
+        ready = res.phase == "ready"
+        if not ready:
+            self.records.update_status(
+                res.id, phase="building", status=ImageStatus(message="debootstrap running").dump()
+            )
+        self.records.add_event(
+            res, "Building", f"debootstrap {spec.suite} with {spec.packages or 'minbase'} on host {self.ctx.host}"
+        )
         try:
             # in this host's own directory: two hosts of one machine building the same digest must not share it
             added = self.ctx.host != self.ctx.config.host
@@ -402,14 +428,16 @@ class ImageReconciler(KindReconciler):
             )
             _fill(self.ctx, spec.digest, lambda root: _debootstrap(spec, root, build, machine_net=added))
         except DriverError as exc:
-            self.records.update_status(
-                res.id,
-                phase="failed",
-                observed_generation=res.generation,
-                status=ImageStatus(message=exc.message).dump(),
-            )
-            self.records.add_event(res, "Failed", exc.message, "Warning")
+            if not ready:
+                self.records.update_status(
+                    res.id,
+                    phase="failed",
+                    observed_generation=res.generation,
+                    status=ImageStatus(message=exc.message).dump(),
+                )
+            self.records.add_event(res, "Failed", f"on host {self.ctx.host}: {exc.message}", "Warning")
             raise TerminalError(exc.message) from exc
+        self.records.add_event(res, "Built", f"image is ready on host {self.ctx.host}")
         return self._ready(res, volume)
 
 

@@ -197,3 +197,4 @@ class HostStatus(Status):
     phase_since: float | None = None
     # `host drain` (resilience/drain.py): state, moved, total, failed [{instance, reason}], started_at, took_s
     drain: dict[str, Any] | None = None
+    images: list[str] = Field(default_factory=list)  # digests of the images this host's pool holds (its beats)

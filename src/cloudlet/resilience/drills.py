@@ -68,7 +68,8 @@ from cloudlet.network.netns import run_in_netns
 from cloudlet.network.resource import ELASTIC_IP, ElasticIPSpec
 from cloudlet.network.underlay import host_netns
 from cloudlet.resilience.drill_resource import DRILL, FAILED, RUNNING, SUCCEEDED, DrillSpec, DrillStatus
-from cloudlet.stacks.resource import DR_ZONE_LABEL, LAYER_LABEL, STACK, StackStatus
+from cloudlet.stacks.resource import DR_ZONE_LABEL, LAYER_LABEL, STACK, StackSpec, StackStatus
+from cloudlet.stacks.spec import StackDoc
 from cloudlet.storage import replication
 from cloudlet.storage.backups import BackupCreate, create_backup
 from cloudlet.storage.resource import BACKUP, VOLUME, BackupSpec, BackupStatus, ReplicaStatus, VolumeSpec, VolumeStatus
@@ -380,7 +381,23 @@ class _Run:
         leg["rto_s"] = round(time.time() - t0, 3)
         rpos = [d["rpo_s"] for d in leg["disks"]]
         leg["rpo_s"] = max(rpos) if rpos else None
+        if name == "failback":
+            with self._step(leg, "unpin", in_rto=False) as step:
+                step["detail"] = self._unpin(stack, zone)
         self._save()
+
+    def _unpin(self, stack: Resource, zone: str) -> str:
+        """Back where it ran, the stack follows its document again, unless that would move instances: a pinned
+        stack's recoveries stay in its zone, and its replicas are in the other one."""
+        doc = StackDoc.model_validate(StackSpec.of(stack).document)
+        spread = [k for k, layer in doc.layers.items() if (layer.placement or doc.placement).spread == "zones"]
+        why = f"its document's zone is {doc.zone}" if doc.zone not in (None, zone) else None
+        why = why or (f"layers {', '.join(spread)} spread over zones" if spread else None)
+        if why:
+            return f"still pinned to {zone} ({why}): remove label {DR_ZONE_LABEL} to follow the document again"
+        self.cloud.store.edit_labels(stack.id, {DR_ZONE_LABEL: None})
+        self.cloud.manager.enqueue(STACK, stack.id)
+        return f"label {DR_ZONE_LABEL} removed: placement and recoveries follow the stack's document again"
 
     def _no_copies(self, zone: str) -> str | None:
         """What is not yet in zone for a failback from replicas: a copy of each data-bearing instance's data, each

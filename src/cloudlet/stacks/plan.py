@@ -130,7 +130,8 @@ def desired(doc: StackDoc, zones: list[str] | None = None, pin: str | None = Non
                 fields["user_data"] = layer.user_data
             params = {"layer": lname, "index": n, "secgroups": [groups[s] for s in layer.secgroups]}
             in_place = {**replicas, **health, "ha": layer.ha}
-            replace_on = frozenset(fields) - ({"zone"} if pin else set())
+            # a pinned zone, or none asked (placement's choice), changes in place: the instance stays where it runs
+            replace_on = frozenset(fields) - ({"zone"} if pin or fields["zone"] is None else set())
             instances.append(Desired("Instance", name, {**fields, **in_place}, replace_on, params))
     for key, lb in doc.load_balancers.items():
         wanted: dict[str, Any] = {

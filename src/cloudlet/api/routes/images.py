@@ -25,12 +25,13 @@ def list_images(
     cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller), sel: Selector = Depends(label_selector)
 ) -> dict[str, Any]:
     """The public images and the caller's own."""
-    return page([images.image_view(r) for r in images.visible_images(cloud, who) if sel.matches(r.labels)])
+    held = images.holders(cloud)
+    return page([images.image_view(r, held) for r in images.visible_images(cloud, who) if sel.matches(r.labels)])
 
 
 @router.get("/{name}")
 def show_image(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
-    return images.image_view(images.get_image(cloud, who, name))
+    return images.image_view(images.get_image(cloud, who, name), images.holders(cloud))
 
 
 @router.post("", status_code=202)
@@ -38,13 +39,13 @@ def build_image(
     body: images.ImageBuild, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)
 ) -> dict[str, Any]:
     """Builds (or rebuilds) the caller's own image, or with the admin token a public one."""
-    return images.image_view(images.request_build(cloud, who, body))
+    return images.image_view(images.request_build(cloud, who, body), images.holders(cloud))
 
 
 @router.delete("/{name}", status_code=202)
 def delete_image(name: NamePath, cloud: Cloud = Depends(get_cloud), who: Caller = Depends(caller)) -> dict[str, Any]:
     """Refused (409, naming them) while instances, snapshots or backups boot from it."""
-    return images.image_view(images.delete_image(cloud, who, name))
+    return images.image_view(images.delete_image(cloud, who, name), images.holders(cloud))
 
 
 @router.put(
@@ -83,4 +84,4 @@ async def import_image(
             res = await run_in_threadpool(images.import_image, cloud, who, name, Path(tmp), received)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    return images.image_view(res)
+    return images.image_view(res, images.holders(cloud))

@@ -8,7 +8,7 @@ an EIP or egress, the outside's range, and nothing else: not other networks, not
 a veth `eth0` whose peer sits on the network's bridge.
 
 An added host (network/underlay.py) names its hub `cl-<cloud>-h-<H>.hub` and its ports `cl-<cloud>-h-<H>.i-<id>`.
-Where the agent's namespace has an underlay link, each bridge also holds a VXLAN port `vx<short id>` (VNI from the
+Where the agent's namespace has an underlay link, each bridge also holds a VXLAN port `vx.<short id>` (VNI from the
 network's subnet, the cloud's multicast group floods, MACs are learned), so a network is one L2 segment across hosts.
 Every host's bridge holds the same gateway address and MAC (a distributed gateway: DNS and metadata answer on the
 instance's own host); the hub's `bridge cl_vx` table keeps the gateway's own frames and ARP for it off the VXLAN.
@@ -75,20 +75,29 @@ table bridge cl_vx {
     set gw_ips { type ipv4_addr; }
     chain output {
         type filter hook output priority 0; policy accept;
-        oifname "vx*" ether saddr @gw_macs drop
+        oifname "vx.*" ether saddr @gw_macs drop
     }
     chain forward {
         type filter hook forward priority 0; policy accept;
-        oifname "vx*" arp daddr ip @gw_ips drop
-        iifname "vx*" arp daddr ip @gw_ips drop
-        iifname "vx*" arp saddr ip @gw_ips drop
+        oifname "vx.*" arp daddr ip @gw_ips drop
+        iifname "vx.*" arp daddr ip @gw_ips drop
+        iifname "vx.*" arp saddr ip @gw_ips drop
     }
     chain input {
         type filter hook input priority 0; policy accept;
-        iifname "vx*" arp saddr ip @gw_ips drop
+        iifname "vx.*" arp saddr ip @gw_ips drop
     }
 }
 """
+# An instance's port is `v<short id>`, and an id may go on with "x": without the dot the cl_vx rules took such an
+# instance for a VXLAN port and cut it off its gateway (its ARP and the hub's frames to it were dropped).
+VX_PREFIX = "vx."
+
+
+def _vx(network_id: str) -> str:
+    return f"{VX_PREFIX}{short(network_id)}"
+
+
 TENANT_BASE = int(ipaddress.IPv4Address("10.240.0.0"))
 
 
@@ -210,10 +219,11 @@ class LinuxNetworkDriver(NetworkDriver):
         underlay link there) and moved into the hub."""
         if self.underlay is None:
             return
-        vx, br = f"vx{short(network_id)}", f"br{short(network_id)}"
+        vx, br = _vx(network_id), f"br{short(network_id)}"
         underlay, hub = self.underlay, self.hub
         if self._in(hub, lambda ns: bool(ns.link_lookup(ifname=vx))):
             return
+        self._delete_link(f"vx{short(network_id)}")  # its name before VX_PREFIX: same VNI and port, it would clash
         with IPRoute() as ipr:  # netlink, not /sys: an added host's agent sees the root namespace's sysfs
             if not ipr.link_lookup(ifname=self.underlay_link):
                 return  # no underlay here: a host on its own
@@ -266,7 +276,7 @@ class LinuxNetworkDriver(NetworkDriver):
         with translate_errors(f"deleting bridge {br}"):
             for net in self._subnets(br):
                 unguard(net)
-            self._delete_link(f"vx{short(network_id)}")
+            self._delete_link(_vx(network_id))
             self._delete_link(br)
 
     def list_networks(self) -> set[str]:
