@@ -265,7 +265,7 @@ def test_a_verification_cut_short_by_a_crash_is_finished_after_restart(bcloud: C
         store.close()
     bcloud.run("up")
     view = _verified(bcloud, "vfy")
-    assert view["last_verify"]["ok"] and view["last_verify"]["at"] > before["at"], view
+    assert view["last_verify"]["ok"] and view["last_verify"]["at"] > before["at"], view["last_verify"]
     wait_for(lambda: not _scratch_left(bcloud), 30, "the scratch records to go")
 
 

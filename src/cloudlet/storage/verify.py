@@ -27,6 +27,7 @@ from __future__ import annotations
 
 __all__ = ["VERIFY_LABEL", "TRIAL_LABEL", "Verifier", "is_scratch", "overdue_since", "verification_of"]
 
+import logging
 from typing import Any
 
 from cloudlet.compute.images import BUILT_IN
@@ -52,6 +53,7 @@ from cloudlet.storage.resource import (
 )
 from cloudlet.storage.volumes import delete_resource
 
+log = logging.getLogger("cloudlet.verify")
 VERIFY_LABEL = "cloudlet.io/verify-of"  # on scratch records: the policy's name
 TRIAL_LABEL = "cloudlet.io/verify-trial"  # ... and the trial's id
 MOUNT = "/verify"
@@ -60,7 +62,6 @@ BOOT_TIMEOUT = 300.0  # from the scratch instance's creation to its check passin
 READ_TIMEOUT = 120.0
 POLL = 1.0
 SCRATCH_KINDS = (INSTANCE, VOLUME, SNAPSHOT)  # instances first: what they use goes after them
-ENDED = ("failed", "error", "exited", "stopped", "unschedulable")  # instance states a trial cannot get past
 
 
 def is_scratch(res: Resource) -> bool:
@@ -240,8 +241,8 @@ class Verifier:
     def _check(self, inst: Resource, restored: Resource) -> str | None:
         """The scratch instance's check: its health check healthy, or every restored file read back."""
         st = InstanceStatus.of(inst)
-        if st.state in ENDED:
-            return f"the scratch instance is {st.state}: {st.message}"
+        if st.state == "failed":  # for good; an error, an exit or no room yet may pass (retried): BOOT_TIMEOUT
+            return f"the scratch instance failed: {st.message}"
         if st.state != "running" or inst.host is None:
             return None
         if InstanceSpec.of(inst).health is not None:
@@ -251,8 +252,9 @@ class Verifier:
         path = MOUNT if restored.kind == VOLUME else "/"
         try:
             out = self.cloud.hosts.agent(inst.host).exec_instance(inst.id, _read_back(path), READ_TIMEOUT)
-        except CloudletError as exc:
-            return f"reading back {path} in the scratch instance failed: {exc.message}"
+        except CloudletError as exc:  # the agent out of reach, the instance between restarts: tried again
+            log.info("reading back %s in scratch instance %s: %s", path, inst.name, exc.message)
+            return None
         if out["exit_code"] != 0:
             tail = " | ".join(str(out.get("stderr", "")).strip().splitlines()[-3:])
             return f"reading back {path} failed (exit {out['exit_code']}): {tail}"
