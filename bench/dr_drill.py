@@ -59,6 +59,9 @@ def drill(env: dict[str, str], report: Path, log: Path, what: str, *args: str) -
             f"{what}: {leg['leg']} to {leg['to_zone']}: RTO {leg['rto_s']} s, RPO {leg['rpo_s']} s; "
             f"GET / through the EIP: longest outage {outage:.1f} s"
         )
+        for step in leg["steps"]:  # what a long step waited for, each change of it
+            for w in step.get("waits", []) if step["took_s"] is None or step["took_s"] > 5 else []:
+                print(f"    {step['step']} at {w['at_s']:6.2f} s waiting: {w['for']}")
     answered = sum(b is not None for t, b in samples if t0 <= t <= t1)
     total = sum(1 for t, _ in samples if t0 <= t <= t1)
     goal = RTO_GOAL * (2 if args else 1)

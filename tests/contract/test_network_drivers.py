@@ -165,6 +165,43 @@ def test_linux_port_named_like_a_vxlan_port_reaches_its_gateway(net: NetworkDriv
         )
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("net", ["linux"], indirect=True)
+def test_linux_a_port_keeps_its_mac_when_a_frame_elsewhere_claims_it(net: NetworkDriver) -> None:
+    """A frame with a local instance's MAC as its source, from another port (as the instance's previous copy on
+    another host sends over the VXLAN while it stops), must not take the MAC there: the instance, a silent
+    server, would be unreachable until the entry aged out."""
+    assert isinstance(net, LinuxNetworkDriver)
+    nid, sub = _rid(), _subnet()
+    net.ensure_network(nid, f"{sub}.1", 24)
+    a, b = (PortSpec(_rid(), nid, f"{sub}.{n}", 24, f"{sub}.1") for n in (2, 3))
+    for port in (a, b):
+        net.ensure_port(port)
+    group = "g" * 26
+    table = render_ingress([(group, [])], {group: [a.address, b.address]})
+    for port in (a, b):
+        net.apply_ruleset("secgroups", table, port.instance_id)
+
+    def ping_a() -> int:
+        cmd = ["ip", "netns", "exec", net.port_prefix + b.instance_id, "ping", "-c1", "-W2", a.address]
+        return subprocess.run(cmd, capture_output=True, timeout=10).returncode
+
+    assert ping_a() == 0  # b now holds a's MAC in its ARP cache: its next ping goes straight to that MAC
+    claim = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+        "s.bind(('eth0', 0))\n"
+        f"s.send(b'\\xff' * 6 + bytes.fromhex('{_eth0_mac(net, a)}'.replace(':', '')) + b'\\x88\\xb5' + bytes(46))\n"
+    )
+    subprocess.run(["ip", "netns", "exec", net.port_prefix + b.instance_id, "python3", "-c", claim], check=True)
+    assert ping_a() == 0, "a frame from port b claiming a's MAC cut a off"
+
+
+def _eth0_mac(net: LinuxNetworkDriver, port: PortSpec) -> str:
+    cmd = ["ip", "-n", net.port_prefix + port.instance_id, "-j", "link", "show", "eth0"]
+    return str(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)[0]["address"])
+
+
 def test_apply_ruleset_loads_in_the_hub_and_in_ports(net: NetworkDriver) -> None:
     nid, iid = _rid(), _rid()
     sub = _subnet()

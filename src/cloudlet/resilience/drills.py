@@ -45,6 +45,7 @@ __all__ = [
 import functools
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -589,7 +590,7 @@ class _Run:
                 return f"instance {inst.name} is not healthy yet"
         lbs = {lb.id: lb for lb in _owned(self.cloud, stack, LOADBALANCER)}
         for lb in lbs.values():
-            down = [m.name for m in LoadBalancerStatus.of(lb).members if m.state != "up"]
+            down = [f"{m.name} ({m.state})" for m in LoadBalancerStatus.of(lb).members if m.state != "up"]
             if down or not LoadBalancerStatus.of(lb).members:
                 return f"load balancer {lb.name}: members not up: {', '.join(down) or 'none reported'}"
         members = StackStatus.of(self.cloud.store.get_by_id(stack.id) or stack).members
@@ -608,9 +609,15 @@ class _Run:
             status = run_in_netns(netns, functools.partial(_probe, url))
             probes.append({"url": url, "status": status, "at": time.time()})
             if status is None or not 200 <= status < 300:
-                return f"{url} from the outside answered {status}"
+                return f"{url} from the outside answered {status} ({_route_of(netns, spec.address)})"
         leg["probes"] = probes
         return None
+
+
+def _route_of(netns: str, address: str) -> str:
+    """Where the outside sends an EIP's packets (the hub of the host holding it, by each agent's /32 route)."""
+    out = subprocess.run(["ip", "-n", netns, "route", "get", address], capture_output=True, text=True)
+    return f"the outside routes it {out.stdout.splitlines()[0].strip()}" if out.stdout else out.stderr.strip()
 
 
 def _disk(inst: Resource, what: str, taken: float, t0: float, stopped_at: float) -> dict[str, Any]:

@@ -296,6 +296,8 @@ class LinuxNetworkDriver(NetworkDriver):
             subprocess.run(["ip", "netns", "del", name], check=True, capture_output=True)  # a previous run's
         veth, peer = f"v{short(port.instance_id)}", f"p{short(port.instance_id)}"
         br = f"br{short(port.network_id)}"
+        # eth0's MAC follows its address, so a restarted instance is where its neighbours' ARP caches say
+        mac = _mac(f"port {port.network_id} {port.address}")
 
         def hub_side(hub: IPRoute) -> None:
             bridge = hub.link_lookup(ifname=br)
@@ -304,8 +306,6 @@ class LinuxNetworkDriver(NetworkDriver):
             if not self._in(name, lambda inst: inst.link_lookup(ifname="eth0")):
                 if hub.link_lookup(ifname=veth):
                     hub.link("del", index=hub.link_lookup(ifname=veth)[0])
-                # eth0's MAC follows its address, so a restarted instance is where its neighbours' ARP caches say
-                mac = _mac(f"port {port.network_id} {port.address}")
                 hub.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": name, "address": mac})
             hub.link("set", index=hub.link_lookup(ifname=veth)[0], master=bridge[0], state="up")
 
@@ -332,6 +332,12 @@ class LinuxNetworkDriver(NetworkDriver):
                 # a new netns lets nothing in until the agent loads its security groups' rules
                 self._nft(DENY_INGRESS, name)
             self._in(self.hub, hub_side)
+            # the MAC pinned to its port (sticky: learning cannot move it): a frame from the instance's previous
+            # copy on another host, still stopping, came in over the VXLAN and took the MAC there, and the new
+            # copy, a silent server, was unreachable from its own host until that entry aged out (~40 s after
+            # a DR drill). The entry goes with the port.
+            fdb = ["bridge", "fdb", "replace", mac, "dev", veth, "master", "static", "sticky"]
+            subprocess.run(["ip", "netns", "exec", self.hub, *fdb], check=True, capture_output=True)
             self._in(name, inside)
             run_in_netns(name, lambda: _announce(port.address))
         return path
