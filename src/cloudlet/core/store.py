@@ -21,6 +21,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Engine
 
 from cloudlet.core.errors import Conflict, NotFound
+from cloudlet.core.kindcache import KindCache
 from cloudlet.core.records import FINALIZER, Event, Resource
 from cloudlet.core.tables import changes, events, ip_allocations, resources, tokens
 
@@ -32,8 +33,9 @@ _SELECT = sa.select(*[resources.c[c] for c in _COLUMNS])  # in dataclass order, 
 # and compiled form instead of building and hashing a new expression per call (most of a write's CPU time)
 _BY_ID = _SELECT.where(resources.c.id == sa.bindparam("_rid"))
 _INSERT = resources.insert()
-_UPDATE = resources.update().where(resources.c.id == sa.bindparam("_rid"))  # SET: the keys of the parameters
-_BUMP = _UPDATE.values(generation=resources.c.generation + 1)  # a spec write: its generation moves in the row
+# SET: the keys of the parameters; the row comes back as written, in the same statement
+_UPDATED = resources.update().where(resources.c.id == sa.bindparam("_rid")).returning(*_SELECT.selected_columns)
+_BUMP = _UPDATED.values(generation=resources.c.generation + 1)  # a spec write: its generation moves in the row
 _REVISION = sa.select(sa.func.max(changes.c.rev))
 _CHANGE = changes.insert()
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -57,6 +59,7 @@ class Store:
         # every write: (record, whether spec, deletion or placement changed) - reconcilers and their watches
         self.listeners: list[Callable[[Resource, bool], None]] = []
         self.watchers: list[Callable[[int], None]] = []  # every write, with its revision: the watch API
+        self._caches: dict[str, KindCache] = {}
 
     def _connect(self, url: str) -> None:
         self.url = url
@@ -65,14 +68,22 @@ class Store:
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16
             )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "do_connect", self._sqlite_file)
         else:
             self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
 
+    def _sqlite_file(self, dialect: Any, _record: Any, cargs: builtins.list[Any], _params: Any) -> None:
+        cargs[:] = dialect.create_connect_args(sa.make_url(self.url))[0]  # the file `reopen` moved to
+
     def reopen(self, url: str) -> None:
         """The same store over another database, a copy of this one's: a forked simulation's own (its
-        connections are the parent process's, left open for it)."""
+        connections are the parent process's, left open for it). SQLite keeps its engine, and with it every
+        statement compiled so far (a forked seed would compile each again), opening the new file from now on."""
         self.engine.dispose(close=False)
-        self._connect(url)
+        if url.startswith("sqlite") and self.url.startswith("sqlite"):
+            self.url = url
+        else:
+            self._connect(url)
 
     def migrate(self) -> None:
         cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))
@@ -253,15 +264,13 @@ class Store:
         the first write holds the row: writers of different keys (a stack's lifecycle, a recovery's phase, a
         drain's mark) never put back what another took away. bump: a spec write, the generation moves."""
         with self.engine.begin() as conn:
-            result = conn.execute(_BUMP if bump else _UPDATE, {**values, "_rid": rid})
-            if result.rowcount == 0:
+            row = conn.execute(_BUMP if bump else _UPDATED, {**values, "_rid": rid}).first()
+            if row is None:
                 raise NotFound(f"resource {rid} not found")
-            row = conn.execute(_BY_ID, {"_rid": rid}).one()
             if labels:
                 merged = {**_row_to_resource(row).labels, **labels}
                 now = {k: v for k, v in merged.items() if v is not None}
-                conn.execute(_UPDATE, {"labels": now, "_rid": rid})
-                row = conn.execute(_BY_ID, {"_rid": rid}).one()
+                row = conn.execute(_UPDATED, {"labels": now, "_rid": rid}).one()
             res = _row_to_resource(row)
             rev = self._changed(conn, rid, res.kind, res.host, writer)
         self._notify(res, rev, spec_side=notify)
@@ -299,6 +308,20 @@ class Store:
             params = {"rev": rev, "latest": latest, "kinds": list(kinds), "host": host, "hostless": list(hostless)}
             rows = list(conn.execute(_CHANGED_FOR_HOST if host is not None else _CHANGED, params))
         return [r.resource_id for r in rows], max(latest, rev)
+
+    def changed_ids(self, rev: int, kind: str) -> tuple[builtins.list[str], int]:
+        """Ids of records of kind written after `rev`, each once, and the revision of the last of them (`rev` if
+        none): the next call resumes there. One query, over the change log's rows since `rev` only."""
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(_CHANGED_OF_KIND, {"rev": rev, "kind": kind}))
+        return [r.resource_id for r in rows], max((r.rev for r in rows), default=rev)
+
+    def cached(self, kind: str) -> KindCache:
+        """kind's records in memory, current at each read (core/kindcache.py); one per kind and store."""
+        cache = self._caches.get(kind)
+        if cache is None:
+            cache = self._caches[kind] = KindCache(self, kind)
+        return cache
 
     def compact_changes(self) -> int:
         """Drops change rows superseded by a later one of the same record by the same writer; watchers only need
@@ -467,6 +490,11 @@ def _changed_query(for_host: bool) -> sa.Select[Any]:
 
 
 _CHANGED, _CHANGED_FOR_HOST = _changed_query(False), _changed_query(True)
+_CHANGED_OF_KIND = (
+    sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
+    .where(changes.c.rev > sa.bindparam("rev"), changes.c.kind == sa.bindparam("kind"))
+    .group_by(changes.c.resource_id)
+)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

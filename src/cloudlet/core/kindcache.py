@@ -1,0 +1,63 @@
+"""One kind's records kept in memory by the control plane, current at every read: each read asks the change log
+which records of the kind were written since the last one (by any process: the log is in the database) and reads
+only those again. For kinds read far more often than written, by many callers: every heartbeat answers with its
+host's peers and the host monitor, recovery and the replica planner look hosts up, which listed every Host record
+each time (O(hosts²) a second at one heartbeat a host a second)."""
+
+from __future__ import annotations
+
+__all__ = ["KindCache"]
+
+import threading
+from typing import TYPE_CHECKING
+
+from cloudlet.core.records import Resource
+
+if TYPE_CHECKING:
+    from cloudlet.core.store import Store
+
+
+class KindCache:
+    def __init__(self, store: Store, kind: str) -> None:
+        self.store = store
+        self.kind = kind
+        self._lock = threading.Lock()
+        self._rev: int | None = None  # the change log's revision the records are current at; None: never read
+        self._by_id: dict[str, Resource] = {}
+        self._by_name: dict[tuple[str, str], Resource] = {}  # (tenant, name) -> record (parent-less kinds)
+        self._ordered: list[Resource] | None = None  # in id order; None: to sort again
+
+    def _refresh(self) -> None:
+        if self._rev is None:
+            rev = self.store.revision()  # first: a write racing the listing comes again from the log, never lost
+            found = self.store.list(self.kind)
+            self._by_id = {r.id: r for r in found}
+            self._rev, self._ordered = rev, found
+        else:
+            ids, self._rev = self.store.changed_ids(self._rev, self.kind)
+            if not ids:
+                return
+            fresh = {r.id: r for r in self.store.get_many(ids)}
+            for rid in ids:
+                old = self._by_id.pop(rid, None)
+                if old is not None:
+                    del self._by_name[(old.tenant, old.name)]
+                if rid in fresh:
+                    self._by_id[rid] = self._by_name[(fresh[rid].tenant, fresh[rid].name)] = fresh[rid]
+            self._ordered = None
+            return
+        self._by_name = {(r.tenant, r.name): r for r in self._by_id.values()}
+
+    def list(self, tenant: str | None = None) -> list[Resource]:
+        """The records in id (creation) order, as `Store.list(kind, tenant)`; shared: copy before changing one."""
+        with self._lock:
+            self._refresh()
+            if self._ordered is None:
+                self._ordered = sorted(self._by_id.values(), key=lambda r: r.id)
+            ordered = self._ordered
+        return ordered if tenant is None else [r for r in ordered if r.tenant == tenant]
+
+    def get(self, tenant: str, name: str) -> Resource | None:
+        with self._lock:
+            self._refresh()
+            return self._by_name.get((tenant, name))
