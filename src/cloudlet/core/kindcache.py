@@ -1,20 +1,25 @@
-"""One kind's records kept in memory by the control plane, current at every read: each read asks the change log
-which records of the kind were written since the last one (by any process: the log is in the database) and reads
-only those again. For kinds read far more often than written, by many callers: every heartbeat answers with its
-host's peers and the host monitor, recovery and the replica planner look hosts up, which listed every Host record
-each time (O(hosts²) a second at one heartbeat a host a second)."""
+"""One kind's records kept in memory by the control plane. A read after a write of the kind by this process, or
+POLL seconds after the last look, asks the change log which records of the kind were written since (by any
+process: the log is in the database) and reads only those again; other reads cost nothing. So this process's
+writes are seen at once, another's within POLL (as the watch API's waits poll, core/watch.py). For kinds read
+far more often than written, by many callers: every heartbeat answers with its host's peers and the host
+monitor, recovery and the replica planner look hosts up, which listed every Host record each time (O(hosts²)
+a second at one heartbeat a host a second)."""
 
 from __future__ import annotations
 
 __all__ = ["KindCache"]
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from cloudlet.core.records import Resource
 
 if TYPE_CHECKING:
     from cloudlet.core.store import Store
+
+POLL = 1.0  # seconds: how stale another process's write may be seen
 
 
 class KindCache:
@@ -26,8 +31,19 @@ class KindCache:
         self._by_id: dict[str, Resource] = {}
         self._by_name: dict[tuple[str, str], Resource] = {}  # (tenant, name) -> record (parent-less kinds)
         self._ordered: list[Resource] | None = None  # in id order; None: to sort again
+        self._stale = True  # this process wrote a record of the kind since the last look
+        self._looked = 0.0  # time.monotonic() of the last look
+        store.listeners.append(self._on_write)
+
+    def _on_write(self, res: Resource, _spec_side: bool) -> None:
+        if res.kind == self.kind:
+            self._stale = True
 
     def _refresh(self) -> None:
+        now = time.monotonic()
+        if not self._stale and now - self._looked < POLL:
+            return
+        self._stale, self._looked = False, now  # before the look: a write committed during it marks it again
         if self._rev is None:
             rev = self.store.revision()  # first: a write racing the listing comes again from the log, never lost
             found = self.store.list(self.kind)

@@ -36,6 +36,7 @@ _INSERT = resources.insert()
 # SET: the keys of the parameters; the row comes back as written, in the same statement
 _UPDATED = resources.update().where(resources.c.id == sa.bindparam("_rid")).returning(*_SELECT.selected_columns)
 _BUMP = _UPDATED.values(generation=resources.c.generation + 1)  # a spec write: its generation moves in the row
+_EXISTING = sa.select(resources.c.id).where(resources.c.id.in_(sa.bindparam("ids", expanding=True)))
 _REVISION = sa.select(sa.func.max(changes.c.rev))
 _CHANGE = changes.insert()
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -176,6 +177,11 @@ class Store:
             for i in range(0, len(ids), 500):
                 out += [_row_to_resource(r) for r in conn.execute(_SELECT.where(resources.c.id.in_(ids[i : i + 500])))]
         return out
+
+    def existing(self, ids: builtins.list[str]) -> set[str]:
+        """Which of ids are records (ids only: nothing decoded)."""
+        with self.engine.connect() as conn:
+            return {r[0] for i in range(0, len(ids), 500) for r in conn.execute(_EXISTING, {"ids": ids[i : i + 500]})}
 
     def sum_by_host(self, kind: str, json_key: str) -> dict[str, tuple[int, int]]:
         """Per host: (count, sum of spec[json_key]) of live records; placement's view of used capacity."""

@@ -72,8 +72,7 @@ def _eip_holders(world: World) -> list[Violation]:
 
 
 def _lost(world: World) -> list[Violation]:
-    store, kinds = world.cloud.store, sorted({kind for kind, _, _ in world.acknowledged.values()})
-    kept = {rid for kind in kinds for rid, _ in store.versions(kind, None)}  # ids only: no record decoded
+    kept = world.cloud.store.existing(sorted(world.acknowledged))
     return [
         Violation("resource-lost", f"{kind} {tenant}/{name} ({rid}) is gone; nobody deleted it")
         for rid, (kind, tenant, name) in sorted(world.acknowledged.items())
