@@ -50,16 +50,15 @@ class KindCache:
             self._by_id = {r.id: r for r in found}
             self._rev, self._ordered = rev, found
         else:
-            ids, self._rev = self.store.changed_ids(self._rev, self.kind)
-            if not ids:
+            fresh, self._rev = self.store.changed_records(self._rev, self.kind)
+            if not fresh:
                 return
-            fresh = {r.id: r for r in self.store.get_many(ids)}
-            for rid in ids:
+            for rid, res in fresh.items():
                 old = self._by_id.pop(rid, None)
                 if old is not None:
                     del self._by_name[(old.tenant, old.name)]
-                if rid in fresh:
-                    self._by_id[rid] = self._by_name[(fresh[rid].tenant, fresh[rid].name)] = fresh[rid]
+                if res is not None:
+                    self._by_id[rid] = self._by_name[(res.tenant, res.name)] = res
             self._ordered = None
             return
         self._by_name = {(r.tenant, r.name): r for r in self._by_id.values()}

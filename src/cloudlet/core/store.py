@@ -315,12 +315,13 @@ class Store:
             rows = list(conn.execute(_CHANGED_FOR_HOST if host is not None else _CHANGED, params))
         return [r.resource_id for r in rows], max(latest, rev)
 
-    def changed_ids(self, rev: int, kind: str) -> tuple[builtins.list[str], int]:
-        """Ids of records of kind written after `rev`, each once, and the revision of the last of them (`rev` if
-        none): the next call resumes there. One query, over the change log's rows since `rev` only."""
+    def changed_records(self, rev: int, kind: str) -> tuple[dict[str, Resource | None], int]:
+        """Records of kind written after `rev` by id (None: purged since), and the revision of the last write
+        (`rev` if none): the next call resumes there. One query, over the change log's rows since `rev` only."""
         with self.engine.connect() as conn:
             rows = list(conn.execute(_CHANGED_OF_KIND, {"rev": rev, "kind": kind}))
-        return [r.resource_id for r in rows], max((r.rev for r in rows), default=rev)
+        found = {r[0]: _row_to_resource(r[2:]) if r[2] is not None else None for r in rows}
+        return found, max((r[1] for r in rows), default=rev)
 
     def cached(self, kind: str) -> KindCache:
         """kind's records in memory, current at each read (core/kindcache.py); one per kind and store."""
@@ -496,10 +497,15 @@ def _changed_query(for_host: bool) -> sa.Select[Any]:
 
 
 _CHANGED, _CHANGED_FOR_HOST = _changed_query(False), _changed_query(True)
-_CHANGED_OF_KIND = (
+_LAST_WRITES = (
     sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
     .where(changes.c.rev > sa.bindparam("rev"), changes.c.kind == sa.bindparam("kind"))
     .group_by(changes.c.resource_id)
+    .subquery()
+)
+# (id, its last revision, the record's columns or NULLs when it is gone)
+_CHANGED_OF_KIND = sa.select(_LAST_WRITES.c.resource_id, _LAST_WRITES.c.rev, *_SELECT.selected_columns).select_from(
+    _LAST_WRITES.outerjoin(resources, resources.c.id == _LAST_WRITES.c.resource_id)
 )
 
 
