@@ -164,6 +164,7 @@ def test_a_kind_cache_sees_this_process_writes_at_once_and_another_store_after_i
     assert [r.id for r in cache.list()] == [a.id, b.id] and [r.name for r in cache.list("t2")] == ["b"]
     store.update_status(a.id, phase="up")
     assert cache.get("t1", "a").phase == "up" and cache.get("t1", "b") is None  # type: ignore[union-attr]
+    assert cache.get_by_id(b.id) == b
     monkeypatch.setattr(kindcache, "POLL", 3600.0)
     other = Store(store.url)
     try:

@@ -76,3 +76,8 @@ class KindCache:
         with self._lock:
             self._refresh()
             return self._by_name.get((tenant, name))
+
+    def get_by_id(self, rid: str) -> Resource | None:
+        with self._lock:
+            self._refresh()
+            return self._by_id.get(rid)

@@ -110,7 +110,7 @@ class HostMonitor:
         return now - max(renewed, origin)
 
     def reconcile(self, rid: str) -> Result:
-        res = self.store.get_by_id(rid)
+        res = self.store.cached(HOST).get_by_id(rid)  # at every heartbeat; a phase change reads it afresh
         if res is None or res.deleting or res.phase not in (UP, SUSPECT):
             self._forget(rid)
             return Result()  # fenced and lease-expired wait for a new incarnation; joining for its first beat
