@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from cloudlet.resilience.simulation import SimParams, command, run
 from cloudlet.resilience.simulation.runner import run_many
 

@@ -152,7 +152,11 @@ class Store:
 
     def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> list[Resource]:
         """Records in id (creation) order."""
-        given = {**({} if kind is None else {"kind": kind}), **({} if tenant is None else {"tenant": tenant}), **filters}
+        given = {
+            **({} if kind is None else {"kind": kind}),
+            **({} if tenant is None else {"tenant": tenant}),
+            **filters,
+        }
         with self.engine.connect() as conn:
             return [_row_to_resource(r) for r in conn.execute(_where(_shape(given), ordered=True), given)]
 
@@ -490,7 +494,9 @@ def _changed_query(for_host: bool) -> sa.Select[Any]:
     )
     if for_host:
         q = q.where(
-            sa.or_(changes.c.host == sa.bindparam("host"), changes.c.kind.in_(sa.bindparam("hostless", expanding=True))),
+            sa.or_(
+                changes.c.host == sa.bindparam("host"), changes.c.kind.in_(sa.bindparam("hostless", expanding=True))
+            ),
             sa.or_(changes.c.writer.is_(None), changes.c.writer != sa.bindparam("host")),
         )
     return q.group_by(changes.c.resource_id).order_by("rev")
