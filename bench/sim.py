@@ -76,6 +76,7 @@ def big_run(hosts: int, instances: int, limit: int) -> None:
             report = _break(p, world)
             mark("done")
         print(report.text(), flush=True)
+        print(f"  wall {marks[-1] - marks[0]:.1f} s, {report.steps} steps", flush=True)
     except OutOfTime:
         print(f"  stopped after {limit} s in phase {phase} ({time.monotonic() - marks[-1]:.1f} s into it)")
     profile.disable()
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1000)
     ap.add_argument("--small", default="3x9", help="HOSTSxINSTANCES of the seeds' cloud (default 3x9)")
     ap.add_argument("--jobs", default="1,2", help="forked seeds at a time, one row each (default 1,2)")
-    ap.add_argument("--big", default="100x2000,1000x20000", help="HOSTSxINSTANCES of the single runs")
+    ap.add_argument("--big", default="200x4000,1000x2000,1000x20000", help="HOSTSxINSTANCES of the single runs")
     ap.add_argument("--limit", type=int, default=600, help="seconds a single run may take (default 600)")
     args = ap.parse_args()
     if args.seeds:

@@ -15,7 +15,7 @@ from cloudlet.network import networks
 from tests.helpers import fake_cloud
 
 
-@pytest.mark.slow  # 80-145 s on 2 cores; make test's simulation is tests/sim/test_seeds.py (200 fault schedules)
+@pytest.mark.slow  # 80-145 s on 2 cores; make test's simulation is tests/sim/test_seeds.py (1,000 fault schedules)
 def test_thousand_instances_spread_and_run(tmp_path: Path) -> None:
     clock = VirtualClock()
     sim = fake_cloud(tmp_path, clock=clock, boot_seconds=3.0)

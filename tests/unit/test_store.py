@@ -146,3 +146,37 @@ def test_the_event_log_is_bounded(store: Store) -> None:
     ticks = [e.message for e in store.list_events(name="busy", limit=1000) if e.reason == "Tick"]
     assert sorted(ticks) == sorted(f"tick {i}" for i in range(20, 30)), "not the newest ten kept"
     assert store.list_events(name="gone", limit=1000) == []
+
+
+def test_a_kind_cache_sees_this_process_writes_at_once_and_another_store_after_its_poll(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control plane's in-memory Host list (core/kindcache.py): current after every write of its process,
+    another process's (a second Store on the same database) within POLL; purged records leave it."""
+    from cloudlet.core import kindcache
+
+    kind = "CacheProbe"
+    cache = store.cached(kind)
+    assert store.cached(kind) is cache and cache.list() == []
+    a = store.create(Resource(kind=kind, tenant="t1", name="a", spec={}))
+    b = store.create(Resource(kind=kind, tenant="t2", name="b", spec={}))
+    store.create(_res("not-of-the-kind"))
+    assert [r.id for r in cache.list()] == [a.id, b.id] and [r.name for r in cache.list("t2")] == ["b"]
+    store.update_status(a.id, phase="up")
+    assert cache.get("t1", "a").phase == "up" and cache.get("t1", "b") is None  # type: ignore[union-attr]
+    assert cache.get_by_id(b.id) == b
+    monkeypatch.setattr(kindcache, "POLL", 3600.0)
+    other = Store(store.url)
+    try:
+        other.update_status(b.id, phase="down")
+        other.mark_deleted(a.id)  # no finalizers: purged
+        assert cache.get("t2", "b").phase != "down"  # type: ignore[union-attr]  # not looked again yet
+        monkeypatch.setattr(kindcache, "POLL", 0.0)
+        assert [(r.name, r.phase) for r in cache.list()] == [("b", "down")] and cache.get("t1", "a") is None
+    finally:
+        other.close()
+
+
+def test_existing_says_which_ids_are_records(store: Store) -> None:
+    r = store.create(_res("exists"))
+    assert store.existing([r.id, "0" * 26]) == {r.id} and store.existing([]) == set()

@@ -42,6 +42,9 @@ class RecordCache:
         # the same records by kind: every agent holds every instance of the cloud (SHARED_KINDS), and a listing of
         # one kind must not walk them all
         self._kinds: dict[str, dict[str, Resource]] = {}
+        # and by (kind, host): an agent's own instances, among every instance of the cloud (records are replaced,
+        # never changed in place, so an index entry moves with _put and _drop)
+        self._placed: dict[tuple[str, str | None], dict[str, Resource]] = {}
         self._pending: dict[str, tuple[dict[str, Any], int]] = {}  # id -> (local status values, op seq)
         self._finalized: set[str] = set()  # cleaned up here; the control plane has not purged them yet
         self._outbox: builtins.list[dict[str, Any]] = []
@@ -62,7 +65,10 @@ class RecordCache:
 
     def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> builtins.list[Resource]:
         with self._lock:
-            items = list((self._items if kind is None else self._kinds.get(kind, {})).values())
+            if kind is not None and "host" in filters:
+                items = list(self._placed.get((kind, filters["host"]), {}).values())
+            else:
+                items = list((self._items if kind is None else self._kinds.get(kind, {})).values())
         return sorted(
             (
                 r
@@ -73,13 +79,16 @@ class RecordCache:
         )
 
     def _put(self, res: Resource) -> None:
+        self._drop(res.id)
         self._items[res.id] = res
         self._kinds.setdefault(res.kind, {})[res.id] = res
+        self._placed.setdefault((res.kind, res.host), {})[res.id] = res
 
     def _drop(self, rid: str) -> None:
         res = self._items.pop(rid, None)
         if res is not None:
             self._kinds[res.kind].pop(rid, None)
+            self._placed[(res.kind, res.host)].pop(rid, None)
 
     def update_status(self, rid: str, **values: Any) -> Resource:
         unknown = set(values) - set(STATUS_FIELDS)
@@ -209,7 +218,7 @@ class RecordCache:
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+            f.write(json.dumps(data))  # json.dump streams through the pure-Python encoder, several times slower
         os.replace(tmp, self.path)
 
     def load(self) -> bool:
@@ -221,7 +230,7 @@ class RecordCache:
         except (OSError, ValueError):
             return False
         with self._lock:
-            self._items, self._kinds = {}, {}
+            self._items, self._kinds, self._placed = {}, {}, {}
             for d in data["items"]:
                 self._put(from_wire(d))
             self.rev, self.listed, self._seq = int(data["rev"]), bool(data["listed"]), int(data["seq"])

@@ -122,7 +122,8 @@ class AgentOps(BaseModel):
 def register_host(store: Store, name: str, zone: str, cpus: int, memory_mib: int) -> Resource:
     """A host's zone is fixed when it joins; its capacity follows what its agent reports (a cordon stays)."""
     spec = HostSpec(cpus=cpus, memory_mib=memory_mib).dump()
-    for res in store.list(HOST_KIND, tenant=SYSTEM_TENANT, name=name):
+    res = store.cached(HOST_KIND).get(SYSTEM_TENANT, name)  # every heartbeat: kept in memory, current
+    if res is not None:
         spec = HostSpec.of(res).model_copy(update={"cpus": cpus, "memory_mib": memory_mib}).dump()
         if res.spec != spec:
             res = store.update_spec(res.id, spec)
@@ -220,7 +221,7 @@ def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat, now: flo
             status = old.model_copy(update={"phase_since": time.time()})
             res = store.update_status(res.id, status=status.dump(), phase=DOWN)
             return {**host_view(res), "lease": None, "revoked": DOWN}
-        peers = [h for h in store.list(HOST_KIND, tenant=SYSTEM_TENANT) if h.name != name and not h.deleting]
+        peers = [h for h in store.cached(HOST_KIND).list(SYSTEM_TENANT) if h.name != name and not h.deleting]
         steady = was == UP and beat.replied and old.up_since is not None
         status = old.model_copy(
             update={
@@ -243,7 +244,7 @@ def heartbeat(store: Store, caller: Caller, name: str, beat: Heartbeat, now: flo
     if was in (SUSPECT, FENCED, LEASE_EXPIRED):
         down = time.time() - (old.phase_since or time.time())
         store.add_event(res, "HostRecovered", f"host {name} is up again after {down:.1f} s {was}")
-    urls = {p.name: HostStatus.of(p).endpoint for p in peers}
+    urls = {p.name: p.status.get("endpoint") for p in peers}  # HostStatus's field, unparsed: all peers, each beat
     lease = {"valid_for": lease_s, "peers": [{"host": n, "url": f"{u}/lease" if u else ""} for n, u in urls.items()]}
     return {**host_view(res), "lease": lease}
 

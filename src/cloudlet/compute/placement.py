@@ -283,7 +283,7 @@ class Placement:
             return
         wall = time.time()
         hosts = []
-        for r in self.store.list(HOST, tenant=SYSTEM_TENANT):
+        for r in self.store.cached(HOST).list(SYSTEM_TENANT):
             spec, st = HostSpec.of(r), HostStatus.of(r)
             age = wall - st.last_heartbeat if self.check_heartbeats and st.last_heartbeat else None
             hosts.append(

@@ -72,9 +72,8 @@ class InstanceReconciler(KindReconciler):
         """A network or image becoming ready wakes the instances here that wait for it."""
 
         def mapper(dep: Resource) -> list[str]:
-            return [
-                i.id for i in self.records.list(KIND) if self.serves(i) and getattr(InstanceSpec.of(i), field) == dep.id
-            ]
+            mine = self.records.list(KIND, host=self.ctx.host)  # what serves() takes: not every instance of the cloud
+            return [i.id for i in mine if getattr(InstanceSpec.of(i), field) == dep.id]
 
         return mapper
 

@@ -138,10 +138,11 @@ def _copy(value: Any) -> Any:
 _FIELDS = tuple(f.name for f in dataclasses.fields(Resource))
 
 
-def to_wire(res: Resource) -> dict[str, Any]:
+def to_wire(res: Resource, owned: bool = False) -> dict[str, Any]:
     """The record as JSON-ready data: how the watch API and an agent's disk cache carry it. Every agent gets
-    every instance, so this runs for each record change times each agent: it must be cheap."""
-    return {name: _copy(getattr(res, name)) for name in _FIELDS}
+    every instance, so this runs for each record change times each agent: it must be cheap. `owned`: the caller
+    read the record for this alone (nothing else holds its dicts), so they go as they are, not copied."""
+    return {name: getattr(res, name) if owned else _copy(getattr(res, name)) for name in _FIELDS}
 
 
 def from_wire(data: dict[str, Any]) -> Resource:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Engine
 
 from cloudlet.core.errors import Conflict, NotFound
+from cloudlet.core.kindcache import KindCache
 from cloudlet.core.records import FINALIZER, Event, Resource
 from cloudlet.core.tables import changes, events, ip_allocations, resources, tokens
 
@@ -27,6 +29,16 @@ __all__ = ["Store", "Guard", "LabelChanges"]
 
 _COLUMNS = [f.name for f in dataclasses.fields(Resource)]
 _SELECT = sa.select(*[resources.c[c] for c in _COLUMNS])  # in dataclass order, so rows map positionally
+# The hot statements are built once, their values bound at execution: SQLAlchemy then reuses each one's cache key
+# and compiled form instead of building and hashing a new expression per call (most of a write's CPU time)
+_BY_ID = _SELECT.where(resources.c.id == sa.bindparam("_rid"))
+_INSERT = resources.insert()
+# SET: the keys of the parameters; the row comes back as written, in the same statement
+_UPDATED = resources.update().where(resources.c.id == sa.bindparam("_rid")).returning(*_SELECT.selected_columns)
+_BUMP = _UPDATED.values(generation=resources.c.generation + 1)  # a spec write: its generation moves in the row
+_EXISTING = sa.select(resources.c.id).where(resources.c.id.in_(sa.bindparam("ids", expanding=True)))
+_REVISION = sa.select(sa.func.max(changes.c.rev))
+_CHANGE = changes.insert()
 MIGRATIONS = Path(__file__).parent / "migrations"
 Guard = Callable[[sa.Connection], None]  # a check run inside a write's transaction (Store.create_all)
 
@@ -48,6 +60,7 @@ class Store:
         # every write: (record, whether spec, deletion or placement changed) - reconcilers and their watches
         self.listeners: list[Callable[[Resource, bool], None]] = []
         self.watchers: list[Callable[[int], None]] = []  # every write, with its revision: the watch API
+        self._caches: dict[str, KindCache] = {}
 
     def _connect(self, url: str) -> None:
         self.url = url
@@ -56,14 +69,22 @@ class Store:
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16
             )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "do_connect", self._sqlite_file)
         else:
             self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
 
+    def _sqlite_file(self, dialect: Any, _record: Any, cargs: builtins.list[Any], _params: Any) -> None:
+        cargs[:] = dialect.create_connect_args(sa.make_url(self.url))[0]  # the file `reopen` moved to
+
     def reopen(self, url: str) -> None:
         """The same store over another database, a copy of this one's: a forked simulation's own (its
-        connections are the parent process's, left open for it)."""
+        connections are the parent process's, left open for it). SQLite keeps its engine, and with it every
+        statement compiled so far (a forked seed would compile each again), opening the new file from now on."""
         self.engine.dispose(close=False)
-        self._connect(url)
+        if url.startswith("sqlite") and self.url.startswith("sqlite"):
+            self.url = url
+        else:
+            self._connect(url)
 
     def migrate(self) -> None:
         cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))
@@ -84,7 +105,7 @@ class Store:
     @staticmethod
     def _changed(conn: sa.Connection, rid: str, kind: str, host: str | None, writer: str | None = None) -> int:
         """Records the write in the change log, in the writer's transaction; returns its revision."""
-        result = conn.execute(changes.insert().values(resource_id=rid, kind=kind, host=host, writer=writer))
+        result = conn.execute(_CHANGE, {"resource_id": rid, "kind": kind, "host": host, "writer": writer})
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     # resources
@@ -106,10 +127,10 @@ class Store:
                 if guard is not None:
                     guard(conn)
                 for res, created in items:
-                    conn.execute(resources.insert().values(**dataclasses.asdict(res)))
+                    conn.execute(_INSERT, dataclasses.asdict(res))
                     revs.append(self._changed(conn, res.id, res.kind, res.host))
                     if created is not None:
-                        conn.execute(_event(res, "Created", created, "Normal"))
+                        conn.execute(_EVENT, _event(res, "Created", created, "Normal"))
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"{res.kind} {res.name!r} already exists; choose another name or delete it first") from exc
         for (res, _), rev in zip(items, revs, strict=True):
@@ -117,31 +138,27 @@ class Store:
         return [res for res, _ in items]
 
     def get(self, kind: str, tenant: str | None, name: str, parent: str = "") -> Resource:
-        q = _SELECT.where(resources.c.kind == kind, resources.c.name == name, resources.c.parent == parent)
-        if tenant is not None:
-            q = q.where(resources.c.tenant == tenant)
+        filters = {"kind": kind, "name": name, "parent": parent, **({} if tenant is None else {"tenant": tenant})}
         with self.engine.connect() as conn:
-            row = conn.execute(q).first()
+            row = conn.execute(_where(_shape(filters)), filters).first()
         if row is None:
             raise NotFound(f"{kind} {name!r} not found")
         return _row_to_resource(row)
 
     def get_by_id(self, rid: str) -> Resource | None:
         with self.engine.connect() as conn:
-            row = conn.execute(_SELECT.where(resources.c.id == rid)).first()
+            row = conn.execute(_BY_ID, {"_rid": rid}).first()
         return _row_to_resource(row) if row else None
 
     def list(self, kind: str | None = None, tenant: str | None = None, **filters: Any) -> list[Resource]:
         """Records in id (creation) order."""
-        q = _SELECT
-        if kind is not None:
-            q = q.where(resources.c.kind == kind)
-        if tenant is not None:
-            q = q.where(resources.c.tenant == tenant)
-        for col, value in filters.items():
-            q = q.where(resources.c[col] == value)
+        given = {
+            **({} if kind is None else {"kind": kind}),
+            **({} if tenant is None else {"tenant": tenant}),
+            **filters,
+        }
         with self.engine.connect() as conn:
-            return [_row_to_resource(r) for r in conn.execute(q.order_by(resources.c.id))]
+            return [_row_to_resource(r) for r in conn.execute(_where(_shape(given), ordered=True), given)]
 
     def versions(
         self, kind: str, tenant: str | None, limit: int | None = None, after: str | None = None
@@ -165,6 +182,11 @@ class Store:
                 out += [_row_to_resource(r) for r in conn.execute(_SELECT.where(resources.c.id.in_(ids[i : i + 500])))]
         return out
 
+    def existing(self, ids: builtins.list[str]) -> set[str]:
+        """Which of ids are records (ids only: nothing decoded)."""
+        with self.engine.connect() as conn:
+            return {r[0] for i in range(0, len(ids), 500) for r in conn.execute(_EXISTING, {"ids": ids[i : i + 500]})}
+
     def sum_by_host(self, kind: str, json_key: str) -> dict[str, tuple[int, int]]:
         """Per host: (count, sum of spec[json_key]) of live records; placement's view of used capacity."""
         out: dict[str, tuple[int, int]] = {}
@@ -176,8 +198,7 @@ class Store:
         return out
 
     def update_spec(self, rid: str, spec: dict[str, Any], labels: LabelChanges | None = None) -> Resource:
-        values: dict[str, Any] = {"spec": spec, "generation": resources.c.generation + 1, "updated_at": time.time()}
-        return self._update(rid, values, labels=labels)
+        return self._update(rid, {"spec": spec, "updated_at": time.time()}, labels=labels, bump=True)
 
     def update_status(self, rid: str, *, writer: str | None = None, **values: Any) -> Resource:
         """`writer`: the host whose agent reports this status; its own watch need not hear it back."""
@@ -247,20 +268,19 @@ class Store:
         notify: bool = True,
         writer: str | None = None,
         labels: LabelChanges | None = None,
+        bump: bool = False,
     ) -> Resource:
         """labels: keys to set (None: to remove), applied to the labels as they are inside this transaction, after
         the first write holds the row: writers of different keys (a stack's lifecycle, a recovery's phase, a
-        drain's mark) never put back what another took away."""
+        drain's mark) never put back what another took away. bump: a spec write, the generation moves."""
         with self.engine.begin() as conn:
-            result = conn.execute(resources.update().where(resources.c.id == rid).values(**values))
-            if result.rowcount == 0:
+            row = conn.execute(_BUMP if bump else _UPDATED, {**values, "_rid": rid}).first()
+            if row is None:
                 raise NotFound(f"resource {rid} not found")
-            row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
             if labels:
                 merged = {**_row_to_resource(row).labels, **labels}
                 now = {k: v for k, v in merged.items() if v is not None}
-                conn.execute(resources.update().where(resources.c.id == rid).values(labels=now))
-                row = conn.execute(_SELECT.where(resources.c.id == rid)).one()
+                row = conn.execute(_UPDATED, {"labels": now, "_rid": rid}).one()
             res = _row_to_resource(row)
             rev = self._changed(conn, rid, res.kind, res.host, writer)
         self._notify(res, rev, spec_side=notify)
@@ -270,7 +290,7 @@ class Store:
         """Removes the record for good; refused while any finalizer (but `dropping`, whose owner is done) is left,
         so nothing real is forgotten."""
         with self.engine.begin() as conn:
-            row = conn.execute(_SELECT.where(resources.c.id == rid)).first()
+            row = conn.execute(_BY_ID, {"_rid": rid}).first()
             if row is None:
                 return
             res = _row_to_resource(row)
@@ -284,7 +304,7 @@ class Store:
     # the watch API's view of the change log
     def revision(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
+            return int(conn.execute(_REVISION).scalar() or 0)
 
     def changed_since(
         self, rev: int, kinds: Iterable[str], host: str | None = None, hostless: Iterable[str] = ()
@@ -294,17 +314,25 @@ class Store:
         the watcher up to."""
         with self.engine.connect() as conn:
             # the revision first, and only rows up to it: a write committed in between comes next time
-            latest = int(conn.execute(sa.select(sa.func.max(changes.c.rev))).scalar() or 0)
-            q = sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev")).where(
-                changes.c.rev > rev, changes.c.rev <= latest, changes.c.kind.in_(list(kinds))
-            )
-            if host is not None:
-                q = q.where(
-                    sa.or_(changes.c.host == host, changes.c.kind.in_(list(hostless))),
-                    sa.or_(changes.c.writer.is_(None), changes.c.writer != host),
-                )
-            rows = list(conn.execute(q.group_by(changes.c.resource_id).order_by("rev")))
+            latest = int(conn.execute(_REVISION).scalar() or 0)
+            params = {"rev": rev, "latest": latest, "kinds": list(kinds), "host": host, "hostless": list(hostless)}
+            rows = list(conn.execute(_CHANGED_FOR_HOST if host is not None else _CHANGED, params))
         return [r.resource_id for r in rows], max(latest, rev)
+
+    def changed_records(self, rev: int, kind: str) -> tuple[dict[str, Resource | None], int]:
+        """Records of kind written after `rev` by id (None: purged since), and the revision of the last write
+        (`rev` if none): the next call resumes there. One query, over the change log's rows since `rev` only."""
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(_CHANGED_OF_KIND, {"rev": rev, "kind": kind}))
+        found = {r[0]: _row_to_resource(r[2:]) if r[2] is not None else None for r in rows}
+        return found, max((r[1] for r in rows), default=rev)
+
+    def cached(self, kind: str) -> KindCache:
+        """kind's records in memory, current at each read (core/kindcache.py); one per kind and store."""
+        cache = self._caches.get(kind)
+        if cache is None:
+            cache = self._caches[kind] = KindCache(self, kind)
+        return cache
 
     def compact_changes(self) -> int:
         """Drops change rows superseded by a later one of the same record by the same writer; watchers only need
@@ -345,7 +373,7 @@ class Store:
         """With `uid` (an agent's replayed events), an event already stored is kept once."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(_event(res, reason, message, type_, uid, at))
+                conn.execute(_EVENT, _event(res, reason, message, type_, uid, at))
         except sa.exc.IntegrityError:
             if uid is None:
                 raise
@@ -422,20 +450,69 @@ class Store:
             conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == owner_id))
 
 
+_EVENT = events.insert()
+
+
 def _event(
     res: Resource, reason: str, message: str, type_: str, uid: str | None = None, at: float | None = None
-) -> sa.Insert:
-    return events.insert().values(
-        resource_id=res.id,
-        kind=res.kind,
-        tenant=res.tenant,
-        name=res.name,
-        time=at or time.time(),
-        type=type_,
-        reason=reason,
-        message=message,
-        uid=uid,
+) -> dict[str, Any]:
+    """An event row's values, for _EVENT."""
+    return {
+        "resource_id": res.id,
+        "kind": res.kind,
+        "tenant": res.tenant,
+        "name": res.name,
+        "time": at or time.time(),
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "uid": uid,
+    }
+
+
+_Shape = tuple[tuple[str, bool], ...]  # (column, whether its value is None) of an equality filter
+
+
+def _shape(filters: Mapping[str, Any]) -> _Shape:
+    return tuple((col, value is None) for col, value in filters.items())
+
+
+@functools.lru_cache(maxsize=256)
+def _where(shape: _Shape, ordered: bool = False) -> sa.Select[Any]:
+    """The records whose columns equal the parameters of the same names (None: IS NULL), built once per shape."""
+    q = _SELECT.where(*[resources.c[c].is_(None) if null else resources.c[c] == sa.bindparam(c) for c, null in shape])
+    return q.order_by(resources.c.id) if ordered else q
+
+
+def _changed_query(for_host: bool) -> sa.Select[Any]:
+    """Ids written after :rev up to :latest, of :kinds (for a host, those on :host and the :hostless kinds, not its
+    own status reports), each once with its last revision, in write order."""
+    q = sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev")).where(
+        changes.c.rev > sa.bindparam("rev"),
+        changes.c.rev <= sa.bindparam("latest"),
+        changes.c.kind.in_(sa.bindparam("kinds", expanding=True)),
     )
+    if for_host:
+        q = q.where(
+            sa.or_(
+                changes.c.host == sa.bindparam("host"), changes.c.kind.in_(sa.bindparam("hostless", expanding=True))
+            ),
+            sa.or_(changes.c.writer.is_(None), changes.c.writer != sa.bindparam("host")),
+        )
+    return q.group_by(changes.c.resource_id).order_by("rev")
+
+
+_CHANGED, _CHANGED_FOR_HOST = _changed_query(False), _changed_query(True)
+_LAST_WRITES = (
+    sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
+    .where(changes.c.rev > sa.bindparam("rev"), changes.c.kind == sa.bindparam("kind"))
+    .group_by(changes.c.resource_id)
+    .subquery()
+)
+# (id, its last revision, the record's columns or NULLs when it is gone)
+_CHANGED_OF_KIND = sa.select(_LAST_WRITES.c.resource_id, _LAST_WRITES.c.rev, *_SELECT.selected_columns).select_from(
+    _LAST_WRITES.outerjoin(resources, resources.c.id == _LAST_WRITES.c.resource_id)
+)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

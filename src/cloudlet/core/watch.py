@@ -35,7 +35,7 @@ class Watch:
         self, kinds: Iterable[str], visible: Callable[[Resource], bool]
     ) -> tuple[builtins.list[dict[str, Any]], int]:
         rev = self.store.revision()  # read first: a write racing the listing is delivered again, never lost
-        items = [to_wire(r) for kind in kinds for r in self.store.list(kind) if visible(r)]
+        items = [to_wire(r, owned=True) for kind in kinds for r in self.store.list(kind) if visible(r)]
         return items, rev
 
     def wait(
@@ -61,7 +61,7 @@ class Watch:
                     if res is None or not visible(res):  # gone, or moved out of this watcher's view
                         events.append({"type": "delete", "id": rid, "object": None})
                     else:
-                        events.append({"type": "upsert", "id": rid, "object": to_wire(res)})
+                        events.append({"type": "upsert", "id": rid, "object": to_wire(res, owned=True)})
                 return events, latest
             left = deadline - time.monotonic()
             if left <= 0:

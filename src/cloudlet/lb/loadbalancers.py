@@ -302,7 +302,7 @@ class LoadBalancerReconciler(KindReconciler):
         return res.host == self.ctx.host
 
     def _mine(self, tenant: str) -> list[Resource]:
-        return [r for r in self.records.list(KIND, tenant=tenant) if self.serves(r)]
+        return self.records.list(KIND, tenant=tenant, host=self.ctx.host)  # what serves() takes
 
     def _lbs_of_instance(self, inst: Resource) -> list[str]:
         out = []

@@ -59,10 +59,9 @@ def peer_window(config: Config) -> float:
 def may_start_elsewhere(store: Store, host_name: str, now: float) -> bool:
     """Whether anything host_name ran may be started on another host: only once it is fenced, or its lease
     expired T + margin after its last renewal (now: the control plane's clock, `cloud.clock.now()`)."""
-    found = store.list(HOST, tenant=SYSTEM_TENANT, name=host_name)
-    if not found:
+    res = store.cached(HOST).get(SYSTEM_TENANT, host_name)
+    if res is None:
         return False
-    res = found[0]
     if res.phase == FENCED:
         return True
     lease_until = HostStatus.of(res).lease_until
@@ -92,7 +91,7 @@ class HostMonitor:
         if self._origin is None:
             renewals = [
                 r
-                for h in self.store.list(HOST, tenant=SYSTEM_TENANT)
+                for h in self.store.cached(HOST).list(SYSTEM_TENANT)
                 if (r := HostStatus.of(h).renewed_at) is not None and self.started <= r <= now
             ]
             if renewals:
@@ -111,7 +110,7 @@ class HostMonitor:
         return now - max(renewed, origin)
 
     def reconcile(self, rid: str) -> Result:
-        res = self.store.get_by_id(rid)
+        res = self.store.cached(HOST).get_by_id(rid)  # at every heartbeat; a phase change reads it afresh
         if res is None or res.deleting or res.phase not in (UP, SUSPECT):
             self._forget(rid)
             return Result()  # fenced and lease-expired wait for a new incarnation; joining for its first beat
@@ -147,7 +146,7 @@ class HostMonitor:
         silence afresh, as after a restart. A single host is suspected on its own."""
         others = [
             h
-            for h in self.store.list(HOST, tenant=SYSTEM_TENANT)
+            for h in self.store.cached(HOST).list(SYSTEM_TENANT)
             if h.id != res.id and not h.deleting and h.phase in (UP, SUSPECT)
         ]
         if others and all(self.silence(h, now) >= self.config.suspect_s for h in others):
@@ -196,10 +195,9 @@ class HostMonitor:
             return False  # no peer to ask: its agent never self-fences
         window = peer_window(self.config)
         for name in peers:
-            found = self.store.list(HOST, tenant=SYSTEM_TENANT, name=name)
-            if not found or found[0].phase == FENCED:
+            peer = self.store.cached(HOST).get(SYSTEM_TENANT, name)
+            if peer is None or peer.phase == FENCED:
                 continue  # nothing there to answer it
-            peer = found[0]
             up_since = HostStatus.of(peer).up_since
             if peer.phase != UP or up_since is None or now - up_since < window:
                 return False

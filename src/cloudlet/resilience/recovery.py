@@ -179,8 +179,8 @@ class RecoveryController:
             health = res.status.get("health") or {}
             return f"health check failed {health.get('failures', '?')} times: {health.get('last_error', '')}"
         if InstanceSpec.of(res).ha and _host_gone(self.cloud, res):
-            host = self.cloud.store.list(HOST, tenant=SYSTEM_TENANT, name=res.host)
-            return f"host {res.host} is {host[0].phase if host else 'gone'}"
+            host = self.cloud.store.cached(HOST).get(SYSTEM_TENANT, res.host)
+            return f"host {res.host} is {host.phase if host else 'gone'}"
         return None
 
     def _next(self, res: Resource, phase: str) -> Result:

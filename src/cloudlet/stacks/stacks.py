@@ -120,7 +120,7 @@ def _module(kind: str) -> Any:
 
 
 def _zones(cloud: Cloud) -> list[str]:
-    return sorted({h.zone or cloud.config.zone for h in cloud.store.list(HOST, tenant=SYSTEM_TENANT)})
+    return sorted({h.zone or cloud.config.zone for h in cloud.store.cached(HOST).list(SYSTEM_TENANT)})
 
 
 def _owned(cloud: Cloud, stack: Resource | None) -> list[Resource]:

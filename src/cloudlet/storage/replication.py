@@ -336,7 +336,7 @@ class ReplicaPlanner:
         return target, target is None
 
     def _plan(self, src: Resource, current: Resource | None, interval: float, volume: str) -> ReplicaSpec:
-        hosts = {h.name: h for h in self.store.list(HOST_KIND, tenant=SYSTEM_TENANT)}
+        hosts = {h.name: h for h in self.store.cached(HOST_KIND).list(SYSTEM_TENANT)}
         old = ReplicaSpec.of(current) if current is not None else None
         target = hosts.get(old.target_host) if old is not None and old.target_host else None
         lead, waiting = self._lead(src)

@@ -72,7 +72,7 @@ def _eip_holders(world: World) -> list[Violation]:
 
 
 def _lost(world: World) -> list[Violation]:
-    kept = {r.id for r in world.cloud.store.get_many(sorted(world.acknowledged))}
+    kept = world.cloud.store.existing(sorted(world.acknowledged))
     return [
         Violation("resource-lost", f"{kind} {tenant}/{name} ({rid}) is gone; nobody deleted it")
         for rid, (kind, tenant, name) in sorted(world.acknowledged.items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = ["SimParams", "SimReport", "SimulationFailed", "run", "run_many", "command", "BOUND", "WARMUP"]
 
 import dataclasses
+import gc
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudlet.compute.resource import INSTANCE
@@ -120,6 +122,9 @@ def run_many(base: SimParams, seeds: Iterable[int], jobs: int = 1) -> Iterator[S
             world = _build(base.model_copy(update={"world_seed": world_seed}), home / "world", clock)
             with world.cloud.store.engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the file alone holds every write
+        # the world's objects out of the collector's reach: a child's collections no longer walk them all (nor
+        # copy every page they touch); what a seed allocates is collected as usual
+        gc.freeze()
         running: deque[tuple[SimParams, int, int]] = deque()  # (params, pid, the pipe's read end)
         try:
             for seed in [*seeds, None]:
@@ -130,6 +135,7 @@ def run_many(base: SimParams, seeds: Iterable[int], jobs: int = 1) -> Iterator[S
                 while running and (seed is None or len(running) >= jobs):
                     yield _report(*running.popleft())
         finally:
+            gc.unfreeze()
             for _, pid, read in running:  # a failure or a caller that stopped early: no child left behind
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -146,7 +152,7 @@ def _fork(world: World, p: SimParams) -> tuple[int, int]:
             home = world.sim.config.home
             mine = home.with_name(f"{home.name}-seed-{p.seed}")
             shutil.copytree(home, mine, ignore=shutil.ignore_patterns("*-wal", "*-shm"))  # checkpointed: empty
-            url = f"sqlite:///{mine / Path(world.cloud.store.engine.url.database or '').name}"
+            url = f"sqlite:///{mine / Path(sa.make_url(world.cloud.store.url).database or '').name}"
             world.cloud.store.reopen(url)
             world.sim.config = dataclasses.replace(world.sim.config, home=mine, db_url=url)
             with os.fdopen(write, "w") as out:
