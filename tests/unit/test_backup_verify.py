@@ -96,6 +96,22 @@ def test_scratch_records_of_no_current_trial_are_deleted_and_never_backed_up(sim
     assert gone is None or gone.deleting
 
 
+def test_a_scratch_label_a_tenant_sets_makes_no_policy_of_its_owner(sim: SimCloud) -> None:
+    """A tenant may label its own records like scratch ones, and a stack's records are owned by the stack: the
+    policy reconciler reached so must leave the stack alone (it wrote its status over the stack's, every second)."""
+    stack = sim.cloud.store.create(
+        Resource(kind="Stack", tenant="admin", name="s", spec={"document": {}}, status={"message": "mine"})
+    )
+    owned = Resource(kind=VOLUME, tenant="admin", name="s-v", spec=VolumeSpec(size_gib=1).dump(), owner=stack.id)
+    owned.labels = {VERIFY_LABEL: "x", TRIAL_LABEL: "01x"}
+    reconciler = BackupPolicyReconciler(sim.cloud)
+    (key,) = reconciler.watches[VOLUME](sim.cloud.store.create(owned))
+    assert reconciler.reconcile(key).requeue_after is None
+    after = sim.cloud.store.get_by_id(stack.id)
+    assert after is not None and after.status == {"message": "mine"}, after.status
+    assert sim.cloud.store.get_by_id(owned.id) is not None
+
+
 @pytest.fixture
 def api(sim: SimCloud) -> Iterator[tuple[TestClient, dict[str, str]]]:
     with TestClient(create_app(sim.cloud)) as client:

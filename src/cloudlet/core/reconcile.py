@@ -78,6 +78,8 @@ class KindReconciler:
         if res is None:
             self.forget(rid)
             return Result()
+        if res.kind != self.kind:  # a watch mapped another kind's id here (an owner, say): not one of ours
+            return Result()
         if not self.serves(res):
             self.let_go(res)
             return Result()

@@ -61,6 +61,7 @@ RESTORE_TIMEOUT = 3600.0  # from the scratch restore's creation: the agent retri
 BOOT_TIMEOUT = 300.0  # from the scratch instance's creation to its check passing
 READ_TIMEOUT = 120.0
 POLL = 1.0
+MESSAGE_CHARS, MAX_FAILURES = 300, 20  # what a verification keeps of each failure, and how many
 SCRATCH_KINDS = (INSTANCE, VOLUME, SNAPSHOT)  # instances first: what they use goes after them
 
 
@@ -117,7 +118,9 @@ class Verifier:
         if v is not None and v.trial is not None:
             outcome = self._trial(policy, v.queue[0], v.trial, now)
             if outcome is not None:
-                failures = v.failures + ([f"{self._backup_name(v.queue[0])}: {outcome}"] if outcome else [])
+                # bounded: an outcome quotes the tenant's own stderr, and a queue may be long
+                said = [f"{self._backup_name(v.queue[0])}: {outcome[:MESSAGE_CHARS]}"] if outcome else []
+                failures = (v.failures + said)[:MAX_FAILURES]
                 v = v.model_copy(update={"queue": v.queue[1:], "trial": None, "failures": failures})
         st = st.model_copy(update={"verifying": v})
         if v is not None and not v.queue:
