@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cloudlet.compute.resource import HOST, IMAGE, INSTANCE, HostStatus, ImageSpec, ImageStatus, InstanceSpec
 from cloudlet.core import quota
 from cloudlet.core.config import MACHINE_NETNS_FD
-from cloudlet.core.context import PUBLIC_TENANT, Caller, Cloud, HostContext
+from cloudlet.core.context import PUBLIC_TENANT, SYSTEM_TENANT, Caller, Cloud, HostContext
 from cloudlet.core.errors import (
     Conflict,
     DriverError,
@@ -343,7 +343,7 @@ def holders(cloud: Cloud) -> dict[str, list[str]]:
     """Image digest -> the hosts whose pool holds it, as their agents last said: where an instance boots from it
     at once (elsewhere it waits for that host's build)."""
     out: dict[str, list[str]] = {}
-    for host in cloud.store.list(HOST):
+    for host in cloud.store.cached(HOST).list(SYSTEM_TENANT):
         for digest in HostStatus.of(host).images:
             out.setdefault(digest, []).append(host.name)
     return out
