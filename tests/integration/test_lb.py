@@ -274,14 +274,15 @@ def test_hung_member_marked_down_within_2s(env: Env) -> None:
     env.wait_members(up | {"hung"})
     with Load(env.hub, env.ip) as load:
         time.sleep(0.5)
-        env.cloud.run("exec", "hung", "--", "killall", "-STOP", "httpd")
+        # httpd forks a child per request: one can exit between killall's scan and its kill, which then fails
+        env.cloud.run("exec", "hung", "--", "sh", "-c", "killall -STOP httpd || true")
         stopped = time.monotonic()
         env.wait_members(up, timeout=10)
         took = time.monotonic() - stopped
         time.sleep(0.5)
     print(f"hung member marked down after {took:.2f} s (goal 2 s: bench/, not here; wait_members bounds it at 10 s)")
     assert len(load.failures) <= 2, load.failures  # its GETs time out (300 ms) and are retried elsewhere
-    env.cloud.run("exec", "hung", "--", "killall", "-CONT", "httpd")
+    env.cloud.run("exec", "hung", "--", "sh", "-c", "killall -CONT httpd || true")
     env.cloud.run("lb", "members", "web", "--remove", "hung")
     env.cloud.run("delete", "hung")
 
