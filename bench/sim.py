@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from types import FrameType
 
@@ -120,6 +121,8 @@ def main() -> None:
         if pid == 0:
             try:
                 big_run(hosts, instances, args.limit)
+            except Exception:  # os._exit below would swallow it
+                traceback.print_exc()
             finally:
                 sys.stdout.flush()
                 os._exit(0)

@@ -367,6 +367,9 @@ def test_h2_agent_token_writes_only_h2s_records(world: World) -> None:
     with httpx.Client(base_url=world.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as h2:
         seen = h2.get("/v1/agent/records", params={"kinds": "Instance"}).json()
         assert a_local.id in {i["id"] for i in seen["items"]}  # SHARED_KINDS: it may read
+        # a scoped view (CLOUDLET_AGENT_VIEW=tenants) names its tenants: B's instances, and its own host's of any
+        scoped = h2.get("/v1/agent/records", params={"kinds": "Instance", "tenants": B}).json()
+        assert b_h2.id in {i["id"] for i in scoped["items"]} and a_local.id not in {i["id"] for i in scoped["items"]}
         before = world.tenants[A].json("show", "a-local")
         ops = [
             {"op": "status", "seq": 1, "id": a_local.id, "values": {"phase": "failed", "status": {"state": "failed"}}},

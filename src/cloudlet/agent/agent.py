@@ -27,12 +27,12 @@ from cloudlet.agent.transport import ControlPlane
 from cloudlet.chaos import faults
 from cloudlet.compute import images
 from cloudlet.compute.drivers.base import ComputeDriver
-from cloudlet.compute.hosts import AGENT_KINDS
+from cloudlet.compute.hosts import AGENT_KINDS, SCOPED_KINDS
 from cloudlet.compute.instances import KIND as INSTANCE
 from cloudlet.compute.instances import set_state
 from cloudlet.compute.resource import InstanceSpec, InstanceStatus
 from cloudlet.core.clock import Clock
-from cloudlet.core.config import Config
+from cloudlet.core.config import SCOPED_VIEW, Config
 from cloudlet.core.context import HostContext
 from cloudlet.core.errors import CloudletError, NotFound
 from cloudlet.core.reconcile import Manager
@@ -167,14 +167,28 @@ class Agent:
         """Takes in what changed (a full listing the first time), waiting up to timeout for a change; returns
         the revision the cache is now at."""
         started = self.ctx.clock.now()
-        if not self.cache.listed:
-            records, rev = self.cp.list(KINDS)
-            self.cache.replace_all(records, rev)
+        scoped = self.ctx.config.agent_view == SCOPED_VIEW
+        if not self.cache.listed or scoped != (self.cache.scope is not None):  # first, or the view was changed
+            scope = self.cache.tenants_on(self.host) if scoped else None
+            records, rev = self.cp.list(KINDS, scope)
+            self.cache.replace_all(records, rev, scope)
         else:
-            changes, rev = self.cp.watch(self.cache.rev, KINDS, timeout)
+            changes, rev = self.cp.watch(self.cache.rev, KINDS, timeout, self.cache.scope)
             self.cache.apply(changes, rev)
+        if scoped:
+            self._rescope()
         self.lease.caught_up(started)  # after a lost lease, HA instances wait for records this fresh
         return rev
+
+    def _rescope(self) -> None:
+        """A scoped view follows the tenants this host runs something for: a tenant's first record here brings in
+        its shared records (listed), its last one going lets go of them."""
+        want, have = self.cache.tenants_on(self.host), self.cache.scope or frozenset()
+        if want - have:
+            records, _ = self.cp.list(list(SCOPED_KINDS), want - have)
+            self.cache.widen(want - have, records)
+        if have - want:
+            self.cache.narrow(have - want, self.host, SCOPED_KINDS)
 
     def sync(self) -> None:
         """One stepped round: send what we did, then take in what changed."""

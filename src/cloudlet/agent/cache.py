@@ -38,6 +38,8 @@ class RecordCache:
         self.listeners: builtins.list[Callable[[Resource, bool], None]] = []
         self.rev = 0
         self.listed = False
+        # the tenants a scoped view holds the shared records of (agent.py catch_up); None: every tenant's
+        self.scope: frozenset[str] | None = None
         self._items: dict[str, Resource] = {}
         # the same records by kind: every agent holds every instance of the cloud (SHARED_KINDS), and a listing of
         # one kind must not walk them all
@@ -158,9 +160,30 @@ class RecordCache:
             self._dirty = True
 
     # what the control plane sends
-    def replace_all(self, records: builtins.list[Resource], rev: int) -> None:
-        """A full listing: records not in it are gone."""
+    def tenants_on(self, host: str) -> frozenset[str]:
+        """The tenants with a record on host."""
         with self._lock:
+            return frozenset(r.tenant for (_, on), items in self._placed.items() if on == host for r in items.values())
+
+    def widen(self, tenants: frozenset[str], records: builtins.list[Resource]) -> None:
+        """A scoped view takes in `tenants`: `records`, their shared records listed now (the revision stays: what
+        changed since it comes with the next watch, for the wider scope)."""
+        self.apply([("upsert", r.id, r) for r in records], self.rev)
+        with self._lock:
+            self.scope = (self.scope or frozenset()) | tenants
+
+    def narrow(self, tenants: frozenset[str], host: str, kinds: tuple[str, ...]) -> None:
+        """A scoped view lets go of `tenants`: their records of kinds not on host are forgotten, as if deleted."""
+        with self._lock:
+            self.scope = (self.scope or frozenset()) - tenants
+            gone = [rid for kind in kinds for rid, r in self._kinds.get(kind, {}).items() if r.tenant in tenants]
+            gone = [rid for rid in gone if self._items[rid].host != host]
+        self.apply([("delete", rid, None) for rid in gone], self.rev)
+
+    def replace_all(self, records: builtins.list[Resource], rev: int, scope: frozenset[str] | None = None) -> None:
+        """A full listing (of the view of `scope`'s tenants, None: all of them): records not in it are gone."""
+        with self._lock:
+            self.scope = scope
             live = {r.id for r in records}
             self._finalized &= live
             gone = [rid for rid in self._items if rid not in live]
@@ -208,6 +231,7 @@ class RecordCache:
             data = {
                 "rev": self.rev,
                 "listed": self.listed,
+                "scope": None if self.scope is None else sorted(self.scope),
                 "items": [to_wire(r) for r in self._items.values()],
                 "outbox": self._outbox,
                 "seq": self._seq,
@@ -234,6 +258,8 @@ class RecordCache:
             for d in data["items"]:
                 self._put(from_wire(d))
             self.rev, self.listed, self._seq = int(data["rev"]), bool(data["listed"]), int(data["seq"])
+            scope = data.get("scope")  # absent in a cache saved before scoped views
+            self.scope = None if scope is None else frozenset(scope)
             self._outbox = list(data["outbox"])
             self._finalized = set(data["finalized"])
             self._pending = {rid: (v, int(s)) for rid, (v, s) in data["pending"].items()}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import builtins
 
-__all__ = ["ControlPlane", "HttpControlPlane", "LocalControlPlane"]
+__all__ = ["ControlPlane", "HttpControlPlane", "LocalControlPlane", "Scope"]
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from cloudlet.agent.cache import Change
@@ -18,17 +19,27 @@ if TYPE_CHECKING:
     from cloudlet.core.context import Caller
 
 
+Scope = Collection[str] | None  # the tenants of an agent's scoped view; None: an agent that sees every tenant
+
+
+def _scope(tenants: Scope) -> dict[str, str]:
+    return {} if tenants is None else {"tenants": ",".join(sorted(tenants))}
+
+
 def _changes(events: builtins.list[dict[str, Any]]) -> builtins.list[Change]:
     return [(e["type"], e["id"], from_wire(e["object"]) if e["object"] else None) for e in events]
 
 
 class ControlPlane(ABC):
     @abstractmethod
-    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
-        """Every record of kinds this host serves, and the revision the listing is current at."""
+    def list(self, kinds: builtins.list[str], tenants: Scope = None) -> tuple[builtins.list[Resource], int]:
+        """Every record of kinds this host serves (with `tenants`: in its scoped view of them), and the revision
+        the listing is current at."""
 
     @abstractmethod
-    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
+    def watch(
+        self, rev: int, kinds: builtins.list[str], timeout: float, tenants: Scope = None
+    ) -> tuple[builtins.list[Change], int]:
         """Changes after rev (waiting up to timeout for one), and the revision to resume from."""
 
     @abstractmethod
@@ -45,16 +56,19 @@ class HttpControlPlane(ControlPlane):
         self.url = url
         self._call = ApiClient(url, token, "control plane").call
 
-    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
-        data = self._call("GET", "/v1/agent/records", params={"kinds": ",".join(kinds)})
+    def list(self, kinds: builtins.list[str], tenants: Scope = None) -> tuple[builtins.list[Resource], int]:
+        params = {"kinds": ",".join(kinds), **_scope(tenants)}
+        data = self._call("GET", "/v1/agent/records", params=params)
         return [from_wire(d) for d in data["items"]], int(data["rev"])
 
-    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
+    def watch(
+        self, rev: int, kinds: builtins.list[str], timeout: float, tenants: Scope = None
+    ) -> tuple[builtins.list[Change], int]:
         data = self._call(
             "GET",
             "/v1/agent/watch",
             timeout=timeout + 15,
-            params={"rev": rev, "kinds": ",".join(kinds), "timeout": timeout},
+            params={"rev": rev, "kinds": ",".join(kinds), "timeout": timeout, **_scope(tenants)},
         )
         return _changes(data["events"]), int(data["rev"])
 
@@ -73,12 +87,14 @@ class LocalControlPlane(ControlPlane):
         self.service = service
         self.caller = caller
 
-    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
-        data = self.service.list(self.caller, kinds)
+    def list(self, kinds: builtins.list[str], tenants: Scope = None) -> tuple[builtins.list[Resource], int]:
+        data = self.service.list(self.caller, kinds, None if tenants is None else sorted(tenants))
         return [from_wire(d) for d in data["items"]], int(data["rev"])
 
-    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
-        data = self.service.wait(self.caller, rev, kinds, timeout)
+    def watch(
+        self, rev: int, kinds: builtins.list[str], timeout: float, tenants: Scope = None
+    ) -> tuple[builtins.list[Change], int]:
+        data = self.service.wait(self.caller, rev, kinds, timeout, None if tenants is None else sorted(tenants))
         return _changes(data["events"]), int(data["rev"])
 
     def push(self, ops: builtins.list[dict[str, Any]]) -> int:

@@ -13,6 +13,8 @@ __all__ = [
     "HOST_KIND",
     "AGENT_KINDS",
     "HOSTLESS_KINDS",
+    "SCOPED_KINDS",
+    "GLOBAL_KINDS",
     "register_host",
     "host_token",
     "heartbeat",
@@ -40,7 +42,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -67,6 +70,10 @@ AGENT_KINDS = (*HOSTLESS_KINDS, INSTANCE, VOLUME, SNAPSHOT, BACKUP, LOADBALANCER
 # every agent sees every instance and load balancer, wherever placed: names resolve, security groups admit their
 # members and load balancers reach theirs across hosts; each agent runs only its own (KindReconciler.serves)
 SHARED_KINDS = (*HOSTLESS_KINDS, INSTANCE, LOADBALANCER)
+# an agent with a scoped view (config.agent_view "tenants": large clouds) gets those of the tenants it runs something
+# for only; Image and BackupTarget records every host needs, whoever it runs for
+SCOPED_KINDS = (NETWORK, SECGROUP, ELASTIC_IP, STACK, INSTANCE, LOADBALANCER)
+GLOBAL_KINDS = tuple(k for k in SHARED_KINDS if k not in SCOPED_KINDS)
 STALE_AFTER = 5.0  # seconds without a heartbeat before a host shows as not ready
 # a host's phases (resilience/monitor.py writes all but up): a heartbeat brings a fenced or lease-expired host
 # back up only from a new incarnation of its agent (a new process, or one that has self-fenced since)
@@ -272,13 +279,15 @@ def host_view(res: Resource) -> dict[str, Any]:
     }
 
 
-def visible_to(host: str) -> Callable[[Resource], bool]:
-    """What an agent sees: its host's records and the host-less kinds (not unplaced ones: none are its work)."""
-
-    def visible(res: Resource) -> bool:
-        return res.kind in SHARED_KINDS or res.host == host
-
-    return visible
+def visible_to(host: str, tenants: Iterable[str] | None = None) -> Callable[[Resource], bool]:
+    """What an agent sees: its host's records and the shared kinds (not unplaced records of other kinds: none are
+    its work); with `tenants` (a scoped view), the scoped kinds of those tenants only."""
+    if tenants is None:
+        return lambda res: res.kind in SHARED_KINDS or res.host == host
+    scope = frozenset(tenants)
+    return lambda res: (
+        res.host == host or res.kind in GLOBAL_KINDS or (res.kind in SCOPED_KINDS and res.tenant in scope)
+    )
 
 
 def _may_write(host: str | None, res: Resource, op: str) -> bool:
@@ -351,14 +360,39 @@ class AgentService:
             raise Forbidden("only a host agent's token may use the agent API")
         return caller.host
 
-    def list(self, caller: Caller, kinds: builtins.list[str]) -> dict[str, Any]:
+    def list(
+        self, caller: Caller, kinds: builtins.list[str], tenants: builtins.list[str] | None = None
+    ) -> dict[str, Any]:
+        """What host's agent sees of kinds; with `tenants`, its scoped view (the scoped kinds read by tenant)."""
         host = self._host(caller)
-        items, rev = self.watch.list(self._kinds(kinds), visible_to(host))
+        fetch = None
+        if tenants is not None:
+            fetch = partial(self._scoped_records, host, sorted(set(tenants)))
+        items, rev = self.watch.list(self._kinds(kinds), visible_to(host, tenants), fetch)
         return {"items": [_redacted(item, host) for item in items], "rev": rev}
 
-    def wait(self, caller: Caller, rev: int, kinds: builtins.list[str], timeout: float) -> dict[str, Any]:
+    def _scoped_records(self, host: str, tenants: builtins.list[str], kind: str) -> builtins.list[Resource]:
+        if kind not in SCOPED_KINDS:
+            return self.store.list(kind)
+        found = {r.id: r for r in self.store.list(kind, host=host)}
+        found.update((r.id, r) for tenant in tenants for r in self.store.list(kind, tenant=tenant))
+        return list(found.values())
+
+    def wait(
+        self,
+        caller: Caller,
+        rev: int,
+        kinds: builtins.list[str],
+        timeout: float,
+        tenants: builtins.list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Changes after rev that host's agent sees; with `tenants`, in its scoped view."""
         host = self._host(caller)
-        events, latest = self.watch.wait(rev, self._kinds(kinds), host, SHARED_KINDS, timeout, visible_to(host))
+        hostless = SHARED_KINDS if tenants is None else GLOBAL_KINDS
+        visible = visible_to(host, tenants)
+        events, latest = self.watch.wait(
+            rev, self._kinds(kinds), host, hostless, timeout, visible, tenants, SCOPED_KINDS
+        )
         for event in events:
             if event["object"] is not None:
                 event["object"] = _redacted(event["object"], host)

@@ -8,11 +8,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Config", "load_config", "MACHINE_NETNS_FD"]
+__all__ = ["Config", "load_config", "MACHINE_NETNS_FD", "SCOPED_VIEW"]
 
 TENANT_SPACE = "10.240.0.0/12"
 # the environment variable naming the fd an added host's agent holds on the machine's own network namespace
 MACHINE_NETNS_FD = "CLOUDLET_MACHINE_NETNS_FD"
+SCOPED_VIEW = "tenants"
+VIEWS = ("all", SCOPED_VIEW)
 
 
 def _default_home() -> Path:
@@ -52,6 +54,9 @@ class Config:
     suspect_s: float = 3.0
     lease_margin_s: float = 2.0
     fence: str = ""
+    # what each agent holds of other hosts' shared records (compute/hosts.py SCOPED_KINDS): "all" of every tenant (its
+    # loopback DNS answers every name), or SCOPED_VIEW: only of the tenants it runs something for (large clouds)
+    agent_view: str = "all"
     # backup policies with verify: a Warning when the last verified restore is older than this (storage/verify.py)
     verify_overdue_s: float = 7 * 86400.0
 
@@ -115,6 +120,9 @@ def _apt_mirror() -> str:
 
 def load_config() -> Config:
     home = Path(os.environ.get("CLOUDLET_HOME") or _default_home())
+    view = os.environ.get("CLOUDLET_AGENT_VIEW") or "all"
+    if view not in VIEWS:
+        raise SystemExit(f"CLOUDLET_AGENT_VIEW is {view!r}; set it to one of {', '.join(VIEWS)}")
     return Config(
         home=home,
         db_url=os.environ.get("CLOUDLET_DB_URL") or f"sqlite:///{home / 'state.db'}",
@@ -140,4 +148,5 @@ def load_config() -> Config:
         lease_margin_s=float(os.environ.get("CLOUDLET_LEASE_MARGIN_S") or 2),
         fence=os.environ.get("CLOUDLET_FENCE", ""),
         verify_overdue_s=float(os.environ.get("CLOUDLET_VERIFY_OVERDUE_S") or 7 * 86400),
+        agent_view=view,
     )

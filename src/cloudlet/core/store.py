@@ -103,9 +103,11 @@ class Store:
             watcher(rev)
 
     @staticmethod
-    def _changed(conn: sa.Connection, rid: str, kind: str, host: str | None, writer: str | None = None) -> int:
-        """Records the write in the change log, in the writer's transaction; returns its revision."""
-        result = conn.execute(_CHANGE, {"resource_id": rid, "kind": kind, "host": host, "writer": writer})
+    def _changed(conn: sa.Connection, res: Resource, host: str | None, writer: str | None = None) -> int:
+        """Records the write of res (on host) in the change log, in the writer's transaction; returns its
+        revision."""
+        row = {"resource_id": res.id, "kind": res.kind, "host": host, "tenant": res.tenant, "writer": writer}
+        result = conn.execute(_CHANGE, row)
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     # resources
@@ -128,7 +130,7 @@ class Store:
                     guard(conn)
                 for res, created in items:
                     conn.execute(_INSERT, dataclasses.asdict(res))
-                    revs.append(self._changed(conn, res.id, res.kind, res.host))
+                    revs.append(self._changed(conn, res, res.host))
                     if created is not None:
                         conn.execute(_EVENT, _event(res, "Created", created, "Normal"))
         except sa.exc.IntegrityError as exc:
@@ -219,7 +221,7 @@ class Store:
         res = self._update(rid, values, labels=labels)
         if old is not None and old.host not in (None, host):
             with self.engine.begin() as conn:
-                rev = self._changed(conn, rid, res.kind, old.host)
+                rev = self._changed(conn, res, old.host)
             self._notify(res, rev)
         return res
 
@@ -282,7 +284,7 @@ class Store:
                 now = {k: v for k, v in merged.items() if v is not None}
                 row = conn.execute(_UPDATED, {"labels": now, "_rid": rid}).one()
             res = _row_to_resource(row)
-            rev = self._changed(conn, rid, res.kind, res.host, writer)
+            rev = self._changed(conn, res, res.host, writer)
         self._notify(res, rev, spec_side=notify)
         return res
 
@@ -298,7 +300,7 @@ class Store:
                 raise Conflict(f"{res.kind} {rid} still has finalizers {res.finalizers}; it cannot be purged yet")
             conn.execute(ip_allocations.delete().where(ip_allocations.c.owner_id == rid))
             conn.execute(resources.delete().where(resources.c.id == rid))
-            rev = self._changed(conn, rid, res.kind, res.host)
+            rev = self._changed(conn, res, res.host)
         self._notify(res, rev)  # watchers of this kind learn it is gone
 
     # the watch API's view of the change log
@@ -307,16 +309,26 @@ class Store:
             return int(conn.execute(_REVISION).scalar() or 0)
 
     def changed_since(
-        self, rev: int, kinds: Iterable[str], host: str | None = None, hostless: Iterable[str] = ()
+        self,
+        rev: int,
+        kinds: Iterable[str],
+        host: str | None = None,
+        hostless: Iterable[str] = (),
+        tenants: Iterable[str] | None = None,
+        scoped: Iterable[str] = (),
     ) -> tuple[builtins.list[str], int]:
-        """Ids of records of `kinds` written after `rev` (for a host: those written while on it, and the
-        `hostless` kinds; not its own status reports), in write order, each once; and the revision they bring
-        the watcher up to."""
+        """Ids of records of `kinds` written after `rev` (for a host: those written while on it, the `hostless`
+        kinds, and with `tenants` the `scoped` kinds of those tenants; not its own status reports), in write order,
+        each once; and the revision they bring the watcher up to."""
         with self.engine.connect() as conn:
             # the revision first, and only rows up to it: a write committed in between comes next time
             latest = int(conn.execute(_REVISION).scalar() or 0)
             params = {"rev": rev, "latest": latest, "kinds": list(kinds), "host": host, "hostless": list(hostless)}
-            rows = list(conn.execute(_CHANGED_FOR_HOST if host is not None else _CHANGED, params))
+            query = _CHANGED if host is None else _CHANGED_FOR_HOST
+            if host is not None and tenants is not None:
+                query = _CHANGED_FOR_SCOPE
+                params.update(tenants=list(tenants), scoped=list(scoped))
+            rows = list(conn.execute(query, params))
         return [r.resource_id for r in rows], max(latest, rev)
 
     def changed_records(self, rev: int, kind: str) -> tuple[dict[str, Resource | None], int]:
@@ -484,25 +496,36 @@ def _where(shape: _Shape, ordered: bool = False) -> sa.Select[Any]:
     return q.order_by(resources.c.id) if ordered else q
 
 
-def _changed_query(for_host: bool) -> sa.Select[Any]:
-    """Ids written after :rev up to :latest, of :kinds (for a host, those on :host and the :hostless kinds, not its
-    own status reports), each once with its last revision, in write order."""
+def _changed_query(for_host: bool, scoped: bool = False) -> sa.Select[Any]:
+    """Ids written after :rev up to :latest, of :kinds (for a host, those on :host and the :hostless kinds, with
+    `scoped` also the :scoped kinds of :tenants; not its own status reports), each once with its last revision,
+    in write order."""
     q = sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev")).where(
         changes.c.rev > sa.bindparam("rev"),
         changes.c.rev <= sa.bindparam("latest"),
         changes.c.kind.in_(sa.bindparam("kinds", expanding=True)),
     )
     if for_host:
+        seen = [changes.c.host == sa.bindparam("host"), changes.c.kind.in_(sa.bindparam("hostless", expanding=True))]
+        if scoped:
+            seen.append(
+                sa.and_(
+                    changes.c.kind.in_(sa.bindparam("scoped", expanding=True)),
+                    changes.c.tenant.in_(sa.bindparam("tenants", expanding=True)),
+                )
+            )
         q = q.where(
-            sa.or_(
-                changes.c.host == sa.bindparam("host"), changes.c.kind.in_(sa.bindparam("hostless", expanding=True))
-            ),
+            sa.or_(*seen),
             sa.or_(changes.c.writer.is_(None), changes.c.writer != sa.bindparam("host")),
         )
     return q.group_by(changes.c.resource_id).order_by("rev")
 
 
-_CHANGED, _CHANGED_FOR_HOST = _changed_query(False), _changed_query(True)
+_CHANGED, _CHANGED_FOR_HOST, _CHANGED_FOR_SCOPE = (
+    _changed_query(False),
+    _changed_query(True),
+    _changed_query(True, True),
+)
 _LAST_WRITES = (
     sa.select(changes.c.resource_id, sa.func.max(changes.c.rev).label("rev"))
     .where(changes.c.rev > sa.bindparam("rev"), changes.c.kind == sa.bindparam("kind"))

@@ -57,6 +57,7 @@ changes = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("host", sa.String(64), nullable=True),
     sa.Column("writer", sa.String(64), nullable=True),  # the host whose agent wrote it; None: the control plane
+    sa.Column("tenant", sa.String(64), nullable=True),  # the record's: an agent with a scoped view watches by it
 )
 
 tokens = sa.Table(

@@ -32,10 +32,15 @@ class Watch:
             self._cond.notify_all()
 
     def list(
-        self, kinds: Iterable[str], visible: Callable[[Resource], bool]
+        self,
+        kinds: Iterable[str],
+        visible: Callable[[Resource], bool],
+        fetch: Callable[[str], Iterable[Resource]] | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """The visible records of kinds, read by `fetch` (all of a kind, by default)."""
         rev = self.store.revision()  # read first: a write racing the listing is delivered again, never lost
-        items = [to_wire(r, owned=True) for kind in kinds for r in self.store.list(kind) if visible(r)]
+        read = fetch or self.store.list
+        items = [to_wire(r, owned=True) for kind in kinds for r in read(kind) if visible(r)]
         return items, rev
 
     def wait(
@@ -46,13 +51,18 @@ class Watch:
         hostless: Iterable[str],
         timeout: float,
         visible: Callable[[Resource], bool],
+        tenants: Iterable[str] | None = None,
+        scoped: Iterable[str] = (),
     ) -> tuple[builtins.list[WatchEvent], int]:
+        """Changes of kinds after rev: for a host, of records on it, of the hostless kinds, and with `tenants` of
+        the scoped kinds of those tenants (store.changed_since)."""
         kinds = list(kinds)
+        tenants = None if tenants is None else list(tenants)
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
                 seen = self._latest
-            ids, latest = self.store.changed_since(rev, kinds, host, hostless)
+            ids, latest = self.store.changed_since(rev, kinds, host, hostless, tenants, scoped)
             if ids:
                 found = {r.id: r for r in self.store.get_many(ids)}
                 events: builtins.list[WatchEvent] = []

@@ -34,10 +34,15 @@ class SimCloud:
         failure_detection: bool = False,
         hosts: LocalHosts | None = None,
         pool: Callable[[], StoragePool] = MemoryPool,
+        agent_view: str = "all",
         **driver_args: Any,
     ) -> None:
         self.config = dataclasses.replace(
-            load_config(), home=home, compute_driver="fake", db_url=db_url or f"sqlite:///{home / 'state.db'}"
+            load_config(),
+            home=home,
+            compute_driver="fake",
+            db_url=db_url or f"sqlite:///{home / 'state.db'}",
+            agent_view=agent_view,
         )
         if not failure_detection:  # its hosts heartbeat only when added: the host monitor must not suspect them
             self.config = dataclasses.replace(self.config, suspect_s=float("inf"))

@@ -124,11 +124,22 @@ def heartbeat(
     return cloud.agent_api.heartbeat(agent, name, body)  # the host's view plus its lease (resilience/lease.py)
 
 
+# an agent with a scoped view names the tenants it runs something for (compute/hosts.py SCOPED_KINDS)
+TENANTS = Query(None, max_length=1 << 20, description="comma-separated tenants of a scoped view; absent: every one")
+
+
+def _tenants(tenants: str | None) -> list[str] | None:
+    return None if tenants is None else [t for t in tenants.split(",") if t]
+
+
 @router.get("/v1/agent/records")
 def agent_list(
-    kinds: str = KINDS, cloud: Cloud = Depends(get_cloud), agent: Caller = Depends(agent_caller)
+    kinds: str = KINDS,
+    tenants: str | None = TENANTS,
+    cloud: Cloud = Depends(get_cloud),
+    agent: Caller = Depends(agent_caller),
 ) -> dict[str, Any]:
-    return cloud.agent_api.list(agent, kinds.split(","))
+    return cloud.agent_api.list(agent, kinds.split(","), _tenants(tenants))
 
 
 @router.get("/v1/agent/watch")
@@ -136,11 +147,12 @@ def agent_watch(
     rev: int = Query(..., ge=0),
     kinds: str = KINDS,
     timeout: float = Query(20.0, ge=0, le=60),
+    tenants: str | None = TENANTS,
     cloud: Cloud = Depends(get_cloud),
     agent: Caller = Depends(agent_caller),
 ) -> dict[str, Any]:
     """Changes after `rev`, waiting up to `timeout` seconds for the first one (long-poll)."""
-    return cloud.agent_api.wait(agent, rev, kinds.split(","), timeout)
+    return cloud.agent_api.wait(agent, rev, kinds.split(","), timeout, _tenants(tenants))
 
 
 @router.post("/v1/agent/ops")

@@ -32,7 +32,7 @@ from cloudlet.core.errors import CloudletError
 from cloudlet.resilience.simulation import faults
 from cloudlet.resilience.simulation.determinism import Deterministic
 from cloudlet.resilience.simulation.invariants import Violation, check, stack_shortfalls
-from cloudlet.resilience.simulation.world import TENANTS, World
+from cloudlet.resilience.simulation.world import World
 
 WARMUP = 10
 WINDOW = 8  # steps within which the faults start, plus one per 20 hosts (--steps: the first half after WARMUP)
@@ -228,7 +228,7 @@ def _summary(world: World) -> dict[str, Any]:
     store = world.cloud.store
     states = Counter(str(r.status.get("state")) for r in store.list(INSTANCE))
     reasons: Counter[str] = Counter()
-    for tenant in TENANTS:
+    for tenant in world.tenants:
         reasons.update(e.reason for e in store.list_events(tenant, limit=100_000))
     return {
         "stacks": len(world.stacks),

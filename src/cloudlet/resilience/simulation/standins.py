@@ -21,7 +21,7 @@ from typing import Any
 
 from cloudlet.agent.cache import Change
 from cloudlet.agent.client import LocalHosts
-from cloudlet.agent.transport import ControlPlane
+from cloudlet.agent.transport import ControlPlane, Scope
 from cloudlet.core.clock import Clock
 from cloudlet.core.errors import Unreachable
 from cloudlet.core.records import Resource
@@ -39,13 +39,15 @@ class CutTransport(ControlPlane):
         if self.cut:
             raise Unreachable("control plane unreachable (partitioned)")
 
-    def list(self, kinds: builtins.list[str]) -> tuple[builtins.list[Resource], int]:
+    def list(self, kinds: builtins.list[str], tenants: Scope = None) -> tuple[builtins.list[Resource], int]:
         self._check()
-        return self.inner.list(kinds)
+        return self.inner.list(kinds, tenants)
 
-    def watch(self, rev: int, kinds: builtins.list[str], timeout: float) -> tuple[builtins.list[Change], int]:
+    def watch(
+        self, rev: int, kinds: builtins.list[str], timeout: float, tenants: Scope = None
+    ) -> tuple[builtins.list[Change], int]:
         self._check()
-        return self.inner.watch(rev, kinds, timeout)
+        return self.inner.watch(rev, kinds, timeout, tenants)
 
     def push(self, ops: builtins.list[dict[str, Any]]) -> int:
         self._check()

@@ -23,9 +23,10 @@ from cloudlet.agent.transport import LocalControlPlane
 from cloudlet.api.routes.system import TenantCreate, create_tenant
 from cloudlet.compute import instances
 from cloudlet.compute.drivers.fake import FakeDriver
-from cloudlet.compute.hosts import AGENT_KINDS
+from cloudlet.compute.hosts import AGENT_KINDS, GLOBAL_KINDS
 from cloudlet.core import quota
 from cloudlet.core.clock import VirtualClock
+from cloudlet.core.config import SCOPED_VIEW
 from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller, Cloud
 from cloudlet.core.errors import CloudletError
 from cloudlet.core.kinds import TENANT
@@ -45,6 +46,8 @@ STEP = 1.0  # seconds of virtual time per step: the heartbeat period
 RESYNC = 30  # steps between resyncs: every reconciler looks at every record again (Manager.resync)
 ADMIN = Caller("admin", "admin")
 TENANTS = ("admin", "acme", "globex")
+PER_TENANT = 20  # instances per tenant in a large world (World.populate)
+MAX_TENANTS = 1500  # their fleet networks' /24s fit below the stacks' subnets (10.248.0.0)
 FLEET = "fleet"  # each tenant's network for the instances outside stacks (stacks have their own)
 HOST_CPUS, HOST_MEMORY = 64, 256 * 1024
 STACK_DOC = """\
@@ -62,9 +65,12 @@ layers:
     replica_interval_s: {interval}
 load_balancers:
   front: {{layer: {name}web, port: 80}}
-eips:
-  public: {{load_balancer: front}}
 """
+STACK_EIP = """\
+eips:
+  public: {load_balancer: front}
+"""
+EIPS = 200  # of the cloud's pool of 253 (network/outside.py): half for stacks' load balancers, half for instances
 
 
 class World:
@@ -76,8 +82,10 @@ class World:
         self.cut_peers: set[str] = set()  # cannot reach other hosts either
         self.cp_down = False
         self.steps = 0
-        self.written = 0  # writes of the kinds agents watch (compute/hosts.py AGENT_KINDS)
-        self.synced: dict[str, int] = {}  # host -> `written` when its agent last caught up
+        # hosts whose agent has not caught up since a write it sees (its scoped view: compute/hosts.py SCOPED_KINDS)
+        self.stale: set[str] = set()
+        self.scopes: dict[str, frozenset[str]] = {}  # host -> the tenants its agent's view held at its last catch-up
+        self.viewers: dict[str, set[str]] = {}  # tenant -> the hosts whose view holds it
         # when each host last stopped serving (powered off, cut off from everybody, self-fenced): the RPO check
         # measures the data a recovery lost from then
         self.failed_at: dict[str, float] = {}
@@ -87,7 +95,9 @@ class World:
         self.hosts = SimHosts(self._answers)
         self.pools: dict[str, SimPool] = {}
         self.fence = FakeFence(kill=self.power_off)
-        self.sim = SimCloud(home, clock=self.clock, failure_detection=True, hosts=self.hosts, pool=self._pool)
+        self.sim = SimCloud(
+            home, clock=self.clock, failure_detection=True, hosts=self.hosts, pool=self._pool, agent_view=SCOPED_VIEW
+        )
         self.names = [self.sim.config.host] + [f"h{i:04d}" for i in range(1, hosts)]
         self.zone_of = {n: f"zone-{'abcdefghij'[i % zones]}" for i, n in enumerate(self.names)}
         self._wire(self.sim.agents[self.sim.config.host])
@@ -98,6 +108,7 @@ class World:
         self.acknowledged: dict[str, tuple[str, str, str]] = {}  # id -> (kind, tenant, name): creates answered
         self.deleted: set[str] = set()  # ids deleted by request
         self.stacks: list[tuple[str, str]] = []  # (tenant, name)
+        self.tenants: list[str] = []
         self.settle(self.clock.now() + 3 * STEP)
 
     # wiring
@@ -129,7 +140,7 @@ class World:
         replicator = agent.manager.reconcilers[REPLICA]
         replicator._client = self._replica_client(name)  # type: ignore[attr-defined]
         seed_queues([agent.manager], self.seed, name)
-        self.synced.pop(name, None)
+        self.stale.add(name)
 
     def _replica_client(self, source: str) -> Callable[[ReplicaSpec], SimReplicaClient]:
         def client(spec: ReplicaSpec) -> SimReplicaClient:
@@ -144,8 +155,25 @@ class World:
         seed_queues([self.cloud.manager], self.seed, "cloudletd")
 
     def _on_write(self, res: Resource, spec_side: bool) -> None:
-        if res.kind in AGENT_KINDS:
-            self.written += 1
+        """Marks the agents whose watch would answer this write: its host's, and those whose view holds its tenant
+        (which takes in a record's old host after a move); every one for the kinds every host holds."""
+        if res.kind in GLOBAL_KINDS:
+            self.stale.update(self.agents)
+        elif res.kind in AGENT_KINDS:
+            self.stale.update(self.viewers.get(res.tenant, ()))
+            if res.host is not None:
+                self.stale.add(res.host)
+
+    def _caught_up(self, agent: Agent) -> None:
+        self.stale.discard(agent.host)
+        scope = agent.cache.scope or frozenset()
+        old = self.scopes.get(agent.host, frozenset())
+        if scope != old:
+            for tenant in old - scope:
+                self.viewers[tenant].discard(agent.host)
+            for tenant in scope - old:
+                self.viewers.setdefault(tenant, set()).add(agent.host)
+            self.scopes[agent.host] = scope
 
     def reseed(self, seed: int) -> None:
         """The faults' seed: every work queue's backoff jitter from here on."""
@@ -180,9 +208,9 @@ class World:
             for agent in self.live():
                 try:
                     # a watch with nothing an agent sees written since its last one answers nothing: skip it
-                    if self.synced.get(agent.host) != self.written or agent.cache.pending_ops():
-                        self.synced[agent.host] = self.written
+                    if agent.host in self.stale or agent.cache.pending_ops():
                         agent.sync()
+                        self._caught_up(agent)
                 except CloudletError:
                     pass  # cut off: it works from its cache, the outbox keeps its writes
                 n += agent.manager.run_ready()
@@ -316,32 +344,37 @@ class World:
     def populate(self, count: int, rng: random.Random) -> None:
         """`count` instances: a sixth in stacks (HA web layers behind an LB with an EIP, a replicated db; layers are
         named after their stack, as instance names are unique in a tenant), the rest plain, HA, replicated HA, some
-        holding an EIP, over three tenants."""
-        for i, tenant in enumerate(TENANTS):
-            caller = Caller(tenant, "admin" if tenant == "admin" else "member")
+        holding an EIP, over three tenants and one more per PER_TENANT instances beyond: as a large cloud is shared,
+        and each agent's view holds the tenants it runs something for."""
+        for i in range(max(len(TENANTS), min(MAX_TENANTS, count // PER_TENANT))):
+            tenant = TENANTS[i] if i < len(TENANTS) else f"t{i:04d}"
             if tenant != "admin":
                 create_tenant(TenantCreate(name=tenant), self.cloud, ADMIN)
                 rec = self.cloud.store.get(TENANT, tenant, tenant)
                 unlimited = {m.name: 10**9 for m in quota.meters()}
                 self.cloud.store.update_spec(rec.id, {**rec.spec, "quota": unlimited})
                 self._ack(rec.id, TENANT, tenant, tenant)
-            net = networks.create_network(self.cloud, Caller(tenant, "admin"), FLEET, f"10.{241 + i}.0.0/16")
+            subnet = f"{ipaddress.IPv4Address('10.241.0.0') + 256 * i}/24"
+            net = networks.create_network(self.cloud, Caller(tenant, "admin"), FLEET, subnet)
             self._ack(net.id, net.kind, tenant, net.name)
+            self.tenants.append(tenant)
         in_stacks = count // 6
         made = 0
         while made < in_stacks:
-            tenant = rng.choice(TENANTS)
+            tenant = rng.choice(self.tenants)
             web = min(rng.randint(3, 5), max(1, in_stacks - made - 1))
             name = f"s{len(self.stacks):05d}"
             subnet = f"{ipaddress.IPv4Address('10.248.0.0') + 32 * len(self.stacks)}/27"
             doc = STACK_DOC.format(name=name, web=web, interval=rng.choice([2, 5]), subnet=subnet)
+            doc += STACK_EIP if len(self.stacks) < EIPS // 2 else ""
             stacks.apply_stack(self.cloud, Caller(tenant, "admin" if tenant == "admin" else "member"), doc)
             rec = self.cloud.store.get(stacks.KIND, tenant, name)
             self._ack(rec.id, rec.kind, tenant, name)
             self.stacks.append((tenant, name))
             made += web + 1
+        held = 0  # EIPs of plain instances
         for i in range(count - made):
-            tenant = rng.choice(TENANTS)
+            tenant = rng.choice(self.tenants)
             caller = Caller(tenant, "admin" if tenant == "admin" else "member")
             kind = rng.random()
             replicated = kind < 0.15
@@ -352,7 +385,8 @@ class World:
             req = instances.InstanceCreate.model_validate({**body, "ha": kind < 0.5})
             res = instances.launch(self.cloud, caller, req)
             self._ack(res.id, res.kind, tenant, res.name)
-            if kind < 0.5 and rng.random() < 0.1:
+            if kind < 0.5 and rng.random() < 0.1 and held < EIPS - min(len(self.stacks), EIPS // 2):
+                held += 1
                 eip = eips.allocate_eip(self.cloud, caller, f"ip-{i:05d}")
                 eips.associate_eip(self.cloud, caller, eip.name, "Instance", res.name)
                 self._ack(eip.id, eip.kind, tenant, eip.name)
