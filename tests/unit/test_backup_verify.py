@@ -3,19 +3,22 @@ period, its threshold from config), the sweep of scratch records a crash left, a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cloudlet.api.app import create_app
+from cloudlet.compute.resource import InstanceStatus
 from cloudlet.core.records import Resource
 from cloudlet.resilience.sim import SimCloud
 from cloudlet.storage.policies import POLICY, BackupPolicyReconciler, sources
 from cloudlet.storage.resource import VOLUME, Attachment, PolicySpec, PolicyStatus, VolumeSpec
-from cloudlet.storage.verify import TRIAL_LABEL, VERIFY_LABEL, overdue_since
+from cloudlet.storage.verify import TRIAL_LABEL, VERIFY_LABEL, Verifier, overdue_since
 from tests.helpers import fake_cloud
 
 DAY = 86400.0
@@ -129,3 +132,42 @@ def test_bad_input_is_a_clear_4xx(api: tuple[TestClient, dict[str, str]]) -> Non
     r = client.post("/v1/backup-policies/p/verify", headers=admin)
     assert r.status_code == 409 and "no finished backup to verify" in r.json()["error"]["message"], r.text
     assert client.post("/v1/backup-policies/nope/verify", headers=admin).status_code == 404
+
+
+def test_a_read_back_runs_off_the_reconcile_worker_one_per_tenant(sim: SimCloud) -> None:
+    """A scratch instance's read-back may take 120 s: the policy's reconcile only polls it, and a tenant holds one
+    of the READ_SLOTS at a time (its policies cannot take every reconcile worker, nor every slot)."""
+    release, started = threading.Event(), []
+
+    class SlowAgent:
+        def exec_instance(self, iid: str, argv: list[str], timeout: float) -> dict[str, object]:
+            started.append(iid)
+            release.wait(30)
+            return {"exit_code": 0, "stdout": "", "stderr": ""}
+
+    sim.cloud.hosts = SimpleNamespace(agent=lambda host: SlowAgent())  # type: ignore[assignment]
+    verifier = Verifier(sim.cloud)
+    snap = Resource(kind="Snapshot", tenant="acme", name="verify-t", spec={})
+
+    def scratch(tenant: str, name: str) -> Resource:
+        spec = {"image": "busybox", "image_id": "i", "network": "n", "network_id": "n", "cpus": 1, "memory_mib": 32}
+        status = InstanceStatus(state="running").dump()
+        return Resource(kind="Instance", tenant=tenant, name=name, host="local", spec=spec, status=status)
+
+    a1, a2, b1, c1 = scratch("acme", "a1"), scratch("acme", "a2"), scratch("bravo", "b1"), scratch("charlie", "c1")
+    took = time.monotonic()
+    assert [verifier._check(i, snap) for i in (a1, a2, b1, c1)] == [None] * 4
+    assert time.monotonic() - took < 5, "a read-back blocked the reconcile"
+    deadline = time.monotonic() + 10
+    while len(started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(started) == sorted([a1.id, b1.id])  # acme's second waits for its first; charlie for a slot
+    release.set()
+    deadline = time.monotonic() + 10
+    while verifier._check(a1, snap) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert verifier._check(b1, snap) in (None, "")
+    assert verifier._check(a2, snap) is None  # a slot is free now: it starts
+    while len(started) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a2.id in started

@@ -28,6 +28,9 @@ from __future__ import annotations
 __all__ = ["VERIFY_LABEL", "TRIAL_LABEL", "Verifier", "is_scratch", "overdue_since", "verification_of"]
 
 import logging
+import threading
+import time
+from concurrent.futures import Future
 from typing import Any
 
 from cloudlet.compute.images import BUILT_IN
@@ -60,6 +63,7 @@ MOUNT = "/verify"
 RESTORE_TIMEOUT = 3600.0  # from the scratch restore's creation: the agent retries what may pass (an unreachable target)
 BOOT_TIMEOUT = 300.0  # from the scratch instance's creation to its check passing
 READ_TIMEOUT = 120.0
+READ_SLOTS = 2  # read-backs at a time, of different tenants
 POLL = 1.0
 MESSAGE_CHARS, MAX_FAILURES = 300, 20  # what a verification keeps of each failure, and how many
 SCRATCH_KINDS = (INSTANCE, VOLUME, SNAPSHOT)  # instances first: what they use goes after them
@@ -104,10 +108,14 @@ def _late(waited: float, limit: float, what: str, inst: Resource | None = None) 
 
 
 class Verifier:
-    """The verify half of the BackupPolicy reconciler (storage/policies.py), on the control plane."""
+    """The verify half of the BackupPolicy reconciler (storage/policies.py), on the control plane. A read-back may
+    take READ_TIMEOUT: it runs on a thread of its own (READ_SLOTS at a time, one per tenant), never on a reconcile
+    worker, which polls it."""
 
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
+        self._running: dict[str, tuple[str, float, Future[dict[str, Any]]]] = {}  # instance -> (tenant, since, read)
+        self._lock = threading.Lock()
 
     def step(self, policy: Resource, st: PolicyStatus, now: float) -> tuple[PolicyStatus, float | None]:
         """Takes the verification in progress as far as it can go now and deletes the scratch records of
@@ -254,7 +262,10 @@ class Verifier:
             return None
         path = MOUNT if restored.kind == VOLUME else "/"
         try:
-            out = self.cloud.hosts.agent(inst.host).exec_instance(inst.id, _read_back(path), READ_TIMEOUT)
+            read = self._read(inst, path)
+            if read is None:
+                return None
+            out = read.result()
         except CloudletError as exc:  # the agent out of reach, the instance between restarts: tried again
             log.info("reading back %s in scratch instance %s: %s", path, inst.name, exc.message)
             return None
@@ -262,3 +273,34 @@ class Verifier:
             tail = " | ".join(str(out.get("stderr", "")).strip().splitlines()[-3:])
             return f"reading back {path} failed (exit {out['exit_code']}): {tail}"
         return ""
+
+    def _read(self, inst: Resource, path: str) -> Future[dict[str, Any]] | None:
+        """inst's read-back once it is done (taken: the next call starts another); None while it runs, or waits
+        for a slot. One whose trial went away is dropped 2 × READ_TIMEOUT after it began."""
+        now = time.monotonic()
+        with self._lock:
+            for iid, (_, since, other) in list(self._running.items()):
+                if other.done() and iid != inst.id and now - since > 2 * READ_TIMEOUT:
+                    del self._running[iid]
+            held = self._running.get(inst.id)
+            if held is not None:
+                if not held[2].done():
+                    return None
+                del self._running[inst.id]
+                return held[2]
+            busy = [tenant for tenant, _, other in self._running.values() if not other.done()]
+            if len(busy) >= READ_SLOTS or inst.tenant in busy:
+                return None
+            agent = self.cloud.hosts.agent(str(inst.host))
+            read: Future[dict[str, Any]] = Future()
+
+            def run() -> None:
+                try:
+                    read.set_result(agent.exec_instance(inst.id, _read_back(path), READ_TIMEOUT))
+                except BaseException as exc:  # handed to the worker that takes the result
+                    read.set_exception(exc)
+
+            # a daemon: cloudletd's exit does not wait for a read-back
+            threading.Thread(target=run, name=f"verify-read-{inst.name}", daemon=True).start()
+            self._running[inst.id] = (inst.tenant, now, read)
+            return None
