@@ -32,7 +32,6 @@ from cloudlet.compute.resource import (
     HOST,
     INSTANCE,
     HealthCheck,
-    HostSpec,
     ImageStatus,
     InstanceSpec,
     InstanceStatus,
@@ -243,8 +242,9 @@ def _check_size(cloud: Cloud, caller: Caller, cpus: float, memory_mib: int) -> N
     """No instance is bigger than the largest host. A tenant's has at most half that host's memory: placement
     reserves memory, so one instance holding all of it would shut every other tenant out of the host (CPU time is
     shared, not reserved)."""
-    hosts = [HostSpec.of(h) for h in cloud.store.cached(HOST).list(SYSTEM_TENANT)]
-    most_memory, most_cpus = max((h.memory_mib for h in hosts), default=0), max((h.cpus for h in hosts), default=0)
+    hosts = [h.spec for h in cloud.store.cached(HOST).list(SYSTEM_TENANT)]  # HostSpec's fields, unparsed: O(hosts)
+    most_memory = max((int(h.get("memory_mib", 0)) for h in hosts), default=0)
+    most_cpus = max((int(h.get("cpus", 0)) for h in hosts), default=0)
     if memory_mib > most_memory:
         raise Conflict(f"memory {memory_mib} MiB is more than the largest host has ({most_memory} MiB)")
     if not caller.is_admin and memory_mib > most_memory // 2:

@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,7 +52,7 @@ import httpx
 
 from cloudlet.agent.client import ReplicaClient
 from cloudlet.compute.hosts import HOST_KIND, STALE_AFTER
-from cloudlet.compute.resource import INSTANCE, HostSpec, HostStatus, InstanceSpec, InstanceStatus
+from cloudlet.compute.resource import INSTANCE, HostStatus, InstanceSpec, InstanceStatus
 from cloudlet.core.context import SYSTEM_TENANT, Cloud, HostContext, Records
 from cloudlet.core.errors import BadRequest, CloudletError, Conflict, NotFound
 from cloudlet.core.reconcile import KindReconciler, Result
@@ -155,8 +156,9 @@ def ship_once(pool: StoragePool, volume: str, client: ReplicaClient) -> dict[str
 
 
 def _live(host: Resource, now: float) -> bool:
-    beat = HostStatus.of(host).last_heartbeat or 0.0
-    return host.phase == "up" and now - beat <= STALE_AFTER and not HostSpec.of(host).cordoned
+    # HostStatus's and HostSpec's fields, unparsed: a choice looks at every host
+    beat = host.status.get("last_heartbeat") or 0.0
+    return host.phase == "up" and now - beat <= STALE_AFTER and not host.spec.get("cordoned", False)
 
 
 def choose_replica_host(hosts: list[Resource], source: str, load: dict[str, int]) -> Resource | None:
@@ -345,11 +347,9 @@ class ReplicaPlanner:
         elif waiting:
             target = None
         elif target is None or target.name == src.host or target.phase not in LIVE_PHASES:
-            load: dict[str, int] = {}
-            for rep in self.store.list(REPLICA, tenant=SYSTEM_TENANT):
-                name = ReplicaSpec.of(rep).target_host
-                if name:
-                    load[name] = load.get(name, 0) + 1
+            # the targets this planner holds (every replica's, once each was planned: a start plans them all), not
+            # a listing of every Replica record per choice
+            load = Counter(name for name, _, _ in self._targets.values() if name)
             target = choose_replica_host(list(hosts.values()), str(src.host), load)
         spec = ReplicaSpec(
             source_kind=src.kind,  # type: ignore[arg-type]  # Instance or Volume: _wanted read it as one
