@@ -1,7 +1,8 @@
 """Hosts on one machine, as in a cluster: `cloudlet host add` makes a namespace with its own agent and pool on the
 underlay; tenant networks span hosts over VXLAN; names resolve and security groups admit members across hosts;
 another network stays unreachable across hosts too; `host remove` refuses a host that holds instances; down and
-up bring the hosts back; a purge leaves nothing (the fixture's leak check)."""
+up bring the hosts back; a purge leaves nothing (the fixture's leak check). In the slow tier, all of it again with
+scoped agent views (CLOUDLET_AGENT_VIEW=tenants)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from tests.integration.test_secgroups import SERVE, fetch, fetch_from_netns
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[CloudCLI]:
-    with running_cloud(hosts=[("h2", "zone-b")]) as cli:
+# each agent's view of other hosts' records: all of them, or (slow tier) a scoped view: its tenants' only
+@pytest.fixture(scope="module", params=["all", pytest.param("tenants", marks=pytest.mark.slow)])
+def hosts(request: pytest.FixtureRequest) -> Iterator[CloudCLI]:
+    with running_cloud({"CLOUDLET_AGENT_VIEW": request.param}, hosts=[("h2", "zone-b")]) as cli:
         cli.run("network", "create", "other", "--subnet", "10.240.200.0/24")
         for name, zone, net in (("a1", "zone-a", "default"), ("b1", "zone-b", "default"), ("x2", "zone-b", "other")):
             cli.run("launch", "busybox", name, "--zone", zone, "--network", net, "--memory", "32", "--command", SERVE)
