@@ -122,6 +122,7 @@ def test_an_eip_answers_on_an_added_host_and_moves_across_hosts(hosts: CloudCLI)
     assert "hi-" not in fetch_from_netns(outside, address, 80)
 
 
+@pytest.mark.slow  # 18 s; test_instances' down and up runs in make test (the slow tier runs this one, added hosts too)
 def test_down_and_up_bring_added_hosts_back(hosts: CloudCLI) -> None:
     hosts.run("down")
     cid = hosts.cloud_id()

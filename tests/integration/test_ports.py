@@ -13,6 +13,7 @@ from tests.conftest import CloudCLI, running_cloud
 pytestmark = pytest.mark.root
 
 
+@pytest.mark.slow  # two whole clouds up and down: 40 s; make test stays within its 25 minutes (the slow tier runs it)
 def test_second_cloud_beside_the_first() -> None:
     defaults = {"CLOUDLET_API_PORT": "", "CLOUDLET_DNS_PORT": ""}  # as a user would: no ports chosen
     with running_cloud(defaults) as first, running_cloud(defaults) as second:

@@ -58,6 +58,7 @@ def ids(pair: CloudCLI) -> None:
     (pair.home / "ids.json").write_text(json.dumps({i["id"]: i["name"] for i in pair.json("list")}))
 
 
+@pytest.mark.slow  # 17 s; test_fence and test_lb keep a data plane serving without cloudletd in make test
 def test_cloudletd_down_for_both_hosts_stops_nothing(pair: CloudCLI) -> None:
     before = _pids(pair)
     assert before.keys() == {"ha1", "plain"}
