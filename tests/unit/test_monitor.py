@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from cloudlet.agent.client import LocalHosts
-from cloudlet.compute.hosts import Heartbeat
+from cloudlet.compute.hosts import Heartbeat, lease_peers
 from cloudlet.compute.resource import HOST
 from cloudlet.core.clock import VirtualClock
 from cloudlet.core.config import load_config
 from cloudlet.core.context import HOST_ROLE, SYSTEM_TENANT, Caller, Cloud
+from cloudlet.core.records import Resource
 from cloudlet.daemon import build_control_plane
 from cloudlet.resilience.fence import FakeFence
 from cloudlet.resilience.lease import Lease, Peer, PeerAnswer, decide
@@ -324,3 +325,14 @@ def test_every_host_silent_at_once_is_taken_as_the_control_planes_own_trouble(cl
     assert cluster.phase("b") == "up"
     cluster.run(1.5)
     assert cluster.phase("b") == "fenced" and cluster.fence.fenced == ["b"]
+
+
+def test_a_lease_names_the_next_hosts_by_name_wrapping_around() -> None:
+    """LEASE_PEERS hosts after the beating one in name order (a reply and record that stay small at any size);
+    every other host in a small cloud; none being removed."""
+    hosts = [Resource(kind=HOST, tenant=SYSTEM_TENANT, name=f"h{i:02d}", spec={}) for i in range(20)]
+    hosts[5] = dataclasses.replace(hosts[5], deleted_at=1.0)
+    names = [h.name for h in lease_peers(hosts, "h01")]
+    assert names == ["h02", "h03", "h04", "h06", "h07", "h08", "h09", "h10"]
+    assert [h.name for h in lease_peers(hosts, "h17")] == ["h18", "h19", "h00", "h01", "h02", "h03", "h04", "h06"]
+    assert sorted(h.name for h in lease_peers(hosts[:4], "h02")) == ["h00", "h01", "h03"]
