@@ -31,6 +31,7 @@ resources = sa.Table(
     sa.Column("finalizers", sa.JSON, nullable=False),
     sa.UniqueConstraint("tenant", "kind", "parent", "name", name="uq_resource_name"),
     sa.Index("ix_resources_kind_tenant", "kind", "tenant"),
+    sa.Index("ix_resources_kind_host", "kind", "host"),  # a host's records: agents' listings, drains, recovery
 )
 
 events = sa.Table(
