@@ -176,8 +176,12 @@ class RecordCache:
         """A scoped view lets go of `tenants`: their records of kinds not on host are forgotten, as if deleted."""
         with self._lock:
             self.scope = (self.scope or frozenset()) - tenants
-            gone = [rid for kind in kinds for rid, r in self._kinds.get(kind, {}).items() if r.tenant in tenants]
-            gone = [rid for rid in gone if self._items[rid].host != host]
+            gone = [
+                rid
+                for kind in kinds
+                for rid, r in self._kinds.get(kind, {}).items()
+                if r.tenant in tenants and r.host != host
+            ]
         self.apply([("delete", rid, None) for rid in gone], self.rev)
 
     def replace_all(self, records: builtins.list[Resource], rev: int, scope: frozenset[str] | None = None) -> None:

@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 Scope = Collection[str] | None  # the tenants of an agent's scoped view; None: an agent that sees every tenant
 
 
+def _listed(tenants: Scope) -> builtins.list[str] | None:
+    return None if tenants is None else sorted(tenants)
+
+
 def _scope(tenants: Scope) -> dict[str, str]:
-    return {} if tenants is None else {"tenants": ",".join(sorted(tenants))}
+    """The query parameter a scoped view sends."""
+    listed = _listed(tenants)
+    return {} if listed is None else {"tenants": ",".join(listed)}
 
 
 def _changes(events: builtins.list[dict[str, Any]]) -> builtins.list[Change]:
@@ -88,13 +94,13 @@ class LocalControlPlane(ControlPlane):
         self.caller = caller
 
     def list(self, kinds: builtins.list[str], tenants: Scope = None) -> tuple[builtins.list[Resource], int]:
-        data = self.service.list(self.caller, kinds, None if tenants is None else sorted(tenants))
+        data = self.service.list(self.caller, kinds, _listed(tenants))
         return [from_wire(d) for d in data["items"]], int(data["rev"])
 
     def watch(
         self, rev: int, kinds: builtins.list[str], timeout: float, tenants: Scope = None
     ) -> tuple[builtins.list[Change], int]:
-        data = self.service.wait(self.caller, rev, kinds, timeout, None if tenants is None else sorted(tenants))
+        data = self.service.wait(self.caller, rev, kinds, timeout, _listed(tenants))
         return _changes(data["events"]), int(data["rev"])
 
     def push(self, ops: builtins.list[dict[str, Any]]) -> int:
