@@ -223,7 +223,7 @@ def test_members_follow_instances_reloads_drop_nothing(env: Env) -> None:
     assert load.total > 50, load.total
     assert not load.failures, load.failures[:5]
     assert {"m1", "m2", "m3", "m4"} <= set(load.seen), load.seen
-    assert "HAProxyReloaded" in events or env.stat()
+    assert "HAProxyReloaded" in events
 
 
 def test_slow_member_gets_lower_weight(env: Env) -> None:
@@ -349,3 +349,29 @@ def test_delete_removes_haproxy_and_netns(env: Env) -> None:
         time.sleep(0.1)
     assert not env.lb_dir.exists() and not os.path.exists(f"/run/netns/cl-{env.cloud.cloud_id()}-i-{lb_id}")
     assert not Path(f"/proc/{pid}").exists() or "haproxy" not in Path(f"/proc/{pid}/cmdline").read_text()
+
+
+def test_back_to_back_reloads_keep_one_haproxy(tmp_path: Path) -> None:
+    """Reconciles coming one after another: each changed config is one reload of the same master. For a moment
+    after a reload the master re-executes itself (its CLI refuses, its pid file is rewritten); that is neither an
+    error nor "not running" (a second HAProxy would share the port, its weights and drains unmanaged)."""
+    from cloudlet.lb.haproxy import Frontend, HAProxy, Server, render
+
+    netns = f"cl-hatest-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    proxy = HAProxy(tmp_path / "lb", netns)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        fe = Frontend("127.0.0.1", 8080, "roundrobin", "tcp", False, 5000)
+        done = [proxy.ensure(render(proxy.dir, fe, [Server("a", "127.0.0.2", 80, 100 * (i % 2))])) for i in range(30)]
+        assert done == ["started"] + ["reloaded"] * 29, done
+        masters = [line for line in proxy.master_command("show proc").splitlines() if " master " in f" {line} "]
+        assert len(masters) == 1 and masters[0].split()[2] == "29", masters
+        workers = [p for p in proxy.processes() if p != proxy.pid()]
+        assert len(workers) >= 1 and all(
+            Path(f"/proc/{p}/stat").read_text().split()[3] == masters[0].split()[0] for p in workers
+        ), workers
+    finally:
+        proxy.stop()
+        subprocess.run(["ip", "netns", "del", netns], check=True)
+    assert not proxy.processes()

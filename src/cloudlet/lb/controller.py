@@ -3,8 +3,9 @@
 One thread per load balancer, switched into the LB's netns (its probes reach the members from where HAProxy
 does). Every TICK it reads `show stat` (requests in flight, responses, errors, timeouts, retries, check state)
 and the latest result of its own probes (an HTTP GET of the health path per member, timed), feeds them to
-lb/weights.py and sets the weights that changed through the runtime API. Every REPORT seconds it hands the
-members' state to `report` (the LB's status), not on every change.
+lb/weights.py and sets the weights that changed through the runtime API. It hands the members' state to
+`report` (the LB's status) every REPORT seconds, and at once when a member changed state or went in or out of
+service (weight 0), not on every weight the latency controller moves.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class LbController:
     async def _main(self) -> None:
         probers: dict[Member, asyncio.Task[None]] = {}
         next_report = 0.0
+        reported: list[tuple[str, str, bool]] = []
         failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
@@ -115,9 +117,12 @@ class LbController:
                 probers.pop(m).cancel()
             try:
                 statuses = self._tick(s, started)
-                if started >= next_report:
+                # a member that changed state or went in or out of service is reported at once (a rolling deploy
+                # waits on its drain); weights the latency controller moves wait for the next report
+                changed = [(m.name, m.state, m.weight == 0) for m in statuses]
+                if started >= next_report or changed != reported:
                     self.report(statuses)
-                    next_report = started + REPORT
+                    next_report, reported = started + REPORT, changed
                 failures = 0
             except (OSError, ValueError) as exc:  # HAProxy reloading or not up yet: the next tick retries
                 log.debug("lb controller tick failed: %s", exc)

@@ -5,8 +5,8 @@ master's), stats.sock (runtime API, level admin, `expose-fd listeners` so a relo
 over), master.sock (master CLI), servers.state (health and weights carried across a reload), haproxy.log.
 HAProxy runs in master-worker mode, daemonised inside the LB's netns: it keeps serving while the agent restarts
 or cloudletd is down; a restarted agent adopts it by its pid file. A reload (master CLI `reload`) starts a new
-worker on the same listening socket; the old one finishes its connections, so none is dropped. Weights and
-drain go through the runtime API, with no reload.
+worker on the same listening socket; the old one finishes its connections, so none is dropped. Weights go
+through the runtime API, with no reload; a drain is in the config too (a fresh start has it), so it reloads.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ CHECK_TIMEOUT_MS = 300
 CHECK_FAST_MS = 200
 CONNECT_TIMEOUT_MS = 500
 HARD_STOP_AFTER_S = 30  # how long an old worker may keep serving its connections after a reload
+MASTER_WAIT = 5.0  # seconds a master that runs may take to answer again (it re-executes itself for a reload)
 
 
 @dataclass(frozen=True)
@@ -117,15 +119,21 @@ class HAProxy:
 
     def pid(self) -> int | None:
         """The master's pid, if it is alive and is this LB's HAProxy (a recycled pid is not). Asked of the master
-        itself first: its pid file is rewritten at every reload, and a read in between must not look like
-        "not running" (that would start a second HAProxy beside it)."""
-        try:
-            for line in self.master_command("show proc").splitlines():
-                parts = line.split()
-                if len(parts) > 1 and parts[1] == "master" and self._ours(int(parts[0])):
-                    return int(parts[0])
-        except (OSError, ValueError):
-            pass
+        itself: for a reload it re-executes itself, and for that moment its CLI refuses connections and its pid
+        file is being rewritten. So while any process runs this config the master is asked again, for up to
+        MASTER_WAIT, before the pid file counts: "not running" would start a second HAProxy beside it."""
+        deadline = time.monotonic() + MASTER_WAIT
+        while True:
+            try:
+                for line in self.master_command("show proc").splitlines():
+                    parts = line.split()
+                    if len(parts) > 1 and parts[1] == "master" and self._ours(int(parts[0])):
+                        return int(parts[0])
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline or not self.processes():
+                break
+            time.sleep(0.02)
         try:
             pid = int(self.pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError):
@@ -154,6 +162,7 @@ class HAProxy:
             self._save_state()
         os.replace(tmp, self.cfg)
         if running is None:
+            self.stop()  # workers a killed master left behind would share the port with the new one
             self._start()
             return "started"
         self._reload()
@@ -189,11 +198,15 @@ class HAProxy:
             pass  # a fresh worker just checks again
 
     @staticmethod
-    def _wait(done: object, what: str, timeout: float = 5.0) -> None:
+    def _wait(done: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        """Until done() is true; a master re-executing for a reload refuses connections meanwhile."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if callable(done) and done():
-                return
+            try:
+                if done():
+                    return
+            except OSError:
+                pass
             time.sleep(0.01)
         raise DriverError(f"HAProxy: timed out waiting for {what}")
 

@@ -77,7 +77,9 @@ _OPTIONAL = {
     "ElasticIP": ("cloudlet.network.eips", "eips"),
 }
 POLL = 2.0  # while instances boot or old ones go, look again this often (watches wake it sooner)
-DRAIN_WAIT = 5.0  # seconds to wait for the LBs to confirm a member drained before going on without it
+# seconds to wait for the LBs to confirm a member drained before going on without it: the change goes through
+# the member's agent, its HAProxy and back, which takes under a second here but longer on a loaded host
+DRAIN_WAIT = 30.0
 GRACE = 0.05  # seconds a reconcile pass waits for the hooks it started: a quick one is taken in the same pass
 MAX_PER_TENANT = 20  # stacks of a tenant (quota "stacks", the admin may set another)
 HookKey = tuple[str, str, str, str]  # a hook run on the pool: (stack id, instance id, event, what it ran for)
@@ -354,12 +356,14 @@ def _healthy_in_lbs(cloud: Cloud, stack: Resource, layer: str, member: str) -> b
 
 def _wait_drained(cloud: Cloud, stack: Resource, layer: str, member: str, wait: float = DRAIN_WAIT) -> None:
     """Until every LB of the layer gives `member` no new requests (weight 0, or not a member), at most `wait`
-    seconds: the agents report what HAProxy does every couple of seconds."""
+    seconds: an agent reports a drain as soon as its HAProxy took it."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if all(m is None or m.get("weight", 0) == 0 for m in _member_states(cloud, stack, layer, member)):
             return
         time.sleep(0.2)
+    message = f"the load balancers of layer {layer} did not confirm {member} drained within {wait:.0f} s; went on"
+    cloud.store.add_event(stack, "DrainUnconfirmed", message, "Warning")
 
 
 def _deploy_targets(cloud: Cloud, caller: Caller, name: str, layer: str) -> tuple[Resource, StackDoc, list[Resource]]:
