@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+from types import FrameType
 
 from cloudlet.agent.client import HttpHosts
 from cloudlet.compute import images
@@ -118,8 +119,20 @@ def serve(cloud: Cloud) -> None:
     cfg.pid_file.write_text(f"{os.getpid()}\n")
     log.info("cloudletd listening on %s", endpoint["url"])
     app = create_app(cloud)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    app.state.shutdown = lambda: setattr(server, "should_exit", True)
+    watch = cloud.agent_api.watch
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            watch.close()  # agents' long polls answer now instead of holding the exit up to its grace time
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+
+    def shutdown() -> None:  # POST /v1/shutdown: as a signal would, without one to raise again at the end
+        watch.close()
+        server.should_exit = True
+
+    app.state.shutdown = shutdown
     try:
         server.run(sockets=sockets)
     finally:

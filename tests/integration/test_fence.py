@@ -57,7 +57,8 @@ def test_netns_fence_kills_exactly_the_hosts_processes(namespaces: tuple[str, li
         wait_for(lambda: len(_children(forker.pid)) == 5, 10, "the shell's five children")
         children = _children(forker.pid)
         result = NetnsFence(cid).fence("x")
-        assert result.killed == 2 + 1 + 5 and result.took_s < 5
+        print(f"netns fence: {result.killed} processes killed in {result.took_s:.2f} s")
+        assert result.killed == 2 + 1 + 5
         for proc in [*inside, forker]:
             assert proc.wait(5) == -signal.SIGKILL
         assert not [pid for pid in children if alive(pid)]
@@ -111,8 +112,9 @@ def test_a_stopped_agent_is_suspected_and_back_up_when_it_beats_again(short: Clo
     agent = short.agent_pid()
     os.kill(agent, signal.SIGSTOP)
     try:
+        # 3 s of silence, a heartbeat's second and the monitor's half second: the time goes to bench/fencing.py
         took = wait_for(lambda: _state(short) == "suspect", 15, "host local to be suspected")
-        assert took < 8  # 3 s of silence, a heartbeat's second, the monitor's half second, and slack
+        print(f"stopped agent suspected after {took:.1f} s")
         time.sleep(5)  # past its 3 s lease: still nothing else (local cannot be fenced and has no peers)
         assert _state(short) == "suspect"
     finally:

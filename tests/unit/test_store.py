@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloudlet.core.errors import Conflict, NotFound
 from cloudlet.core.records import FINALIZER, Resource
 from cloudlet.core.store import Store
+from cloudlet.core.watch import Watch
 
 
 def _res(name: str, tenant: str = "t1") -> Resource:
@@ -101,6 +104,24 @@ def test_watch_resumes_without_missing_or_repeating(store: Store) -> None:
     assert ids3 == [b.id] and store.get_by_id(b.id) is None  # a watcher sees the purge as a missing record
     assert store.compact_changes() > 0
     assert store.changed_since(start, ["Instance"], None)[0] == [a.id, b.id]
+
+
+def test_a_closed_watch_answers_its_long_polls_at_once(store: Store) -> None:
+    """cloudletd stopping closes the watch: an agent's 20 s long poll must not hold the exit up."""
+    watch = Watch(store)
+    rev = store.revision()
+    answers: list[tuple[list[Any], int]] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(watch.wait(rev, ["Instance"], None, (), 20.0, lambda r: True))
+    )
+    waiter.start()
+    time.sleep(0.3)
+    assert not answers  # nothing changed: still waiting
+    closed = time.monotonic()
+    watch.close()
+    waiter.join(5)
+    assert answers == [([], rev)] and time.monotonic() - closed < 5
+    assert watch.wait(rev, ["Instance"], None, (), 20.0, lambda r: True) == ([], rev)  # and any later one
 
 
 def test_replayed_events_are_kept_once(store: Store) -> None:

@@ -24,7 +24,14 @@ class Watch:
         self.store = store
         self._cond = threading.Condition()
         self._latest = 0
+        self._closed = False
         store.watchers.append(self._wake)
+
+    def close(self) -> None:
+        """The server is stopping: every wait answers now, so no agent's long poll holds its shutdown up."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def _wake(self, rev: int) -> None:
         with self._cond:
@@ -74,8 +81,8 @@ class Watch:
                         events.append({"type": "upsert", "id": rid, "object": to_wire(res, owned=True)})
                 return events, latest
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._closed:
                 return [], latest
             with self._cond:
-                if self._latest == seen:
+                if self._latest == seen and not self._closed:
                     self._cond.wait(min(left, 1.0))  # also polls: another control-plane process may write
