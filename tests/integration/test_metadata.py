@@ -36,6 +36,14 @@ def _wget(cloud: CloudCLI, name: str, url: str, check: bool = True) -> str:
     return cloud.run("exec", name, "--", "wget", "-qO-", url, check=check).stdout
 
 
+def _wget_until(cloud: CloudCLI, name: str, url: str, want: str, timeout: float = 15) -> None:
+    """Until url answers want inside the instance: the agent's metadata server hears of a change through its watch."""
+    deadline = time.monotonic() + timeout
+    while (got := _wget(cloud, name, url, check=False)) != want:
+        assert time.monotonic() < deadline, f"{url} answers {got!r}, not {want!r}"
+        time.sleep(0.2)
+
+
 def _console_until(cloud: CloudCLI, name: str, text: str, timeout: float = 10) -> str:
     deadline = time.monotonic() + timeout
     out = ""
@@ -62,16 +70,16 @@ def test_instance_reads_its_own_metadata(booted: CloudCLI) -> None:
     assert _wget(booted, "md-2", f"{BASE}/meta-data/instance-id") == booted.json("show", "md-2")["id"]
     proc = booted.run("exec", "md-2", "--", "wget", "-qO-", f"{BASE}/user-data", check=False)
     assert proc.returncode != 0  # md-2 has none: 404
-    # the labels are read at each request: a new one shows at once
+    # the labels are read at each request: a new one shows as soon as the agent has it
     booted.run("label", "instance", "md-1", "tier=front")
-    assert _wget(booted, "md-1", f"{BASE}/meta-data/tags/instance/tier") == "front"
+    _wget_until(booted, "md-1", f"{BASE}/meta-data/tags/instance/tier", "front")
 
 
 def test_public_ipv4_follows_an_elastic_ip(booted: CloudCLI) -> None:
     assert "public-ipv4" not in _wget(booted, "md-2", f"{BASE}/meta-data/").split()
     address = booted.json("eip", "allocate", "md-ip")["address"]
     booted.run("eip", "associate", "md-ip", "md-2")
-    assert _wget(booted, "md-2", f"{BASE}/meta-data/public-ipv4") == address
+    _wget_until(booted, "md-2", f"{BASE}/meta-data/public-ipv4", address)
     assert "public-ipv4" not in _wget(booted, "md-1", f"{BASE}/meta-data/").split()
     booted.run("eip", "release", "md-ip", "--force")
 
