@@ -75,7 +75,7 @@ def test_process_output_timeout_and_abort() -> None:
     t0 = time.monotonic()
     with pytest.raises(Aborted):
         run_provider(ProcessProvider(type="process", path="sleep", arguments="5"), V, cancel)
-    assert time.monotonic() - t0 < 1
+    assert time.monotonic() - t0 < 3  # the sleep's 5 s, had the cancel not stopped it
 
 
 def takes_both(name: str, configuration: dict[str, Any], secrets: dict[str, Any]) -> list[Any]:

@@ -133,7 +133,7 @@ def test_tcp_connections_are_capped_and_closed_when_idle(service: DNSService) ->
         started = time.monotonic()
         with socket.create_connection(server, timeout=5) as extra:
             assert extra.recv(2) == b""  # beyond the cap: closed at once
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 2  # not after the idle timeout (3 s) or the socket's (5 s)
         assert _ips(_udp(server, "a-1.net.zone-a.cloudlet")) == ["127.0.1.10"]  # UDP unaffected
         assert _ips(_tcp_query(held[0], "b-1.net.zone-a.cloudlet")) == ["127.0.2.10"]  # a query resets the clock
         for conn in held:
