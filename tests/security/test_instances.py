@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CloudCLI, running_cloud
+from tests.helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +198,8 @@ def test_a_console_flood_stays_in_the_tenants_console_volume(cloud: CloudCLI) ->
     cloud.run("launch", "busybox", "flood", "--command", "cat /dev/zero")
     iid = cloud.json("show", "flood")["id"]
     log = cloud.home / "instances" / iid / "console.log"
-    started = time.monotonic() + 60
-    while not (log.exists() and log.stat().st_size > 0) and time.monotonic() < started:
-        time.sleep(0.1)  # placed, cloned and started: then it floods
+    # placed, cloned and started: then it floods
+    wait_for(lambda: log.exists() and log.stat().st_size > 0, 60, "the flood to reach console.log")
     biggest, deadline = 0, time.monotonic() + 6
     while time.monotonic() < deadline:
         try:

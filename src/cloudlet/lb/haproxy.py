@@ -119,9 +119,10 @@ class HAProxy:
 
     def pid(self) -> int | None:
         """The master's pid, if it is alive and is this LB's HAProxy (a recycled pid is not). Asked of the master
-        itself: for a reload it re-executes itself, and for that moment its CLI refuses connections and its pid
-        file is being rewritten. So while any process runs this config the master is asked again, for up to
-        MASTER_WAIT, before the pid file counts: "not running" would start a second HAProxy beside it."""
+        itself: for a reload it re-executes itself, and for that moment its CLI refuses connections and the pid
+        file cannot be trusted either (reading it then is how a second HAProxy was started). So while any process
+        runs this config the master is asked again, for up to MASTER_WAIT, before the pid file counts: "not
+        running" would start a second HAProxy beside it."""
         deadline = time.monotonic() + MASTER_WAIT
         while True:
             try:
@@ -162,7 +163,7 @@ class HAProxy:
             self._save_state()
         os.replace(tmp, self.cfg)
         if running is None:
-            self.stop()  # workers a killed master left behind would share the port with the new one
+            self._kill_leftovers()  # workers a killed master left behind would share the port with the new one
             self._start()
             return "started"
         self._reload()
@@ -224,6 +225,10 @@ class HAProxy:
             deadline = time.monotonic() + 5
             while self._ours(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL to every process still running this config (workers whose master is gone, for one)."""
         for other in self.processes():
             try:
                 os.kill(other, signal.SIGKILL)
